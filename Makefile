@@ -1,0 +1,77 @@
+# Memberline — every developer and CI command. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+BIN := target/debug
+PGURL ?= postgres://postgres@127.0.0.1:5432
+DB_NAME ?= memberline
+export MEMBERLINE__DATABASE__URL ?= $(PGURL)/$(DB_NAME)
+
+# `make token USER=1 ROLE=user`: USER is also the shell's login name, so only a value given on
+# the command line counts; otherwise user 1.
+TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),1)
+ROLE ?= user
+
+.PHONY: help run test bench lint fmt services build db migrate seed token openapi topology unit-test integration-test clean-test-data
+
+help: ## List every target with what it does
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+run: services build db ## Start the whole system locally with a demo (Ctrl-C stops it)
+	@deploy/run-local.sh
+
+test: services ## Check services, then run every test (what .ci/run calls)
+	@command -v cargo-nextest >/dev/null || $(CARGO) install cargo-nextest --locked
+	$(CARGO) nextest run --workspace --no-fail-fast
+	$(CARGO) test --workspace --doc
+
+unit-test: ## Unit tests only (no services needed)
+	$(CARGO) nextest run --workspace --lib --bins
+
+integration-test: services ## Integration suites only
+	$(CARGO) nextest run -p memberline-tests
+
+bench: services ## Measure throughput and latency into BENCHMARKS.md's format
+	$(CARGO) build --release --bins -p memberline-tests -p memberline-gateway
+	target/release/bench
+
+lint: ## cargo fmt --check, clippy -D warnings, cargo deny (installed when missing)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked
+	cargo deny check
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+services: ## Make sure PostgreSQL and RabbitMQ are up (start them when installed but stopped)
+	@deploy/local-services.sh
+
+build: ## Build every binary
+	$(CARGO) build --bins
+
+db: services ## Create the local database if missing, migrate and seed the demo
+	@psql "$(PGURL)/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$(DB_NAME)'" | grep -q 1 \
+		|| psql "$(PGURL)/postgres" -qc "CREATE DATABASE $(DB_NAME)"
+	@$(MAKE) --no-print-directory migrate seed
+
+migrate: build ## Apply database migrations
+	$(BIN)/memberline migrate up
+
+seed: build ## Seed the demo catalogue and users (idempotent)
+	$(BIN)/memberline seed
+
+token: ## Print a bearer token: make token USER=<id> ROLE=<user|merchant|admin>
+	@$(CARGO) build -q --bin memberline
+	@$(BIN)/memberline token --user $(TOKEN_USER) --role $(ROLE)
+
+openapi: build ## Print the OpenAPI document
+	@$(BIN)/memberline openapi
+
+topology: build ## Regenerate deploy/rabbitmq/definitions.json from the code's topology
+	@MEMBERLINE_CONFIG_DIR=/nonexistent $(BIN)/memberline topology > deploy/rabbitmq/definitions.json
+
+clean-test-data: ## Drop leftover test databases (from killed test runs)
+	@psql "$(PGURL)/postgres" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'ml_test_%'" \
+		| while read -r db; do psql "$(PGURL)/postgres" -qc "DROP DATABASE IF EXISTS $$db WITH (FORCE)"; done

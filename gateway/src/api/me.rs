@@ -1,0 +1,336 @@
+//! The caller's own account: profile, membership, passes, savings and ledgers.
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use memberline_schema::entities::{
+    balance_ledger, level, membership_period, point_ledger, user, user_pass,
+};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Me {
+    pub user_id: i64,
+    pub name: String,
+    pub level: LevelView,
+    pub growth: i64,
+    pub points: i64,
+    pub balance_fen: i64,
+    pub membership: MembershipView,
+    pub passes: Vec<PassView>,
+    pub purchase_count: i32,
+    pub total_saved_fen: i64,
+    pub total_saved_points: i64,
+    pub is_promoter: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LevelView {
+    pub id: i16,
+    pub name: String,
+    /// Percentage of the catalogue price this level pays (100 = no discount).
+    pub discount_percent: i16,
+}
+
+/// Membership derived from the buyer's periods at the moment of the request.
+#[derive(Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct MembershipView {
+    /// `none | active | expired`
+    pub status: &'static str,
+    /// Start of the current (or last) uninterrupted run of periods.
+    pub since: Option<DateTime<Utc>>,
+    /// End of the last period; `null` when permanent or never a member.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub permanent: bool,
+    /// Whole days left, rounded up; 0 when not active.
+    pub days_left: i64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PassView {
+    pub id: i64,
+    pub plan_id: i64,
+    pub plan_name: String,
+    pub uses_total: i32,
+    pub uses_left: i32,
+}
+
+/// Derives the membership from periods: permanent beats everything; otherwise the status is
+/// active while `now` is inside a period, and `since` is where the run of back-to-back periods
+/// that ends last begins.
+pub fn membership_at(periods: &[membership_period::Model], now: DateTime<Utc>) -> MembershipView {
+    if let Some(p) = periods
+        .iter()
+        .filter(|p| p.permanent)
+        .min_by_key(|p| p.starts_at)
+    {
+        return MembershipView {
+            status: "active",
+            since: Some(p.starts_at),
+            expires_at: None,
+            permanent: true,
+            days_left: 0,
+        };
+    }
+    let mut spans: Vec<(DateTime<Utc>, DateTime<Utc>)> = periods
+        .iter()
+        .filter_map(|p| p.ends_at.map(|e| (p.starts_at, e)))
+        .collect();
+    if spans.is_empty() {
+        return MembershipView {
+            status: "none",
+            since: None,
+            expires_at: None,
+            permanent: false,
+            days_left: 0,
+        };
+    }
+    spans.sort();
+    // Merge touching or overlapping spans; the last merged run is the current one.
+    let mut run = spans[0];
+    for &(start, end) in &spans[1..] {
+        if start <= run.1 {
+            run.1 = run.1.max(end);
+        } else {
+            run = (start, end);
+        }
+    }
+    let active = run.0 <= now && now < run.1;
+    let days_left = if active {
+        let secs = (run.1 - now).num_seconds();
+        (secs + 86_399) / 86_400
+    } else {
+        0
+    };
+    MembershipView {
+        status: if active { "active" } else { "expired" },
+        since: Some(run.0),
+        expires_at: Some(run.1),
+        permanent: false,
+        days_left,
+    }
+}
+
+/// The caller's profile.
+#[utoipa::path(get, path = "/v1/me", tag = "me", security(("bearer" = [])),
+    responses(
+        (status = 200, body = Me),
+        (status = 401, description = "Missing, malformed or expired token", body = crate::error::ErrorBody),
+    ))]
+pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
+    let u = user::Entity::find_by_id(caller.user_id)
+        .one(&state.db)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("unknown_user", "the token's user does not exist"))?;
+    let lvl = level::Entity::find_by_id(u.level_id)
+        .one(&state.db)
+        .await?
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("level {} missing", u.level_id)))?;
+    let periods = membership_period::Entity::find()
+        .filter(membership_period::Column::UserId.eq(u.id))
+        .all(&state.db)
+        .await?;
+    let passes = user_pass::Entity::find()
+        .filter(user_pass::Column::UserId.eq(u.id))
+        .filter(user_pass::Column::UsesLeft.gt(0))
+        .order_by_asc(user_pass::Column::Id)
+        .all(&state.db)
+        .await?;
+    Ok(Json(Me {
+        user_id: u.id,
+        name: u.name,
+        level: LevelView {
+            id: lvl.id,
+            name: lvl.name,
+            discount_percent: lvl.discount_percent,
+        },
+        growth: u.growth,
+        points: u.points,
+        balance_fen: u.balance_fen,
+        membership: membership_at(&periods, Utc::now()),
+        passes: passes
+            .into_iter()
+            .map(|p| PassView {
+                id: p.id,
+                plan_id: p.plan_id,
+                plan_name: p.plan_name,
+                uses_total: p.uses_total,
+                uses_left: p.uses_left,
+            })
+            .collect(),
+        purchase_count: u.purchase_count,
+        total_saved_fen: u.total_saved_fen,
+        total_saved_points: u.total_saved_points,
+        is_promoter: u.is_promoter,
+    }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct LedgerQuery {
+    /// `points` or `balance`; both when absent.
+    pub kind: Option<String>,
+    /// At most this many entries of each kind (1–200, default 50).
+    pub limit: Option<u64>,
+}
+
+/// One signed ledger movement.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LedgerEntry {
+    pub id: i64,
+    /// `points` (in points) or `balance` (in fen).
+    pub kind: &'static str,
+    pub reason: String,
+    pub delta: i64,
+    pub balance_after: i64,
+    pub order_id: Option<i64>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Ledger {
+    /// Newest first.
+    pub entries: Vec<LedgerEntry>,
+}
+
+/// The caller's point and balance ledgers, newest first.
+#[utoipa::path(get, path = "/v1/me/ledger", tag = "me", security(("bearer" = [])), params(LedgerQuery),
+    responses(
+        (status = 200, body = Ledger),
+        (status = 400, description = "Bad query parameter", body = crate::error::ErrorBody),
+        (status = 401, body = crate::error::ErrorBody),
+    ))]
+pub async fn ledger(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Ledger>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be 1-200",
+        ));
+    }
+    let (points, balance) = match q.kind.as_deref() {
+        None => (true, true),
+        Some("points") => (true, false),
+        Some("balance") => (false, true),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("kind must be points or balance, not {other}"),
+            ));
+        }
+    };
+    let mut entries = Vec::new();
+    if points {
+        let rows = point_ledger::Entity::find()
+            .filter(point_ledger::Column::UserId.eq(caller.user_id))
+            .order_by_desc(point_ledger::Column::Id)
+            .limit(limit)
+            .all(&state.db)
+            .await?;
+        entries.extend(rows.into_iter().map(|r| LedgerEntry {
+            id: r.id,
+            kind: "points",
+            reason: r.reason,
+            delta: r.delta,
+            balance_after: r.balance_after,
+            order_id: r.order_id,
+            created_at: r.created_at,
+        }));
+    }
+    if balance {
+        let rows = balance_ledger::Entity::find()
+            .filter(balance_ledger::Column::UserId.eq(caller.user_id))
+            .order_by_desc(balance_ledger::Column::Id)
+            .limit(limit)
+            .all(&state.db)
+            .await?;
+        entries.extend(rows.into_iter().map(|r| LedgerEntry {
+            id: r.id,
+            kind: "balance",
+            reason: r.reason,
+            delta: r.delta,
+            balance_after: r.balance_after,
+            order_id: r.order_id,
+            created_at: r.created_at,
+        }));
+    }
+    entries.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    Ok(Json(Ledger { entries }))
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/me", get(me))
+        .route("/v1/me/ledger", get(ledger))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn period(start: DateTime<Utc>, days: Option<i64>) -> membership_period::Model {
+        membership_period::Model {
+            id: 1,
+            user_id: 1,
+            order_id: 1,
+            starts_at: start,
+            ends_at: days.map(|d| start + Duration::days(d)),
+            permanent: days.is_none(),
+            created_at: start,
+        }
+    }
+
+    #[test]
+    fn no_periods_means_no_membership() {
+        assert_eq!(membership_at(&[], Utc::now()).status, "none");
+    }
+
+    #[test]
+    fn stacked_periods_read_as_one_run_with_days_left() {
+        let now = Utc::now();
+        let start = now - Duration::days(10);
+        let view = membership_at(
+            &[
+                period(start, Some(30)),
+                period(start + Duration::days(30), Some(30)),
+            ],
+            now,
+        );
+        assert_eq!(view.status, "active");
+        assert_eq!(view.since, Some(start));
+        assert_eq!(view.days_left, 50);
+    }
+
+    #[test]
+    fn a_lapsed_membership_is_expired() {
+        let now = Utc::now();
+        let view = membership_at(&[period(now - Duration::days(40), Some(30))], now);
+        assert_eq!(view.status, "expired");
+        assert_eq!(view.days_left, 0);
+    }
+
+    #[test]
+    fn a_permanent_period_makes_the_membership_permanent() {
+        let now = Utc::now();
+        let view = membership_at(
+            &[
+                period(now - Duration::days(400), Some(30)),
+                period(now, None),
+            ],
+            now,
+        );
+        assert!(view.permanent);
+        assert_eq!(view.expires_at, None);
+        assert_eq!(view.status, "active");
+    }
+}

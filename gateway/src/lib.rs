@@ -1,0 +1,20 @@
+//! The Memberline gateway: the REST API, bearer auth, order placement with its transactional
+//! outbox, the outbox relay (embeddable or standalone), health, metrics and the OpenAPI
+//! document. Consumers of the events live in `memberline-workers`.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod error;
+pub mod metrics;
+pub mod orders;
+pub mod outbox;
+pub mod pricing;
+pub mod relay;
+pub mod seed;
+pub mod settings;
+pub mod state;
+pub mod telemetry;
+
+pub use app::Application;
+pub use settings::Settings;

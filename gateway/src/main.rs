@@ -1,0 +1,117 @@
+//! `memberline`: the gateway and its operator commands.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use memberline_gateway::auth::{Keys, Role};
+use memberline_gateway::{Application, Settings, app, seed, telemetry};
+use memberline_schema::Migrator;
+use sea_orm_migration::MigratorTrait;
+
+#[derive(Parser)]
+#[command(
+    name = "memberline",
+    about = "Memberline gateway and operator commands"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (and the embedded relay when relay.embedded = true). The default.
+    Serve,
+    /// Run only the outbox relay.
+    Relay,
+    /// Apply or roll back database migrations.
+    Migrate {
+        #[arg(value_enum, default_value = "up")]
+        direction: Direction,
+        /// Number of migrations to apply or roll back (all when absent).
+        #[arg(long)]
+        steps: Option<u32>,
+    },
+    /// Seed the demo catalogue and users (idempotent).
+    Seed,
+    /// Print a bearer token for a user.
+    Token {
+        #[arg(long)]
+        user: i64,
+        #[arg(long, default_value = "user")]
+        role: String,
+        /// Lifetime in seconds (default: auth.token_ttl_secs).
+        #[arg(long)]
+        ttl_secs: Option<i64>,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Print the RabbitMQ definitions (exchanges, queues, bindings) of the configured topology.
+    Topology,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Direction {
+    Up,
+    Down,
+    Status,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load()?;
+    telemetry::init(&settings.log);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let application = Application::build(settings).await?;
+            application.run_until(app::shutdown_on_signals()).await
+        }
+        Command::Relay => {
+            let application = Application::build(settings).await?;
+            application.relay().run(app::shutdown_on_signals()).await;
+            Ok(())
+        }
+        Command::Migrate { direction, steps } => {
+            let db = app::connect_db(&settings.database).await?;
+            match direction {
+                Direction::Up => Migrator::up(&db, steps).await?,
+                Direction::Down => Migrator::down(&db, steps).await?,
+                Direction::Status => Migrator::status(&db).await?,
+            }
+            Ok(())
+        }
+        Command::Seed => {
+            let db = app::connect_db(&settings.database).await?;
+            seed::demo(&db).await.context("seeding failed")?;
+            tracing::info!("Demo catalogue and users are in place");
+            Ok(())
+        }
+        Command::Token {
+            user,
+            role,
+            ttl_secs,
+        } => {
+            let role = Role::parse(&role)
+                .with_context(|| format!("role must be user, merchant or admin, not {role}"))?;
+            let keys = Keys::new(settings.auth.jwt_secret.expose());
+            println!(
+                "{}",
+                keys.issue(user, role, ttl_secs.unwrap_or(settings.auth.token_ttl_secs))
+            );
+            Ok(())
+        }
+        Command::Openapi => {
+            use utoipa::OpenApi;
+            let doc = memberline_gateway::api::docs::ApiDoc::openapi();
+            println!("{}", doc.to_pretty_json()?);
+            Ok(())
+        }
+        Command::Topology => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&settings.topology().definitions())?
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Database migrations, each with an `up` and a `down`.
+//!
+//! The SQL lives beside this file so that constraints (non-negative balances, one free claim per
+//! buyer, one membership period per order) read as the database enforces them. Migrations are
+//! named `mYYYYMMDD_HHMMSS_verb_noun` and applied in order by [`Migrator`].
+
+use sea_orm_migration::prelude::*;
+
+/// Applies every Memberline migration in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(SqlMigration {
+                name: "m20261121_000001_create_commerce",
+                up: include_str!("m20261121_000001_create_commerce.sql"),
+                down: include_str!("m20261121_000001_create_commerce.down.sql"),
+            }),
+            Box::new(SqlMigration {
+                name: "m20261121_000002_create_delivery",
+                up: include_str!("m20261121_000002_create_delivery.sql"),
+                down: include_str!("m20261121_000002_create_delivery.down.sql"),
+            }),
+        ]
+    }
+}
+
+/// A migration written as plain SQL; each runs inside one transaction (PostgreSQL's DDL is
+/// transactional), so a failed migration leaves nothing half-applied.
+struct SqlMigration {
+    name: &'static str,
+    up: &'static str,
+    down: &'static str,
+}
+
+impl MigrationName for SqlMigration {
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for SqlMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.get_connection().execute_unprepared(self.up).await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(self.down)
+            .await?;
+        Ok(())
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+}

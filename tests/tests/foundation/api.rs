@@ -1,0 +1,209 @@
+use memberline_tests::spawn_app;
+use serde_json::json;
+
+#[tokio::test]
+async fn plans_are_listed_in_display_order_with_buyer_prices_only_for_a_token() {
+    let app = spawn_app().await;
+    let (status, anon) = app.get(None, "/v1/plans").await;
+    assert_eq!(status, 200);
+    let plans = anon["plans"].as_array().unwrap();
+    let codes: Vec<&str> = plans.iter().map(|p| p["code"].as_str().unwrap()).collect();
+    assert_eq!(
+        codes,
+        [
+            "monthly",
+            "quarterly",
+            "yearly",
+            "permanent",
+            "day_pass",
+            "trial"
+        ]
+    );
+    assert!(plans[0].get("buyer_price_fen").is_none());
+    for field in [
+        "id",
+        "code",
+        "name",
+        "kind",
+        "duration_days",
+        "uses",
+        "original_price_fen",
+        "price_fen",
+        "price_points",
+    ] {
+        assert!(plans[0].get(field).is_some(), "plan has {field}");
+    }
+    assert_eq!(plans[3]["kind"], "permanent");
+    assert_eq!(plans[4]["kind"], "pass");
+    assert_eq!(plans[4]["uses"], 1);
+
+    let silver = app.create_user("Silver", 0, 0).await;
+    app.scalar(&format!(
+        "WITH u AS (UPDATE users SET growth = 1500, level_id = 1 WHERE id = {silver} RETURNING 1) SELECT count(*) FROM u"
+    ))
+    .await;
+    let (_, priced) = app.get(Some(&app.user_token(silver)), "/v1/plans").await;
+    let monthly = &priced["plans"][0];
+    assert_eq!(monthly["price_fen"], 3000);
+    assert_eq!(monthly["buyer_price_fen"], 2850); // 95%
+    assert_eq!(monthly["buyer_price_points"], 2850);
+}
+
+#[tokio::test]
+async fn me_shows_a_new_buyer_with_no_membership() {
+    let app = spawn_app().await;
+    let buyer = app.create_user("New", 500, 7).await;
+    let (status, me) = app.get(Some(&app.user_token(buyer)), "/v1/me").await;
+    assert_eq!(status, 200);
+    assert_eq!(me["user_id"], buyer);
+    assert_eq!(me["balance_fen"], 500);
+    assert_eq!(me["points"], 7);
+    assert_eq!(me["membership"]["status"], "none");
+    assert_eq!(me["passes"], json!([]));
+    assert_eq!(me["purchase_count"], 0);
+    assert_eq!(me["level"]["name"], "Regular");
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_bad_request_in_the_error_format() {
+    let app = spawn_app().await;
+    let buyer = app.create_user("Typo", 0, 0).await;
+    let res = app
+        .client
+        .post(app.url("/v1/orders"))
+        .bearer_auth(app.user_token(buyer))
+        .header("Idempotency-Key", "k")
+        .header("content-type", "application/json")
+        .body("{\"plan_id\": 1,")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "malformed_json");
+}
+
+#[tokio::test]
+async fn a_body_over_64_kib_is_refused_with_413() {
+    let app = spawn_app().await;
+    let buyer = app.create_user("Big", 0, 0).await;
+    let big = json!({"plan_id": 1, "pay_method": "points", "note": "x".repeat(70 * 1024)});
+    let res = app
+        .client
+        .post(app.url("/v1/orders"))
+        .bearer_auth(app.user_token(buyer))
+        .header("Idempotency-Key", "k")
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn unknown_routes_answer_in_the_error_format() {
+    let app = spawn_app().await;
+    let (status, body) = app.get(None, "/v1/nothing-here").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "route_not_found");
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_report_the_system() {
+    let app = spawn_app().await;
+    let (status, _) = app.get(None, "/healthz").await;
+    assert_eq!(status, 200);
+    let (status, ready) = app.get(None, "/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["database"], true);
+    assert_eq!(ready["broker"], true);
+
+    let buyer = app.create_user("Metered", 0, 10_000).await;
+    let monthly = app.plan_id("monthly").await;
+    app.order(
+        &app.user_token(buyer),
+        "m",
+        json!({"plan_id": monthly, "pay_method": "points"}),
+    )
+    .await;
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("memberline_orders_total{pay_method=\"points\",outcome=\"paid\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "memberline_http_requests_total{method=\"POST\",route=\"/v1/orders\",status=\"201\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("memberline_outbox_unpublished "), "{text}");
+    assert!(
+        text.contains("memberline_outbox_oldest_unpublished_age_seconds "),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn readiness_fails_when_the_broker_is_unreachable() {
+    let proxy = memberline_tests::proxy::TcpProxy::start("127.0.0.1:5672").await;
+    proxy.down();
+    let app = memberline_tests::spawn_app_with(memberline_tests::Options {
+        amqp_url: proxy.amqp_url(),
+        ..Default::default()
+    })
+    .await;
+    let (status, ready) = app.get(None, "/readyz").await;
+    assert_eq!(status, 503);
+    assert_eq!(ready["broker"], false);
+    assert_eq!(ready["database"], true);
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_endpoint_and_a_page_renders_it() {
+    let app = spawn_app().await;
+    let (status, doc) = app.get(None, "/openapi.json").await;
+    assert_eq!(status, 200);
+    for path in [
+        "/v1/plans",
+        "/v1/me",
+        "/v1/me/ledger",
+        "/v1/orders",
+        "/v1/orders/{id}",
+        "/v1/admin/users",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "openapi documents {path}");
+    }
+    assert!(doc["components"]["schemas"].get("OrderView").is_some());
+    let page = app.client.get(app.url("/docs")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("/openapi.json"));
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let app = spawn_app().await;
+    let res = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert!(res.headers().get("x-request-id").is_some());
+    let res = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "abc-123");
+}

@@ -1,0 +1,9 @@
+//! Foundation suite: purchases with balance, points and free plans, idempotency, auth, the API's
+//! error format, the outbox relay, and migrations — all against real PostgreSQL and RabbitMQ.
+
+mod api;
+mod auth;
+mod idempotency;
+mod migrations;
+mod purchases;
+mod relay;

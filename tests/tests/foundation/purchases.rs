@@ -1,0 +1,470 @@
+use memberline_tests::{eventually, spawn_app};
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn a_points_purchase_debits_the_discounted_price_and_publishes_one_order_paid_event() {
+    let app = spawn_app().await;
+    let mut tap = app.tap("order.paid.v1").await;
+    // Seeded-style Gold buyer (growth 6000 → 10% off) created directly: levels come from seed.
+    let buyer = app.create_user("Gold buyer", 0, 10_000).await;
+    app.scalar(&format!(
+        "WITH u AS (UPDATE users SET growth = 6000, level_id = 2 WHERE id = {buyer} RETURNING 1) SELECT count(*) FROM u"
+    ))
+    .await;
+    let monthly = app.plan_id("monthly").await;
+    let token = app.user_token(buyer);
+
+    let correlation = uuid::Uuid::now_v7();
+    let res = app
+        .client
+        .post(app.url("/v1/orders"))
+        .bearer_auth(&token)
+        .header("Idempotency-Key", "points-1")
+        .header("X-Correlation-Id", correlation.to_string())
+        .json(&json!({"plan_id": monthly, "pay_method": "points"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(
+        res.headers()["x-correlation-id"].to_str().unwrap(),
+        correlation.to_string()
+    );
+    let order: serde_json::Value = res.json().await.unwrap();
+    // 3000 points at 90% = 2700.
+    assert_eq!(order["amount_points"], 2700);
+    assert_eq!(order["amount_fen"], 0);
+    assert_eq!(order["status"], "paid");
+    assert!(order["paid_at"].is_string());
+
+    let (_, me) = app.get(Some(&token), "/v1/me").await;
+    assert_eq!(me["points"], 10_000 - 2700);
+    let (_, ledger) = app.get(Some(&token), "/v1/me/ledger?kind=points").await;
+    let entry = &ledger["entries"][0];
+    assert_eq!(entry["delta"], -2700);
+    assert_eq!(entry["balance_after"], 7300);
+    assert_eq!(entry["order_id"], order["id"]);
+
+    let seen = tap
+        .next(Duration::from_secs(10))
+        .await
+        .expect("order.paid.v1 arrives");
+    assert!(seen.persistent, "events are published persistent");
+    let env = &seen.body;
+    assert_eq!(env["type"], "order.paid");
+    assert_eq!(env["version"], 1);
+    assert_eq!(seen.message_id.as_deref(), env["event_id"].as_str());
+    assert!(uuid::Uuid::parse_str(env["event_id"].as_str().unwrap()).is_ok());
+    assert!(env["occurred_at"].is_string());
+    assert_eq!(env["correlation_id"], correlation.to_string());
+    let p = &env["payload"];
+    assert_eq!(p["order_id"], order["id"]);
+    assert_eq!(p["buyer_id"], buyer);
+    assert_eq!(p["plan_id"], monthly);
+    assert_eq!(p["pay_method"], "points");
+    assert_eq!(p["amount_points"], 2700);
+    assert_eq!(p["original_price_fen"], 3800);
+    assert!(
+        tap.next(Duration::from_millis(500)).await.is_none(),
+        "exactly one event"
+    );
+}
+
+#[tokio::test]
+async fn a_balance_purchase_debits_fen_and_writes_a_balance_ledger_entry() {
+    let app = spawn_app().await;
+    let buyer = app.create_user("Balance buyer", 50_000, 0).await;
+    let token = app.user_token(buyer);
+    let yearly = app.plan_id("yearly").await;
+    let (status, order) = app
+        .order(
+            &token,
+            "bal-1",
+            json!({"plan_id": yearly, "pay_method": "balance"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(order["amount_fen"], 28_800);
+    let (_, me) = app.get(Some(&token), "/v1/me").await;
+    assert_eq!(me["balance_fen"], 50_000 - 28_800);
+    let (_, ledger) = app.get(Some(&token), "/v1/me/ledger?kind=balance").await;
+    assert_eq!(ledger["entries"][0]["delta"], -28_800);
+    assert_eq!(ledger["entries"][0]["balance_after"], 21_200);
+    assert_eq!(ledger["entries"][1]["reason"], "opening_balance");
+}
+
+#[tokio::test]
+async fn fifty_concurrent_points_purchases_by_a_buyer_who_can_afford_ten_pay_exactly_ten() {
+    let app = spawn_app().await;
+    let buyer = app.create_user("Ten purchases", 0, 30_000).await;
+    let token = app.user_token(buyer);
+    let monthly = app.plan_id("monthly").await;
+
+    let attempts = (0..50).map(|i| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            app.order(
+                &token,
+                &format!("burst-{i}"),
+                json!({"plan_id": monthly, "pay_method": "points"}),
+            )
+            .await
+        }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let paid = results.iter().filter(|(s, _)| *s == 201).count();
+    let refused: Vec<_> = results.iter().filter(|(s, _)| *s != 201).collect();
+    assert_eq!(paid, 10);
+    assert_eq!(refused.len(), 40);
+    for (status, body) in refused {
+        assert_eq!(*status, 422);
+        assert_eq!(body["error"]["code"], "insufficient_points");
+    }
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT count(*) FROM orders WHERE buyer_id = {buyer} AND status = 'paid'"
+        ))
+        .await,
+        10
+    );
+    assert_eq!(
+        app.scalar(&format!("SELECT points FROM users WHERE id = {buyer}"))
+            .await,
+        0
+    );
+    // The ledger never went below zero, and it adds up to the balance.
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT min(balance_after) FROM point_ledger WHERE user_id = {buyer}"
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT sum(delta)::bigint FROM point_ledger WHERE user_id = {buyer}"
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM outbox WHERE event_type = 'order.paid'")
+            .await,
+        10
+    );
+}
+
+#[tokio::test]
+async fn insufficient_funds_are_refused_and_write_nothing() {
+    let app = spawn_app().await;
+    let buyer = app.create_user("Poor", 100, 100).await;
+    let token = app.user_token(buyer);
+    let monthly = app.plan_id("monthly").await;
+    let (status, body) = app
+        .order(
+            &token,
+            "poor-1",
+            json!({"plan_id": monthly, "pay_method": "balance"}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["code"], "insufficient_balance");
+    let (status, body) = app
+        .order(
+            &token,
+            "poor-2",
+            json!({"plan_id": monthly, "pay_method": "points"}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["code"], "insufficient_points");
+    assert_eq!(app.scalar("SELECT count(*) FROM orders").await, 0);
+    assert_eq!(app.scalar("SELECT count(*) FROM outbox").await, 0);
+    assert_eq!(app.scalar("SELECT count(*) FROM idempotency_keys").await, 0);
+    let (_, me) = app.get(Some(&token), "/v1/me").await;
+    assert_eq!(me["balance_fen"], 100);
+    assert_eq!(me["points"], 100);
+}
+
+#[tokio::test]
+async fn the_free_trial_is_claimable_once_per_buyer() {
+    let app = spawn_app().await;
+    let buyer = app.create_user("Trial taker", 0, 0).await;
+    let token = app.user_token(buyer);
+    let trial = app.plan_id("trial").await;
+    let (status, order) = app
+        .order(
+            &token,
+            "trial-1",
+            json!({"plan_id": trial, "pay_method": "free"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(order["amount_fen"], 0);
+    assert_eq!(order["status"], "paid");
+    let (status, body) = app
+        .order(
+            &token,
+            "trial-2",
+            json!({"plan_id": trial, "pay_method": "free"}),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(body["error"]["code"], "free_plan_already_claimed");
+
+    // Another buyer can still claim it.
+    let other = app.create_user("Other", 0, 0).await;
+    let (status, _) = app
+        .order(
+            &app.user_token(other),
+            "trial-1",
+            json!({"plan_id": trial, "pay_method": "free"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+}
+
+#[tokio::test]
+async fn ten_simultaneous_free_trial_claims_with_different_keys_give_one_order() {
+    let app = spawn_app().await;
+    let buyer = app.create_user("Racer", 0, 0).await;
+    let token = app.user_token(buyer);
+    let trial = app.plan_id("trial").await;
+    let results = futures::future::join_all((0..10).map(|i| {
+        let (app, token) = (&app, token.clone());
+        async move {
+            app.order(
+                &token,
+                &format!("race-{i}"),
+                json!({"plan_id": trial, "pay_method": "free"}),
+            )
+            .await
+        }
+    }))
+    .await;
+    assert_eq!(results.iter().filter(|(s, _)| *s == 201).count(), 1);
+    assert!(
+        results
+            .iter()
+            .filter(|(s, _)| *s != 201)
+            .all(|(s, b)| *s == 409 && b["error"]["code"] == "free_plan_already_claimed")
+    );
+}
+
+#[tokio::test]
+async fn pay_method_rules_are_enforced_with_clear_codes() {
+    let app = spawn_app().await;
+    let buyer = app.create_user("Rules", 1_000_000, 1_000_000).await;
+    let token = app.user_token(buyer);
+    let monthly = app.plan_id("monthly").await;
+    let trial = app.plan_id("trial").await;
+    for (i, (body, status, code)) in [
+        (
+            json!({"plan_id": monthly, "pay_method": "wechat"}),
+            422,
+            "pay_method_unavailable",
+        ),
+        (
+            json!({"plan_id": monthly, "pay_method": "alipay"}),
+            422,
+            "pay_method_unavailable",
+        ),
+        (
+            json!({"plan_id": monthly, "pay_method": "free"}),
+            422,
+            "plan_not_free",
+        ),
+        (
+            json!({"plan_id": trial, "pay_method": "balance"}),
+            422,
+            "pay_method_not_allowed",
+        ),
+        (
+            json!({"plan_id": trial, "pay_method": "points"}),
+            422,
+            "pay_method_not_allowed",
+        ),
+        (
+            json!({"plan_id": 999_999, "pay_method": "points"}),
+            404,
+            "plan_not_found",
+        ),
+        (
+            json!({"plan_id": monthly, "pay_method": "cash"}),
+            422,
+            "invalid_body",
+        ),
+        (
+            json!({"plan_id": "one", "pay_method": "points"}),
+            422,
+            "invalid_body",
+        ),
+        (json!({"pay_method": "points"}), 422, "invalid_body"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (got, res) = app.order(&token, &format!("rule-{i}"), body.clone()).await;
+        assert_eq!(got, status, "{body} -> {res}");
+        assert_eq!(res["error"]["code"], code, "{body} -> {res}");
+        assert!(
+            res["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    assert_eq!(app.scalar("SELECT count(*) FROM orders").await, 0);
+}
+
+#[tokio::test]
+async fn a_permanent_member_cannot_buy_more_membership() {
+    let app = spawn_app().await;
+    let buyer = app.create_user("Forever", 1_000_000, 1_000_000).await;
+    let token = app.user_token(buyer);
+    let permanent = app.plan_id("permanent").await;
+    let (status, order) = app
+        .order(
+            &token,
+            "perm-1",
+            json!({"plan_id": permanent, "pay_method": "balance"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    // The membership worker writes the period; here the test writes it as the worker would.
+    app.scalar(&format!(
+        "WITH p AS (INSERT INTO membership_periods (user_id, order_id, starts_at, ends_at, permanent) \
+         VALUES ({buyer}, {}, now(), NULL, true) RETURNING 1) SELECT count(*) FROM p",
+        order["id"]
+    ))
+    .await;
+    let (_, me) = app.get(Some(&token), "/v1/me").await;
+    assert_eq!(me["membership"]["status"], "active");
+    assert_eq!(me["membership"]["permanent"], true);
+
+    let monthly = app.plan_id("monthly").await;
+    let (status, body) = app
+        .order(
+            &token,
+            "perm-2",
+            json!({"plan_id": monthly, "pay_method": "balance"}),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(body["error"]["code"], "already_permanent");
+    // A pass is not membership time: it can still be bought.
+    let pass = app.plan_id("day_pass").await;
+    let (status, _) = app
+        .order(
+            &token,
+            "perm-3",
+            json!({"plan_id": pass, "pay_method": "balance"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+}
+
+#[tokio::test]
+async fn a_client_sent_price_is_refused_and_changes_nothing() {
+    let app = spawn_app().await;
+    let buyer = app.create_user("Haggler", 100_000, 0).await;
+    let token = app.user_token(buyer);
+    let monthly = app.plan_id("monthly").await;
+    for field in ["amount_fen", "price_fen", "amount", "price"] {
+        let (status, body) = app
+            .order(
+                &token,
+                &format!("haggle-{field}"),
+                json!({"plan_id": monthly, "pay_method": "balance", field: 1}),
+            )
+            .await;
+        assert_eq!(status, 422);
+        assert_eq!(body["error"]["code"], "client_price_rejected");
+    }
+    assert_eq!(app.scalar("SELECT count(*) FROM orders").await, 0);
+    let (_, me) = app.get(Some(&token), "/v1/me").await;
+    assert_eq!(me["balance_fen"], 100_000);
+    // Without the field the server's price is charged.
+    let (status, order) = app
+        .order(
+            &token,
+            "haggle-none",
+            json!({"plan_id": monthly, "pay_method": "balance"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(order["amount_fen"], 3000);
+}
+
+#[tokio::test]
+async fn orders_are_listed_newest_first_with_a_cursor() {
+    let app = spawn_app().await;
+    let buyer = app.create_user("Lister", 1_000_000, 0).await;
+    let token = app.user_token(buyer);
+    let pass = app.plan_id("day_pass").await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (s, o) = app
+            .order(
+                &token,
+                &format!("list-{i}"),
+                json!({"plan_id": pass, "pay_method": "balance"}),
+            )
+            .await;
+        assert_eq!(s, 201);
+        ids.push(o["id"].as_i64().unwrap());
+    }
+    let (_, page1) = app.get(Some(&token), "/v1/orders?limit=3").await;
+    let got: Vec<i64> = page1["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, vec![ids[4], ids[3], ids[2]]);
+    let cursor = page1["next_cursor"].as_i64().unwrap();
+    let (_, page2) = app
+        .get(Some(&token), &format!("/v1/orders?limit=3&cursor={cursor}"))
+        .await;
+    let got: Vec<i64> = page2["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, vec![ids[1], ids[0]]);
+    assert!(page2["next_cursor"].is_null());
+    let (status, body) = app.get(Some(&token), "/v1/orders?limit=0").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_query");
+
+    let (status, one) = app
+        .get(Some(&token), &format!("/v1/orders/{}", ids[0]))
+        .await;
+    assert_eq!(status, 200);
+    for field in [
+        "id",
+        "order_no",
+        "plan_id",
+        "pay_method",
+        "amount_fen",
+        "amount_points",
+        "status",
+        "created_at",
+        "paid_at",
+    ] {
+        assert!(one.get(field).is_some(), "order has {field}");
+    }
+    eventually(
+        "the relay publishes the five events",
+        Duration::from_secs(10),
+        || async {
+            (app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .await
+                == 0)
+                .then_some(())
+        },
+    )
+    .await;
+}

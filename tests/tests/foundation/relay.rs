@@ -1,0 +1,168 @@
+use memberline_gateway::relay::Relay;
+use memberline_tests::proxy::TcpProxy;
+use memberline_tests::{Options, TestApp, eventually, spawn_app_with};
+use serde_json::json;
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+async fn buy_passes(app: &TestApp, buyer: i64, n: usize, prefix: &str) {
+    let token = app.user_token(buyer);
+    let pass = app.plan_id("day_pass").await;
+    for i in 0..n {
+        let (status, body) = app
+            .order(
+                &token,
+                &format!("{prefix}-{i}"),
+                json!({"plan_id": pass, "pay_method": "balance"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+}
+
+fn relay_for(app: &TestApp, poll_interval_ms: u64) -> Relay {
+    let mut settings = app.settings.relay.clone();
+    settings.poll_interval_ms = poll_interval_ms;
+    Relay::new(
+        app.db.clone(),
+        app.settings.amqp.url.expose().to_owned(),
+        app.topology.clone(),
+        settings,
+        Default::default(),
+    )
+}
+
+#[tokio::test]
+async fn with_the_broker_unreachable_purchases_succeed_and_each_event_is_published_once_it_is_back()
+{
+    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    let app = spawn_app_with(Options {
+        amqp_url: proxy.amqp_url(),
+        ..Default::default()
+    })
+    .await;
+    let mut tap = app.tap("order.paid.v1").await;
+    let buyer = app.create_user("Outage buyer", 1_000_000, 0).await;
+
+    proxy.down();
+    buy_passes(&app, buyer, 20, "outage").await;
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM orders WHERE status = 'paid'")
+            .await,
+        20
+    );
+    assert!(
+        tap.next(Duration::from_millis(300)).await.is_none(),
+        "nothing can be published while the broker is unreachable"
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .await,
+        20
+    );
+
+    proxy.up();
+    let seen = tap.collect(20, Duration::from_secs(15)).await;
+    assert_eq!(seen.len(), 20, "every waiting event is delivered");
+    let ids: HashSet<String> = seen
+        .iter()
+        .map(|m| m.body["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 20, "each event exactly once");
+    assert!(
+        tap.next(Duration::from_millis(500)).await.is_none(),
+        "no duplicates"
+    );
+    eventually(
+        "every row is marked published",
+        Duration::from_secs(5),
+        || async {
+            (app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .await
+                == 0)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn several_relays_share_the_outbox_and_publish_each_event_once() {
+    let app = spawn_app_with(Options {
+        embedded_relay: false,
+        ..Default::default()
+    })
+    .await;
+    let mut tap = app.tap("order.paid.v1").await;
+    let buyer = app.create_user("Bulk buyer", 10_000_000, 0).await;
+    buy_passes(&app, buyer, 60, "bulk").await;
+
+    let shutdown = CancellationToken::new();
+    let mut relays = Vec::new();
+    for _ in 0..3 {
+        let mut relay_settings = app.settings.relay.clone();
+        relay_settings.batch_size = 7; // many small batches, so the replicas really interleave
+        let relay = Relay::new(
+            app.db.clone(),
+            app.settings.amqp.url.expose().to_owned(),
+            app.topology.clone(),
+            relay_settings,
+            Default::default(),
+        );
+        relays.push(tokio::spawn(relay.run(shutdown.child_token())));
+    }
+    let seen = tap.collect(60, Duration::from_secs(15)).await;
+    let ids: HashSet<String> = seen
+        .iter()
+        .map(|m| m.body["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen.len(), 60);
+    assert_eq!(ids.len(), 60);
+    assert!(
+        tap.next(Duration::from_millis(500)).await.is_none(),
+        "no duplicates"
+    );
+    shutdown.cancel();
+    for r in relays {
+        tokio::time::timeout(Duration::from_secs(10), r)
+            .await
+            .expect("a relay stops on shutdown")
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_commit_wakes_the_relay_without_waiting_for_its_poll_interval() {
+    let app = spawn_app_with(Options {
+        embedded_relay: false,
+        ..Default::default()
+    })
+    .await;
+    let mut tap = app.tap("order.paid.v1").await;
+    let buyer = app.create_user("Prompt", 100_000, 0).await;
+    // A ten-minute poll: only LISTEN/NOTIFY can deliver the event in time.
+    let relay = relay_for(&app, 600_000);
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(relay.run(shutdown.child_token()));
+    // Let the relay finish its first (empty) batch and go to sleep on LISTEN.
+    eventually(
+        "the relay is connected and idle",
+        Duration::from_secs(10),
+        || async {
+            let listening = app
+                .scalar("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+                .await;
+            (listening > 0).then_some(())
+        },
+    )
+    .await;
+    buy_passes(&app, buyer, 1, "prompt").await;
+    let seen = tap.next(Duration::from_secs(5)).await;
+    assert!(
+        seen.is_some(),
+        "the event arrived long before the poll interval"
+    );
+    shutdown.cancel();
+    handle.await.unwrap();
+}
