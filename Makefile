@@ -24,7 +24,6 @@ run: services build db ## Start the whole system locally with a demo (Ctrl-C sto
 test: services ## Check services, then run every test (what .ci/run calls)
 	@command -v cargo-nextest >/dev/null || $(CARGO) install cargo-nextest --locked
 	$(CARGO) nextest run --workspace --no-fail-fast
-	$(CARGO) test --workspace --doc
 
 unit-test: ## Unit tests only (no services needed)
 	$(CARGO) nextest run --workspace --lib --bins

@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod deploy;
 mod idempotency;
 mod migrations;
 mod purchases;
