@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod dead_letters;
 pub mod error;
 pub mod metrics;
 pub mod orders;

@@ -39,6 +39,8 @@ prefix = "memberline"
 delivery_limit = 20
 # Delay of each retry tier, in milliseconds (1 s, 10 s, 1 min, 10 min, 1 h).
 retry_delays_ms = [1000, 10000, 60000, 600000, 3600000]
+# Per-worker ladders replacing retry_delays_ms, e.g. notifier = [5000, 60000] (milliseconds).
+[amqp.worker_retry_delays_ms]
 
 [auth]
 # HS256 secret for bearer tokens; at least 32 bytes. Replace it in every real deployment.
@@ -63,6 +65,36 @@ poll_interval_ms = 1000
 confirm_timeout_ms = 5000
 # Longest pause between reconnect attempts to the broker, in milliseconds.
 max_reconnect_delay_ms = 5000
+
+[workers]
+# Declare the topology at start (true), or only verify it exists and refuse to start without a
+# dead-letter path (false: production, where deploy/rabbitmq/definitions.json is loaded).
+declare_topology = true
+# Unacknowledged deliveries per worker (basic_qos); also the bound on in-flight work.
+prefetch = 16
+# Seconds to let in-flight deliveries finish at shutdown.
+drain_timeout_secs = 10
+# Longest pause between reconnect attempts, in milliseconds.
+max_reconnect_delay_ms = 5000
+# Address of the workers' /metrics endpoint; port 0 picks a free one, "" turns it off.
+metrics_addr = "127.0.0.1:9100"
+# Reward points per yuan paid (fen / 100), before the level bonus.
+points_per_yuan = 1
+# Growth value per yuan paid.
+growth_per_yuan = 1
+# Most reward points a buyer can earn per UTC day; the excess is not credited, only flagged.
+daily_points_cap = 5000
+# A buyer becomes a promoter at this many purchases...
+promoter_min_purchases = 5
+# ...or at this total paid, in fen.
+promoter_min_paid_fen = 100000
+# Template/SMS delivery channel: "log" (writes a log line) or "webhook".
+channel = "log"
+# Webhook channel: URL, Standard Webhooks secret ("whsec_" + base64 key), attempts and timeout.
+webhook_url = ""
+webhook_secret = "whsec_bWVtYmVybGluZS1sb2NhbC13ZWJob29rLXNlY3JldA=="
+webhook_attempts = 3
+webhook_timeout_ms = 3000
 "#;
 
 /// A secret value: deserialized like a string, never printed.
@@ -94,6 +126,34 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub log: LogSettings,
     pub relay: RelaySettings,
+    pub workers: WorkerSettings,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    Log,
+    Webhook,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub declare_topology: bool,
+    pub prefetch: u16,
+    pub drain_timeout_secs: u64,
+    pub max_reconnect_delay_ms: u64,
+    pub metrics_addr: String,
+    pub points_per_yuan: i64,
+    pub growth_per_yuan: i64,
+    pub daily_points_cap: i64,
+    pub promoter_min_purchases: i32,
+    pub promoter_min_paid_fen: i64,
+    pub channel: ChannelKind,
+    pub webhook_url: String,
+    pub webhook_secret: Secret,
+    pub webhook_attempts: u32,
+    pub webhook_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -121,6 +181,7 @@ pub struct AmqpSettings {
     pub prefix: String,
     pub delivery_limit: u32,
     pub retry_delays_ms: Vec<u64>,
+    pub worker_retry_delays_ms: std::collections::BTreeMap<String, Vec<u64>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -245,6 +306,38 @@ impl Settings {
         {
             return invalid("amqp.prefix", "must be non-empty [A-Za-z0-9_.-]");
         }
+        for (name, delays) in &self.amqp.worker_retry_delays_ms {
+            if memberline_schema::topology::Worker::parse(name).is_none() {
+                return invalid(
+                    "amqp.worker_retry_delays_ms",
+                    "keys must be membership, ledger, notifier or savings",
+                );
+            }
+            if delays.is_empty() || delays.contains(&0) {
+                return invalid(
+                    "amqp.worker_retry_delays_ms",
+                    "every ladder needs a tier and positive delays",
+                );
+            }
+        }
+        if self.workers.prefetch == 0 {
+            return invalid("workers.prefetch", "must be positive");
+        }
+        if self.workers.points_per_yuan < 0 || self.workers.growth_per_yuan < 0 {
+            return invalid("workers.points_per_yuan", "rates must not be negative");
+        }
+        if self.workers.daily_points_cap < 0 {
+            return invalid("workers.daily_points_cap", "must not be negative");
+        }
+        if self.workers.channel == ChannelKind::Webhook && self.workers.webhook_url.is_empty() {
+            return invalid(
+                "workers.webhook_url",
+                "is required when workers.channel = webhook",
+            );
+        }
+        if self.workers.webhook_attempts == 0 {
+            return invalid("workers.webhook_attempts", "must be at least 1");
+        }
         if self.relay.batch_size == 0 || self.relay.batch_size > 10_000 {
             return invalid("relay.batch_size", "must be between 1 and 10000");
         }
@@ -261,6 +354,14 @@ impl Settings {
             .iter()
             .map(|ms| Duration::from_millis(*ms))
             .collect();
+        for (name, delays) in &self.amqp.worker_retry_delays_ms {
+            if let Some(worker) = memberline_schema::topology::Worker::parse(name) {
+                t.worker_retry_delays.insert(
+                    worker,
+                    delays.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+                );
+            }
+        }
         t
     }
 }

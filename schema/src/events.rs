@@ -174,6 +174,53 @@ impl Event for OrderPaid {
     }
 }
 
+/// `membership.extended.v1`: a paid order added membership time, made it permanent, or granted
+/// a pass.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MembershipExtended {
+    pub user_id: i64,
+    pub order_id: i64,
+    pub plan_kind: PlanKind,
+    /// Start of the new period (stacked after the current one, or now for a lapsed member).
+    pub starts_at: Option<DateTime<Utc>>,
+    /// End of the new period; `None` for permanent memberships and passes.
+    pub ends_at: Option<DateTime<Utc>>,
+    pub permanent: bool,
+    /// Uses granted (passes only).
+    pub pass_uses: Option<i32>,
+}
+
+impl Event for MembershipExtended {
+    const TYPE: &'static str = "membership.extended";
+    const VERSION: u16 = 1;
+    const AGGREGATE: &'static str = "user";
+
+    fn aggregate_id(&self) -> String {
+        self.user_id.to_string()
+    }
+}
+
+/// `level.changed.v1`: a buyer's growth moved them to another member level.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LevelChanged {
+    pub user_id: i64,
+    pub from_level: i16,
+    pub to_level: i16,
+    pub growth: i64,
+    /// The order whose growth caused the change.
+    pub order_id: i64,
+}
+
+impl Event for LevelChanged {
+    const TYPE: &'static str = "level.changed";
+    const VERSION: u16 = 1;
+    const AGGREGATE: &'static str = "user";
+
+    fn aggregate_id(&self) -> String {
+        self.user_id.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,7 +51,12 @@ impl Worker {
 
     /// The routing keys this worker's queue is bound to.
     pub fn bindings(self) -> &'static [&'static str] {
-        &["order.paid.v1"]
+        match self {
+            // The notifier also tells the buyer when the membership is active, which only the
+            // membership worker knows.
+            Worker::Notifier => &["order.paid.v1", "membership.extended.v1"],
+            _ => &["order.paid.v1"],
+        }
     }
 }
 
@@ -68,8 +73,10 @@ pub const DEFAULT_RETRY_DELAYS: [Duration; 5] = [
 #[derive(Clone, Debug)]
 pub struct Topology {
     prefix: String,
-    /// Delay of each retry tier, in order.
+    /// Delay of each retry tier, in order (every worker without an override).
     pub retry_delays: Vec<Duration>,
+    /// Per-worker retry ladders that replace [`Self::retry_delays`].
+    pub worker_retry_delays: std::collections::HashMap<Worker, Vec<Duration>>,
     /// Broker-side redelivery limit of a worker queue. It only trips when a consumer dies or
     /// rejects the same message this many times (a crash loop): our own retry ladder re-publishes
     /// with a fresh delivery count and an attempt header instead.
@@ -81,8 +88,17 @@ impl Topology {
         Self {
             prefix: prefix.into(),
             retry_delays: DEFAULT_RETRY_DELAYS.to_vec(),
+            worker_retry_delays: Default::default(),
             delivery_limit: 20,
         }
+    }
+
+    /// The retry ladder of one worker.
+    pub fn retry_delays_for(&self, worker: Worker) -> &[Duration] {
+        self.worker_retry_delays
+            .get(&worker)
+            .map(Vec::as_slice)
+            .unwrap_or(&self.retry_delays)
     }
 
     pub fn prefix(&self) -> &str {
@@ -127,7 +143,9 @@ impl Topology {
         let mut queues = vec![self.unrouted_queue()];
         for worker in Worker::ALL {
             queues.push(self.work_queue(worker));
-            queues.extend((0..self.retry_delays.len()).map(|t| self.retry_queue(worker, t)));
+            queues.extend(
+                (0..self.retry_delays_for(worker).len()).map(|t| self.retry_queue(worker, t)),
+            );
             queues.push(self.dead_queue(worker));
         }
         queues
@@ -193,7 +211,7 @@ impl Topology {
                     routing_key: (*key).to_owned(),
                 });
             }
-            for (tier, delay) in self.retry_delays.iter().enumerate() {
+            for (tier, delay) in self.retry_delays_for(worker).iter().enumerate() {
                 specs.queues.push(QueueSpec {
                     name: self.retry_queue(worker, tier),
                     args: vec![
@@ -316,7 +334,7 @@ impl Topology {
             FieldTable::default(),
         )
         .await?;
-        for tier in 0..self.retry_delays.len() {
+        for tier in 0..self.retry_delays_for(worker).len() {
             ch.queue_declare(
                 self.retry_queue(worker, tier).into(),
                 passive,

@@ -145,6 +145,10 @@ pub struct Options {
     pub amqp_url: String,
     /// Run the relay inside the gateway.
     pub embedded_relay: bool,
+    /// Start all four workers in the test process.
+    pub workers: bool,
+    /// Extra `MEMBERLINE__…` settings.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -152,6 +156,8 @@ impl Default for Options {
         Self {
             amqp_url: amqp_url(),
             embedded_relay: true,
+            workers: false,
+            env: vec![],
         }
     }
 }
@@ -167,12 +173,37 @@ pub struct TestApp {
     _test_db: TestDb,
     pub topology: Topology,
     pub keys: Keys,
-    shutdown: CancellationToken,
+    /// Metrics of the in-process workers.
+    pub worker_metrics: std::sync::Arc<memberline_gateway::metrics::Metrics>,
+    pub shutdown: CancellationToken,
+}
+
+/// Starts one worker runtime in this process; it stops with `shutdown`.
+pub fn start_worker(
+    db: &DatabaseConnection,
+    settings: &Settings,
+    handler: std::sync::Arc<dyn memberline_workers::runtime::Handler>,
+    metrics: std::sync::Arc<memberline_gateway::metrics::Metrics>,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let ctx =
+        memberline_workers::runtime::WorkerContext::new(db.clone(), settings.clone(), metrics);
+    tokio::spawn(memberline_workers::runtime::run(
+        handler,
+        ctx,
+        shutdown.child_token(),
+    ))
 }
 
 /// Settings for a test: defaults plus a fresh prefix, port 0 and fast reconnects.
-pub fn test_settings(db_url: &str, amqp_url: &str, prefix: &str, embedded_relay: bool) -> Settings {
-    let vars = [
+pub fn test_settings(
+    db_url: &str,
+    amqp_url: &str,
+    prefix: &str,
+    embedded_relay: bool,
+    extra: &[(&'static str, String)],
+) -> Settings {
+    let mut vars = vec![
         ("MEMBERLINE__HTTP__PORT", "0".to_owned()),
         ("MEMBERLINE__DATABASE__URL", db_url.to_owned()),
         ("MEMBERLINE__DATABASE__MAX_CONNECTIONS", "20".to_owned()),
@@ -184,7 +215,16 @@ pub fn test_settings(db_url: &str, amqp_url: &str, prefix: &str, embedded_relay:
             "200".to_owned(),
         ),
         ("MEMBERLINE__RELAY__CONFIRM_TIMEOUT_MS", "3000".to_owned()),
+        // Short ladders keep retry tests fast; the shape is the production one.
+        ("MEMBERLINE__AMQP__RETRY_DELAYS_MS", "100,200".to_owned()),
+        ("MEMBERLINE__WORKERS__METRICS_ADDR", String::new()),
+        (
+            "MEMBERLINE__WORKERS__MAX_RECONNECT_DELAY_MS",
+            "200".to_owned(),
+        ),
+        ("MEMBERLINE__WORKERS__DRAIN_TIMEOUT_SECS", "5".to_owned()),
     ];
+    vars.extend(extra.iter().cloned());
     Settings::load_from(
         None,
         "test",
@@ -200,7 +240,13 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(options: Options) -> TestApp {
     let db = TestDb::create().await;
     let prefix = format!("t{}", Uuid::new_v4().simple());
-    let settings = test_settings(&db.url, &options.amqp_url, &prefix, options.embedded_relay);
+    let settings = test_settings(
+        &db.url,
+        &options.amqp_url,
+        &prefix,
+        options.embedded_relay,
+        &options.env,
+    );
     let topology = settings.topology();
     // Declare up front (through the real broker) so test queues can bind before any event.
     let ch = broker_channel().await;
@@ -212,7 +258,21 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let base = format!("http://127.0.0.1:{}", app.port());
     let shutdown = CancellationToken::new();
     tokio::spawn(app.run_until(shutdown.clone()));
+    let worker_metrics = std::sync::Arc::new(memberline_gateway::metrics::Metrics::default());
+    if options.workers {
+        for worker in memberline_schema::topology::Worker::ALL {
+            let handler = memberline_workers::handler_for(worker, &settings).expect("handler");
+            start_worker(
+                &db.conn,
+                &settings,
+                handler,
+                worker_metrics.clone(),
+                &shutdown,
+            );
+        }
+    }
     TestApp {
+        worker_metrics,
         base,
         client: reqwest::Client::new(),
         keys: Keys::new(settings.auth.jwt_secret.expose()),
@@ -408,5 +468,68 @@ impl Tap {
             }
         }
         seen
+    }
+}
+
+impl TestApp {
+    /// Publishes raw bytes to the events exchange (confirmed), as a misbehaving or replaying
+    /// publisher would.
+    pub async fn publish_event(&self, routing_key: &str, body: &[u8]) {
+        let ch = broker_channel().await;
+        ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let confirm = ch
+            .basic_publish(
+                self.topology.events_exchange().into(),
+                routing_key.into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+
+    /// Every outbox payload of one event type, oldest first.
+    pub async fn outbox_payloads(&self, event_type: &str) -> Vec<serde_json::Value> {
+        self.db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT payload FROM outbox WHERE event_type = $1 ORDER BY created_at, id",
+                [event_type.into()],
+            ))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.try_get::<serde_json::Value>("", "payload").unwrap())
+            .collect()
+    }
+
+    /// Messages waiting in a queue (passive declare).
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        let ch = broker_channel().await;
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count()
+    }
+
+    /// Waits until `sql` (one integer) returns `want`.
+    pub async fn wait_for_count(&self, what: &str, sql: &str, want: i64) {
+        eventually(what, Duration::from_secs(30), || async {
+            (self.scalar(sql).await == want).then_some(())
+        })
+        .await;
     }
 }

@@ -122,5 +122,123 @@ pub async fn create_user(
 }
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/admin/users", post(create_user))
+    Router::new()
+        .route("/v1/admin/users", post(create_user))
+        .route("/v1/admin/dead-letters", axum::routing::get(dead_letters))
+        .route("/v1/admin/dead-letters/replay", post(replay_dead_letters))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct DeadLetterQuery {
+    /// `membership | ledger | notifier | savings`
+    pub worker: String,
+    /// At most this many (1-500, default 50).
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeadLetterList {
+    pub worker: String,
+    pub dead_letters: Vec<crate::dead_letters::DeadLetter>,
+}
+
+fn parse_worker(name: &str) -> Result<memberline_schema::topology::Worker, ApiError> {
+    memberline_schema::topology::Worker::parse(name).ok_or_else(|| {
+        ApiError::unprocessable(
+            "unknown_worker",
+            format!("worker must be membership, ledger, notifier or savings, not `{name}`"),
+        )
+    })
+}
+
+fn broker_unavailable(e: anyhow::Error) -> ApiError {
+    tracing::warn!(error = %e, "dead-letter operation failed");
+    ApiError::unavailable("the broker is unavailable; try again")
+}
+
+/// A worker's dead letters, oldest first, with the reason, attempts, last error and original
+/// routing key. Listing leaves them in place.
+#[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin", security(("bearer" = [])),
+    params(DeadLetterQuery),
+    responses(
+        (status = 200, body = DeadLetterList),
+        (status = 403, body = crate::error::ErrorBody),
+        (status = 422, description = "`unknown_worker`", body = crate::error::ErrorBody),
+        (status = 503, description = "Broker unavailable", body = crate::error::ErrorBody),
+    ))]
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<axum::extract::Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<DeadLetterList>, ApiError> {
+    caller.require(Role::Admin)?;
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let worker = parse_worker(&q.worker)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be 1-500",
+        ));
+    }
+    let dead_letters = crate::dead_letters::list(
+        state.settings.amqp.url.expose(),
+        &state.topology,
+        worker,
+        limit,
+    )
+    .await
+    .map_err(broker_unavailable)?;
+    Ok(Json(DeadLetterList {
+        worker: worker.as_str().to_owned(),
+        dead_letters,
+    }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// `membership | ledger | notifier | savings`
+    pub worker: String,
+    /// Replay only this event; all dead letters when absent.
+    pub event_id: Option<String>,
+    /// Replay at most this many.
+    pub limit: Option<u64>,
+}
+
+/// Moves dead letters back to the worker's queue. Replaying an event whose effect was already
+/// applied changes nothing.
+#[utoipa::path(post, path = "/v1/admin/dead-letters/replay", tag = "admin", security(("bearer" = [])),
+    request_body = ReplayRequest,
+    responses(
+        (status = 200, body = crate::dead_letters::ReplayReport),
+        (status = 403, body = crate::error::ErrorBody),
+        (status = 422, description = "`unknown_worker`, `invalid_body`", body = crate::error::ErrorBody),
+        (status = 503, description = "Broker unavailable", body = crate::error::ErrorBody),
+    ))]
+pub async fn replay_dead_letters(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonValue(body): JsonValue,
+) -> Result<Json<crate::dead_letters::ReplayReport>, ApiError> {
+    caller.require(Role::Admin)?;
+    let req: ReplayRequest = typed(body)?;
+    let worker = parse_worker(&req.worker)?;
+    let report = crate::dead_letters::replay(
+        state.settings.amqp.url.expose(),
+        &state.topology,
+        worker,
+        req.event_id.as_deref(),
+        req.limit,
+        |_, _| {},
+    )
+    .await
+    .map_err(broker_unavailable)?;
+    tracing::info!(
+        worker = worker.as_str(),
+        replayed = report.replayed,
+        "Dead letters replayed"
+    );
+    Ok(Json(report))
 }

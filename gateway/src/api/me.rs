@@ -8,9 +8,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use memberline_schema::entities::{
-    balance_ledger, level, membership_period, point_ledger, user, user_pass,
+    balance_ledger, level, membership_period, notification, point_ledger, user, user_pass,
 };
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Statement,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -267,10 +270,126 @@ pub async fn ledger(
     Ok(Json(Ledger { entries }))
 }
 
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct NotificationQuery {
+    /// Only unread messages.
+    pub unread: Option<bool>,
+    /// At most this many (1-200, default 50).
+    pub limit: Option<u64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct NotificationView {
+    pub id: i64,
+    /// `order_paid | membership_extended`
+    pub kind: String,
+    pub title: String,
+    pub body: String,
+    pub order_id: Option<i64>,
+    pub read_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<notification::Model> for NotificationView {
+    fn from(n: notification::Model) -> Self {
+        Self {
+            id: n.id,
+            kind: n.kind,
+            title: n.title,
+            body: n.body,
+            order_id: n.order_id,
+            read_at: n.read_at,
+            created_at: n.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Inbox {
+    /// Newest first.
+    pub notifications: Vec<NotificationView>,
+    pub unread: u64,
+}
+
+/// The caller's inbox, newest first.
+#[utoipa::path(get, path = "/v1/me/notifications", tag = "me", security(("bearer" = [])),
+    params(NotificationQuery),
+    responses((status = 200, body = Inbox), (status = 401, body = crate::error::ErrorBody)))]
+pub async fn notifications(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<NotificationQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Inbox>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be 1-200",
+        ));
+    }
+    let mut select = notification::Entity::find()
+        .filter(notification::Column::UserId.eq(caller.user_id))
+        .order_by_desc(notification::Column::Id)
+        .limit(limit);
+    if q.unread == Some(true) {
+        select = select.filter(notification::Column::ReadAt.is_null());
+    }
+    let rows = select.all(&state.db).await?;
+    let unread = notification::Entity::find()
+        .filter(notification::Column::UserId.eq(caller.user_id))
+        .filter(notification::Column::ReadAt.is_null())
+        .count(&state.db)
+        .await?;
+    Ok(Json(Inbox {
+        notifications: rows.into_iter().map(NotificationView::from).collect(),
+        unread,
+    }))
+}
+
+/// Marks one of the caller's messages read (idempotent). Someone else's is 404.
+#[utoipa::path(post, path = "/v1/me/notifications/{id}/read", tag = "me", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Notification id")),
+    responses(
+        (status = 200, body = NotificationView),
+        (status = 401, body = crate::error::ErrorBody),
+        (status = 404, description = "`notification_not_found`", body = crate::error::ErrorBody),
+    ))]
+pub async fn mark_read(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<axum::extract::Path<i64>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<NotificationView>, ApiError> {
+    let not_found = || ApiError::not_found("notification_not_found", "no such notification");
+    let axum::extract::Path(id) = path.map_err(|_| not_found())?;
+    let row = state
+        .db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE notifications SET read_at = COALESCE(read_at, now()) \
+             WHERE id = $1 AND user_id = $2 RETURNING id",
+            [id.into(), caller.user_id.into()],
+        ))
+        .await?;
+    if row.is_none() {
+        return Err(not_found());
+    }
+    let n = notification::Entity::find_by_id(id)
+        .one(&state.db)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(n.into()))
+}
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/me", get(me))
         .route("/v1/me/ledger", get(ledger))
+        .route("/v1/me/notifications", get(notifications))
+        .route(
+            "/v1/me/notifications/{id}/read",
+            axum::routing::post(mark_read),
+        )
 }
 
 #[cfg(test)]

@@ -22,12 +22,9 @@ fn the_committed_rabbitmq_definitions_match_the_codes_topology() {
 #[test]
 fn every_deploy_config_file_loads() {
     for env in ["local", "production"] {
-        let settings = Settings::load_from(
-            Some(&repo().join("deploy/config")),
-            env,
-            std::iter::empty(),
-        )
-        .unwrap_or_else(|e| panic!("{env}: {e}"));
+        let settings =
+            Settings::load_from(Some(&repo().join("deploy/config")), env, std::iter::empty())
+                .unwrap_or_else(|e| panic!("{env}: {e}"));
         assert_eq!(settings.amqp.prefix, "memberline");
     }
 }
@@ -37,7 +34,10 @@ fn a_bad_environment_value_stops_with_the_keys_name() {
     let err = Settings::load_from(
         None,
         "test",
-        [("MEMBERLINE__RELAY__BATCH_SIZE".to_owned(), "lots".to_owned())],
+        [(
+            "MEMBERLINE__RELAY__BATCH_SIZE".to_owned(),
+            "lots".to_owned(),
+        )],
     )
     .unwrap_err()
     .to_string();

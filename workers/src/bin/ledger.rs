@@ -1,0 +1,6 @@
+//! The ledger worker.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    memberline_workers::main_for(&[memberline_schema::topology::Worker::Ledger]).await
+}
