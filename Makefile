@@ -13,7 +13,7 @@ export MEMBERLINE__DATABASE__URL ?= $(PGURL)/$(DB_NAME)
 TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),1)
 ROLE ?= user
 
-.PHONY: help run test bench lint fmt services build db migrate seed token openapi topology unit-test integration-test clean-test-data
+.PHONY: help run test browser-test bench lint fmt services build db migrate seed token openapi topology unit-test integration-test clean-test-data
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -24,6 +24,10 @@ run: services build db ## Start the whole system locally with a demo (Ctrl-C sto
 test: services ## Check services, then run every test (what .ci/run calls)
 	@command -v cargo-nextest >/dev/null || $(CARGO) install cargo-nextest --locked
 	$(CARGO) nextest run --workspace --no-fail-fast
+	tests/browser/run.sh
+
+browser-test: build ## Web pages in headless Chromium (installs chromium and playwright-core when missing)
+	tests/browser/run.sh
 
 unit-test: ## Unit tests only (no services needed)
 	$(CARGO) nextest run --workspace --lib --bins
@@ -32,8 +36,8 @@ integration-test: services ## Integration suites only
 	$(CARGO) nextest run -p memberline-tests
 
 bench: services ## Measure throughput and latency into BENCHMARKS.md's format
-	$(CARGO) build --release --bins -p memberline-tests -p memberline-gateway
-	target/release/bench
+	$(CARGO) build --release --bins
+	target/release/bench | tee target/bench-report.md
 
 lint: ## cargo fmt --check, clippy -D warnings, cargo deny (installed when missing)
 	$(CARGO) fmt --all -- --check

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make run`: starts the gateway (with its embedded outbox relay) on the local services, prints
-# where everything is and a demo token, and stops every process it started on Ctrl-C.
+# `make run`: starts the gateway (with its embedded outbox relay) and the four workers (one
+# process) on the local services, prints where everything is and demo tokens, and stops every
+# process it started on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/debug
@@ -18,6 +19,8 @@ trap cleanup INT TERM EXIT
 
 "$BIN/memberline" serve &
 pids+=($!)
+"$BIN/memberline-workers" &
+pids+=($!)
 
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
@@ -32,6 +35,7 @@ cat <<MSG
     API:           http://127.0.0.1:$PORT/v1/plans
     API docs:      http://127.0.0.1:$PORT/docs   (document: /openapi.json)
     Health:        http://127.0.0.1:$PORT/readyz   Metrics: /metrics
+    Workers:       http://${MEMBERLINE__WORKERS__METRICS_ADDR:-127.0.0.1:9100}/metrics (and /readyz)
 
   Demo buyer (user 1, Gold level, 10% off) token:
     $USER_TOKEN
@@ -43,7 +47,9 @@ cat <<MSG
     curl -s -X POST -H "Authorization: Bearer $USER_TOKEN" -H 'Idempotency-Key: demo-1' \\
          -H 'Content-Type: application/json' -d '{"plan_id": 1, "pay_method": "points"}' \\
          http://127.0.0.1:$PORT/v1/orders
-    rabbitmqctl list_queues name messages | grep memberline    # the order.paid.v1 event waits there
+    curl -s -H "Authorization: Bearer $USER_TOKEN" http://127.0.0.1:$PORT/v1/me   # membership, savings, level
+    curl -s -H "Authorization: Bearer $USER_TOKEN" http://127.0.0.1:$PORT/v1/me/notifications
+    target/debug/memberline-dlq list --worker ledger                           # dead letters, if any
 
   Ctrl-C stops everything.
 MSG

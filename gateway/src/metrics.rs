@@ -35,6 +35,13 @@ fn help(name: &str) -> &'static str {
         "memberline_outbox_publish_failures_total" => {
             "Outbox publishes that were nacked, returned, timed out or failed."
         }
+        "memberline_worker_deliveries_total" => {
+            "Deliveries by consumer and outcome (applied, duplicate, retried, dead_lettered)."
+        }
+        "memberline_worker_handling_seconds" => "Time to handle one delivery, by consumer.",
+        "memberline_worker_event_to_effect_seconds" => {
+            "Time from an event's occurrence to its committed effect, by consumer."
+        }
         _ => "Memberline metric.",
     }
 }

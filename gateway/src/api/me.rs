@@ -12,7 +12,7 @@ use memberline_schema::entities::{
 };
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Statement,
+    QuerySelect, Statement, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 
@@ -126,24 +126,33 @@ pub fn membership_at(periods: &[membership_period::Model], now: DateTime<Utc>) -
         (status = 401, description = "Missing, malformed or expired token", body = crate::error::ErrorBody),
     ))]
 pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
+    // One snapshot: the profile, membership and passes are read as of the same instant.
+    let txn = state
+        .db
+        .begin_with_config(
+            Some(sea_orm::IsolationLevel::RepeatableRead),
+            Some(sea_orm::AccessMode::ReadOnly),
+        )
+        .await?;
     let u = user::Entity::find_by_id(caller.user_id)
-        .one(&state.db)
+        .one(&txn)
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown_user", "the token's user does not exist"))?;
     let lvl = level::Entity::find_by_id(u.level_id)
-        .one(&state.db)
+        .one(&txn)
         .await?
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("level {} missing", u.level_id)))?;
     let periods = membership_period::Entity::find()
         .filter(membership_period::Column::UserId.eq(u.id))
-        .all(&state.db)
+        .all(&txn)
         .await?;
     let passes = user_pass::Entity::find()
         .filter(user_pass::Column::UserId.eq(u.id))
         .filter(user_pass::Column::UsesLeft.gt(0))
         .order_by_asc(user_pass::Column::Id)
-        .all(&state.db)
+        .all(&txn)
         .await?;
+    txn.commit().await?;
     Ok(Json(Me {
         user_id: u.id,
         name: u.name,
@@ -335,12 +344,21 @@ pub async fn notifications(
     if q.unread == Some(true) {
         select = select.filter(notification::Column::ReadAt.is_null());
     }
-    let rows = select.all(&state.db).await?;
+    // One snapshot for the list and the count, so they never disagree while the notifier writes.
+    let txn = state
+        .db
+        .begin_with_config(
+            Some(sea_orm::IsolationLevel::RepeatableRead),
+            Some(sea_orm::AccessMode::ReadOnly),
+        )
+        .await?;
+    let rows = select.all(&txn).await?;
     let unread = notification::Entity::find()
         .filter(notification::Column::UserId.eq(caller.user_id))
         .filter(notification::Column::ReadAt.is_null())
-        .count(&state.db)
+        .count(&txn)
         .await?;
+    txn.commit().await?;
     Ok(Json(Inbox {
         notifications: rows.into_iter().map(NotificationView::from).collect(),
         unread,

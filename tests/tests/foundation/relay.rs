@@ -151,7 +151,10 @@ async fn a_commit_wakes_the_relay_without_waiting_for_its_poll_interval() {
         Duration::from_secs(10),
         || async {
             let listening = app
-                .scalar("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+                .scalar(
+                    "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+                )
                 .await;
             (listening > 0).then_some(())
         },
