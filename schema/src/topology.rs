@@ -52,9 +52,13 @@ impl Worker {
     /// The routing keys this worker's queue is bound to.
     pub fn bindings(self) -> &'static [&'static str] {
         match self {
-            // The notifier also tells the buyer when the membership is active, which only the
-            // membership worker knows.
-            Worker::Notifier => &["order.paid.v1", "membership.extended.v1"],
+            // The notifier also tells the buyer when the membership is active and when their
+            // level changed, which only the membership and ledger workers know.
+            Worker::Notifier => &[
+                "order.paid.v1",
+                "membership.extended.v1",
+                "level.changed.v1",
+            ],
             _ => &["order.paid.v1"],
         }
     }

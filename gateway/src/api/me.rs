@@ -290,7 +290,7 @@ pub struct NotificationQuery {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct NotificationView {
     pub id: i64,
-    /// `order_paid | membership_extended`
+    /// `order_paid | membership_extended | level_changed`
     pub kind: String,
     pub title: String,
     pub body: String,

@@ -1,13 +1,14 @@
 //! Notifier: for `order.paid.v1` a message in the buyer's inbox, a template/SMS message through
 //! the configured channel, a sequenced merchant-console feed entry ("new paid order") and a
 //! console push; for `membership.extended.v1` an inbox message and a buyer push ("membership
-//! active until …"). The inbox row (unique per event, user and kind) is the business key.
+//! active until …"); for `level.changed.v1` an inbox message and a buyer push. The inbox row
+//! (unique per event, user and kind) is the business key.
 
 use super::{insert_once, order_paid, require_paid_order};
 use crate::channel::{Channel, Message};
 use crate::decide::HandlerError;
 use crate::runtime::{Effects, Handler, Incoming, Push};
-use memberline_schema::events::{Envelope, MembershipExtended};
+use memberline_schema::events::{Envelope, LevelChanged, MembershipExtended};
 use memberline_schema::money::fen_to_yuan;
 use memberline_schema::topology::Worker;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement};
@@ -38,6 +39,7 @@ impl Handler for Notifier {
     ) -> Result<Effects, HandlerError> {
         match msg.head.event_type.as_str() {
             "membership.extended" => self.membership_extended(txn, msg).await,
+            "level.changed" => self.level_changed(txn, msg).await,
             _ => self.order_paid(txn, msg).await,
         }
     }
@@ -179,6 +181,53 @@ impl Notifier {
                     "until": e.ends_at,
                     "message": body,
                 }),
+            }],
+        })
+    }
+
+    async fn level_changed(
+        &self,
+        txn: &DatabaseTransaction,
+        msg: &Incoming,
+    ) -> Result<Effects, HandlerError> {
+        let env: Envelope<LevelChanged> =
+            serde_json::from_value(msg.envelope.clone()).map_err(|e| {
+                HandlerError::permanent(anyhow::anyhow!("level.changed.v1 payload: {e}"))
+            })?;
+        let e = &env.payload;
+        let name: String = txn
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT name FROM levels WHERE id = $1",
+                [e.to_level.into()],
+            ))
+            .await?
+            .ok_or_else(|| {
+                HandlerError::permanent(anyhow::anyhow!("unknown level {}", e.to_level))
+            })?
+            .try_get("", "name")?;
+        let body = format!("You are now a {name} member.");
+        let inserted = insert_once(
+            txn,
+            "INSERT INTO notifications (user_id, event_id, kind, title, body, order_id) \
+             VALUES ($1, $2, 'level_changed', 'New member level', $3, $4) \
+             ON CONFLICT (event_id, user_id, kind) DO NOTHING RETURNING id",
+            vec![
+                e.user_id.into(),
+                env.event_id.into(),
+                body.clone().into(),
+                e.order_id.into(),
+            ],
+        )
+        .await?;
+        if !inserted {
+            return Ok(Effects::already_applied());
+        }
+        Ok(Effects {
+            already_applied: false,
+            pushes: vec![Push {
+                routing_key: buyer_key(e.user_id),
+                body: json!({"type": "level_changed", "level": name, "message": body}),
             }],
         })
     }
