@@ -16,6 +16,17 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 
+/// A read-only transaction whose reads all see the same instant.
+async fn snapshot(state: &AppState) -> Result<sea_orm::DatabaseTransaction, ApiError> {
+    Ok(state
+        .db
+        .begin_with_config(
+            Some(sea_orm::IsolationLevel::RepeatableRead),
+            Some(sea_orm::AccessMode::ReadOnly),
+        )
+        .await?)
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Me {
     pub user_id: i64,
@@ -127,13 +138,7 @@ pub fn membership_at(periods: &[membership_period::Model], now: DateTime<Utc>) -
     ))]
 pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
     // One snapshot: the profile, membership and passes are read as of the same instant.
-    let txn = state
-        .db
-        .begin_with_config(
-            Some(sea_orm::IsolationLevel::RepeatableRead),
-            Some(sea_orm::AccessMode::ReadOnly),
-        )
-        .await?;
+    let txn = snapshot(&state).await?;
     let u = user::Entity::find_by_id(caller.user_id)
         .one(&txn)
         .await?
@@ -345,13 +350,7 @@ pub async fn notifications(
         select = select.filter(notification::Column::ReadAt.is_null());
     }
     // One snapshot for the list and the count, so they never disagree while the notifier writes.
-    let txn = state
-        .db
-        .begin_with_config(
-            Some(sea_orm::IsolationLevel::RepeatableRead),
-            Some(sea_orm::AccessMode::ReadOnly),
-        )
-        .await?;
+    let txn = snapshot(&state).await?;
     let rows = select.all(&txn).await?;
     let unread = notification::Entity::find()
         .filter(notification::Column::UserId.eq(caller.user_id))

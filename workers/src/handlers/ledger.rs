@@ -5,7 +5,7 @@
 //! credited and the excess is recorded on the entry as flagged. One reward entry per order
 //! (`UNIQUE (order_id, reason)`).
 
-use super::{insert_once, lock_user, order_paid, require_paid_order};
+use super::{insert_once, paid_order_locked};
 use crate::decide::HandlerError;
 use crate::runtime::{Effects, Handler, Incoming};
 use memberline_gateway::outbox;
@@ -56,10 +56,8 @@ impl Handler for Ledger {
         txn: &DatabaseTransaction,
         msg: &Incoming,
     ) -> Result<Effects, HandlerError> {
-        let env = order_paid(msg)?;
+        let env = paid_order_locked(txn, msg).await?;
         let e = &env.payload;
-        require_paid_order(txn, e).await?;
-        lock_user(txn, e.buyer_id).await?;
         let user = txn
             .query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,

@@ -3,7 +3,7 @@
 //! and lasts the plan's days; a permanent plan makes it permanent; a pass adds its uses.
 //! One period (or pass) per order, enforced by a unique constraint.
 
-use super::{insert_once, lock_user, order_paid, require_paid_order};
+use super::{insert_once, paid_order_locked};
 use crate::decide::HandlerError;
 use crate::runtime::{Effects, Handler, Incoming};
 use chrono::{DateTime, Duration, Utc};
@@ -33,11 +33,9 @@ impl Handler for Membership {
         txn: &DatabaseTransaction,
         msg: &Incoming,
     ) -> Result<Effects, HandlerError> {
-        let env = order_paid(msg)?;
+        // Locks the buyer: two orders stacking at once must not both start at the same end.
+        let env = paid_order_locked(txn, msg).await?;
         let e = &env.payload;
-        require_paid_order(txn, e).await?;
-        // Serialize per buyer: two orders stacking at once must not both start at the same end.
-        lock_user(txn, e.buyer_id).await?;
         let now = Utc::now();
         let extended = match e.plan_kind {
             PlanKind::Membership => {

@@ -78,6 +78,18 @@ pub async fn lock_user(txn: &DatabaseTransaction, user_id: i64) -> Result<(), Ha
     Ok(())
 }
 
+/// The common start of every effect that changes a buyer's records: decode `order.paid.v1`,
+/// check its order, and lock the buyer so effects of one buyer's orders apply one at a time.
+pub async fn paid_order_locked(
+    txn: &DatabaseTransaction,
+    msg: &Incoming,
+) -> Result<Envelope<OrderPaid>, HandlerError> {
+    let env = order_paid(msg)?;
+    require_paid_order(txn, &env.payload).await?;
+    lock_user(txn, env.payload.buyer_id).await?;
+    Ok(env)
+}
+
 /// Runs an INSERT … ON CONFLICT DO NOTHING RETURNING; `false` when the business key existed.
 pub async fn insert_once(
     txn: &DatabaseTransaction,

@@ -2,7 +2,7 @@
 //! payments), the buyer's running totals, purchase count and total paid, and promoter status
 //! once the purchase count or the total paid crosses its threshold. One entry per order.
 
-use super::{insert_once, lock_user, order_paid, require_paid_order};
+use super::{insert_once, paid_order_locked};
 use crate::decide::HandlerError;
 use crate::runtime::{Effects, Handler, Incoming};
 use memberline_gateway::settings::WorkerSettings;
@@ -46,10 +46,8 @@ impl Handler for Savings {
         txn: &DatabaseTransaction,
         msg: &Incoming,
     ) -> Result<Effects, HandlerError> {
-        let env = order_paid(msg)?;
+        let env = paid_order_locked(txn, msg).await?;
         let e = &env.payload;
-        require_paid_order(txn, e).await?;
-        lock_user(txn, e.buyer_id).await?;
         let (saved_fen, saved_points) = saved(e);
         let inserted = insert_once(
             txn,
