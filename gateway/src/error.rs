@@ -89,8 +89,32 @@ impl ApiError {
 }
 
 impl From<sea_orm::DbErr> for ApiError {
+    /// Errors a retry can cure (no pooled connection in time, a lost connection, a
+    /// serialization failure or deadlock, a lock or statement timeout) are 503 `unavailable`:
+    /// with the Idempotency-Key, retrying is safe. Anything else is an opaque 500.
     fn from(e: sea_orm::DbErr) -> Self {
+        if is_retryable(&e) {
+            tracing::warn!(error = %e, "database temporarily unavailable");
+            return Self::unavailable("the database is busy or unavailable; retry shortly");
+        }
         Self::internal(e)
+    }
+}
+
+fn is_retryable(e: &sea_orm::DbErr) -> bool {
+    use sea_orm::sqlx;
+    match e {
+        sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_) => true,
+        sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(s))
+        | sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(s)) => match &**s {
+            sqlx::Error::Database(db) => matches!(
+                db.code().as_deref(),
+                Some("40001" | "40P01" | "55P03" | "57014" | "57P01")
+            ),
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+            _ => false,
+        },
+        _ => false,
     }
 }
 

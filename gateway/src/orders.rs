@@ -196,7 +196,15 @@ async fn place_in(txn: &DatabaseTransaction, cmd: &PlaceOrder) -> Result<Placed,
             .filter(membership_period::Column::Permanent.eq(true))
             .count(txn)
             .await?;
-        if permanent > 0 {
+        // A paid permanent order counts at once, before the membership worker has written its
+        // period: otherwise two quick purchases would both be charged.
+        let permanent_orders = order::Entity::find()
+            .filter(order::Column::BuyerId.eq(buyer.id))
+            .filter(order::Column::PlanKind.eq(PlanKind::Permanent.as_str()))
+            .filter(order::Column::Status.eq(status::PAID))
+            .count(txn)
+            .await?;
+        if permanent + permanent_orders > 0 {
             return Err(ApiError::conflict(
                 "already_permanent",
                 "you already have a permanent membership",

@@ -21,7 +21,7 @@ use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use memberline_schema::topology::Topology;
+use memberline_schema::topology::{PRECONDITION_FAILED, Topology, reply_code};
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
@@ -30,11 +30,14 @@ use sea_orm::{
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
 /// The PostgreSQL notification channel the outbox trigger signals.
 pub const NOTIFY_CHANNEL: &str = "memberline_outbox";
+
+/// Longest wait for one broker operation (connect, publish, close).
+const BROKER_OP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct Relay {
@@ -113,12 +116,33 @@ impl Relay {
         shutdown: &CancellationToken,
         connected: &mut bool,
     ) -> anyhow::Result<()> {
-        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
-        let channel = conn.create_channel().await?;
+        let conn = tokio::time::timeout(
+            BROKER_OP_TIMEOUT,
+            Connection::connect(&self.amqp_url, ConnectionProperties::default()),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to the broker timed out"))??;
+        let mut channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        self.topology.declare(&channel).await?;
+        if let Err(e) = self.topology.declare(&channel).await {
+            if reply_code(&e) != Some(PRECONDITION_FAILED) {
+                return Err(e.into());
+            }
+            // The broker holds queues declared with other arguments (a changed retry ladder or
+            // delivery limit). Keep delivering to the queues that exist; an operator must
+            // reconcile them (README, Operations).
+            error!(error = %e, "Broker topology differs from this configuration; \
+                publishing to the existing queues until it is reconciled");
+            channel = conn.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            self.topology
+                .declare_exchanges_and_verify_queues(&channel)
+                .await?;
+        }
         let mut listener = PgListener::connect_with(self.db.get_postgres_connection_pool()).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
         *connected = true;
@@ -126,17 +150,22 @@ impl Relay {
 
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
         loop {
-            let published = self
+            let (taken, published) = self
                 .publish_batch(&channel)
                 .instrument(info_span!("relay_batch"))
                 .await?;
-            if published as u64 >= self.settings.batch_size {
-                // A full batch: more rows are probably waiting.
+            if shutdown.is_cancelled() {
+                close(&conn).await;
+                return Ok(());
+            }
+            if taken as u64 >= self.settings.batch_size && published == taken {
+                // A full batch, all confirmed: more rows are probably waiting. After any
+                // failure we wait instead, so rows that keep failing cannot spin the loop.
                 continue;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = conn.close(200, "relay shutting down".into()).await;
+                    close(&conn).await;
                     return Ok(());
                 }
                 notified = listener.recv() => { notified?; }
@@ -145,9 +174,9 @@ impl Relay {
         }
     }
 
-    /// Publishes one batch; returns how many rows it took. `Err` means the channel or the
-    /// database failed; rows not confirmed stay unpublished.
-    async fn publish_batch(&self, channel: &Channel) -> anyhow::Result<usize> {
+    /// Publishes one batch; returns how many rows it took and how many were confirmed. `Err`
+    /// means the channel or the database failed; rows not confirmed stay unpublished.
+    async fn publish_batch(&self, channel: &Channel) -> anyhow::Result<(usize, usize)> {
         let txn = self.db.begin().await?;
         let rows = txn
             .query_all_raw(Statement::from_sql_and_values(
@@ -160,7 +189,7 @@ impl Relay {
             .await?;
         if rows.is_empty() {
             txn.commit().await?;
-            return Ok(0);
+            return Ok((0, 0));
         }
         let taken = rows.len();
         let (outcomes, fatal) = self.publish_rows(channel, &rows).await;
@@ -187,7 +216,7 @@ impl Relay {
         debug!(taken, published, failed, "Relay batch done");
         match fatal {
             Some(e) => Err(e),
-            None => Ok(taken),
+            None => Ok((taken, published)),
         }
     }
 
@@ -239,20 +268,24 @@ impl Relay {
                 mandatory: true,
                 ..Default::default()
             };
-            match channel
-                .basic_publish(
-                    exchange.as_str().into(),
-                    routing_key.as_str().into(),
-                    options,
-                    &body,
-                    props,
-                )
-                .await
-            {
-                Ok(confirm) => pending.push((id, confirm)),
-                Err(e) => {
+            // A broker under a memory or disk alarm blocks publishers: bound the wait.
+            let publish = channel.basic_publish(
+                exchange.as_str().into(),
+                routing_key.as_str().into(),
+                options,
+                &body,
+                props,
+            );
+            match tokio::time::timeout(BROKER_OP_TIMEOUT, publish).await {
+                Ok(Ok(confirm)) => pending.push((id, confirm)),
+                Ok(Err(e)) => {
                     outcomes.push(RowOutcome::Failed(id, format!("publish failed: {e}")));
                     fatal = Some(e.into());
+                    break;
+                }
+                Err(_) => {
+                    outcomes.push(RowOutcome::Failed(id, "publish timed out".into()));
+                    fatal = Some(anyhow::anyhow!("publish timed out (broker blocked?)"));
                     break;
                 }
             }
@@ -289,6 +322,15 @@ impl Relay {
         }
         (outcomes, fatal)
     }
+}
+
+/// Closes the connection, giving up after a bounded wait (a blocked broker never answers).
+async fn close(conn: &Connection) {
+    let _ = tokio::time::timeout(
+        BROKER_OP_TIMEOUT,
+        conn.close(200, "relay shutting down".into()),
+    )
+    .await;
 }
 
 async fn record(txn: &DatabaseTransaction, outcomes: &[RowOutcome]) -> Result<(), sea_orm::DbErr> {

@@ -321,6 +321,46 @@ impl Topology {
         })
     }
 
+    /// Declares only the exchanges (and the unrouted queue behind the alternate exchange), then
+    /// checks without creating anything that every worker queue exists. The relay falls back to
+    /// this when the broker holds queues declared with other arguments than this configuration
+    /// (PRECONDITION_FAILED): events keep flowing to the existing queues while an operator
+    /// reconciles the ladder.
+    pub async fn declare_exchanges_and_verify_queues(
+        &self,
+        ch: &Channel,
+    ) -> Result<(), lapin::Error> {
+        let specs = self.specs();
+        for ex in &specs.exchanges {
+            let kind = match ex.kind {
+                "fanout" => ExchangeKind::Fanout,
+                _ => ExchangeKind::Topic,
+            };
+            ch.exchange_declare(
+                ex.name.as_str().into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                field_table(&ex.args),
+            )
+            .await?;
+        }
+        for q in &specs.queues {
+            ch.queue_declare(
+                q.name.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Checks, without creating anything, that a worker's dead-letter path exists. A worker
     /// refuses to start without it: a failure with nowhere to go would be lost.
     pub async fn verify_dead_letter_path(
@@ -414,6 +454,20 @@ fn field_table(args: &[(&'static str, Arg)]) -> FieldTable {
     }
     table
 }
+
+/// The AMQP reply code of a broker error (404 NOT_FOUND, 406 PRECONDITION_FAILED, …), if the
+/// error came from the broker rather than the network.
+pub fn reply_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}
+
+/// PRECONDITION_FAILED: a declaration's arguments differ from what the broker holds.
+pub const PRECONDITION_FAILED: u16 = 406;
+/// NOT_FOUND: a passive declaration named something that does not exist.
+pub const NOT_FOUND: u16 = 404;
 
 fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))

@@ -36,7 +36,12 @@ pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let db = memberline_gateway::app::connect_db(&settings.database).await?;
+    // Every in-flight delivery holds a connection for its transaction: size the pool so that
+    // one slow worker (a webhook holding the notifier's transactions) cannot starve the others.
+    let mut db_settings = settings.database.clone();
+    let needed = u32::from(settings.workers.prefetch) * workers.len() as u32 + 2;
+    db_settings.max_connections = db_settings.max_connections.max(needed);
+    let db = memberline_gateway::app::connect_db(&db_settings).await?;
     let metrics = Arc::new(Metrics::default());
     let mut contexts = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();

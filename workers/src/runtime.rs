@@ -16,7 +16,7 @@
 //! harmless.
 
 use crate::decide::{Decision, HandlerError, Outcome, decide};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -26,11 +26,12 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use memberline_gateway::metrics::Metrics;
 use memberline_gateway::settings::Settings;
 use memberline_schema::events::EnvelopeHead;
-use memberline_schema::topology::{Topology, Worker};
+use memberline_schema::topology::{NOT_FOUND, PRECONDITION_FAILED, Topology, Worker, reply_code};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
     TransactionTrait,
 };
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -44,6 +45,9 @@ pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-original-routing-key";
 pub const LAST_ERROR_HEADER: &str = "x-last-error";
 pub const DEATH_REASON_HEADER: &str = "x-death-reason";
 pub const ATTEMPTS_HEADER: &str = "x-attempts";
+
+/// Longest wait for one broker operation (connect, publish, cancel, close).
+const BROKER_OP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A decoded delivery as handlers see it.
 #[derive(Debug, Clone)]
@@ -203,25 +207,34 @@ async fn session(
         worker.as_str(),
         std::process::id()
     );
-    let conn = Connection::connect(
-        ctx.settings.amqp.url.expose(),
-        ConnectionProperties::default().with_connection_name(LongString::from(name)),
+    let conn = tokio::time::timeout(
+        BROKER_OP_TIMEOUT,
+        Connection::connect(
+            ctx.settings.amqp.url.expose(),
+            ConnectionProperties::default().with_connection_name(LongString::from(name)),
+        ),
     )
-    .await?;
-    let channel = conn.create_channel().await?;
-    // Prefetch bounds the unacknowledged deliveries, and so the in-flight work. Applied on
-    // every new channel: a reconnect without it would flood the worker.
-    channel
-        .basic_qos(ctx.settings.workers.prefetch, BasicQosOptions::default())
-        .await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    if ctx.settings.workers.declare_topology {
-        ctx.topology.declare(&channel).await?;
+    .await
+    .map_err(|_| anyhow::anyhow!("connecting to the broker timed out"))??;
+    let mut channel = open_channel(&conn, ctx.settings.workers.prefetch).await?;
+    if ctx.settings.workers.declare_topology
+        && let Err(e) = ctx.topology.declare(&channel).await
+    {
+        if reply_code(&e) != Some(PRECONDITION_FAILED) {
+            return Err(e.into());
+        }
+        // Queues exist with other arguments (a changed ladder): run on what exists, as long as
+        // the dead-letter path is there (checked next), and tell the operator.
+        error!(error = %e, "Broker topology differs from this configuration; \
+            consuming from the existing queues until it is reconciled");
+        channel = open_channel(&conn, ctx.settings.workers.prefetch).await?;
     }
     if let Err(e) = ctx.topology.verify_dead_letter_path(&channel, worker).await {
-        let _ = conn.close(200, "no dead-letter path".into()).await;
+        if reply_code(&e) != Some(NOT_FOUND) {
+            // A network blip is not a missing queue: try again with a new session.
+            return Err(e.into());
+        }
+        close(&conn).await;
         return Err(SessionError::Fatal(anyhow::anyhow!(
             "the dead-letter path of {} is missing ({e}); declare the topology first",
             worker.as_str()
@@ -267,9 +280,11 @@ async fn session(
 
     // Shutdown: stop new deliveries, let the in-flight ones finish (bounded), close.
     ctx.ready.store(false, Ordering::SeqCst);
-    let _ = channel
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await;
+    let _ = tokio::time::timeout(
+        BROKER_OP_TIMEOUT,
+        channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+    )
+    .await;
     let drain = Duration::from_secs(ctx.settings.workers.drain_timeout_secs);
     let drained = tokio::time::timeout(drain, async {
         while in_flight.join_next().await.is_some() {}
@@ -282,9 +297,37 @@ async fn session(
         );
         in_flight.abort_all();
     }
-    let _ = channel.close(200, "worker shutting down".into()).await;
-    let _ = conn.close(200, "worker shutting down".into()).await;
+    let _ = tokio::time::timeout(
+        BROKER_OP_TIMEOUT,
+        channel.close(200, "worker shutting down".into()),
+    )
+    .await;
+    close(&conn).await;
     Ok(())
+}
+
+/// A channel with the prefetch applied and publisher confirms on (for retry and dead-letter
+/// re-publishes).
+async fn open_channel(conn: &Connection, prefetch: u16) -> Result<Channel, lapin::Error> {
+    let channel = conn.create_channel().await?;
+    // Prefetch bounds the unacknowledged deliveries, and so the in-flight work. Applied on
+    // every new channel: a reconnect without it would flood the worker.
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// Closes the connection, giving up after a bounded wait (a blocked broker never answers).
+async fn close(conn: &Connection) {
+    let _ = tokio::time::timeout(
+        BROKER_OP_TIMEOUT,
+        conn.close(200, "worker shutting down".into()),
+    )
+    .await;
 }
 
 fn header<'a>(props: &'a BasicProperties, key: &str) -> Option<&'a AMQPValue> {
@@ -353,7 +396,21 @@ async fn process(
             let span = info_span!("delivery", event_id = %msg.head.event_id,
                     event_type = %msg.head.event_type, attempt,
                     correlation_id = %msg.head.correlation_id);
-            let result = apply_once(handler, ctx, &msg).instrument(span).await;
+            // A panicking handler must not leave its delivery unsettled (it would hold a
+            // prefetch slot forever): it counts as a permanent failure and is dead-lettered.
+            let result = AssertUnwindSafe(apply_once(handler, ctx, &msg).instrument(span))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".to_owned());
+                    Err(HandlerError::permanent(anyhow::anyhow!(
+                        "handler panicked: {what}"
+                    )))
+                });
             let outcome = match &result {
                 Ok((o, pushes)) => {
                     publish_pushes(ctx, channel, pushes).await;
@@ -527,22 +584,24 @@ async fn republish(
         .clone()
         .with_headers(headers)
         .with_delivery_mode(2);
-    let confirm = match channel
-        .basic_publish(
-            ShortString::from(""),
-            queue.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            &delivery.data,
-            props,
-        )
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
+    let publish = channel.basic_publish(
+        ShortString::from(""),
+        queue.into(),
+        BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        },
+        &delivery.data,
+        props,
+    );
+    let confirm = match tokio::time::timeout(BROKER_OP_TIMEOUT, publish).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             warn!(error = %e, queue, "Re-publish failed");
+            return false;
+        }
+        Err(_) => {
+            warn!(queue, "Re-publish timed out");
             return false;
         }
     };

@@ -23,6 +23,11 @@ impl MigratorTrait for Migrator {
                 up: include_str!("m20261121_000002_create_delivery.sql"),
                 down: include_str!("m20261121_000002_create_delivery.down.sql"),
             }),
+            Box::new(SqlMigration {
+                name: "m20261122_000003_sequence_console_feed",
+                up: include_str!("m20261122_000003_sequence_console_feed.sql"),
+                down: include_str!("m20261122_000003_sequence_console_feed.down.sql"),
+            }),
         ]
     }
 }

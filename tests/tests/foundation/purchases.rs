@@ -468,3 +468,39 @@ async fn orders_are_listed_newest_first_with_a_cursor() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_second_membership_right_after_a_permanent_one_is_refused_before_any_worker_ran() {
+    let app = spawn_app().await;
+    let buyer = app.create_user("Quick", 1_000_000, 0).await;
+    let token = app.user_token(buyer);
+    let permanent = app.plan_id("permanent").await;
+    let (status, _) = app
+        .order(
+            &token,
+            "q-1",
+            json!({"plan_id": permanent, "pay_method": "balance"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    for (key, code) in [("q-2", "permanent"), ("q-3", "monthly")] {
+        let plan = app.plan_id(code).await;
+        let (status, body) = app
+            .order(
+                &token,
+                key,
+                json!({"plan_id": plan, "pay_method": "balance"}),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (409, Some("already_permanent"))
+        );
+    }
+    assert_eq!(
+        app.scalar(&format!("SELECT balance_fen FROM users WHERE id = {buyer}"))
+            .await,
+        1_000_000 - 99_900,
+        "charged once"
+    );
+}

@@ -169,3 +169,31 @@ async fn a_commit_wakes_the_relay_without_waiting_for_its_poll_interval() {
     shutdown.cancel();
     handle.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_relay_configured_with_another_retry_ladder_than_the_broker_holds_still_delivers() {
+    let app = spawn_app_with(Options {
+        embedded_relay: false,
+        ..Default::default()
+    })
+    .await;
+    let mut tap = app.tap("order.paid.v1").await;
+    let buyer = app.create_user("Drift", 100_000, 0).await;
+    // The broker holds 100 ms / 200 ms tiers; this relay's configuration says otherwise, so
+    // RabbitMQ refuses its declaration (PRECONDITION_FAILED).
+    let mut topology = app.topology.clone();
+    topology.retry_delays = vec![Duration::from_millis(150), Duration::from_millis(300)];
+    let relay = Relay::new(
+        app.db.clone(),
+        app.settings.amqp.url.expose().to_owned(),
+        topology,
+        app.settings.relay.clone(),
+        Default::default(),
+    );
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(relay.run(shutdown.child_token()));
+    buy_passes(&app, buyer, 2, "drift").await;
+    assert_eq!(tap.collect(2, Duration::from_secs(10)).await.len(), 2);
+    shutdown.cancel();
+    handle.await.unwrap();
+}

@@ -455,3 +455,64 @@ async fn the_webhook_channel_posts_signed_messages_and_retries_a_failing_receive
     assert_eq!(message["kind"], "order_paid");
     assert!(calls.load(Ordering::SeqCst) >= 2);
 }
+
+/// A handler with a bug: it panics on every event.
+struct Panicky;
+
+#[async_trait::async_trait]
+impl Handler for Panicky {
+    fn worker(&self) -> Worker {
+        Worker::Savings
+    }
+    async fn apply(&self, _: &DatabaseTransaction, _: &Incoming) -> Result<Effects, HandlerError> {
+        panic!("a bug in the handler")
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_dead_letters_the_event_and_keeps_consuming() {
+    let app = spawn_app_with(Options {
+        env: vec![("MEMBERLINE__WORKERS__PREFETCH", "1".to_owned())],
+        ..Default::default()
+    })
+    .await;
+    start_worker(
+        &app.db,
+        &app.settings,
+        Arc::new(Panicky),
+        app.worker_metrics.clone(),
+        &app.shutdown,
+    );
+    let buyer = app.create_user("Unlucky", 100_000, 0).await;
+    let token = app.user_token(buyer);
+    // With a prefetch of 1, a delivery left unsettled would stop the worker after the first.
+    for i in 0..3 {
+        app.order(
+            &token,
+            &format!("panic-{i}"),
+            json!({"plan_id": app.plan_id("day_pass").await, "pay_method": "balance"}),
+        )
+        .await;
+    }
+    let admin = app.token(0, Role::Admin);
+    let list = eventually(
+        "all three dead-lettered",
+        Duration::from_secs(20),
+        || async {
+            let (_, list) = app
+                .get(Some(&admin), "/v1/admin/dead-letters?worker=savings")
+                .await;
+            (list["dead_letters"]
+                .as_array()
+                .is_some_and(|d| d.len() == 3))
+            .then_some(list)
+        },
+    )
+    .await;
+    assert!(
+        list["dead_letters"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("handler panicked: a bug in the handler")
+    );
+}

@@ -52,7 +52,13 @@ impl Handler for Membership {
                     .and_then(|r| r.try_get::<Option<DateTime<Utc>>>("", "end").ok())
                     .flatten();
                 let start = period_start(now, end);
-                let until = start + Duration::days(i64::from(days));
+                let until = start
+                    .checked_add_signed(Duration::days(i64::from(days)))
+                    .ok_or_else(|| {
+                        HandlerError::permanent(anyhow::anyhow!(
+                            "{days} days after {start} is out of range"
+                        ))
+                    })?;
                 let inserted = insert_once(
                     txn,
                     "INSERT INTO membership_periods (user_id, order_id, starts_at, ends_at, permanent) \

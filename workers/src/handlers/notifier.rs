@@ -88,18 +88,8 @@ impl Notifier {
             "amount_points": e.amount_points,
             "paid_at": e.paid_at,
         });
-        let seq: i64 = txn
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "INSERT INTO console_feed (event_id, kind, payload) VALUES ($1, 'order_paid', $2) \
-                 ON CONFLICT (event_id, kind) DO UPDATE SET kind = EXCLUDED.kind RETURNING seq",
-                [env.event_id.into(), feed.clone().into()],
-            ))
-            .await?
-            .ok_or_else(|| HandlerError::transient(anyhow::anyhow!("console feed insert")))?
-            .try_get("", "seq")?;
-        // External delivery last: if it fails, the transaction (inbox, feed) rolls back and the
-        // whole effect is retried; receivers deduplicate on the message id.
+        // External delivery before the feed entry: if it fails, the transaction (inbox) rolls
+        // back and the whole effect is retried; receivers deduplicate on the message id.
         self.channel
             .send(&Message {
                 id: format!("{}-order_paid", env.event_id),
@@ -109,6 +99,20 @@ impl Notifier {
                 body,
             })
             .await?;
+        // Numbered last, from a counter row locked until commit, so feed numbers become
+        // visible in order (see the console_feed_counter migration).
+        let seq: i64 = txn
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "WITH next AS (UPDATE console_feed_counter SET last_seq = last_seq + 1 \
+                 RETURNING last_seq) \
+                 INSERT INTO console_feed (seq, event_id, kind, payload) \
+                 SELECT last_seq, $1, 'order_paid', $2 FROM next RETURNING seq",
+                [env.event_id.into(), feed.clone().into()],
+            ))
+            .await?
+            .ok_or_else(|| HandlerError::transient(anyhow::anyhow!("console feed insert")))?
+            .try_get("", "seq")?;
         Ok(Effects {
             already_applied: false,
             pushes: vec![
