@@ -527,7 +527,7 @@ impl TestApp {
 
     /// Waits until `sql` (one integer) returns `want`.
     pub async fn wait_for_count(&self, what: &str, sql: &str, want: i64) {
-        eventually(what, Duration::from_secs(30), || async {
+        eventually(what, Duration::from_secs(60), || async {
             (self.scalar(sql).await == want).then_some(())
         })
         .await;
