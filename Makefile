@@ -23,6 +23,7 @@ run: services build db ## Start the whole system locally with a demo (Ctrl-C sto
 
 test: services ## Check services, then run every test (what .ci/run calls)
 	@command -v cargo-nextest >/dev/null || $(CARGO) install cargo-nextest --locked
+	$(CARGO) build --bins  # the chaos and browser tests run the real binaries
 	$(CARGO) nextest run --workspace --no-fail-fast
 	tests/browser/run.sh
 
@@ -32,7 +33,7 @@ browser-test: build ## Web pages in headless Chromium (installs chromium and pla
 unit-test: ## Unit tests only (no services needed)
 	$(CARGO) nextest run --workspace --lib --bins
 
-integration-test: services ## Integration suites only
+integration-test: services build ## Integration suites only
 	$(CARGO) nextest run -p memberline-tests
 
 bench: services ## Measure throughput and latency into BENCHMARKS.md's format
