@@ -36,12 +36,12 @@ pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // Every in-flight delivery holds a connection for its transaction: size the pool so that
-    // one slow worker (a webhook holding the notifier's transactions) cannot starve the others.
-    let mut db_settings = settings.database.clone();
-    let needed = u32::from(settings.workers.prefetch) * workers.len() as u32 + 2;
-    db_settings.max_connections = db_settings.max_connections.max(needed);
-    let db = memberline_gateway::app::connect_db(&db_settings).await?;
+    // One pool for the workers of this process (`database.max_connections`). Each in-flight
+    // delivery holds a connection for its transaction, so a pool smaller than the summed
+    // prefetch makes deliveries queue for connections (bounded by
+    // `database.acquire_timeout_secs`, then retried) rather than exhausting PostgreSQL's own
+    // connection limit.
+    let db = memberline_gateway::app::connect_db(&settings.database).await?;
     let metrics = Arc::new(Metrics::default());
     let mut contexts = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
