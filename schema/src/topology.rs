@@ -241,20 +241,7 @@ impl Topology {
         let specs = self.specs();
         // Exchanges first (the events exchange names its alternate, declared just before it).
         for ex in &specs.exchanges {
-            let kind = match ex.kind {
-                "fanout" => ExchangeKind::Fanout,
-                _ => ExchangeKind::Topic,
-            };
-            ch.exchange_declare(
-                ex.name.as_str().into(),
-                kind,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                field_table(&ex.args),
-            )
-            .await?;
+            declare_exchange(ch, ex).await?;
         }
         for q in &specs.queues {
             let mut args = field_table(&q.args);
@@ -332,20 +319,7 @@ impl Topology {
     ) -> Result<(), lapin::Error> {
         let specs = self.specs();
         for ex in &specs.exchanges {
-            let kind = match ex.kind {
-                "fanout" => ExchangeKind::Fanout,
-                _ => ExchangeKind::Topic,
-            };
-            ch.exchange_declare(
-                ex.name.as_str().into(),
-                kind,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                field_table(&ex.args),
-            )
-            .await?;
+            declare_exchange(ch, ex).await?;
         }
         for q in &specs.queues {
             ch.queue_declare(
@@ -441,6 +415,23 @@ pub struct Specs {
     pub exchanges: Vec<ExchangeSpec>,
     pub queues: Vec<QueueSpec>,
     pub bindings: Vec<BindingSpec>,
+}
+
+async fn declare_exchange(ch: &Channel, ex: &ExchangeSpec) -> Result<(), lapin::Error> {
+    let kind = match ex.kind {
+        "fanout" => ExchangeKind::Fanout,
+        _ => ExchangeKind::Topic,
+    };
+    ch.exchange_declare(
+        ex.name.as_str().into(),
+        kind,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        field_table(&ex.args),
+    )
+    .await
 }
 
 fn field_table(args: &[(&'static str, Arg)]) -> FieldTable {
