@@ -125,14 +125,40 @@ fn delete_topology(topology: Topology) {
             .build()
             .expect("cleanup runtime");
         rt.block_on(async {
-            if let Ok(conn) =
-                Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-            {
-                if let Ok(ch) = conn.create_channel().await {
-                    let _ = topology.delete(&ch).await;
+            let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+            else {
+                return;
+            };
+            // One name at a time, on a fresh channel after any error (a queue a test deleted
+            // itself closes the channel), so one failure does not leave the rest behind.
+            let Ok(mut ch) = conn.create_channel().await else {
+                return;
+            };
+            let queues = topology.all_queues().into_iter().map(|q| (true, q));
+            let exchanges = [
+                topology.events_exchange(),
+                topology.unrouted_exchange(),
+                topology.push_exchange(),
+            ]
+            .into_iter()
+            .map(|e| (false, e));
+            for (is_queue, name) in queues.chain(exchanges) {
+                let deleted = if is_queue {
+                    ch.queue_delete(name.as_str().into(), Default::default())
+                        .await
+                        .map(|_| ())
+                } else {
+                    ch.exchange_delete(name.as_str().into(), Default::default())
+                        .await
+                };
+                if deleted.is_err() {
+                    match conn.create_channel().await {
+                        Ok(fresh) => ch = fresh,
+                        Err(_) => return,
+                    }
                 }
-                let _ = conn.close(200, "test cleanup".into()).await;
             }
+            let _ = conn.close(200, "test cleanup".into()).await;
         });
     })
     .join();

@@ -18,11 +18,34 @@ fn workers_binary() -> std::path::PathBuf {
     bin
 }
 
-fn spawn_workers(app: &TestApp) -> Child {
+/// A worker process that is killed when dropped, so a failing test leaves no orphan behind.
+struct WorkerProcess(Child);
+
+impl std::ops::Deref for WorkerProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WorkerProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_workers(app: &TestApp) -> WorkerProcess {
     spawn_workers_with(app, &[])
 }
 
-fn spawn_workers_with(app: &TestApp, extra: &[(&str, String)]) -> Child {
+fn spawn_workers_with(app: &TestApp, extra: &[(&str, String)]) -> WorkerProcess {
     let mut cmd = Command::new(workers_binary());
     cmd.envs(extra.iter().map(|(k, v)| (*k, v.as_str())));
     cmd.env_clear()
@@ -48,6 +71,7 @@ fn spawn_workers_with(app: &TestApp, extra: &[(&str, String)]) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(WorkerProcess)
         .expect("start memberline-workers")
 }
 
