@@ -38,32 +38,44 @@ impl Handler for Membership {
         let e = &env.payload;
         let now = Utc::now();
         let extended = match e.plan_kind {
-            PlanKind::Membership => {
-                let days = e.duration_days.filter(|d| *d > 0).ok_or_else(|| {
-                    HandlerError::permanent(anyhow::anyhow!("membership plan without days"))
-                })?;
-                let end = txn
-                    .query_one_raw(Statement::from_sql_and_values(
-                        DbBackend::Postgres,
-                        "SELECT max(ends_at) AS end FROM membership_periods WHERE user_id = $1",
-                        [e.buyer_id.into()],
-                    ))
-                    .await?
-                    .and_then(|r| r.try_get::<Option<DateTime<Utc>>>("", "end").ok())
-                    .flatten();
-                let start = period_start(now, end);
-                let until = start
-                    .checked_add_signed(Duration::days(i64::from(days)))
-                    .ok_or_else(|| {
-                        HandlerError::permanent(anyhow::anyhow!(
-                            "{days} days after {start} is out of range"
-                        ))
+            PlanKind::Membership | PlanKind::Permanent => {
+                // A timed period [start, until), or a permanent one (no end) starting now.
+                let (start, until) = if e.plan_kind == PlanKind::Membership {
+                    let days = e.duration_days.filter(|d| *d > 0).ok_or_else(|| {
+                        HandlerError::permanent(anyhow::anyhow!("membership plan without days"))
                     })?;
+                    let end = txn
+                        .query_one_raw(Statement::from_sql_and_values(
+                            DbBackend::Postgres,
+                            "SELECT max(ends_at) AS end FROM membership_periods WHERE user_id = $1",
+                            [e.buyer_id.into()],
+                        ))
+                        .await?
+                        .and_then(|r| r.try_get::<Option<DateTime<Utc>>>("", "end").ok())
+                        .flatten();
+                    let start = period_start(now, end);
+                    let until = start
+                        .checked_add_signed(Duration::days(i64::from(days)))
+                        .ok_or_else(|| {
+                            HandlerError::permanent(anyhow::anyhow!(
+                                "{days} days after {start} is out of range"
+                            ))
+                        })?;
+                    (start, Some(until))
+                } else {
+                    (now, None)
+                };
                 let inserted = insert_once(
                     txn,
                     "INSERT INTO membership_periods (user_id, order_id, starts_at, ends_at, permanent) \
-                     VALUES ($1, $2, $3, $4, false) ON CONFLICT (order_id) DO NOTHING RETURNING id",
-                    vec![e.buyer_id.into(), e.order_id.into(), start.into(), until.into()],
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO NOTHING RETURNING id",
+                    vec![
+                        e.buyer_id.into(),
+                        e.order_id.into(),
+                        start.into(),
+                        until.into(),
+                        until.is_none().into(),
+                    ],
                 )
                 .await?;
                 if !inserted {
@@ -74,29 +86,8 @@ impl Handler for Membership {
                     order_id: e.order_id,
                     plan_kind: e.plan_kind,
                     starts_at: Some(start),
-                    ends_at: Some(until),
-                    permanent: false,
-                    pass_uses: None,
-                }
-            }
-            PlanKind::Permanent => {
-                let inserted = insert_once(
-                    txn,
-                    "INSERT INTO membership_periods (user_id, order_id, starts_at, ends_at, permanent) \
-                     VALUES ($1, $2, $3, NULL, true) ON CONFLICT (order_id) DO NOTHING RETURNING id",
-                    vec![e.buyer_id.into(), e.order_id.into(), now.into()],
-                )
-                .await?;
-                if !inserted {
-                    return Ok(Effects::already_applied());
-                }
-                MembershipExtended {
-                    user_id: e.buyer_id,
-                    order_id: e.order_id,
-                    plan_kind: e.plan_kind,
-                    starts_at: Some(now),
-                    ends_at: None,
-                    permanent: true,
+                    ends_at: until,
+                    permanent: until.is_none(),
                     pass_uses: None,
                 }
             }
