@@ -7,6 +7,9 @@ BIN := target/debug
 PGURL ?= postgres://postgres@127.0.0.1:5432
 DB_NAME ?= memberline
 export MEMBERLINE__DATABASE__URL ?= $(PGURL)/$(DB_NAME)
+# Development settings (deploy/config/local.toml, with its public secrets) for what the Makefile
+# runs; a binary started without MEMBERLINE_ENV reads base.toml only.
+export MEMBERLINE_ENV ?= local
 
 # `make token USER=1 ROLE=user`: USER is also the shell's login name, so only a value given on
 # the command line counts; otherwise user 1.
@@ -25,6 +28,7 @@ test: services ## Check services, then run every test (what .ci/run calls)
 	@command -v cargo-nextest >/dev/null || $(CARGO) install cargo-nextest --locked
 	$(CARGO) build --bins  # the chaos and browser tests run the real binaries
 	$(CARGO) nextest run --workspace --no-fail-fast
+	tests/contract/run.sh
 	tests/browser/run.sh
 
 browser-test: build ## Web pages in headless Chromium (installs chromium and playwright-core when missing)

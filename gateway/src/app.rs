@@ -2,29 +2,16 @@
 
 use crate::api;
 use crate::auth::Keys;
-use crate::metrics::Metrics;
 use crate::relay::Relay;
-use crate::settings::{DatabaseSettings, Settings};
 use crate::state::AppState;
 use anyhow::Context;
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use memberline_platform::Settings;
+use memberline_platform::metrics::Metrics;
+use sea_orm::DatabaseConnection;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// Opens the PostgreSQL pool described by `settings`.
-pub async fn connect_db(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConnection> {
-    let mut opts = ConnectOptions::new(settings.url.expose().to_owned());
-    opts.max_connections(settings.max_connections)
-        .min_connections(1)
-        .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
-        .connect_timeout(Duration::from_secs(5))
-        .sqlx_logging(false);
-    Database::connect(opts)
-        .await
-        .context("cannot connect to PostgreSQL (database.url)")
-}
 
 /// A built gateway: bound to its port, connected to the database, not yet serving.
 pub struct Application {
@@ -34,7 +21,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let db = connect_db(&settings.database).await?;
+        let db = memberline_platform::db::connect(&settings.database).await?;
         Self::build_with_db(settings, db).await
     }
 
@@ -46,9 +33,13 @@ impl Application {
             .with_context(|| format!("cannot listen on {addr} (http.host, http.port)"))?;
         let state = AppState {
             db,
-            keys: Keys::new(settings.auth.jwt_secret.expose()),
+            keys: Keys::new(settings.auth.signing_secret()?),
             metrics: Arc::new(Metrics::default()),
             topology: settings.topology(),
+            broker_probe: Arc::new(memberline_platform::broker::Probe::new(
+                settings.amqp.url.expose(),
+                format!("{}.gateway.readiness", settings.amqp.prefix),
+            )),
             settings: Arc::new(settings),
         };
         Ok(Self { listener, state })
@@ -102,28 +93,4 @@ impl Application {
         }
         Ok(())
     }
-}
-
-/// A token cancelled on Ctrl-C or SIGTERM.
-pub fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing a SIGTERM handler");
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("Shutdown requested");
-        t.cancel();
-    });
-    token
 }

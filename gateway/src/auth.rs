@@ -4,8 +4,7 @@
 //! wrong role is 403. Ownership (another user's order is 404) is checked by the handlers.
 
 use crate::error::ApiError;
-use crate::state::AppState;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -131,28 +130,37 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
     }
 }
 
-impl FromRequestParts<AppState> for Caller {
+// The extractors need only the keys, taken from any state that provides them, so this module
+// does not depend on the application state (which holds the keys).
+impl<S> FromRequestParts<S> for MaybeCaller
+where
+    Keys: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match bearer(parts)? {
-            Some(token) => state.keys.verify(token),
-            None => Err(ApiError::unauthorized(
-                "missing_token",
-                "this endpoint needs a bearer token",
-            )),
-        }
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let caller = bearer(parts)?
+            .map(|token| Keys::from_ref(state).verify(token))
+            .transpose()?;
+        Ok(MaybeCaller(caller))
     }
 }
 
-impl FromRequestParts<AppState> for MaybeCaller {
+impl<S> FromRequestParts<S> for Caller
+where
+    Keys: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match bearer(parts)? {
-            Some(token) => Ok(MaybeCaller(Some(state.keys.verify(token)?))),
-            None => Ok(MaybeCaller(None)),
-        }
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        MaybeCaller::from_request_parts(parts, state)
+            .await?
+            .0
+            .ok_or_else(|| {
+                ApiError::unauthorized("missing_token", "this endpoint needs a bearer token")
+            })
     }
 }
 

@@ -15,6 +15,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Machine-readable facts about the refusal (e.g. the current price), sent as `details`.
+    pub details: Option<serde_json::Value>,
     /// Only for 500s: what actually went wrong (logged, never sent).
     source: Option<anyhow::Error>,
 }
@@ -30,6 +32,10 @@ pub struct ErrorDetail {
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
+    /// Facts a client can act on, for some codes (`price_changed`: the current price).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -38,6 +44,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            details: None,
             source: None,
         }
     }
@@ -78,6 +85,7 @@ impl ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "internal",
             message: "internal error; it has been logged".to_owned(),
+            details: None,
             source: Some(source.into()),
         }
     }
@@ -93,28 +101,11 @@ impl From<sea_orm::DbErr> for ApiError {
     /// serialization failure or deadlock, a lock or statement timeout) are 503 `unavailable`:
     /// with the Idempotency-Key, retrying is safe. Anything else is an opaque 500.
     fn from(e: sea_orm::DbErr) -> Self {
-        if is_retryable(&e) {
+        if memberline_platform::db::is_retryable(&e) {
             tracing::warn!(error = %e, "database temporarily unavailable");
             return Self::unavailable("the database is busy or unavailable; retry shortly");
         }
         Self::internal(e)
-    }
-}
-
-fn is_retryable(e: &sea_orm::DbErr) -> bool {
-    use sea_orm::sqlx;
-    match e {
-        sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_) => true,
-        sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(s))
-        | sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(s)) => match &**s {
-            sqlx::Error::Database(db) => matches!(
-                db.code().as_deref(),
-                Some("40001" | "40P01" | "55P03" | "57014" | "57P01")
-            ),
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-            _ => false,
-        },
-        _ => false,
     }
 }
 
@@ -136,22 +127,38 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.to_owned(),
                 message: self.message,
+                details: self.details,
             },
         };
         (self.status, axum::Json(body)).into_response()
     }
 }
 
-/// The name of the constraint a database error broke, if it was a constraint violation.
-pub fn violated_constraint(err: &sea_orm::DbErr) -> Option<String> {
-    use sea_orm::sqlx;
-    let sqlx_err = match err {
-        sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
-        | sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => e,
-        _ => return None,
-    };
-    match &**sqlx_err {
-        sqlx::Error::Database(db) => db.constraint().map(str::to_owned),
-        _ => None,
+impl From<crate::orders::OrderError> for ApiError {
+    /// The one place order errors become HTTP answers.
+    fn from(e: crate::orders::OrderError) -> Self {
+        use crate::orders::OrderError as E;
+        let code = e.code();
+        let message = e.to_string();
+        match e {
+            E::UnknownBuyer => Self::unauthorized(code, message),
+            E::PlanNotFound(_) => Self::not_found(code, message),
+            E::AlreadyPermanent | E::FreePlanAlreadyClaimed => Self::conflict(code, message),
+            E::PriceChanged { fen, points } => Self {
+                details: Some(serde_json::json!({
+                    "current_price_fen": fen,
+                    "current_price_points": points,
+                })),
+                ..Self::conflict(code, message)
+            },
+            E::PlanNotFree
+            | E::PayMethodNotAllowed(_)
+            | E::PayMethodUnavailable(_)
+            | E::InsufficientBalance { .. }
+            | E::InsufficientPoints { .. }
+            | E::IdempotencyKeyReused => Self::unprocessable(code, message),
+            E::Database(db) => db.into(),
+            E::Internal(source) => Self::internal(source),
+        }
     }
 }

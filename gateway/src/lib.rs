@@ -5,17 +5,11 @@
 pub mod api;
 pub mod app;
 pub mod auth;
-pub mod dead_letters;
 pub mod error;
-pub mod metrics;
 pub mod orders;
-pub mod outbox;
 pub mod pricing;
 pub mod relay;
 pub mod seed;
-pub mod settings;
 pub mod state;
-pub mod telemetry;
 
 pub use app::Application;
-pub use settings::Settings;

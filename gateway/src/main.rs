@@ -3,7 +3,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use memberline_gateway::auth::{Keys, Role};
-use memberline_gateway::{Application, Settings, app, seed, telemetry};
+use memberline_gateway::{Application, relay, seed};
+use memberline_platform::{Settings, db, shutdown, telemetry};
 use memberline_schema::Migrator;
 use sea_orm_migration::MigratorTrait;
 
@@ -64,15 +65,11 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let application = Application::build(settings).await?;
-            application.run_until(app::shutdown_on_signals()).await
+            application.run_until(shutdown::on_signals()).await
         }
-        Command::Relay => {
-            let application = Application::build(settings).await?;
-            application.relay().run(app::shutdown_on_signals()).await;
-            Ok(())
-        }
+        Command::Relay => relay::run_standalone(settings, shutdown::on_signals()).await,
         Command::Migrate { direction, steps } => {
-            let db = app::connect_db(&settings.database).await?;
+            let db = db::connect(&settings.database).await?;
             match direction {
                 Direction::Up => Migrator::up(&db, steps).await?,
                 Direction::Down => Migrator::down(&db, steps).await?,
@@ -81,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Seed => {
-            let db = app::connect_db(&settings.database).await?;
+            let db = db::connect(&settings.database).await?;
             seed::demo(&db).await.context("seeding failed")?;
             tracing::info!("Demo catalogue and users are in place");
             Ok(())
@@ -93,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let role = Role::parse(&role)
                 .with_context(|| format!("role must be user, merchant or admin, not {role}"))?;
-            let keys = Keys::new(settings.auth.jwt_secret.expose());
+            let keys = Keys::new(settings.auth.signing_secret()?);
             println!(
                 "{}",
                 keys.issue(user, role, ttl_secs.unwrap_or(settings.auth.token_ttl_secs))

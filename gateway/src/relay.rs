@@ -6,6 +6,11 @@
 //! message on a channel in confirm mode, and mark a row published only after a positive confirm
 //! that carried no returned message. Everything else stays unpublished and is retried.
 //!
+//! A failure is charged to the row it belongs to: a row the broker refuses, returns or could
+//! never accept (say, a routing key longer than AMQP's 255-byte short string) waits for its next
+//! attempt with backoff and is quarantined after `relay.quarantine_after_attempts`, while the
+//! rows around it are published. Only a broken channel or database ends the session.
+//!
 //! The relay sleeps on PostgreSQL `LISTEN memberline_outbox` (a trigger NOTIFYs on every
 //! insert), so an event reaches the broker milliseconds after its commit; a slow poll is only a
 //! safety net. When the broker is unreachable it reconnects with capped, jittered backoff until
@@ -14,30 +19,28 @@
 //! Delivery is at least once: a confirm lost between the broker and us means the row is
 //! published again, and consumers deduplicate on the event id.
 
-use crate::metrics::Metrics;
-use crate::settings::RelaySettings;
-use backon::BackoffBuilder;
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use memberline_schema::topology::{PRECONDITION_FAILED, Topology, reply_code};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel};
+use memberline_platform::broker;
+use memberline_platform::metrics::Metrics;
+use memberline_platform::settings::RelaySettings;
+use memberline_schema::topology::{Part, Topology};
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
     TransactionTrait,
 };
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span};
 use uuid::Uuid;
 
 /// The PostgreSQL notification channel the outbox trigger signals.
 pub const NOTIFY_CHANNEL: &str = "memberline_outbox";
-
-/// Longest wait for one broker operation (connect, publish, close).
-const BROKER_OP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct Relay {
@@ -46,12 +49,68 @@ pub struct Relay {
     topology: Topology,
     settings: RelaySettings,
     metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
 }
 
 /// What happened to one outbox row in a batch.
 enum RowOutcome {
     Published(Uuid),
+    /// The row itself cannot be published (unreadable, a key AMQP cannot carry, returned as
+    /// unroutable): charged an attempt, backed off, quarantined after too many.
+    Refused(Uuid, String),
+    /// The broker or the channel failed (timeout, nack, lost channel): not the row's fault, so
+    /// no attempt is charged and a broker outage never quarantines healthy events.
     Failed(Uuid, String),
+}
+
+/// An outbox row as the message the relay publishes.
+struct OutboxMessage {
+    routing_key: ShortString,
+    body: Vec<u8>,
+    props: BasicProperties,
+}
+
+impl OutboxMessage {
+    /// Builds row `id`'s message; `Err` says why this row can never be published as it is (a
+    /// column of the wrong type, or a routing key or type longer than AMQP's 255-byte short
+    /// string, which lapin would panic on rather than refuse).
+    fn read(id: Uuid, row: &sea_orm::QueryResult) -> Result<Self, String> {
+        let column = |e: sea_orm::DbErr| format!("outbox row unreadable: {e}");
+        let routing_key = row.try_get::<String>("", "routing_key").map_err(column)?;
+        let event_type = row.try_get::<String>("", "event_type").map_err(column)?;
+        let correlation_id = row.try_get::<Uuid>("", "correlation_id").map_err(column)?;
+        let payload = row
+            .try_get::<serde_json::Value>("", "payload")
+            .map_err(column)?;
+        let created_at = row
+            .try_get::<chrono::DateTime<chrono::Utc>>("", "created_at")
+            .map_err(column)?;
+        let short = |what: &str, value: String| {
+            ShortString::try_new(value).map_err(|e| format!("{what} cannot be published: {e}"))
+        };
+        let routing_key = short("routing key", routing_key)?;
+        let event_type = short("event type", event_type)?;
+
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-correlation-id".into(),
+            AMQPValue::LongString(LongString::from(correlation_id.to_string())),
+        );
+        let props = BasicProperties::default()
+            .with_delivery_mode(2) // persistent: survives a broker restart
+            .with_content_type("application/json".into())
+            .with_message_id(id.to_string().into())
+            .with_correlation_id(correlation_id.to_string().into())
+            .with_type(event_type)
+            .with_app_id("memberline".into())
+            .with_timestamp(created_at.timestamp().max(0) as u64)
+            .with_headers(headers);
+        Ok(Self {
+            routing_key,
+            body: payload.to_string().into_bytes(),
+            props,
+        })
+    }
 }
 
 impl Relay {
@@ -68,45 +127,27 @@ impl Relay {
             topology,
             settings,
             metrics,
+            ready: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    fn backoff(&self) -> backon::ExponentialBackoff {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_millis(self.settings.max_reconnect_delay_ms))
-            .with_jitter()
-            .without_max_times()
-            .build()
+    /// True while the relay is connected to the broker and listening for new rows (readiness).
+    pub fn ready(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
     }
 
     /// Runs until `shutdown` fires. Connection failures are retried with capped backoff for as
     /// long as the relay runs; the batch in flight at shutdown finishes first.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut delays = self.backoff();
-        loop {
-            if shutdown.is_cancelled() {
-                break;
-            }
-            let mut connected = false;
-            match self.session(&shutdown, &mut connected).await {
-                Ok(()) => break,
-                Err(e) => {
-                    if connected {
-                        delays = self.backoff();
-                    }
-                    let delay = delays
-                        .next()
-                        .unwrap_or(Duration::from_millis(self.settings.max_reconnect_delay_ms));
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
-                        "Relay lost the broker or the database; reconnecting");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
+        // A relay session never ends fatally: only the shutdown stops it.
+        let _ = broker::supervise(
+            "Relay",
+            self.settings.max_reconnect_delay_ms,
+            &shutdown,
+            |progress| self.session(&shutdown, progress),
+        )
+        .await;
+        self.ready.store(false, Ordering::SeqCst);
         info!("Relay stopped");
     }
 
@@ -114,48 +155,44 @@ impl Relay {
     async fn session(
         &self,
         shutdown: &CancellationToken,
-        connected: &mut bool,
-    ) -> anyhow::Result<()> {
-        let conn = tokio::time::timeout(
-            BROKER_OP_TIMEOUT,
-            Connection::connect(&self.amqp_url, ConnectionProperties::default()),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("connecting to the broker timed out"))??;
-        let mut channel = conn.create_channel().await?;
+        progress: broker::Progress,
+    ) -> Result<(), broker::SessionError> {
+        self.ready.store(false, Ordering::SeqCst);
+        let conn =
+            broker::connect(&self.amqp_url, &format!("{}.relay", self.topology.prefix())).await?;
+        // Only what the relay publishes to: exchanges, worker queues and their bindings. A
+        // queue the broker holds with other arguments is used as it is (reported, not fatal),
+        // and retry tiers are the workers' own business.
+        for drift in self.topology.declare_part(&conn, Part::Publishing).await? {
+            error!(queue = %drift.name, error = %drift.error,
+                "Broker topology differs from this configuration; publishing to the existing \
+                 one until an operator reconciles it (README, Operations)");
+        }
+        let channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        if let Err(e) = self.topology.declare(&channel).await {
-            if reply_code(&e) != Some(PRECONDITION_FAILED) {
-                return Err(e.into());
-            }
-            // The broker holds queues declared with other arguments (a changed retry ladder or
-            // delivery limit). Keep delivering to the queues that exist; an operator must
-            // reconcile them (README, Operations).
-            error!(error = %e, "Broker topology differs from this configuration; \
-                publishing to the existing queues until it is reconciled");
-            channel = conn.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            self.topology
-                .declare_exchanges_and_verify_queues(&channel)
-                .await?;
-        }
         let mut listener = PgListener::connect_with(self.db.get_postgres_connection_pool()).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
-        *connected = true;
+        progress.connected();
+        self.ready.store(true, Ordering::SeqCst);
         info!(exchange = %self.topology.events_exchange(), "Relay connected");
 
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
         loop {
-            let (taken, published) = self
+            let batch = self
                 .publish_batch(&channel)
                 .instrument(info_span!("relay_batch"))
-                .await?;
+                .await;
+            let (taken, published) = match batch {
+                Ok(counts) => counts,
+                Err(e) => {
+                    self.ready.store(false, Ordering::SeqCst);
+                    return Err(e.into());
+                }
+            };
             if shutdown.is_cancelled() {
-                close(&conn).await;
+                broker::close(&conn, "relay shutting down").await;
                 return Ok(());
             }
             if taken as u64 >= self.settings.batch_size && published == taken {
@@ -165,10 +202,19 @@ impl Relay {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    close(&conn).await;
+                    broker::close(&conn, "relay shutting down").await;
                     return Ok(());
                 }
-                notified = listener.recv() => { notified?; }
+                notified = listener.recv() => {
+                    if let Err(e) = notified {
+                        self.ready.store(false, Ordering::SeqCst);
+                        return Err(e.into());
+                    }
+                    // One batch serves every commit so far: drop the notifications already
+                    // buffered instead of waking once per commit (under load they would pile up
+                    // in PostgreSQL's notification queue).
+                    while listener.next_buffered().is_some() {}
+                }
                 _ = tokio::time::sleep(poll) => {}
             }
         }
@@ -182,7 +228,8 @@ impl Relay {
             .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT id, routing_key, event_type, correlation_id, payload, created_at \
-                 FROM outbox WHERE published_at IS NULL \
+                 FROM outbox WHERE published_at IS NULL AND quarantined_at IS NULL \
+                 AND next_attempt_at <= now() \
                  ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 [(self.settings.batch_size as i64).into()],
             ))
@@ -193,7 +240,7 @@ impl Relay {
         }
         let taken = rows.len();
         let (outcomes, fatal) = self.publish_rows(channel, &rows).await;
-        if let Err(e) = record(&txn, &outcomes).await {
+        if let Err(e) = record(&txn, &outcomes, &self.settings).await {
             let _ = txn.rollback().await;
             return Err(e.into());
         }
@@ -203,16 +250,8 @@ impl Relay {
             .iter()
             .filter(|o| matches!(o, RowOutcome::Published(_)))
             .count();
-        self.metrics
-            .add("memberline_outbox_published_total", &[], published as u64);
         let failed = outcomes.len() - published;
-        if failed > 0 {
-            self.metrics.add(
-                "memberline_outbox_publish_failures_total",
-                &[],
-                failed as u64,
-            );
-        }
+        self.metrics.outbox_batch(published as u64, failed as u64);
         debug!(taken, published, failed, "Relay batch done");
         match fatal {
             Some(e) => Err(e),
@@ -220,48 +259,36 @@ impl Relay {
         }
     }
 
+    /// Publishes `rows` and waits for their confirms: one outcome per row tried, and the error
+    /// that broke the channel, if one did (the rows after it are left untried).
     async fn publish_rows(
         &self,
         channel: &Channel,
         rows: &[sea_orm::QueryResult],
     ) -> (Vec<RowOutcome>, Option<anyhow::Error>) {
-        let exchange = self.topology.events_exchange();
+        let exchange = ShortString::from(self.topology.events_exchange());
         let mut pending = Vec::with_capacity(rows.len());
         let mut outcomes = Vec::with_capacity(rows.len());
         let mut fatal = None;
         for row in rows {
-            let parsed = (|| -> Result<_, sea_orm::DbErr> {
-                Ok((
-                    row.try_get::<Uuid>("", "id")?,
-                    row.try_get::<String>("", "routing_key")?,
-                    row.try_get::<String>("", "event_type")?,
-                    row.try_get::<Uuid>("", "correlation_id")?,
-                    row.try_get::<serde_json::Value>("", "payload")?,
-                    row.try_get::<chrono::DateTime<chrono::Utc>>("", "created_at")?,
-                ))
-            })();
-            let (id, routing_key, event_type, correlation_id, payload, created_at) = match parsed {
-                Ok(v) => v,
+            // Without its id a row cannot even be marked failed; the key column is never null,
+            // so this is the database or the schema failing, not the row.
+            let id = match row.try_get::<Uuid>("", "id") {
+                Ok(id) => id,
                 Err(e) => {
                     fatal = Some(anyhow::anyhow!("outbox row unreadable: {e}"));
                     break;
                 }
             };
-            let body = payload.to_string().into_bytes();
-            let mut headers = FieldTable::default();
-            headers.insert(
-                "x-correlation-id".into(),
-                AMQPValue::LongString(LongString::from(correlation_id.to_string())),
-            );
-            let props = BasicProperties::default()
-                .with_delivery_mode(2) // persistent: survives a broker restart
-                .with_content_type("application/json".into())
-                .with_message_id(id.to_string().into())
-                .with_correlation_id(correlation_id.to_string().into())
-                .with_type(event_type.into())
-                .with_app_id("memberline".into())
-                .with_timestamp(created_at.timestamp().max(0) as u64)
-                .with_headers(headers);
+            // A row no broker could ever accept fails on its own (retried with backoff, then
+            // quarantined); it must not end the session and starve the rows behind it.
+            let message = match OutboxMessage::read(id, row) {
+                Ok(message) => message,
+                Err(error) => {
+                    outcomes.push(RowOutcome::Refused(id, error));
+                    continue;
+                }
+            };
             let options = BasicPublishOptions {
                 // Unroutable messages come back instead of vanishing (the events exchange also
                 // has an alternate exchange, so this is the second line of defence).
@@ -270,13 +297,13 @@ impl Relay {
             };
             // A broker under a memory or disk alarm blocks publishers: bound the wait.
             let publish = channel.basic_publish(
-                exchange.as_str().into(),
-                routing_key.as_str().into(),
+                exchange.clone(),
+                message.routing_key,
                 options,
-                &body,
-                props,
+                &message.body,
+                message.props,
             );
-            match tokio::time::timeout(BROKER_OP_TIMEOUT, publish).await {
+            match tokio::time::timeout(broker::OP_TIMEOUT, publish).await {
                 Ok(Ok(confirm)) => pending.push((id, confirm)),
                 Ok(Err(e)) => {
                     outcomes.push(RowOutcome::Failed(id, format!("publish failed: {e}")));
@@ -296,7 +323,7 @@ impl Relay {
         for (id, confirm) in pending {
             match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(Ok(Confirmation::Ack(None))) => outcomes.push(RowOutcome::Published(id)),
-                Ok(Ok(Confirmation::Ack(Some(returned)))) => outcomes.push(RowOutcome::Failed(
+                Ok(Ok(Confirmation::Ack(Some(returned)))) => outcomes.push(RowOutcome::Refused(
                     id,
                     format!(
                         "returned by the broker: {} {}",
@@ -324,21 +351,20 @@ impl Relay {
     }
 }
 
-/// Closes the connection, giving up after a bounded wait (a blocked broker never answers).
-async fn close(conn: &Connection) {
-    let _ = tokio::time::timeout(
-        BROKER_OP_TIMEOUT,
-        conn.close(200, "relay shutting down".into()),
-    )
-    .await;
-}
-
-async fn record(txn: &DatabaseTransaction, outcomes: &[RowOutcome]) -> Result<(), sea_orm::DbErr> {
+/// Marks confirmed rows published; gives each refused row its error, its next attempt time
+/// (`relay.retry_base_ms` doubling per attempt, capped at `relay.retry_max_ms`) and, after
+/// `relay.quarantine_after_attempts`, its quarantine; and notes the error of a row that failed
+/// with the broker, without charging it (the session is rebuilt with its own backoff).
+async fn record(
+    txn: &DatabaseTransaction,
+    outcomes: &[RowOutcome],
+    settings: &RelaySettings,
+) -> Result<(), sea_orm::DbErr> {
     let published: Vec<Uuid> = outcomes
         .iter()
         .filter_map(|o| match o {
             RowOutcome::Published(id) => Some(*id),
-            RowOutcome::Failed(..) => None,
+            RowOutcome::Refused(..) | RowOutcome::Failed(..) => None,
         })
         .collect();
     if !published.is_empty() {
@@ -350,14 +376,72 @@ async fn record(txn: &DatabaseTransaction, outcomes: &[RowOutcome]) -> Result<()
         .await?;
     }
     for outcome in outcomes {
-        if let RowOutcome::Failed(id, error) = outcome {
-            txn.execute_raw(Statement::from_sql_and_values(
+        let (id, error) = match outcome {
+            RowOutcome::Published(_) => continue,
+            RowOutcome::Failed(id, error) => {
+                txn.execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "UPDATE outbox SET last_error = $2 WHERE id = $1",
+                    [(*id).into(), error.clone().into()],
+                ))
+                .await?;
+                continue;
+            }
+            RowOutcome::Refused(id, error) => (id, error),
+        };
+        let row = txn
+            .query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
-                [(*id).into(), error.clone().into()],
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
+                 next_attempt_at = now() + make_interval(secs => \
+                     LEAST($4::float8, $3::float8 * power(2, LEAST(attempts, 30))) / 1000.0), \
+                 quarantined_at = CASE WHEN attempts + 1 >= $5 THEN now() END \
+                 WHERE id = $1 RETURNING attempts, quarantined_at IS NOT NULL AS quarantined",
+                [
+                    (*id).into(),
+                    error.clone().into(),
+                    (settings.retry_base_ms as f64).into(),
+                    (settings.retry_max_ms as f64).into(),
+                    settings.quarantine_after_attempts.into(),
+                ],
             ))
             .await?;
+        if let Some(row) = row
+            && row.try_get::<bool>("", "quarantined")?
+        {
+            let attempts: i32 = row.try_get("", "attempts")?;
+            error!(event_id = %id, attempts, last_error = %error,
+                "Outbox row quarantined after repeated publish failures; inspect and release it \
+                 with GET /v1/admin/outbox/quarantined and POST /v1/admin/outbox/{id}/release");
         }
     }
+    Ok(())
+}
+
+/// `memberline relay`: the relay alone, without the HTTP API, with its own `/metrics` (relay
+/// counters and the outbox lag) and `/readyz` (200 while connected) on `relay.metrics_addr`.
+pub async fn run_standalone(
+    settings: memberline_platform::Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let db = memberline_platform::db::connect(&settings.database).await?;
+    let metrics = Arc::new(Metrics::default());
+    let relay = Relay::new(
+        db.clone(),
+        settings.amqp.url.expose().to_owned(),
+        settings.topology(),
+        settings.relay.clone(),
+        metrics.clone(),
+    );
+    let router =
+        memberline_platform::ops::router(metrics, Some(db), vec![("relay", relay.ready())]);
+    memberline_platform::ops::serve(
+        &settings.relay.metrics_addr,
+        "relay.metrics_addr",
+        router,
+        shutdown.clone(),
+    )
+    .await?;
+    relay.run(shutdown).await;
     Ok(())
 }

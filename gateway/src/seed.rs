@@ -1,6 +1,7 @@
 //! The demo catalogue and users, seeded idempotently: running it twice changes nothing, and it
 //! never overwrites a user's balances once the user exists.
 
+use memberline_schema::states::{LedgerReason, PlanKind};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 
 /// Levels: (id, name, min growth, discount percent paid, points bonus percent).
@@ -14,7 +15,7 @@ const LEVELS: [(i16, &str, i64, i16, i16); 4] = [
 struct PlanSeed {
     code: &'static str,
     name: &'static str,
-    kind: &'static str,
+    kind: PlanKind,
     duration_days: Option<i32>,
     uses: Option<i32>,
     original_price_fen: i64,
@@ -28,7 +29,7 @@ const PLANS: [PlanSeed; 6] = [
     PlanSeed {
         code: "monthly",
         name: "Monthly membership",
-        kind: "membership",
+        kind: PlanKind::Membership,
         duration_days: Some(30),
         uses: None,
         original_price_fen: 3_800,
@@ -40,7 +41,7 @@ const PLANS: [PlanSeed; 6] = [
     PlanSeed {
         code: "quarterly",
         name: "Quarterly membership",
-        kind: "membership",
+        kind: PlanKind::Membership,
         duration_days: Some(90),
         uses: None,
         original_price_fen: 11_400,
@@ -52,7 +53,7 @@ const PLANS: [PlanSeed; 6] = [
     PlanSeed {
         code: "yearly",
         name: "Yearly membership",
-        kind: "membership",
+        kind: PlanKind::Membership,
         duration_days: Some(365),
         uses: None,
         original_price_fen: 45_600,
@@ -64,7 +65,7 @@ const PLANS: [PlanSeed; 6] = [
     PlanSeed {
         code: "permanent",
         name: "Permanent membership",
-        kind: "permanent",
+        kind: PlanKind::Permanent,
         duration_days: None,
         uses: None,
         original_price_fen: 199_900,
@@ -76,7 +77,7 @@ const PLANS: [PlanSeed; 6] = [
     PlanSeed {
         code: "day_pass",
         name: "Single-use pass",
-        kind: "pass",
+        kind: PlanKind::Pass,
         duration_days: None,
         uses: Some(1),
         original_price_fen: 1_200,
@@ -88,7 +89,7 @@ const PLANS: [PlanSeed; 6] = [
     PlanSeed {
         code: "trial",
         name: "Free 7-day trial",
-        kind: "membership",
+        kind: PlanKind::Membership,
         duration_days: Some(7),
         uses: None,
         original_price_fen: 0,
@@ -139,7 +140,7 @@ pub async fn catalogue(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
             [
                 p.code.into(),
                 p.name.into(),
-                p.kind.into(),
+                p.kind.as_str().into(),
                 p.duration_days.into(),
                 p.uses.into(),
                 p.original_price_fen.into(),
@@ -187,9 +188,13 @@ pub async fn demo(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
                         DbBackend::Postgres,
                         format!(
                             "INSERT INTO {table} (user_id, reason, delta, balance_after) \
-                             VALUES ($1, 'opening_balance', $2, $2)"
+                             VALUES ($1, $2, $3, $3)"
                         ),
-                        [id.into(), amount.into()],
+                        [
+                            id.into(),
+                            LedgerReason::OpeningBalance.as_str().into(),
+                            amount.into(),
+                        ],
                     ))
                     .await?;
                 }

@@ -1,8 +1,10 @@
 //! What every handler shares.
 
 use crate::auth::Keys;
-use crate::metrics::Metrics;
-use crate::settings::Settings;
+use axum::extract::FromRef;
+use memberline_platform::Settings;
+use memberline_platform::broker::Probe;
+use memberline_platform::metrics::Metrics;
 use memberline_schema::topology::Topology;
 use sea_orm::DatabaseConnection;
 use std::sync::Arc;
@@ -14,4 +16,12 @@ pub struct AppState {
     pub keys: Keys,
     pub metrics: Arc<Metrics>,
     pub topology: Topology,
+    /// The readiness probe's kept broker connection.
+    pub broker_probe: Arc<Probe>,
+}
+
+impl FromRef<AppState> for Keys {
+    fn from_ref(state: &AppState) -> Keys {
+        state.keys.clone()
+    }
 }

@@ -4,6 +4,7 @@
 //! A published shape never changes in place; a new shape is a new version and a new type.
 //! Money travels as integers (fen, points).
 
+pub use crate::states::{EventType, PayMethod, PlanKind};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
@@ -11,7 +12,7 @@ use uuid::Uuid;
 /// An event type: its name, version and payload shape.
 pub trait Event: Serialize + DeserializeOwned {
     /// Dotted, past-tense name, e.g. `order.paid`.
-    const TYPE: &'static str;
+    const TYPE: EventType;
     /// The payload version; part of the routing key.
     const VERSION: u16;
     /// The aggregate this event is about (`order`, `user`).
@@ -22,7 +23,7 @@ pub trait Event: Serialize + DeserializeOwned {
 
     /// `TYPE.vVERSION`, e.g. `order.paid.v1`.
     fn routing_key() -> String {
-        format!("{}.v{}", Self::TYPE, Self::VERSION)
+        format!("{}.v{}", Self::TYPE.as_str(), Self::VERSION)
     }
 }
 
@@ -33,7 +34,7 @@ pub struct Envelope<P> {
     pub event_id: Uuid,
     /// e.g. `order.paid`.
     #[serde(rename = "type")]
-    pub event_type: String,
+    pub event_type: EventType,
     pub version: u16,
     pub occurred_at: DateTime<Utc>,
     /// Carried from the request that started the chain (header `X-Correlation-Id`).
@@ -48,7 +49,7 @@ impl<P: Event> Envelope<P> {
     pub fn new(payload: P, correlation_id: Uuid, causation_id: Option<Uuid>) -> Self {
         Self {
             event_id: Uuid::now_v7(),
-            event_type: P::TYPE.to_owned(),
+            event_type: P::TYPE,
             version: P::VERSION,
             occurred_at: Utc::now(),
             correlation_id,
@@ -64,7 +65,8 @@ impl<P: Event> Envelope<P> {
 }
 
 /// Only the header fields of an envelope: enough to route, deduplicate and dead-letter a message
-/// whose payload has an unknown shape.
+/// whose payload has an unknown shape (or whose type this build does not know, so the type is
+/// kept as text; [`EnvelopeHead::kind`] reads it).
 #[derive(Clone, Debug, Deserialize)]
 pub struct EnvelopeHead {
     pub event_id: Uuid,
@@ -76,66 +78,56 @@ pub struct EnvelopeHead {
     pub causation_id: Option<Uuid>,
 }
 
-/// How an order was paid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PayMethod {
-    Balance,
-    Points,
-    Free,
-    Wechat,
-    Alipay,
+impl EnvelopeHead {
+    /// The event type, if this build knows it.
+    pub fn kind(&self) -> Option<EventType> {
+        EventType::parse(&self.event_type)
+    }
+
+    /// Whether this is `P`'s type and version.
+    pub fn is<P: Event>(&self) -> bool {
+        self.kind() == Some(P::TYPE) && self.version == P::VERSION
+    }
 }
 
-impl PayMethod {
-    pub const ALL: [PayMethod; 5] = [
-        PayMethod::Balance,
-        PayMethod::Points,
-        PayMethod::Free,
-        PayMethod::Wechat,
-        PayMethod::Alipay,
-    ];
+/// The plan as it was sold: the snapshot an order keeps (and its events and API views carry), so
+/// that a later catalogue change never changes what a buyer bought. Flattened into the JSON of
+/// whatever carries it (`plan_id`, `plan_code`, … beside the other fields).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PlanSold {
+    pub plan_id: i64,
+    pub plan_code: String,
+    pub plan_name: String,
+    pub plan_kind: PlanKind,
+    /// Set for `membership` plans.
+    pub duration_days: Option<i32>,
+    /// Set for `pass` plans.
+    pub uses: Option<i32>,
+}
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PayMethod::Balance => "balance",
-            PayMethod::Points => "points",
-            PayMethod::Free => "free",
-            PayMethod::Wechat => "wechat",
-            PayMethod::Alipay => "alipay",
+impl PlanSold {
+    /// The snapshot of a catalogue plan, at the moment it is sold.
+    pub fn of_plan(plan: &crate::entities::plan::Model) -> Self {
+        Self {
+            plan_id: plan.id,
+            plan_code: plan.code.clone(),
+            plan_name: plan.name.clone(),
+            plan_kind: plan.kind,
+            duration_days: plan.duration_days,
+            uses: plan.uses,
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|m| m.as_str() == s)
-    }
-}
-
-/// What a plan grants.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PlanKind {
-    /// Membership for `duration_days`, stacked after any current period.
-    Membership,
-    /// Membership that never ends.
-    Permanent,
-    /// A pass with a number of uses.
-    Pass,
-}
-
-impl PlanKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PlanKind::Membership => "membership",
-            PlanKind::Permanent => "permanent",
-            PlanKind::Pass => "pass",
+    /// The snapshot an order kept.
+    pub fn of_order(order: &crate::entities::order::Model) -> Self {
+        Self {
+            plan_id: order.plan_id,
+            plan_code: order.plan_code.clone(),
+            plan_name: order.plan_name.clone(),
+            plan_kind: order.plan_kind,
+            duration_days: order.duration_days,
+            uses: order.uses,
         }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [PlanKind::Membership, PlanKind::Permanent, PlanKind::Pass]
-            .into_iter()
-            .find(|k| k.as_str() == s)
     }
 }
 
@@ -145,14 +137,8 @@ pub struct OrderPaid {
     pub order_id: i64,
     pub order_no: String,
     pub buyer_id: i64,
-    pub plan_id: i64,
-    pub plan_code: String,
-    pub plan_name: String,
-    pub plan_kind: PlanKind,
-    /// Set for `membership` plans.
-    pub duration_days: Option<i32>,
-    /// Set for `pass` plans.
-    pub uses: Option<i32>,
+    #[serde(flatten)]
+    pub plan: PlanSold,
     pub pay_method: PayMethod,
     /// What was charged in fen (0 for points and free orders).
     pub amount_fen: i64,
@@ -165,7 +151,7 @@ pub struct OrderPaid {
 }
 
 impl Event for OrderPaid {
-    const TYPE: &'static str = "order.paid";
+    const TYPE: EventType = EventType::OrderPaid;
     const VERSION: u16 = 1;
     const AGGREGATE: &'static str = "order";
 
@@ -191,7 +177,7 @@ pub struct MembershipExtended {
 }
 
 impl Event for MembershipExtended {
-    const TYPE: &'static str = "membership.extended";
+    const TYPE: EventType = EventType::MembershipExtended;
     const VERSION: u16 = 1;
     const AGGREGATE: &'static str = "user";
 
@@ -212,7 +198,7 @@ pub struct LevelChanged {
 }
 
 impl Event for LevelChanged {
-    const TYPE: &'static str = "level.changed";
+    const TYPE: EventType = EventType::LevelChanged;
     const VERSION: u16 = 1;
     const AGGREGATE: &'static str = "user";
 
@@ -230,12 +216,14 @@ mod tests {
             order_id: 7,
             order_no: "ML2026112100000007".into(),
             buyer_id: 1,
-            plan_id: 2,
-            plan_code: "monthly".into(),
-            plan_name: "Monthly".into(),
-            plan_kind: PlanKind::Membership,
-            duration_days: Some(30),
-            uses: None,
+            plan: PlanSold {
+                plan_id: 2,
+                plan_code: "monthly".into(),
+                plan_name: "Monthly".into(),
+                plan_kind: PlanKind::Membership,
+                duration_days: Some(30),
+                uses: None,
+            },
             pay_method: PayMethod::Points,
             amount_fen: 0,
             amount_points: 2700,
@@ -257,6 +245,10 @@ mod tests {
         assert_eq!(json["type"], "order.paid");
         assert_eq!(json["version"], 1);
         assert_eq!(json["payload"]["pay_method"], "points");
+        // The plan snapshot is flattened: the published shape is unchanged.
+        assert_eq!(json["payload"]["plan_code"], "monthly");
+        assert_eq!(json["payload"]["duration_days"], 30);
+        assert!(json["payload"].get("plan").is_none());
         let back: Envelope<OrderPaid> = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, env);
         let head: EnvelopeHead = serde_json::from_value(json).unwrap();

@@ -1,5 +1,6 @@
-//! Every contract of Memberline in one crate: database entities and migrations, money
-//! arithmetic, the event envelope and event types, and the RabbitMQ topology.
+//! Every contract of Memberline in one crate: database entities and migrations, the typed
+//! states ([`states`]), money arithmetic, the event envelope and event types, and the RabbitMQ
+//! topology.
 //!
 //! Nothing here talks to a database or a broker on its own; the gateway and the workers do.
 
@@ -7,6 +8,7 @@ pub mod entities;
 pub mod events;
 pub mod migrations;
 pub mod money;
+pub mod states;
 pub mod topology;
 
 pub use migrations::Migrator;

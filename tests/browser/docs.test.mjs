@@ -6,7 +6,8 @@ import { createServer } from 'node:net';
 import { chromium } from 'playwright-core';
 
 const root = new URL('../..', import.meta.url).pathname;
-const bin = `${root}target/debug/memberline`;
+const targetDir = process.env.CARGO_TARGET_DIR ?? `${root}target`;
+const bin = `${targetDir}/debug/memberline`;
 const pg = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432';
 const db = `ml_browser_${process.pid}_${Date.now()}`;
 let gateway;
@@ -46,6 +47,8 @@ before(async () => {
     MEMBERLINE__HTTP__PORT: String(port),
     MEMBERLINE__RELAY__EMBEDDED: 'false',
     MEMBERLINE__LOG__FILTER: 'warn',
+    // No secret is compiled in; a test-only one (this test mints no tokens).
+    MEMBERLINE__AUTH__JWT_SECRET: `browser-test-secret-${process.pid}-0123456789abcdef`,
   };
   execFileSync(bin, ['migrate', 'up'], { env, stdio: 'ignore' });
   execFileSync(bin, ['seed'], { env, stdio: 'ignore' });

@@ -1,15 +1,17 @@
 //! Template/SMS delivery channels. `log` writes a log line (the default: nothing leaves the
 //! machine); `webhook` POSTs JSON signed the Standard Webhooks way (`webhook-id`,
-//! `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256(id.timestamp.body)>`) with a
-//! bounded number of attempts. A failed delivery is a transient error: the whole effect goes
-//! back on the retry ladder, and receivers deduplicate on `webhook-id`.
+//! `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256(id.timestamp.body)>`).
+//!
+//! One [`Channel::send`] is one attempt (one HTTP call, bounded by `workers.webhook_timeout_ms`).
+//! Only the channel sender ([`crate::sender`]) calls it, outside any transaction; attempts,
+//! backoff and giving up are its business. Receivers deduplicate on `webhook-id`.
 
-use crate::decide::HandlerError;
-use backon::{ExponentialBuilder, Retryable};
+use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
-use memberline_gateway::settings::{ChannelKind, WorkerSettings};
+use memberline_platform::settings::{ChannelKind, WorkerSettings};
+use memberline_schema::states::NotificationKind;
 use serde::Serialize;
 use sha2::Sha256;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use std::time::Duration;
 pub struct Message {
     /// Unique per message; sent as `webhook-id`.
     pub id: String,
-    pub kind: String,
+    pub kind: NotificationKind,
     pub user_id: i64,
     pub title: String,
     pub body: String,
@@ -36,7 +38,6 @@ pub struct Webhook {
     client: reqwest::Client,
     url: String,
     key: Vec<u8>,
-    attempts: u32,
 }
 
 impl Channel {
@@ -44,10 +45,9 @@ impl Channel {
         Ok(match s.channel {
             ChannelKind::Log => Channel::Log,
             ChannelKind::Webhook => {
-                let secret = s.webhook_secret.expose();
-                let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-                let key = STANDARD.decode(encoded).map_err(|e| {
-                    anyhow::anyhow!("workers.webhook_secret must be whsec_<base64>: {e}")
+                // Settings validation already refused a missing or short key.
+                let key = s.webhook_key().ok_or_else(|| {
+                    anyhow::anyhow!("workers.webhook_secret must be whsec_<base64>")
                 })?;
                 Channel::Webhook(Webhook {
                     client: reqwest::Client::builder()
@@ -55,13 +55,14 @@ impl Channel {
                         .build()?,
                     url: s.webhook_url.clone(),
                     key,
-                    attempts: s.webhook_attempts,
                 })
             }
         })
     }
 
-    pub async fn send(&self, message: &Message) -> Result<(), HandlerError> {
+    /// Sends `message` once; an error means this attempt failed (the receiver may still have
+    /// it, so a later attempt carries the same `webhook-id`).
+    pub async fn send(&self, message: &Message) -> anyhow::Result<()> {
         match self {
             Channel::Log => {
                 tracing::info!(user_id = message.user_id, kind = %message.kind,
@@ -81,34 +82,26 @@ pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
 }
 
 impl Webhook {
-    async fn send(&self, message: &Message) -> Result<(), HandlerError> {
-        let body = serde_json::to_string(message).map_err(HandlerError::permanent)?;
-        let attempt = || async {
-            let timestamp = chrono::Utc::now().timestamp();
-            let res = self
-                .client
-                .post(&self.url)
-                .header("content-type", "application/json")
-                .header("webhook-id", &message.id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header(
-                    "webhook-signature",
-                    sign(&self.key, &message.id, timestamp, &body),
-                )
-                .body(body.clone())
-                .send()
-                .await?;
-            res.error_for_status().map(|_| ())
-        };
-        attempt
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(2))
-                    .with_max_times(self.attempts.saturating_sub(1) as usize),
+    async fn send(&self, message: &Message) -> anyhow::Result<()> {
+        let body = serde_json::to_string(message).context("webhook body")?;
+        // A fresh timestamp per attempt: receivers refuse stale ones.
+        let timestamp = chrono::Utc::now().timestamp();
+        let res = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &message.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                sign(&self.key, &message.id, timestamp, &body),
             )
+            .body(body)
+            .send()
             .await
-            .map_err(|e| HandlerError::transient(anyhow::anyhow!("webhook delivery failed: {e}")))
+            .context("webhook delivery failed")?;
+        res.error_for_status().context("webhook delivery refused")?;
+        Ok(())
     }
 }
 

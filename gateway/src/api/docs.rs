@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Memberline API", description = "Member plans, orders and payments. Amounts are integers in fen; points are integers. Errors are `{\"error\": {\"code\", \"message\"}}`."),
+    info(title = "Memberline API", description = "Member plans, orders and payments. Amounts are integers in fen; points are integers. Errors are `{\"error\": {\"code\", \"message\"}}`. Besides the answers each operation lists, any request may be cut off with 408 after the request timeout, and an unexpected failure is an opaque 500 `internal`."),
     paths(
         super::plans::list,
         super::me::me,
@@ -21,6 +21,8 @@ use utoipa::{Modify, OpenApi};
         super::admin::create_user,
         super::admin::dead_letters,
         super::admin::replay_dead_letters,
+        super::outbox::quarantined,
+        super::outbox::release,
         super::me::notifications,
         super::me::mark_read,
         super::health::healthz,
@@ -63,4 +65,30 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/openapi.json", get(openapi_json))
         .route("/docs", get(page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memberline_schema::states::{
+        EventType, LedgerKind, LedgerReason, NotificationKind, OrderStatus, PayMethod, PlanKind,
+    };
+
+    #[test]
+    fn documented_enum_values_are_what_serde_writes() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let documented = |name: &str| doc["components"]["schemas"][name]["enum"].clone();
+        let serialized = [
+            ("EventType", serde_json::json!(EventType::ALL)),
+            ("OrderStatus", serde_json::json!(OrderStatus::ALL)),
+            ("PayMethod", serde_json::json!(PayMethod::ALL)),
+            ("PlanKind", serde_json::json!(PlanKind::ALL)),
+            ("LedgerKind", serde_json::json!(LedgerKind::ALL)),
+            ("LedgerReason", serde_json::json!(LedgerReason::ALL)),
+            ("NotificationKind", serde_json::json!(NotificationKind::ALL)),
+        ];
+        for (name, values) in serialized {
+            assert_eq!(documented(name), values, "{name}");
+        }
+    }
 }

@@ -37,20 +37,9 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             .await
             .is_ok()
     };
-    let broker = async {
-        match lapin::Connection::connect(
-            state.settings.amqp.url.expose(),
-            lapin::ConnectionProperties::default(),
-        )
-        .await
-        {
-            Ok(conn) => {
-                let _ = conn.close(200, "readiness probe".into()).await;
-                true
-            }
-            Err(_) => false,
-        }
-    };
+    // One kept connection, reopened only when lost: a probe every few seconds must not open
+    // and close an AMQP connection each time.
+    let broker = state.broker_probe.reachable();
     let (database, broker) = tokio::join!(
         async { tokio::time::timeout(limit, db).await.unwrap_or(false) },
         async { tokio::time::timeout(limit, broker).await.unwrap_or(false) },
@@ -73,42 +62,17 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Prometheus text: request counts and latencies, orders by method and outcome, relay counters,
 /// and the outbox lag (rows waiting and the age of the oldest), read at scrape time.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "OpenMetrics text format", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let lag = state
-        .db
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT count(*)::bigint AS waiting, \
-             COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS oldest \
-             FROM outbox WHERE published_at IS NULL",
-        ))
-        .await;
-    let (waiting, oldest) = match lag {
-        Ok(Some(row)) => (
-            row.try_get::<i64>("", "waiting").unwrap_or(-1) as f64,
-            row.try_get::<f64>("", "oldest").unwrap_or(-1.0),
-        ),
-        _ => (-1.0, -1.0),
-    };
-    let body = state.metrics.render(&[
-        (
-            "memberline_outbox_unpublished",
-            "Outbox rows committed but not yet confirmed by the broker (-1: database unreachable).",
-            waiting,
-        ),
-        (
-            "memberline_outbox_oldest_unpublished_age_seconds",
-            "Age of the oldest unpublished outbox row, in seconds.",
-            oldest,
-        ),
-    ]);
+    state
+        .metrics
+        .set_outbox_lag(memberline_platform::outbox::lag(&state.db).await);
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            memberline_platform::metrics::CONTENT_TYPE,
         )],
-        body,
+        state.metrics.render(),
     )
 }
 

@@ -1,15 +1,17 @@
 //! The caller's own account: profile, membership, passes, savings and ledgers.
 
+use super::query::{self, ValidQuery};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use memberline_schema::entities::{
     balance_ledger, level, membership_period, notification, point_ledger, user, user_pass,
 };
+use memberline_schema::states::{LedgerKind, LedgerReason, NotificationKind};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
     QuerySelect, Statement, TransactionTrait,
@@ -51,11 +53,22 @@ pub struct LevelView {
     pub discount_percent: i16,
 }
 
+/// Where a buyer's membership stands at the moment of the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MembershipStatus {
+    /// Never a member.
+    None,
+    /// Inside a period, or permanent.
+    Active,
+    /// Every period has ended.
+    Expired,
+}
+
 /// Membership derived from the buyer's periods at the moment of the request.
 #[derive(Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MembershipView {
-    /// `none | active | expired`
-    pub status: &'static str,
+    pub status: MembershipStatus,
     /// Start of the current (or last) uninterrupted run of periods.
     pub since: Option<DateTime<Utc>>,
     /// End of the last period; `null` when permanent or never a member.
@@ -84,7 +97,7 @@ pub fn membership_at(periods: &[membership_period::Model], now: DateTime<Utc>) -
         .min_by_key(|p| p.starts_at)
     {
         return MembershipView {
-            status: "active",
+            status: MembershipStatus::Active,
             since: Some(p.starts_at),
             expires_at: None,
             permanent: true,
@@ -97,7 +110,7 @@ pub fn membership_at(periods: &[membership_period::Model], now: DateTime<Utc>) -
         .collect();
     if spans.is_empty() {
         return MembershipView {
-            status: "none",
+            status: MembershipStatus::None,
             since: None,
             expires_at: None,
             permanent: false,
@@ -122,7 +135,11 @@ pub fn membership_at(periods: &[membership_period::Model], now: DateTime<Utc>) -
         0
     };
     MembershipView {
-        status: if active { "active" } else { "expired" },
+        status: if active {
+            MembershipStatus::Active
+        } else {
+            MembershipStatus::Expired
+        },
         since: Some(run.0),
         expires_at: Some(run.1),
         permanent: false,
@@ -134,7 +151,8 @@ pub fn membership_at(periods: &[membership_period::Model], now: DateTime<Utc>) -
 #[utoipa::path(get, path = "/v1/me", tag = "me", security(("bearer" = [])),
     responses(
         (status = 200, body = Me),
-        (status = 401, description = "Missing, malformed or expired token", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing, malformed or expired token (`missing_token`, `invalid_token`, `token_expired`), or `unknown_user`", body = crate::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::error::ErrorBody),
     ))]
 pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
     // One snapshot: the profile, membership and passes are read as of the same instant.
@@ -188,10 +206,12 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LedgerQuery {
-    /// `points` or `balance`; both when absent.
-    pub kind: Option<String>,
+    /// Which ledger; both when absent.
+    pub kind: Option<LedgerKind>,
     /// At most this many entries of each kind (1–200, default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u64>,
 }
 
@@ -199,9 +219,9 @@ pub struct LedgerQuery {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct LedgerEntry {
     pub id: i64,
-    /// `points` (in points) or `balance` (in fen).
-    pub kind: &'static str,
-    pub reason: String,
+    /// `points` (amounts in points) or `balance` (amounts in fen).
+    pub kind: LedgerKind,
+    pub reason: LedgerReason,
     pub delta: i64,
     pub balance_after: i64,
     pub order_id: Option<i64>,
@@ -218,33 +238,18 @@ pub struct Ledger {
 #[utoipa::path(get, path = "/v1/me/ledger", tag = "me", security(("bearer" = [])), params(LedgerQuery),
     responses(
         (status = 200, body = Ledger),
-        (status = 400, description = "Bad query parameter", body = crate::error::ErrorBody),
-        (status = 401, body = crate::error::ErrorBody),
+        (status = 400, description = "`invalid_query`: a bad query parameter", body = crate::error::ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::error::ErrorBody),
     ))]
 pub async fn ledger(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
+    ValidQuery(q): ValidQuery<LedgerQuery>,
 ) -> Result<Json<Ledger>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "limit must be 1-200",
-        ));
-    }
-    let (points, balance) = match q.kind.as_deref() {
-        None => (true, true),
-        Some("points") => (true, false),
-        Some("balance") => (false, true),
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("kind must be points or balance, not {other}"),
-            ));
-        }
-    };
+    let limit = query::limit(q.limit, 50, 200)?;
+    let points = q.kind.is_none_or(|k| k == LedgerKind::Points);
+    let balance = q.kind.is_none_or(|k| k == LedgerKind::Balance);
     let mut entries = Vec::new();
     if points {
         let rows = point_ledger::Entity::find()
@@ -255,7 +260,7 @@ pub async fn ledger(
             .await?;
         entries.extend(rows.into_iter().map(|r| LedgerEntry {
             id: r.id,
-            kind: "points",
+            kind: LedgerKind::Points,
             reason: r.reason,
             delta: r.delta,
             balance_after: r.balance_after,
@@ -272,7 +277,7 @@ pub async fn ledger(
             .await?;
         entries.extend(rows.into_iter().map(|r| LedgerEntry {
             id: r.id,
-            kind: "balance",
+            kind: LedgerKind::Balance,
             reason: r.reason,
             delta: r.delta,
             balance_after: r.balance_after,
@@ -285,18 +290,19 @@ pub async fn ledger(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct NotificationQuery {
     /// Only unread messages.
     pub unread: Option<bool>,
     /// At most this many (1-200, default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u64>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct NotificationView {
     pub id: i64,
-    /// `order_paid | membership_extended | level_changed`
-    pub kind: String,
+    pub kind: NotificationKind,
     pub title: String,
     pub body: String,
     pub order_id: Option<i64>,
@@ -328,20 +334,18 @@ pub struct Inbox {
 /// The caller's inbox, newest first.
 #[utoipa::path(get, path = "/v1/me/notifications", tag = "me", security(("bearer" = [])),
     params(NotificationQuery),
-    responses((status = 200, body = Inbox), (status = 401, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, body = Inbox),
+        (status = 400, description = "`invalid_query`: a bad query parameter", body = crate::error::ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::error::ErrorBody),
+    ))]
 pub async fn notifications(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<NotificationQuery>, axum::extract::rejection::QueryRejection>,
+    ValidQuery(q): ValidQuery<NotificationQuery>,
 ) -> Result<Json<Inbox>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "limit must be 1-200",
-        ));
-    }
+    let limit = query::limit(q.limit, 50, 200)?;
     let mut select = notification::Entity::find()
         .filter(notification::Column::UserId.eq(caller.user_id))
         .order_by_desc(notification::Column::Id)
@@ -369,8 +373,9 @@ pub async fn notifications(
     params(("id" = i64, Path, description = "Notification id")),
     responses(
         (status = 200, body = NotificationView),
-        (status = 401, body = crate::error::ErrorBody),
-        (status = 404, description = "`notification_not_found`", body = crate::error::ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::error::ErrorBody),
+        (status = 404, description = "`notification_not_found` (also for an id that is not a number)", body = crate::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::error::ErrorBody),
     ))]
 pub async fn mark_read(
     State(state): State<AppState>,
@@ -428,7 +433,10 @@ mod tests {
 
     #[test]
     fn no_periods_means_no_membership() {
-        assert_eq!(membership_at(&[], Utc::now()).status, "none");
+        assert_eq!(
+            membership_at(&[], Utc::now()).status,
+            MembershipStatus::None
+        );
     }
 
     #[test]
@@ -442,7 +450,7 @@ mod tests {
             ],
             now,
         );
-        assert_eq!(view.status, "active");
+        assert_eq!(view.status, MembershipStatus::Active);
         assert_eq!(view.since, Some(start));
         assert_eq!(view.days_left, 50);
     }
@@ -451,7 +459,7 @@ mod tests {
     fn a_lapsed_membership_is_expired() {
         let now = Utc::now();
         let view = membership_at(&[period(now - Duration::days(40), Some(30))], now);
-        assert_eq!(view.status, "expired");
+        assert_eq!(view.status, MembershipStatus::Expired);
         assert_eq!(view.days_left, 0);
     }
 
@@ -467,6 +475,6 @@ mod tests {
         );
         assert!(view.permanent);
         assert_eq!(view.expires_at, None);
-        assert_eq!(view.status, "active");
+        assert_eq!(view.status, MembershipStatus::Active);
     }
 }

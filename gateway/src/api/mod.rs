@@ -6,7 +6,9 @@ pub mod docs;
 pub mod health;
 pub mod me;
 pub mod orders;
+pub mod outbox;
 pub mod plans;
+pub mod query;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -53,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .merge(me::router())
         .merge(orders::router())
         .merge(admin::router())
+        .merge(outbox::router())
         .merge(health::router())
         .merge(docs::router())
         .fallback(not_found)
@@ -112,21 +115,19 @@ async fn record_metrics(
     next: Next,
 ) -> Response {
     let started = Instant::now();
+    // Only route templates and known methods become labels: a path or method a client made up
+    // is recorded as `other`, so nobody can grow the label set.
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().to_string();
+        .unwrap_or_else(|| "other".to_owned());
+    let method = req.method().clone();
     let res = next.run(req).await;
-    let status = res.status().as_u16().to_string();
-    state.metrics.inc(
-        "memberline_http_requests_total",
-        &[("method", &method), ("route", &route), ("status", &status)],
-    );
-    state.metrics.observe(
-        "memberline_http_request_duration_seconds",
-        &[("route", &route)],
+    state.metrics.http_request(
+        method.as_str(),
+        &route,
+        res.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
     res
@@ -148,6 +149,10 @@ async fn method_not_allowed() -> ApiError {
 /// `malformed_json`, a body over the limit is 413 `payload_too_large`, a wrong content type is
 /// 415 `unsupported_media_type`. It yields a `serde_json::Value` so that handlers can inspect
 /// fields before deserializing the typed request.
+///
+/// Numbers with no fractional part (`924.0`, `1e3`) are turned into integers first: JSON Schema,
+/// and so the OpenAPI document, counts them as integers, so a field documented as `integer`
+/// accepts them, and the idempotency hash sees `924.0` and `924` as the same request.
 pub struct JsonValue(pub serde_json::Value);
 
 impl<S: Send + Sync> FromRequest<S> for JsonValue {
@@ -156,7 +161,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonValue {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         use axum::extract::rejection::JsonRejection;
         match axum::Json::<serde_json::Value>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(JsonValue(v)),
+            Ok(axum::Json(mut v)) => {
+                integral_numbers_as_integers(&mut v);
+                Ok(JsonValue(v))
+            }
             Err(rejection) => Err(match rejection {
                 JsonRejection::MissingJsonContentType(_) => ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -174,9 +182,68 @@ impl<S: Send + Sync> FromRequest<S> for JsonValue {
     }
 }
 
+/// Rewrites every float without a fractional part that fits an `i64` or a `u64` as that integer,
+/// everywhere in `value`. Other floats (`1.5`, `1e30`) stay floats, so an integer field still
+/// refuses them.
+fn integral_numbers_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    // 2^63 and 2^64 are exact in an f64; the casts below are exact inside these bounds.
+    const I64_END: f64 = 9_223_372_036_854_775_808.0;
+    const U64_END: f64 = 18_446_744_073_709_551_616.0;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let Some(f) = n.as_f64() else { return };
+            if f.fract() != 0.0 {
+                return;
+            }
+            if (-I64_END..I64_END).contains(&f) {
+                *value = Value::from(f as i64);
+            } else if (0.0..U64_END).contains(&f) {
+                *value = Value::from(f as u64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers_as_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_numbers_as_integers),
+        _ => {}
+    }
+}
+
 /// Deserializes a typed request from a JSON value; a wrong shape is 422 `invalid_body` naming
 /// the field.
 pub fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
     serde_json::from_value(value)
         .map_err(|e| ApiError::unprocessable("invalid_body", format!("invalid request body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn integral_floats_become_integers_and_other_numbers_stay() {
+        let mut body = json!({
+            "plan_id": 924.0,
+            "negative": -3502896089371.0,
+            "big": 1e19,
+            "nested": [{"n": 2.0}],
+            "half": 1.5,
+            "huge": 1e30,
+            "int": 7,
+        });
+        integral_numbers_as_integers(&mut body);
+        assert_eq!(
+            body,
+            json!({
+                "plan_id": 924,
+                "negative": -3502896089371_i64,
+                "big": 10_000_000_000_000_000_000_u64,
+                "nested": [{"n": 2}],
+                "half": 1.5,
+                "huge": 1e30,
+                "int": 7,
+            })
+        );
+        assert!(body["plan_id"].is_i64());
+    }
 }

@@ -1,11 +1,12 @@
 //! Buying plans and reading orders.
 
+use super::query::{self, ValidQuery};
 use super::{CorrelationId, JsonValue, typed};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::orders::{OrderView, PlaceOrder, Placed, place};
+use crate::orders::{ExpectedPrice, OrderView, PlaceOrder, Placed, place};
 use crate::state::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,16 +17,51 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Body of `POST /v1/orders`. Prices are never accepted from the client: a body that carries
-/// an amount or price field is refused with 422 `client_price_rejected`, and any other unknown
-/// field with 422 `invalid_body`.
+/// Body of `POST /v1/orders`. Prices are never taken from the client: a body that carries an
+/// amount or price field is refused with 422 `client_price_rejected`, and any other unknown field
+/// with 422 `invalid_body`. The optional `expected_price_fen` / `expected_price_points` are what
+/// the buyer's page showed (after the level discount): never used as the price, but a difference
+/// from the server's price is 409 `price_changed` with the current price in `details`.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"plan_id": 1, "pay_method": "points"}))]
 pub struct PlaceOrderRequest {
     pub plan_id: i64,
-    /// `balance | points | free | wechat | alipay`
+    #[schema(value_type = OrderPayMethod)]
     pub pay_method: PayMethod,
+    /// The price in fen the buyer was shown (`buyer_price_fen` of `GET /v1/plans`).
+    #[schema(minimum = 0)]
+    pub expected_price_fen: Option<i64>,
+    /// The price in points the buyer was shown (`buyer_price_points` of `GET /v1/plans`).
+    #[schema(minimum = 0)]
+    pub expected_price_points: Option<i64>,
 }
+
+/// The pay methods an order can be placed with today: those we collect ourselves. Provider
+/// methods (`wechat`, `alipay`) are refused with 422 `pay_method_unavailable` by `orders::place`
+/// (same `provider()` test), so the request schema does not offer them; orders still report
+/// them through [`PayMethod`].
+pub struct OrderPayMethod;
+
+impl utoipa::PartialSchema for OrderPayMethod {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "How the order is paid: store balance, points, or a free plan.",
+            ))
+            .enum_values(Some(
+                PayMethod::ALL
+                    .iter()
+                    .filter(|m| m.provider().is_none())
+                    .map(|m| m.as_str()),
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for OrderPayMethod {}
 
 /// Fields a client might send to set a price. They are refused, never used.
 const PRICE_FIELDS: [&str; 8] = [
@@ -42,16 +78,20 @@ const PRICE_FIELDS: [&str; 8] = [
 /// Buys a plan. Balance, points and free plans are paid in the same transaction that creates
 /// the order, which also writes the `order.paid.v1` event to the outbox.
 #[utoipa::path(post, path = "/v1/orders", tag = "orders", security(("bearer" = [])),
-    params(("Idempotency-Key" = String, Header, description = "Required, 1-255 characters. The same key with the same body replays the first response; with another body it is 422.")),
+    params(("Idempotency-Key" = String, Header,
+        min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$",
+        description = "Required: 1-255 visible ASCII characters (inner spaces allowed). The same key with the same body replays the first response; with another body it is 422.")),
     request_body = PlaceOrderRequest,
     responses(
         (status = 201, description = "Order created and paid (or the replay of the first response)", body = OrderView),
         (status = 400, description = "`idempotency_key_required`, `invalid_idempotency_key`, `malformed_json`", body = crate::error::ErrorBody),
-        (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::error::ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`, `unknown_user`", body = crate::error::ErrorBody),
         (status = 404, description = "`plan_not_found`", body = crate::error::ErrorBody),
-        (status = 409, description = "`free_plan_already_claimed`, `already_permanent`", body = crate::error::ErrorBody),
+        (status = 409, description = "`free_plan_already_claimed`, `already_permanent`, `price_changed` (the current price in `details`)", body = crate::error::ErrorBody),
         (status = 413, description = "`payload_too_large`", body = crate::error::ErrorBody),
-        (status = 422, description = "`insufficient_balance`, `insufficient_points`, `pay_method_unavailable`, `pay_method_not_allowed`, `plan_not_free`, `idempotency_key_reused`, `client_price_rejected`, `invalid_body`", body = crate::error::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = crate::error::ErrorBody),
+        (status = 422, description = "`insufficient_balance`, `insufficient_points`, `pay_method_unavailable`, `pay_method_not_allowed`, `plan_not_free`, `idempotency_key_reused`, `client_price_rejected`, `invalid_body`, `invalid_field`", body = crate::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy; retry with the same key", body = crate::error::ErrorBody),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -72,25 +112,35 @@ pub async fn create(
     }
     let request_hash = hash_request(&body);
     let req: PlaceOrderRequest = typed(body)?;
+    if [req.expected_price_fen, req.expected_price_points]
+        .iter()
+        .flatten()
+        .any(|p| *p < 0)
+    {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            "expected_price_fen and expected_price_points must not be negative",
+        ));
+    }
     let cmd = PlaceOrder {
         buyer_id: caller.user_id,
         plan_id: req.plan_id,
         pay_method: req.pay_method,
+        expected: ExpectedPrice {
+            fen: req.expected_price_fen,
+            points: req.expected_price_points,
+        },
         idempotency_key: key,
         request_hash,
         correlation_id,
     };
-    let method = req.pay_method.as_str();
     let result = place(&state.db, &cmd).await;
     let outcome = match &result {
         Ok(Placed::Created(_)) => "paid",
         Ok(Placed::Replayed { .. }) => "replayed",
-        Err(e) => e.code,
+        Err(e) => e.code(),
     };
-    state.metrics.inc(
-        "memberline_orders_total",
-        &[("pay_method", method), ("outcome", outcome)],
-    );
+    state.metrics.order(req.pay_method.as_str(), outcome);
     match result? {
         Placed::Created(body) => Ok((StatusCode::CREATED, Json(body)).into_response()),
         Placed::Replayed { status, body } => {
@@ -110,10 +160,19 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
             "send an Idempotency-Key header (1-255 characters) with every order",
         )
     })?;
+    // The schema's pattern: visible ASCII, inner spaces allowed. HTTP already drops the spaces
+    // and tabs around a header value; `to_str` would also let a tab inside through.
     let key = value
         .to_str()
-        .map_err(|_| ApiError::bad_request("invalid_idempotency_key", "must be visible ASCII"))?
-        .trim();
+        .ok()
+        .map(|k| k.trim_matches([' ', '\t']))
+        .filter(|k| k.bytes().all(|b| (0x20..=0x7e).contains(&b)))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                "the Idempotency-Key must be visible ASCII",
+            )
+        })?;
     if key.is_empty() || key.len() > 255 {
         return Err(ApiError::bad_request(
             "invalid_idempotency_key",
@@ -166,8 +225,9 @@ fn hash_request(body: &serde_json::Value) -> String {
     params(("id" = i64, Path, description = "Order id")),
     responses(
         (status = 200, body = OrderView),
-        (status = 401, body = crate::error::ErrorBody),
-        (status = 404, description = "`order_not_found`", body = crate::error::ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::error::ErrorBody),
+        (status = 404, description = "`order_not_found` (also for an id that is not a number)", body = crate::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::error::ErrorBody),
     ))]
 pub async fn get_one(
     State(state): State<AppState>,
@@ -185,8 +245,10 @@ pub async fn get_one(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<i64>,
@@ -205,21 +267,15 @@ pub struct OrderPage {
     responses(
         (status = 200, body = OrderPage),
         (status = 400, description = "`invalid_query`", body = crate::error::ErrorBody),
-        (status = 401, body = crate::error::ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::error::ErrorBody),
     ))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    ValidQuery(q): ValidQuery<ListQuery>,
 ) -> Result<Json<OrderPage>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "limit must be 1-100",
-        ));
-    }
+    let limit = query::limit(q.limit, 20, 100)?;
     let mut select = order::Entity::find()
         .filter(order::Column::BuyerId.eq(caller.user_id))
         .order_by_desc(order::Column::Id)

@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use memberline_schema::entities::{level, plan, user};
+use memberline_schema::states::PlanKind;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde::Serialize;
 
@@ -17,8 +18,7 @@ pub struct PlanView {
     pub id: i64,
     pub code: String,
     pub name: String,
-    /// `membership | permanent | pass`
-    pub kind: String,
+    pub kind: PlanKind,
     /// Days of membership (membership plans only).
     pub duration_days: Option<i32>,
     /// Number of uses (passes only).
@@ -48,7 +48,8 @@ pub struct PlanList {
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "Plans in display order; buyer prices when a token is sent", body = PlanList),
-        (status = 401, description = "A token was sent but is invalid or expired", body = crate::error::ErrorBody),
+        (status = 401, description = "A token was sent but is invalid or expired (`invalid_token`, `token_expired`), or names no user (`unknown_user`)", body = crate::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::error::ErrorBody),
     ))]
 pub async fn list(
     State(state): State<AppState>,

@@ -28,6 +28,16 @@ impl MigratorTrait for Migrator {
                 up: include_str!("m20261122_000003_sequence_console_feed.sql"),
                 down: include_str!("m20261122_000003_sequence_console_feed.down.sql"),
             }),
+            Box::new(SqlMigration {
+                name: "m20261123_000004_harden_delivery",
+                up: include_str!("m20261123_000004_harden_delivery.sql"),
+                down: include_str!("m20261123_000004_harden_delivery.down.sql"),
+            }),
+            Box::new(SqlMigration {
+                name: "m20261124_000005_create_channel_deliveries",
+                up: include_str!("m20261124_000005_create_channel_deliveries.sql"),
+                down: include_str!("m20261124_000005_create_channel_deliveries.down.sql"),
+            }),
         ]
     }
 }

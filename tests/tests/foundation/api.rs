@@ -1,3 +1,5 @@
+//! The public API's shape: plan listing, `/me`, the error format, body limits, health, OpenAPI.
+
 use memberline_tests::spawn_app;
 use serde_json::json;
 

@@ -1,3 +1,5 @@
+//! Authentication and authorization: missing, malformed, expired and foreign tokens, roles.
+
 use memberline_gateway::auth::Role;
 use memberline_tests::spawn_app;
 use serde_json::json;

@@ -1,3 +1,5 @@
+//! Idempotency keys: replays, concurrent retries, other bodies, per-buyer scope, refused requests.
+
 use memberline_tests::spawn_app;
 use serde_json::json;
 

@@ -6,5 +6,8 @@ mod auth;
 mod deploy;
 mod idempotency;
 mod migrations;
+mod operations;
+mod price_guard;
 mod purchases;
 mod relay;
+mod relay_poison;

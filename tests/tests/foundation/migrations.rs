@@ -1,3 +1,5 @@
+//! Migrations run up, down and up again, and the schema itself refuses a negative balance.
+
 use memberline_schema::Migrator;
 use memberline_tests::TestDb;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};

@@ -1,3 +1,5 @@
+//! Purchases with points, balance and free plans: prices, pay-method rules, concurrency, listing.
+
 use memberline_tests::{eventually, spawn_app};
 use serde_json::json;
 use std::time::Duration;

@@ -1,25 +1,11 @@
+//! The outbox relay: broker outages, several relays at once, commit wake-ups, a drifted topology.
+
 use memberline_gateway::relay::Relay;
 use memberline_tests::proxy::TcpProxy;
 use memberline_tests::{Options, TestApp, eventually, spawn_app_with};
-use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-async fn buy_passes(app: &TestApp, buyer: i64, n: usize, prefix: &str) {
-    let token = app.user_token(buyer);
-    let pass = app.plan_id("day_pass").await;
-    for i in 0..n {
-        let (status, body) = app
-            .order(
-                &token,
-                &format!("{prefix}-{i}"),
-                json!({"plan_id": pass, "pay_method": "balance"}),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-    }
-}
 
 fn relay_for(app: &TestApp, poll_interval_ms: u64) -> Relay {
     let mut settings = app.settings.relay.clone();
@@ -46,7 +32,7 @@ async fn with_the_broker_unreachable_purchases_succeed_and_each_event_is_publish
     let buyer = app.create_user("Outage buyer", 1_000_000, 0).await;
 
     proxy.down();
-    buy_passes(&app, buyer, 20, "outage").await;
+    app.buy_passes(buyer, 20, "outage").await;
     assert_eq!(
         app.scalar("SELECT count(*) FROM orders WHERE status = 'paid'")
             .await,
@@ -96,7 +82,7 @@ async fn several_relays_share_the_outbox_and_publish_each_event_once() {
     .await;
     let mut tap = app.tap("order.paid.v1").await;
     let buyer = app.create_user("Bulk buyer", 10_000_000, 0).await;
-    buy_passes(&app, buyer, 60, "bulk").await;
+    app.buy_passes(buyer, 60, "bulk").await;
 
     let shutdown = CancellationToken::new();
     let mut relays = Vec::new();
@@ -160,7 +146,7 @@ async fn a_commit_wakes_the_relay_without_waiting_for_its_poll_interval() {
         },
     )
     .await;
-    buy_passes(&app, buyer, 1, "prompt").await;
+    app.buy_passes(buyer, 1, "prompt").await;
     let seen = tap.next(Duration::from_secs(5)).await;
     assert!(
         seen.is_some(),
@@ -192,7 +178,7 @@ async fn a_relay_configured_with_another_retry_ladder_than_the_broker_holds_stil
     );
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(relay.run(shutdown.child_token()));
-    buy_passes(&app, buyer, 2, "drift").await;
+    app.buy_passes(buyer, 2, "drift").await;
     assert_eq!(tap.collect(2, Duration::from_secs(10)).await.len(), 2);
     shutdown.cancel();
     handle.await.unwrap();

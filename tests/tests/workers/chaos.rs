@@ -1,79 +1,12 @@
+//! Worker processes under stress: kill -9 mid-burst, cut connections, SIGTERM, the dlq command.
+
 use memberline_schema::topology::Worker;
-use memberline_tests::{Options, TestApp, eventually, spawn_app_with};
+use memberline_tests::process::{binary, free_port, spawn_workers};
+use memberline_tests::{Options, TestApp, consumer_prefetches, eventually, spawn_app_with};
 use rand::Rng;
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// The `memberline-workers` binary built next to this test.
-fn workers_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("memberline-workers");
-    assert!(
-        bin.exists(),
-        "build the workspace binaries first ({})",
-        bin.display()
-    );
-    bin
-}
-
-/// A worker process that is killed when dropped, so a failing test leaves no orphan behind.
-struct WorkerProcess(Child);
-
-impl std::ops::Deref for WorkerProcess {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for WorkerProcess {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_workers(app: &TestApp) -> WorkerProcess {
-    spawn_workers_with(app, &[])
-}
-
-fn spawn_workers_with(app: &TestApp, extra: &[(&str, String)]) -> WorkerProcess {
-    let mut cmd = Command::new(workers_binary());
-    cmd.envs(extra.iter().map(|(k, v)| (*k, v.as_str())));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("MEMBERLINE_CONFIG_DIR", "/nonexistent")
-        .env(
-            "MEMBERLINE__DATABASE__URL",
-            app.settings.database.url.expose(),
-        )
-        .env("MEMBERLINE__AMQP__URL", app.settings.amqp.url.expose())
-        .env("MEMBERLINE__AMQP__PREFIX", app.topology.prefix())
-        .env("MEMBERLINE__AMQP__RETRY_DELAYS_MS", "100,200")
-        .env("MEMBERLINE__WORKERS__MAX_RECONNECT_DELAY_MS", "200")
-        .env("MEMBERLINE__LOG__FILTER", "error")
-        .env(
-            "MEMBERLINE__WORKERS__METRICS_ADDR",
-            extra
-                .iter()
-                .find(|(k, _)| *k == "MEMBERLINE__WORKERS__METRICS_ADDR")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default(),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(WorkerProcess)
-        .expect("start memberline-workers")
-}
 
 async fn assert_every_effect_exactly_once(app: &TestApp, orders: i64, timeout: Duration) {
     let checks = [
@@ -119,7 +52,7 @@ async fn kill_9_of_the_worker_process_during_a_burst_of_2000_purchases_applies_e
         let id = app.create_user(&format!("Burst {i}"), 100_000_000, 0).await;
         buyers.push(app.user_token(id));
     }
-    let mut worker = spawn_workers(&app);
+    let mut worker = spawn_workers(&app, &[]);
     let done = std::sync::atomic::AtomicBool::new(false);
     let burst = async {
         use futures::StreamExt;
@@ -155,7 +88,7 @@ async fn kill_9_of_the_worker_process_during_a_burst_of_2000_purchases_applies_e
             worker.kill().expect("kill -9");
             worker.wait().unwrap();
             kills += 1;
-            worker = spawn_workers(&app);
+            worker = spawn_workers(&app, &[]);
         }
         kills
     };
@@ -193,28 +126,6 @@ fn our_connections(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-fn prefetch_of_consumers(queue: &str) -> Vec<u32> {
-    let out = Command::new("rabbitmqctl")
-        .args([
-            "list_consumers",
-            "-q",
-            "--no-table-headers",
-            "queue_name",
-            "prefetch_count",
-        ])
-        .output()
-        .expect("rabbitmqctl");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.split('\t');
-            let q = parts.next()?;
-            let p = parts.next()?.trim().parse().ok()?;
-            (q == queue).then_some(p)
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn closing_the_broker_connections_mid_run_loses_nothing_and_consumers_return_with_their_prefetch()
  {
@@ -228,7 +139,7 @@ async fn closing_the_broker_connections_mid_run_loses_nothing_and_consumers_retu
     eventually(
         "consumers attached with prefetch 7",
         Duration::from_secs(20),
-        || async { (prefetch_of_consumers(&queue) == vec![7]).then_some(()) },
+        || async { (consumer_prefetches(&queue) == vec![7]).then_some(()) },
     )
     .await;
     let buyer = app.create_user("Disconnected", 100_000_000, 0).await;
@@ -267,7 +178,7 @@ async fn closing_the_broker_connections_mid_run_loses_nothing_and_consumers_retu
     eventually(
         "consumers came back with prefetch 7",
         Duration::from_secs(20),
-        || async { (prefetch_of_consumers(&queue) == vec![7]).then_some(()) },
+        || async { (consumer_prefetches(&queue) == vec![7]).then_some(()) },
     )
     .await;
 }
@@ -275,12 +186,8 @@ async fn closing_the_broker_connections_mid_run_loses_nothing_and_consumers_retu
 #[tokio::test]
 async fn the_worker_process_serves_metrics_and_stops_cleanly_on_sigterm() {
     let app = spawn_app_with(Options::default()).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = spawn_workers_with(
+    let port = free_port();
+    let mut child = spawn_workers(
         &app,
         &[(
             "MEMBERLINE__WORKERS__METRICS_ADDR",
@@ -305,15 +212,7 @@ async fn the_worker_process_serves_metrics_and_stops_cleanly_on_sigterm() {
     )
     .await;
     let text = eventually("effects counted", Duration::from_secs(30), || async {
-        let text = app
-            .client
-            .get(format!("{ops}/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = app.text(format!("{ops}/metrics")).await?;
         text.contains(
             "memberline_worker_deliveries_total{consumer=\"savings\",outcome=\"applied\"} 1",
         )
@@ -361,7 +260,7 @@ async fn the_dlq_command_lists_and_replays_dead_letters() {
             .then_some(())
     })
     .await;
-    let dlq = workers_binary().with_file_name("memberline-dlq");
+    let dlq = binary("memberline-dlq");
     let run = |args: &[&str]| {
         let out = Command::new(&dlq)
             .args(args)

@@ -1,3 +1,5 @@
+//! The four effects of a paid order: membership, rewards and levels, savings, inbox and pushes.
+
 use memberline_tests::{Options, TestApp, eventually, spawn_app_with};
 use serde_json::json;
 use std::time::Duration;
@@ -280,12 +282,7 @@ async fn every_event_published_two_or_three_times_has_each_effect_exactly_once()
     eventually("duplicates are acked", Duration::from_secs(20), || async {
         let dups: u64 = ["membership", "ledger", "notifier", "savings"]
             .iter()
-            .map(|w| {
-                app.worker_metrics.counter(
-                    "memberline_worker_deliveries_total",
-                    &[("consumer", w), ("outcome", "duplicate")],
-                )
-            })
+            .map(|w| app.worker_metrics.deliveries(w, "duplicate"))
             .sum();
         // 3 events once more + 3 events twice more = 9 copies, for each of 4 workers
         (dups >= 36).then_some(())
@@ -564,5 +561,91 @@ async fn console_and_buyer_pushes_go_to_the_push_exchange() {
             (format!("buyer.{buyer}"), "order_paid".to_owned()),
             ("console.order_paid".to_owned(), "order_paid".to_owned()),
         ]
+    );
+}
+
+#[tokio::test]
+async fn a_reward_applied_after_midnight_counts_toward_its_purchase_day_not_today() {
+    let app = app_with_workers(vec![(
+        "MEMBERLINE__WORKERS__DAILY_POINTS_CAP",
+        "40".to_owned(),
+    )])
+    .await;
+    let buyer = app.create_user("Late", 1_000_000, 0).await;
+    let token = app.user_token(buyer);
+    let monthly = app.plan_id("monthly").await;
+    let rewards = format!(
+        "SELECT count(*) FROM point_ledger WHERE user_id = {buyer} AND reason = 'purchase_reward'"
+    );
+    // Today: 30 points of the 40 cap.
+    app.order(
+        &token,
+        "today-1",
+        json!({"plan_id": monthly, "pay_method": "balance"}),
+    )
+    .await;
+    app.wait_for_count("today's reward", &rewards, 1).await;
+
+    // Yesterday's purchase, whose event is only delivered now (a retry across midnight).
+    let paid_at = chrono::Utc::now() - chrono::Duration::days(1);
+    set(
+        &app,
+        &format!(
+            "INSERT INTO orders (id, order_no, buyer_id, plan_id, plan_code, plan_name, plan_kind, \
+             duration_days, pay_method, amount_fen, original_price_fen, status, correlation_id, \
+             created_at, paid_at) VALUES (880001, 'ML880001', {buyer}, {monthly}, 'monthly', \
+             'Monthly membership', 'membership', 30, 'balance', 3000, 3800, 'paid', \
+             gen_random_uuid(), '{paid_at}', '{paid_at}')",
+            paid_at = paid_at.to_rfc3339()
+        ),
+    )
+    .await;
+    let event = memberline_schema::events::Envelope::new(
+        memberline_schema::events::OrderPaid {
+            order_id: 880001,
+            order_no: "ML880001".into(),
+            buyer_id: buyer,
+            plan: memberline_schema::events::PlanSold {
+                plan_id: monthly,
+                plan_code: "monthly".into(),
+                plan_name: "Monthly membership".into(),
+                plan_kind: memberline_schema::states::PlanKind::Membership,
+                duration_days: Some(30),
+                uses: None,
+            },
+            pay_method: memberline_schema::states::PayMethod::Balance,
+            amount_fen: 3000,
+            amount_points: 0,
+            original_price_fen: 3800,
+            original_price_points: Some(3000),
+            paid_at,
+        },
+        uuid::Uuid::now_v7(),
+        None,
+    );
+    app.publish_event("order.paid.v1", &serde_json::to_vec(&event).unwrap())
+        .await;
+    app.wait_for_count("yesterday's reward", &rewards, 2).await;
+
+    // Yesterday's 30 points are booked to yesterday: today still has 10 points of room.
+    app.order(
+        &token,
+        "today-2",
+        json!({"plan_id": monthly, "pay_method": "balance"}),
+    )
+    .await;
+    app.wait_for_count("the second reward of today", &rewards, 3)
+        .await;
+    assert_eq!(
+        app.scalar(&format!("SELECT points FROM users WHERE id = {buyer}"))
+            .await,
+        30 + 30 + 10
+    );
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT sum(flagged_excess)::bigint FROM point_ledger WHERE user_id = {buyer}"
+        ))
+        .await,
+        20
     );
 }

@@ -1,3 +1,5 @@
+//! Worker failures: retry ladder, dead letters and replay, poison messages, panics, webhooks.
+
 use memberline_gateway::auth::Role;
 use memberline_schema::topology::Worker;
 use memberline_tests::{Options, eventually, spawn_app_with, start_worker};
@@ -66,12 +68,7 @@ async fn a_transient_fault_is_retried_through_the_ladder_and_applied_once() {
     assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
     // Metrics are counted once the delivery is settled, just after the commit.
     eventually("deliveries counted", Duration::from_secs(10), || async {
-        let count = |outcome| {
-            app.worker_metrics.counter(
-                "memberline_worker_deliveries_total",
-                &[("consumer", "ledger"), ("outcome", outcome)],
-            )
-        };
+        let count = |outcome| app.worker_metrics.deliveries("ledger", outcome);
         (count("retried") == 2 && count("applied") == 1).then_some(())
     })
     .await;
@@ -278,13 +275,7 @@ async fn a_permanent_fault_is_dead_lettered_with_its_reason_and_a_replay_after_t
     eventually(
         "the duplicate is acked",
         Duration::from_secs(20),
-        || async {
-            (app.worker_metrics.counter(
-                "memberline_worker_deliveries_total",
-                &[("consumer", "membership"), ("outcome", "duplicate")],
-            ) >= 1)
-                .then_some(())
-        },
+        || async { (app.worker_metrics.deliveries("membership", "duplicate") >= 1).then_some(()) },
     )
     .await;
     assert_eq!(

@@ -9,10 +9,10 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use memberline_gateway::dead_letters;
-use memberline_gateway::settings::Settings;
+use indicatif::{ProgressBar, ProgressStyle};
+use memberline_platform::Settings;
+use memberline_platform::dead_letters;
 use memberline_schema::topology::Worker;
-use std::io::Write;
 
 #[derive(Parser)]
 #[command(name = "memberline-dlq", about = "Inspect and replay dead letters")]
@@ -64,21 +64,6 @@ fn worker(name: &str) -> anyhow::Result<Worker> {
     })
 }
 
-fn progress_bar(done: u64, total: u64) {
-    let width = 30usize;
-    let filled = if total == 0 {
-        width
-    } else {
-        (done as usize * width) / total as usize
-    };
-    eprint!(
-        "\r[{}{}] {done}/{total}",
-        "#".repeat(filled),
-        "-".repeat(width - filled.min(width))
-    );
-    let _ = std::io::stderr().flush();
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -117,16 +102,33 @@ async fn main() -> anyhow::Result<()> {
             event_id,
             limit,
         } => {
+            // Drawn on stderr, and hidden when stderr is not a terminal.
+            let bar = ProgressBar::new(0).with_style(
+                ProgressStyle::with_template("{bar:30} {pos}/{len} examined ({elapsed})")
+                    .expect("a valid progress template"),
+            );
             let report = dead_letters::replay(
                 &url,
                 &topology,
                 worker(&w)?,
                 event_id.as_deref(),
                 limit,
-                progress_bar,
+                |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                },
             )
             .await?;
-            eprintln!();
+            if bar.is_hidden() {
+                // Not a terminal (a log, a pipe): the bar was never drawn; say where it ended.
+                eprintln!(
+                    "{}/{} examined",
+                    bar.position(),
+                    bar.length().unwrap_or_default()
+                );
+            } else {
+                bar.finish();
+            }
             println!(
                 "replayed {} dead letter(s) of {w}; {} left",
                 report.replayed, report.remaining

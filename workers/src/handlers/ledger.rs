@@ -1,18 +1,20 @@
 //! Ledger: consumption reward points (a configurable rate per yuan paid in money, times the
 //! level's bonus; points payments earn no points), growth value (per yuan of value paid, points
 //! at face value), and the level recomputed from growth (`level.changed.v1` when it
-//! moves). A per-buyer daily cap (UTC day) limits credited points; points above it are not
+//! moves). A per-buyer daily cap limits credited points per UTC day of the purchase (its
+//! `paid_at`, stored on the entry; not the day the worker runs); points above it are not
 //! credited and the excess is recorded on the entry as flagged. One reward entry per order
 //! (`UNIQUE (order_id, reason)`).
 
-use super::{insert_once, paid_order_locked};
+use super::PaidOrderEffect;
 use crate::decide::HandlerError;
-use crate::runtime::{Effects, Handler, Incoming};
-use memberline_gateway::outbox;
-use memberline_gateway::settings::WorkerSettings;
-use memberline_schema::events::{Envelope, LevelChanged};
+use crate::runtime::Effects;
+use crate::store::{levels, point_ledger, users};
+use memberline_platform::outbox;
+use memberline_platform::settings::WorkerSettings;
+use memberline_schema::events::{Envelope, LevelChanged, OrderPaid};
 use memberline_schema::topology::Worker;
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement};
+use sea_orm::DatabaseTransaction;
 
 pub struct Ledger {
     pub points_per_yuan: i64,
@@ -46,33 +48,24 @@ pub fn apply_cap(reward: i64, earned_today: i64, cap: i64) -> (i64, i64) {
 }
 
 #[async_trait::async_trait]
-impl Handler for Ledger {
-    fn worker(&self) -> Worker {
-        Worker::Ledger
-    }
+impl PaidOrderEffect for Ledger {
+    const WORKER: Worker = Worker::Ledger;
 
-    async fn apply(
+    async fn apply_paid(
         &self,
         txn: &DatabaseTransaction,
-        msg: &Incoming,
+        env: &Envelope<OrderPaid>,
     ) -> Result<Effects, HandlerError> {
-        let env = paid_order_locked(txn, msg).await?;
         let e = &env.payload;
-        let user = txn
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT u.points, u.growth, u.level_id, l.points_bonus_percent \
-                 FROM users u JOIN levels l ON l.id = u.level_id WHERE u.id = $1",
-                [e.buyer_id.into()],
-            ))
+        let user = users::rewards(txn, e.buyer_id)
             .await?
             .ok_or_else(|| HandlerError::permanent(anyhow::anyhow!("unknown user")))?;
-        let points: i64 = user.try_get("", "points")?;
-        let growth: i64 = user.try_get("", "growth")?;
-        let level: i16 = user.try_get("", "level_id")?;
-        let bonus: i16 = user.try_get("", "points_bonus_percent")?;
 
-        let reward = reward_points(e.amount_fen, self.points_per_yuan, bonus);
+        let reward = reward_points(
+            e.amount_fen,
+            self.points_per_yuan,
+            user.points_bonus_percent,
+        );
         // Growth counts everything paid: fen, and points at their face value (1 point = 1 fen,
         // as the catalogue prices them), so points buyers still grow toward the next level.
         let growth_delta =
@@ -81,34 +74,17 @@ impl Handler for Ledger {
             // Points and free orders earn nothing; the consumed-event claim still records it.
             return Ok(Effects::applied());
         }
-        let earned_today: i64 = txn
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT COALESCE(sum(delta), 0)::bigint AS earned FROM point_ledger \
-                 WHERE user_id = $1 AND reason = 'purchase_reward' \
-                 AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
-                [e.buyer_id.into()],
-            ))
-            .await?
-            .map(|r| r.try_get("", "earned"))
-            .transpose()?
-            .unwrap_or(0);
-        let (credited, excess) = apply_cap(reward, earned_today, self.daily_cap);
-        let inserted = insert_once(
-            txn,
-            "INSERT INTO point_ledger (user_id, order_id, reason, delta, balance_after, flagged_excess) \
-             VALUES ($1, $2, 'purchase_reward', $3, $4, $5) \
-             ON CONFLICT (order_id, reason) DO NOTHING RETURNING id",
-            vec![
-                e.buyer_id.into(),
-                e.order_id.into(),
-                credited.into(),
-                (points + credited).into(),
-                excess.into(),
-            ],
-        )
-        .await?;
-        if !inserted {
+        let earned_that_day = point_ledger::rewarded_on_day_of(txn, e.buyer_id, e.paid_at).await?;
+        let (credited, excess) = apply_cap(reward, earned_that_day, self.daily_cap);
+        let entry = point_ledger::Reward {
+            user_id: e.buyer_id,
+            order_id: e.order_id,
+            credited,
+            balance_after: user.points + credited,
+            flagged_excess: excess,
+            earned_at: e.paid_at,
+        };
+        if !point_ledger::credit_reward(txn, entry).await? {
             return Ok(Effects::already_applied());
         }
         if excess > 0 {
@@ -119,33 +95,15 @@ impl Handler for Ledger {
                 "Daily points cap reached; excess flagged, not credited"
             );
         }
-        let new_growth = growth + growth_delta;
-        let new_level: i16 = txn
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT id FROM levels WHERE min_growth <= $1 ORDER BY min_growth DESC LIMIT 1",
-                [new_growth.into()],
-            ))
+        let new_growth = user.growth + growth_delta;
+        let new_level = levels::for_growth(txn, new_growth)
             .await?
-            .map(|r| r.try_get("", "id"))
-            .transpose()?
-            .unwrap_or(level);
-        txn.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE users SET points = points + $2, growth = $3, level_id = $4, updated_at = now() \
-             WHERE id = $1",
-            [
-                e.buyer_id.into(),
-                credited.into(),
-                new_growth.into(),
-                new_level.into(),
-            ],
-        ))
-        .await?;
-        if new_level != level {
+            .unwrap_or(user.level_id);
+        users::add_reward(txn, e.buyer_id, credited, new_growth, new_level).await?;
+        if new_level != user.level_id {
             let changed = LevelChanged {
                 user_id: e.buyer_id,
-                from_level: level,
+                from_level: user.level_id,
                 to_level: new_level,
                 growth: new_growth,
                 order_id: e.order_id,

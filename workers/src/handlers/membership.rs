@@ -3,14 +3,15 @@
 //! and lasts the plan's days; a permanent plan makes it permanent; a pass adds its uses.
 //! One period (or pass) per order, enforced by a unique constraint.
 
-use super::{insert_once, paid_order_locked};
+use super::PaidOrderEffect;
 use crate::decide::HandlerError;
-use crate::runtime::{Effects, Handler, Incoming};
+use crate::runtime::Effects;
+use crate::store::{membership_periods, user_passes};
 use chrono::{DateTime, Duration, Utc};
-use memberline_gateway::outbox;
-use memberline_schema::events::{Envelope, MembershipExtended, PlanKind};
+use memberline_platform::outbox;
+use memberline_schema::events::{Envelope, MembershipExtended, OrderPaid, PlanKind};
 use memberline_schema::topology::Worker;
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement};
+use sea_orm::DatabaseTransaction;
 
 pub struct Membership;
 
@@ -23,108 +24,102 @@ pub fn period_start(now: DateTime<Utc>, current_end: Option<DateTime<Utc>>) -> D
 }
 
 #[async_trait::async_trait]
-impl Handler for Membership {
-    fn worker(&self) -> Worker {
-        Worker::Membership
-    }
+impl PaidOrderEffect for Membership {
+    const WORKER: Worker = Worker::Membership;
 
-    async fn apply(
+    // The buyer is locked: two orders stacking at once must not both start at the same end.
+    async fn apply_paid(
         &self,
         txn: &DatabaseTransaction,
-        msg: &Incoming,
+        env: &Envelope<OrderPaid>,
     ) -> Result<Effects, HandlerError> {
-        // Locks the buyer: two orders stacking at once must not both start at the same end.
-        let env = paid_order_locked(txn, msg).await?;
         let e = &env.payload;
-        let now = Utc::now();
-        let extended = match e.plan_kind {
-            PlanKind::Membership | PlanKind::Permanent => {
-                // A timed period [start, until), or a permanent one (no end) starting now.
-                let (start, until) = if e.plan_kind == PlanKind::Membership {
-                    let days = e.duration_days.filter(|d| *d > 0).ok_or_else(|| {
-                        HandlerError::permanent(anyhow::anyhow!("membership plan without days"))
-                    })?;
-                    let end = txn
-                        .query_one_raw(Statement::from_sql_and_values(
-                            DbBackend::Postgres,
-                            "SELECT max(ends_at) AS end FROM membership_periods WHERE user_id = $1",
-                            [e.buyer_id.into()],
-                        ))
-                        .await?
-                        .and_then(|r| r.try_get::<Option<DateTime<Utc>>>("", "end").ok())
-                        .flatten();
-                    let start = period_start(now, end);
-                    let until = start
-                        .checked_add_signed(Duration::days(i64::from(days)))
-                        .ok_or_else(|| {
-                            HandlerError::permanent(anyhow::anyhow!(
-                                "{days} days after {start} is out of range"
-                            ))
-                        })?;
-                    (start, Some(until))
-                } else {
-                    (now, None)
-                };
-                let inserted = insert_once(
-                    txn,
-                    "INSERT INTO membership_periods (user_id, order_id, starts_at, ends_at, permanent) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO NOTHING RETURNING id",
-                    vec![
-                        e.buyer_id.into(),
-                        e.order_id.into(),
-                        start.into(),
-                        until.into(),
-                        until.is_none().into(),
-                    ],
-                )
-                .await?;
-                if !inserted {
-                    return Ok(Effects::already_applied());
-                }
-                MembershipExtended {
-                    user_id: e.buyer_id,
-                    order_id: e.order_id,
-                    plan_kind: e.plan_kind,
-                    starts_at: Some(start),
-                    ends_at: until,
-                    permanent: until.is_none(),
-                    pass_uses: None,
-                }
-            }
-            PlanKind::Pass => {
-                let uses = e.uses.filter(|u| *u > 0).ok_or_else(|| {
-                    HandlerError::permanent(anyhow::anyhow!("pass plan without uses"))
-                })?;
-                let inserted = insert_once(
-                    txn,
-                    "INSERT INTO user_passes (user_id, order_id, plan_id, plan_name, uses_total, uses_left) \
-                     VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (order_id) DO NOTHING RETURNING id",
-                    vec![
-                        e.buyer_id.into(),
-                        e.order_id.into(),
-                        e.plan_id.into(),
-                        e.plan_name.clone().into(),
-                        uses.into(),
-                    ],
-                )
-                .await?;
-                if !inserted {
-                    return Ok(Effects::already_applied());
-                }
-                MembershipExtended {
-                    user_id: e.buyer_id,
-                    order_id: e.order_id,
-                    plan_kind: e.plan_kind,
-                    starts_at: None,
-                    ends_at: None,
-                    permanent: false,
-                    pass_uses: Some(uses),
-                }
-            }
+        let extended = match e.plan.plan_kind {
+            PlanKind::Membership | PlanKind::Permanent => add_period(txn, e).await?,
+            PlanKind::Pass => grant_pass(txn, e).await?,
+        };
+        let Some(extended) = extended else {
+            return Ok(Effects::already_applied());
         };
         let follow_up = Envelope::new(extended, env.correlation_id, Some(env.event_id));
         outbox::enqueue(txn, &follow_up).await?;
         Ok(Effects::applied())
+    }
+}
+
+/// Adds the order's period: `[start, start + days)` stacked after the current membership for a
+/// timed plan, or a permanent one (no end) starting now. `None` when the order already has it.
+async fn add_period(
+    txn: &DatabaseTransaction,
+    e: &OrderPaid,
+) -> Result<Option<MembershipExtended>, HandlerError> {
+    let now = Utc::now();
+    let (start, until) = if e.plan.plan_kind == PlanKind::Membership {
+        let days = e.plan.duration_days.filter(|d| *d > 0).ok_or_else(|| {
+            HandlerError::permanent(anyhow::anyhow!("membership plan without days"))
+        })?;
+        let start = period_start(now, membership_periods::latest_end(txn, e.buyer_id).await?);
+        let until = start
+            .checked_add_signed(Duration::days(i64::from(days)))
+            .ok_or_else(|| {
+                HandlerError::permanent(anyhow::anyhow!(
+                    "{days} days after {start} is out of range"
+                ))
+            })?;
+        (start, Some(until))
+    } else {
+        (now, None)
+    };
+    if !membership_periods::add(txn, e.buyer_id, e.order_id, start, until).await? {
+        return Ok(None);
+    }
+    Ok(Some(MembershipExtended {
+        starts_at: Some(start),
+        ends_at: until,
+        permanent: until.is_none(),
+        ..announcement(e)
+    }))
+}
+
+/// Grants the order's pass with all its uses. `None` when the order already granted it.
+async fn grant_pass(
+    txn: &DatabaseTransaction,
+    e: &OrderPaid,
+) -> Result<Option<MembershipExtended>, HandlerError> {
+    let uses = e
+        .plan
+        .uses
+        .filter(|u| *u > 0)
+        .ok_or_else(|| HandlerError::permanent(anyhow::anyhow!("pass plan without uses")))?;
+    if !user_passes::grant(
+        txn,
+        e.buyer_id,
+        e.order_id,
+        e.plan.plan_id,
+        &e.plan.plan_name,
+        uses,
+    )
+    .await?
+    {
+        return Ok(None);
+    }
+    Ok(Some(MembershipExtended {
+        pass_uses: Some(uses),
+        ..announcement(e)
+    }))
+}
+
+/// `membership.extended.v1` for order `e` with nothing granted yet; the caller fills in what it
+/// granted.
+fn announcement(e: &OrderPaid) -> MembershipExtended {
+    MembershipExtended {
+        user_id: e.buyer_id,
+        order_id: e.order_id,
+        plan_kind: e.plan.plan_kind,
+        starts_at: None,
+        ends_at: None,
+        permanent: false,
+        pass_uses: None,
     }
 }
 

@@ -1,6 +1,10 @@
-//! The four workers' effects. Each handler decodes `order.paid.v1`, checks the order exists and
-//! is paid (an unknown order is a permanent error), and applies its effect inside the
-//! runtime's transaction, backed by a business-key unique constraint.
+//! The four workers' effects. Each handler decodes its event, checks the order exists and is
+//! paid (an unknown order is a permanent error), and applies its effect inside the runtime's
+//! transaction, backed by a business-key unique constraint. The SQL is in [`crate::store`];
+//! handlers read as the domain steps of an effect.
+//!
+//! Membership, ledger and savings change a buyer's records, so they are [`PaidOrderEffect`]s:
+//! the common start (decode, check the order, lock the buyer) is written once, here.
 
 pub mod ledger;
 pub mod membership;
@@ -8,54 +12,57 @@ pub mod notifier;
 pub mod savings;
 
 use crate::decide::HandlerError;
-use crate::runtime::Incoming;
-use memberline_schema::events::{Envelope, OrderPaid};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement};
+use crate::runtime::{Effects, Handler, Incoming};
+use crate::store::{orders, users};
+use memberline_schema::events::{Envelope, Event, OrderPaid};
+use memberline_schema::states::OrderStatus;
+use memberline_schema::topology::Worker;
+use sea_orm::DatabaseTransaction;
 
-/// Decodes the `order.paid.v1` payload; a wrong shape is permanent.
+/// Decodes the whole envelope as `P`; a payload of another shape is permanent.
+pub fn decode<P: Event>(msg: &Incoming) -> Result<Envelope<P>, HandlerError> {
+    serde_json::from_value(msg.envelope.clone())
+        .map_err(|e| HandlerError::permanent(anyhow::anyhow!("{} payload: {e}", P::routing_key())))
+}
+
+/// Decodes the `order.paid.v1` payload; another event type or version, or a wrong shape, is
+/// permanent.
 pub fn order_paid(msg: &Incoming) -> Result<Envelope<OrderPaid>, HandlerError> {
-    if msg.head.event_type != "order.paid" || msg.head.version != 1 {
+    if !msg.head.is::<OrderPaid>() {
         return Err(HandlerError::permanent(anyhow::anyhow!(
             "unexpected event {} v{}",
             msg.head.event_type,
             msg.head.version
         )));
     }
-    serde_json::from_value(msg.envelope.clone())
-        .map_err(|e| HandlerError::permanent(anyhow::anyhow!("order.paid.v1 payload: {e}")))
+    decode(msg)
 }
 
-/// Fails permanently unless the order exists, belongs to the buyer and is paid.
+/// Fails permanently unless the order exists, belongs to the buyer and is paid (or was paid
+/// and refunded since).
 pub async fn require_paid_order(
     txn: &DatabaseTransaction,
     event: &OrderPaid,
 ) -> Result<(), HandlerError> {
-    let row = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT buyer_id, status FROM orders WHERE id = $1",
-            [event.order_id.into()],
-        ))
-        .await?;
-    let Some(row) = row else {
+    let Some(order) = orders::standing(txn, event.order_id).await? else {
         return Err(HandlerError::permanent(anyhow::anyhow!(
             "unknown order {}",
             event.order_id
         )));
     };
-    let buyer: i64 = row.try_get("", "buyer_id")?;
-    let status: String = row.try_get("", "status")?;
-    if buyer != event.buyer_id {
+    if order.buyer_id != event.buyer_id {
         return Err(HandlerError::permanent(anyhow::anyhow!(
-            "order {} belongs to buyer {buyer}, not {}",
+            "order {} belongs to buyer {}, not {}",
             event.order_id,
+            order.buyer_id,
             event.buyer_id
         )));
     }
-    if status != "paid" && status != "refunded" {
+    if !matches!(order.status, OrderStatus::Paid | OrderStatus::Refunded) {
         return Err(HandlerError::permanent(anyhow::anyhow!(
-            "order {} is {status}, not paid",
-            event.order_id
+            "order {} is {}, not paid",
+            event.order_id,
+            order.status
         )));
     }
     Ok(())
@@ -63,14 +70,7 @@ pub async fn require_paid_order(
 
 /// Locks the buyer's row for the rest of the transaction, serializing effects per buyer.
 pub async fn lock_user(txn: &DatabaseTransaction, user_id: i64) -> Result<(), HandlerError> {
-    let row = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT id FROM users WHERE id = $1 FOR UPDATE",
-            [user_id.into()],
-        ))
-        .await?;
-    if row.is_none() {
+    if !users::lock(txn, user_id).await? {
         return Err(HandlerError::permanent(anyhow::anyhow!(
             "unknown user {user_id}"
         )));
@@ -90,18 +90,33 @@ pub async fn paid_order_locked(
     Ok(env)
 }
 
-/// Runs an INSERT … ON CONFLICT DO NOTHING RETURNING; `false` when the business key existed.
-pub async fn insert_once(
-    txn: &DatabaseTransaction,
-    sql: &str,
-    values: Vec<sea_orm::Value>,
-) -> Result<bool, HandlerError> {
-    Ok(txn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            values,
-        ))
-        .await?
-        .is_some())
+/// An effect of `order.paid.v1` on the buyer's records. Its [`Handler`] runs
+/// [`paid_order_locked`] first, so no such effect can skip the order check or the buyer lock.
+#[async_trait::async_trait]
+pub trait PaidOrderEffect: Send + Sync + 'static {
+    /// The worker that applies this effect.
+    const WORKER: Worker;
+
+    /// Applies the effect of a checked paid order, with its buyer locked, inside `txn`.
+    async fn apply_paid(
+        &self,
+        txn: &DatabaseTransaction,
+        env: &Envelope<OrderPaid>,
+    ) -> Result<Effects, HandlerError>;
+}
+
+#[async_trait::async_trait]
+impl<E: PaidOrderEffect> Handler for E {
+    fn worker(&self) -> Worker {
+        E::WORKER
+    }
+
+    async fn apply(
+        &self,
+        txn: &DatabaseTransaction,
+        msg: &Incoming,
+    ) -> Result<Effects, HandlerError> {
+        let env = paid_order_locked(txn, msg).await?;
+        self.apply_paid(txn, &env).await
+    }
 }

@@ -1,22 +1,27 @@
-//! Notifier: for `order.paid.v1` a message in the buyer's inbox, a template/SMS message through
-//! the configured channel, a sequenced merchant-console feed entry ("new paid order") and a
+//! Notifier: for `order.paid.v1` a message in the buyer's inbox, a template/SMS message recorded
+//! for the channel sender, a sequenced merchant-console feed entry ("new paid order") and a
 //! console push; for `membership.extended.v1` an inbox message and a buyer push ("membership
 //! active until …"); for `level.changed.v1` an inbox message and a buyer push. The inbox row
 //! (unique per event, user and kind) is the business key.
+//!
+//! The template/SMS message is only recorded here (`channel_deliveries`, in the effect's
+//! transaction); [`crate::sender`] sends it after the commit. Nothing here waits on a receiver,
+//! so a slow webhook holds no pooled connection and delays no other effect.
 
-use super::{insert_once, order_paid, require_paid_order};
-use crate::channel::{Channel, Message};
+use super::{decode, order_paid, require_paid_order};
 use crate::decide::HandlerError;
 use crate::runtime::{Effects, Handler, Incoming, Push};
-use memberline_schema::events::{Envelope, LevelChanged, MembershipExtended};
+use crate::store::channel_deliveries::{self, Content};
+use crate::store::notifications::{self, Note};
+use crate::store::{console_feed, levels};
+use memberline_schema::events::{EventType, LevelChanged, MembershipExtended};
 use memberline_schema::money::fen_to_yuan;
+use memberline_schema::states::NotificationKind;
 use memberline_schema::topology::Worker;
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement};
+use sea_orm::DatabaseTransaction;
 use serde_json::json;
 
-pub struct Notifier {
-    pub channel: Channel,
-}
+pub struct Notifier;
 
 /// Routing key of console pushes on the push exchange.
 pub const CONSOLE_KEY: &str = "console.order_paid";
@@ -37,10 +42,11 @@ impl Handler for Notifier {
         txn: &DatabaseTransaction,
         msg: &Incoming,
     ) -> Result<Effects, HandlerError> {
-        match msg.head.event_type.as_str() {
-            "membership.extended" => self.membership_extended(txn, msg).await,
-            "level.changed" => self.level_changed(txn, msg).await,
-            _ => self.order_paid(txn, msg).await,
+        match msg.head.kind() {
+            Some(EventType::MembershipExtended) => self.membership_extended(txn, msg).await,
+            Some(EventType::LevelChanged) => self.level_changed(txn, msg).await,
+            // An unknown type is rejected (permanently) by the `order.paid.v1` decoder.
+            Some(EventType::OrderPaid) | None => self.order_paid(txn, msg).await,
         }
     }
 }
@@ -59,73 +65,52 @@ impl Notifier {
         } else {
             format!("¥{}", fen_to_yuan(e.amount_fen))
         };
-        let title = "Payment received".to_owned();
-        let body = format!("Order {}: {} paid ({paid}).", e.order_no, e.plan_name);
-        let inserted = insert_once(
-            txn,
-            "INSERT INTO notifications (user_id, event_id, kind, title, body, order_id) \
-             VALUES ($1, $2, 'order_paid', $3, $4, $5) \
-             ON CONFLICT (event_id, user_id, kind) DO NOTHING RETURNING id",
-            vec![
-                e.buyer_id.into(),
-                env.event_id.into(),
-                title.clone().into(),
-                body.clone().into(),
-                e.order_id.into(),
-            ],
-        )
-        .await?;
-        if !inserted {
+        let kind = NotificationKind::OrderPaid;
+        let note = Note {
+            user_id: e.buyer_id,
+            event_id: env.event_id,
+            kind,
+            title: "Payment received",
+            body: &format!("Order {}: {} paid ({paid}).", e.order_no, e.plan.plan_name),
+            order_id: e.order_id,
+        };
+        if !notifications::add(txn, note).await? {
             return Ok(Effects::already_applied());
         }
         let feed = json!({
             "order_id": e.order_id,
             "order_no": e.order_no,
             "buyer_id": e.buyer_id,
-            "plan_name": e.plan_name,
+            "plan_name": e.plan.plan_name,
             "pay_method": e.pay_method,
             "amount_fen": e.amount_fen,
             "amount_points": e.amount_points,
             "paid_at": e.paid_at,
         });
-        // External delivery before the feed entry: if it fails, the transaction (inbox) rolls
-        // back and the whole effect is retried; receivers deduplicate on the message id.
-        self.channel
-            .send(&Message {
-                id: format!("{}-order_paid", env.event_id),
-                kind: "order_paid".into(),
-                user_id: e.buyer_id,
-                title,
-                body,
-            })
-            .await?;
+        // Recorded, not sent: the sender sends it once this transaction committed (and only
+        // then), with the message id as `webhook-id`.
+        let content = Content {
+            title: note.title.to_owned(),
+            body: note.body.to_owned(),
+        };
+        let message_id = format!("{}-{kind}", env.event_id);
+        channel_deliveries::record(txn, &message_id, e.buyer_id, kind, &content).await?;
         // Numbered last, from a counter row locked until commit, so feed numbers become
         // visible in order (see the console_feed_counter migration).
-        let seq: i64 = txn
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "WITH next AS (UPDATE console_feed_counter SET last_seq = last_seq + 1 \
-                 RETURNING last_seq) \
-                 INSERT INTO console_feed (seq, event_id, kind, payload) \
-                 SELECT last_seq, $1, 'order_paid', $2 FROM next RETURNING seq",
-                [env.event_id.into(), feed.clone().into()],
-            ))
+        let seq = console_feed::append(txn, env.event_id, kind, feed.clone())
             .await?
-            .ok_or_else(|| HandlerError::transient(anyhow::anyhow!("console feed insert")))?
-            .try_get("", "seq")?;
-        Ok(Effects {
-            already_applied: false,
-            pushes: vec![
-                Push {
-                    routing_key: CONSOLE_KEY.into(),
-                    body: json!({"type": "order_paid", "seq": seq, "order": feed}),
-                },
-                Push {
-                    routing_key: buyer_key(e.buyer_id),
-                    body: json!({"type": "order_paid", "order_id": e.order_id, "order_no": e.order_no}),
-                },
-            ],
-        })
+            .ok_or_else(|| HandlerError::transient(anyhow::anyhow!("console feed insert")))?;
+        Ok(Effects::pushing(vec![
+            Push {
+                routing_key: CONSOLE_KEY.into(),
+                body: json!({"type": kind, "seq": seq, "order": feed}),
+            },
+            Push {
+                routing_key: buyer_key(e.buyer_id),
+                body: json!({"type": kind, "order_id": e.order_id, "order_no": e.order_no}),
+            },
+        ])
+        .with_outgoing())
     }
 
     async fn membership_extended(
@@ -133,19 +118,16 @@ impl Notifier {
         txn: &DatabaseTransaction,
         msg: &Incoming,
     ) -> Result<Effects, HandlerError> {
-        let env: Envelope<MembershipExtended> = serde_json::from_value(msg.envelope.clone())
-            .map_err(|e| {
-                HandlerError::permanent(anyhow::anyhow!("membership.extended.v1 payload: {e}"))
-            })?;
+        let env = decode::<MembershipExtended>(msg)?;
         let e = &env.payload;
         let (title, body) = if e.permanent {
             (
-                "Membership active".to_owned(),
+                "Membership active",
                 "Your membership is now permanent.".to_owned(),
             )
         } else if let Some(until) = e.ends_at {
             (
-                "Membership active".to_owned(),
+                "Membership active",
                 format!(
                     "Your membership is active until {}.",
                     until.format("%Y-%m-%d %H:%M UTC")
@@ -153,40 +135,26 @@ impl Notifier {
             )
         } else {
             (
-                "Pass added".to_owned(),
+                "Pass added",
                 format!("{} use(s) added to your passes.", e.pass_uses.unwrap_or(0)),
             )
         };
-        let inserted = insert_once(
-            txn,
-            "INSERT INTO notifications (user_id, event_id, kind, title, body, order_id) \
-             VALUES ($1, $2, 'membership_extended', $3, $4, $5) \
-             ON CONFLICT (event_id, user_id, kind) DO NOTHING RETURNING id",
-            vec![
-                e.user_id.into(),
-                env.event_id.into(),
-                title.into(),
-                body.clone().into(),
-                e.order_id.into(),
-            ],
-        )
-        .await?;
-        if !inserted {
-            return Ok(Effects::already_applied());
-        }
-        Ok(Effects {
-            already_applied: false,
-            pushes: vec![Push {
-                routing_key: buyer_key(e.user_id),
-                body: json!({
-                    "type": "membership_active",
-                    "order_id": e.order_id,
-                    "permanent": e.permanent,
-                    "until": e.ends_at,
-                    "message": body,
-                }),
-            }],
-        })
+        let note = Note {
+            user_id: e.user_id,
+            event_id: env.event_id,
+            kind: NotificationKind::MembershipExtended,
+            title,
+            body: &body,
+            order_id: e.order_id,
+        };
+        let push = json!({
+            "type": "membership_active",
+            "order_id": e.order_id,
+            "permanent": e.permanent,
+            "until": e.ends_at,
+            "message": body,
+        });
+        inbox_then_push(txn, note, push).await
     }
 
     async fn level_changed(
@@ -194,45 +162,37 @@ impl Notifier {
         txn: &DatabaseTransaction,
         msg: &Incoming,
     ) -> Result<Effects, HandlerError> {
-        let env: Envelope<LevelChanged> =
-            serde_json::from_value(msg.envelope.clone()).map_err(|e| {
-                HandlerError::permanent(anyhow::anyhow!("level.changed.v1 payload: {e}"))
-            })?;
+        let env = decode::<LevelChanged>(msg)?;
         let e = &env.payload;
-        let name: String = txn
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT name FROM levels WHERE id = $1",
-                [e.to_level.into()],
-            ))
-            .await?
-            .ok_or_else(|| {
-                HandlerError::permanent(anyhow::anyhow!("unknown level {}", e.to_level))
-            })?
-            .try_get("", "name")?;
+        let name = levels::name(txn, e.to_level).await?.ok_or_else(|| {
+            HandlerError::permanent(anyhow::anyhow!("unknown level {}", e.to_level))
+        })?;
         let body = format!("You are now a {name} member.");
-        let inserted = insert_once(
-            txn,
-            "INSERT INTO notifications (user_id, event_id, kind, title, body, order_id) \
-             VALUES ($1, $2, 'level_changed', 'New member level', $3, $4) \
-             ON CONFLICT (event_id, user_id, kind) DO NOTHING RETURNING id",
-            vec![
-                e.user_id.into(),
-                env.event_id.into(),
-                body.clone().into(),
-                e.order_id.into(),
-            ],
-        )
-        .await?;
-        if !inserted {
-            return Ok(Effects::already_applied());
-        }
-        Ok(Effects {
-            already_applied: false,
-            pushes: vec![Push {
-                routing_key: buyer_key(e.user_id),
-                body: json!({"type": "level_changed", "level": name, "message": body}),
-            }],
-        })
+        let note = Note {
+            user_id: e.user_id,
+            event_id: env.event_id,
+            kind: NotificationKind::LevelChanged,
+            title: "New member level",
+            body: &body,
+            order_id: e.order_id,
+        };
+        let push = json!({"type": note.kind, "level": name, "message": body});
+        inbox_then_push(txn, note, push).await
     }
+}
+
+/// Puts `note` in the buyer's inbox and, unless this event left it before, pushes `push` to the
+/// buyer once the transaction committed.
+async fn inbox_then_push(
+    txn: &DatabaseTransaction,
+    note: Note<'_>,
+    push: serde_json::Value,
+) -> Result<Effects, HandlerError> {
+    if !notifications::add(txn, note).await? {
+        return Ok(Effects::already_applied());
+    }
+    Ok(Effects::pushing(vec![Push {
+        routing_key: buyer_key(note.user_id),
+        body: push,
+    }]))
 }

@@ -2,24 +2,27 @@
 //! payments), the buyer's running totals, purchase count and total paid, and promoter status
 //! once the purchase count or the total paid crosses its threshold. One entry per order.
 
-use super::{insert_once, paid_order_locked};
+use super::PaidOrderEffect;
 use crate::decide::HandlerError;
-use crate::runtime::{Effects, Handler, Incoming};
-use memberline_gateway::settings::WorkerSettings;
-use memberline_schema::events::{OrderPaid, PayMethod};
+use crate::runtime::Effects;
+use crate::store::users::{PromoterThresholds, Purchase};
+use crate::store::{savings_entries, users};
+use memberline_platform::settings::WorkerSettings;
+use memberline_schema::events::{Envelope, OrderPaid, PayMethod};
 use memberline_schema::topology::Worker;
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement};
+use sea_orm::DatabaseTransaction;
 
 pub struct Savings {
-    pub promoter_min_purchases: i32,
-    pub promoter_min_paid_fen: i64,
+    pub promoter: PromoterThresholds,
 }
 
 impl Savings {
     pub fn from_settings(s: &WorkerSettings) -> Self {
         Self {
-            promoter_min_purchases: s.promoter_min_purchases,
-            promoter_min_paid_fen: s.promoter_min_paid_fen,
+            promoter: PromoterThresholds {
+                min_purchases: s.promoter_min_purchases,
+                min_paid_fen: s.promoter_min_paid_fen,
+            },
         }
     }
 }
@@ -36,51 +39,25 @@ pub fn saved(e: &OrderPaid) -> (i64, i64) {
 }
 
 #[async_trait::async_trait]
-impl Handler for Savings {
-    fn worker(&self) -> Worker {
-        Worker::Savings
-    }
+impl PaidOrderEffect for Savings {
+    const WORKER: Worker = Worker::Savings;
 
-    async fn apply(
+    async fn apply_paid(
         &self,
         txn: &DatabaseTransaction,
-        msg: &Incoming,
+        env: &Envelope<OrderPaid>,
     ) -> Result<Effects, HandlerError> {
-        let env = paid_order_locked(txn, msg).await?;
         let e = &env.payload;
         let (saved_fen, saved_points) = saved(e);
-        let inserted = insert_once(
-            txn,
-            "INSERT INTO savings_entries (user_id, order_id, saved_fen, saved_points) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING RETURNING id",
-            vec![
-                e.buyer_id.into(),
-                e.order_id.into(),
-                saved_fen.into(),
-                saved_points.into(),
-            ],
-        )
-        .await?;
-        if !inserted {
+        if !savings_entries::record(txn, e.buyer_id, e.order_id, saved_fen, saved_points).await? {
             return Ok(Effects::already_applied());
         }
-        txn.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE users SET total_saved_fen = total_saved_fen + $2, \
-             total_saved_points = total_saved_points + $3, \
-             purchase_count = purchase_count + 1, total_paid_fen = total_paid_fen + $4, \
-             is_promoter = is_promoter OR purchase_count + 1 >= $5 OR total_paid_fen + $4 >= $6, \
-             updated_at = now() WHERE id = $1",
-            [
-                e.buyer_id.into(),
-                saved_fen.into(),
-                saved_points.into(),
-                e.amount_fen.into(),
-                self.promoter_min_purchases.into(),
-                self.promoter_min_paid_fen.into(),
-            ],
-        ))
-        .await?;
+        let purchase = Purchase {
+            saved_fen,
+            saved_points,
+            paid_fen: e.amount_fen,
+        };
+        users::add_purchase(txn, e.buyer_id, purchase, self.promoter).await?;
         Ok(Effects::applied())
     }
 }

@@ -4,23 +4,30 @@
 //! ```text
 //! {p}.events (topic, durable) ──order.paid.v1──> {p}.membership | {p}.ledger | {p}.notifier | {p}.savings
 //!    └─ alternate exchange {p}.events.unrouted (fanout) ─> {p}.events.unrouted   (nothing routed nowhere)
-//! {p}.{worker}.retry.{n} (TTL n) ──dead-letter──> {p}.{worker}      (retry ladder)
+//! {p}.{worker}.retry.{delay} (TTL) ──dead-letter──> {p}.{worker}   (retry ladder, e.g. retry.10s)
 //! {p}.{worker} ──delivery limit / reject──> {p}.{worker}.dead          (dead letters)
 //! {p}.push (topic): console and buyer pushes; each gateway binds its own exclusive queue.
 //! ```
 //! `{p}` is the configured prefix (`memberline` by default); tests use a unique prefix each.
 //! This module owns names and declarations, not consuming or publishing.
+//!
+//! Who declares what: the relay declares what it publishes to ([`Part::Publishing`]: the
+//! exchanges, and each worker queue with its dead-letter queue and bindings, so that no event is
+//! routed nowhere before a worker first starts); each worker declares its own queues, bindings and
+//! retry tiers ([`Part::Worker`]). A retry tier is named after its delay, so changing a ladder
+//! declares new tiers instead of clashing with the old ones; messages parked in an old tier still
+//! expire back to the worker queue, and the old tier can be deleted once empty. A queue the broker
+//! already holds with other arguments (a changed delivery limit) is kept and reported as
+//! [`Drift`] rather than stopping anything.
 
-use lapin::options::{
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
+mod declare;
+
+pub use declare::{Drift, NOT_FOUND, PRECONDITION_FAILED, reply_code};
 use std::time::Duration;
 
 /// A worker with its own queue, retry ladder and dead-letter queue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Worker {
     Membership,
     Ledger,
@@ -133,9 +140,19 @@ impl Topology {
         format!("{}.{}", self.prefix, worker.as_str())
     }
 
-    /// Retry tier `tier` (0-based) of a worker.
+    /// Retry tier `tier` (0-based) of a worker, named after its delay (`….retry.10s`).
     pub fn retry_queue(&self, worker: Worker, tier: usize) -> String {
-        format!("{}.{}.retry.{}", self.prefix, worker.as_str(), tier)
+        let delay = self
+            .retry_delays_for(worker)
+            .get(tier)
+            .copied()
+            .unwrap_or_default();
+        format!(
+            "{}.{}.retry.{}",
+            self.prefix,
+            worker.as_str(),
+            delay_name(delay)
+        )
     }
 
     pub fn dead_queue(&self, worker: Worker) -> String {
@@ -144,20 +161,30 @@ impl Topology {
 
     /// Every queue name, for tooling and cleanup.
     pub fn all_queues(&self) -> Vec<String> {
-        let mut queues = vec![self.unrouted_queue()];
-        for worker in Worker::ALL {
-            queues.push(self.work_queue(worker));
-            queues.extend(
-                (0..self.retry_delays_for(worker).len()).map(|t| self.retry_queue(worker, t)),
-            );
-            queues.push(self.dead_queue(worker));
-        }
-        queues
+        self.specs().queues.into_iter().map(|q| q.name).collect()
     }
 
     /// Every exchange, queue and binding, as data. [`Self::declare`] and the RabbitMQ
     /// definitions file (`deploy/rabbitmq/definitions.json`) are both derived from this.
     pub fn specs(&self) -> Specs {
+        self.part_specs(Part::Everything)
+    }
+
+    /// The exchanges, queues and bindings one part of the system declares.
+    pub fn part_specs(&self, part: Part) -> Specs {
+        let mut specs = self.exchange_specs();
+        for worker in Worker::ALL {
+            match part {
+                Part::Publishing => self.worker_specs(worker, false, &mut specs),
+                Part::Worker(w) if w == worker => self.worker_specs(worker, true, &mut specs),
+                Part::Worker(_) => {}
+                Part::Everything => self.worker_specs(worker, true, &mut specs),
+            }
+        }
+        specs
+    }
+
+    fn exchange_specs(&self) -> Specs {
         let mut specs = Specs::default();
         specs.exchanges.push(ExchangeSpec {
             name: self.unrouted_exchange(),
@@ -166,7 +193,7 @@ impl Topology {
         });
         specs.queues.push(QueueSpec {
             name: self.unrouted_queue(),
-            args: vec![],
+            args: look_only_args(),
         });
         specs.bindings.push(BindingSpec {
             exchange: self.unrouted_exchange(),
@@ -185,89 +212,63 @@ impl Topology {
             kind: "topic",
             args: vec![],
         });
-        for worker in Worker::ALL {
-            let work = self.work_queue(worker);
-            let dead = self.dead_queue(worker);
-            // The end of the line keeps everything until an operator replays or purges it.
-            specs.queues.push(QueueSpec {
-                name: dead.clone(),
-                args: vec![],
-            });
-            specs.queues.push(QueueSpec {
-                name: work.clone(),
-                args: vec![
-                    // Protects against a poison message that kills its consumer: after this
-                    // many redeliveries the broker dead-letters it instead of looping forever
-                    // (RabbitMQ 3.10 has no default limit).
-                    ("x-delivery-limit", Arg::Int(i64::from(self.delivery_limit))),
-                    ("x-dead-letter-exchange", Arg::Str(String::new())),
-                    ("x-dead-letter-routing-key", Arg::Str(dead)),
-                    // at-least-once dead-lettering: a message leaves the source queue only
-                    // after the dead-letter queue confirmed it (needs reject-publish overflow).
-                    ("x-dead-letter-strategy", Arg::Str("at-least-once".into())),
-                    ("x-overflow", Arg::Str("reject-publish".into())),
-                ],
-            });
-            for key in worker.bindings() {
-                specs.bindings.push(BindingSpec {
-                    exchange: self.events_exchange(),
-                    queue: work.clone(),
-                    routing_key: (*key).to_owned(),
-                });
-            }
-            for (tier, delay) in self.retry_delays_for(worker).iter().enumerate() {
-                specs.queues.push(QueueSpec {
-                    name: self.retry_queue(worker, tier),
-                    args: vec![
-                        // A fixed, queue-level TTL: every message in a tier waits the same
-                        // time, so the head always expires first (per-message TTL only expires
-                        // at the queue head).
-                        ("x-message-ttl", Arg::Int(delay.as_millis() as i64)),
-                        // Expired messages go straight back to the worker queue.
-                        ("x-dead-letter-exchange", Arg::Str(String::new())),
-                        ("x-dead-letter-routing-key", Arg::Str(work.clone())),
-                        ("x-dead-letter-strategy", Arg::Str("at-least-once".into())),
-                        ("x-overflow", Arg::Str("reject-publish".into())),
-                    ],
-                });
-            }
-        }
         specs
     }
 
-    /// Declares everything. Idempotent: re-declaring with the same arguments is a no-op, and
-    /// different arguments fail loudly (PRECONDITION_FAILED) instead of drifting silently.
-    pub async fn declare(&self, ch: &Channel) -> Result<(), lapin::Error> {
-        let specs = self.specs();
-        // Exchanges first (the events exchange names its alternate, declared just before it).
-        for ex in &specs.exchanges {
-            declare_exchange(ch, ex).await?;
+    fn worker_specs(&self, worker: Worker, with_retry: bool, specs: &mut Specs) {
+        let work = self.work_queue(worker);
+        let dead = self.dead_queue(worker);
+        // The end of the line keeps everything until an operator replays or purges it.
+        specs.queues.push(QueueSpec {
+            name: dead.clone(),
+            args: look_only_args(),
+        });
+        specs.queues.push(QueueSpec {
+            name: work.clone(),
+            args: vec![
+                // Protects against a poison message that kills its consumer: after this many
+                // redeliveries the broker dead-letters it instead of looping forever (RabbitMQ
+                // 3.10 has no default limit; 4.x defaults to 20 and then drops without a DLX).
+                ("x-delivery-limit", Arg::Int(i64::from(self.delivery_limit))),
+                ("x-dead-letter-exchange", Arg::Str(String::new())),
+                ("x-dead-letter-routing-key", Arg::Str(dead)),
+                // at-least-once dead-lettering: a message leaves the source queue only after
+                // the dead-letter queue confirmed it (needs reject-publish overflow).
+                ("x-dead-letter-strategy", Arg::Str("at-least-once".into())),
+                ("x-overflow", Arg::Str("reject-publish".into())),
+            ],
+        });
+        for key in worker.bindings() {
+            specs.bindings.push(BindingSpec {
+                exchange: self.events_exchange(),
+                queue: work.clone(),
+                routing_key: (*key).to_owned(),
+            });
         }
-        for q in &specs.queues {
-            let mut args = field_table(&q.args);
-            // Quorum queues are replicated (Raft) once the broker runs as a cluster.
-            args.insert("x-queue-type".into(), long_string("quorum"));
-            ch.queue_declare(
-                ShortString::from(q.name.as_str()),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await?;
+        if !with_retry {
+            return;
         }
-        for b in &specs.bindings {
-            ch.queue_bind(
-                b.queue.as_str().into(),
-                b.exchange.as_str().into(),
-                b.routing_key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        for (tier, delay) in self.retry_delays_for(worker).iter().enumerate() {
+            let name = self.retry_queue(worker, tier);
+            // Two tiers with the same delay share one queue.
+            if specs.queues.iter().any(|q| q.name == name) {
+                continue;
+            }
+            let mut args = vec![
+                // A fixed, queue-level TTL: every message in a tier waits the same time, so
+                // the head always expires first (per-message TTL only expires at the head).
+                ("x-message-ttl", Arg::Int(delay.as_millis() as i64)),
+                // Expired messages go straight back to the worker queue.
+                ("x-dead-letter-exchange", Arg::Str(String::new())),
+                ("x-dead-letter-routing-key", Arg::Str(work.clone())),
+                ("x-dead-letter-strategy", Arg::Str("at-least-once".into())),
+                ("x-overflow", Arg::Str("reject-publish".into())),
+            ];
+            // Nobody consumes a tier; the limit is explicit so 4.x's default of 20 never
+            // applies.
+            args.push(("x-delivery-limit", Arg::Int(LOOK_ONLY_DELIVERY_LIMIT)));
+            specs.queues.push(QueueSpec { name, args });
         }
-        Ok(())
     }
 
     /// The topology as a RabbitMQ definitions document (import with
@@ -307,78 +308,6 @@ impl Topology {
             })).collect::<Vec<_>>(),
         })
     }
-
-    /// Declares only the exchanges (and the unrouted queue behind the alternate exchange), then
-    /// checks without creating anything that every worker queue exists. The relay falls back to
-    /// this when the broker holds queues declared with other arguments than this configuration
-    /// (PRECONDITION_FAILED): events keep flowing to the existing queues while an operator
-    /// reconciles the ladder.
-    pub async fn declare_exchanges_and_verify_queues(
-        &self,
-        ch: &Channel,
-    ) -> Result<(), lapin::Error> {
-        let specs = self.specs();
-        for ex in &specs.exchanges {
-            declare_exchange(ch, ex).await?;
-        }
-        for q in &specs.queues {
-            ch.queue_declare(
-                q.name.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Checks, without creating anything, that a worker's dead-letter path exists. A worker
-    /// refuses to start without it: a failure with nowhere to go would be lost.
-    pub async fn verify_dead_letter_path(
-        &self,
-        ch: &Channel,
-        worker: Worker,
-    ) -> Result<(), lapin::Error> {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        ch.queue_declare(
-            self.dead_queue(worker).into(),
-            passive,
-            FieldTable::default(),
-        )
-        .await?;
-        for tier in 0..self.retry_delays_for(worker).len() {
-            ch.queue_declare(
-                self.retry_queue(worker, tier).into(),
-                passive,
-                FieldTable::default(),
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Deletes everything this topology declared (tests and teardown only).
-    pub async fn delete(&self, ch: &Channel) -> Result<(), lapin::Error> {
-        for queue in self.all_queues() {
-            ch.queue_delete(queue.into(), QueueDeleteOptions::default())
-                .await?;
-        }
-        for exchange in [
-            self.events_exchange(),
-            self.unrouted_exchange(),
-            self.push_exchange(),
-        ] {
-            ch.exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-                .await?;
-        }
-        Ok(())
-    }
 }
 
 /// An argument value of an exchange or queue.
@@ -417,51 +346,37 @@ pub struct Specs {
     pub bindings: Vec<BindingSpec>,
 }
 
-async fn declare_exchange(ch: &Channel, ex: &ExchangeSpec) -> Result<(), lapin::Error> {
-    let kind = match ex.kind {
-        "fanout" => ExchangeKind::Fanout,
-        _ => ExchangeKind::Topic,
-    };
-    ch.exchange_declare(
-        ex.name.as_str().into(),
-        kind,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        field_table(&ex.args),
-    )
-    .await
+/// Which part of the system a declaration is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// What the relay publishes to: exchanges, and every worker queue with its dead-letter
+    /// queue and bindings (no retry tiers: only the worker uses them).
+    Publishing,
+    /// One worker's queue, bindings, retry tiers and dead-letter queue (and the exchanges).
+    Worker(Worker),
+    /// All of it.
+    Everything,
 }
 
-fn field_table(args: &[(&'static str, Arg)]) -> FieldTable {
-    let mut table = FieldTable::default();
-    for (k, v) in args {
-        let value = match v {
-            Arg::Str(s) => long_string(s),
-            Arg::Int(i) => AMQPValue::LongLongInt(*i),
-        };
-        table.insert((*k).into(), value);
+/// Queues nobody consumes from (dead letters, unrouted events, retry tiers): tooling only looks,
+/// and puts back a confirmed copy of what it looked at, so the delivery count never grows. The
+/// limit is explicit because RabbitMQ 4.x would otherwise apply 20 and drop the message.
+pub const LOOK_ONLY_DELIVERY_LIMIT: i64 = 1_000_000;
+
+fn look_only_args() -> Vec<(&'static str, Arg)> {
+    vec![("x-delivery-limit", Arg::Int(LOOK_ONLY_DELIVERY_LIMIT))]
+}
+
+/// `10s`, `1m`, `1h`, or `250ms` for a delay that is not a whole number of seconds.
+fn delay_name(delay: Duration) -> String {
+    let ms = delay.as_millis();
+    match ms {
+        0 => "0ms".to_owned(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
     }
-    table
-}
-
-/// The AMQP reply code of a broker error (404 NOT_FOUND, 406 PRECONDITION_FAILED, …), if the
-/// error came from the broker rather than the network.
-pub fn reply_code(e: &lapin::Error) -> Option<u16> {
-    match e.kind() {
-        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
-        _ => None,
-    }
-}
-
-/// PRECONDITION_FAILED: a declaration's arguments differ from what the broker holds.
-pub const PRECONDITION_FAILED: u16 = 406;
-/// NOT_FOUND: a passive declaration named something that does not exist.
-pub const NOT_FOUND: u16 = 404;
-
-fn long_string(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s))
 }
 
 #[cfg(test)]
@@ -473,7 +388,7 @@ mod tests {
         let t = Topology::new("t1");
         assert_eq!(t.events_exchange(), "t1.events");
         assert_eq!(t.work_queue(Worker::Ledger), "t1.ledger");
-        assert_eq!(t.retry_queue(Worker::Ledger, 2), "t1.ledger.retry.2");
+        assert_eq!(t.retry_queue(Worker::Ledger, 2), "t1.ledger.retry.1m");
         assert_eq!(t.dead_queue(Worker::Savings), "t1.savings.dead");
     }
 

@@ -1,6 +1,7 @@
-//! Layered configuration: compiled-in defaults (below, every key commented with its unit), then
-//! `deploy/config/base.toml` and `deploy/config/{MEMBERLINE_ENV}.toml` when present, then
-//! environment variables `MEMBERLINE__SECTION__KEY` (for example `MEMBERLINE__HTTP__PORT=9000`).
+//! Layered configuration: compiled-in defaults (`defaults.toml` beside this file, every key
+//! commented with its unit), then `deploy/config/base.toml` and
+//! `deploy/config/{MEMBERLINE_ENV}.toml` when present, then environment variables
+//! `MEMBERLINE__SECTION__KEY` (for example `MEMBERLINE__HTTP__PORT=9000`).
 //!
 //! A value of the wrong type stops the process with the key's name in the message. Secrets are
 //! wrapped in [`Secret`], whose `Debug` never shows them.
@@ -11,91 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// The compiled-in defaults; a missing config file changes nothing.
-pub const DEFAULTS: &str = r#"
-[http]
-# Interface the gateway listens on.
-host = "127.0.0.1"
-# TCP port; 0 picks a free one (tests).
-port = 8080
-# Seconds a request may run before it is cut off with 408.
-request_timeout_secs = 30
-# Largest accepted request body, in bytes (64 KiB); larger bodies get 413.
-body_limit_bytes = 65536
-
-[database]
-# PostgreSQL URL.
-url = "postgres://postgres@127.0.0.1:5432/memberline"
-# Pool size, in connections.
-max_connections = 20
-# Seconds to wait for a free pooled connection before failing the request.
-acquire_timeout_secs = 10
-
-[amqp]
-# RabbitMQ URL.
-url = "amqp://guest:guest@127.0.0.1:5672/%2f"
-# Prefix of every exchange and queue name; tests use a unique one each.
-prefix = "memberline"
-# Broker-side redelivery limit of worker queues (deliveries).
-delivery_limit = 20
-# Delay of each retry tier, in milliseconds (1 s, 10 s, 1 min, 10 min, 1 h).
-retry_delays_ms = [1000, 10000, 60000, 600000, 3600000]
-# Per-worker ladders replacing retry_delays_ms, e.g. notifier = [5000, 60000] (milliseconds).
-[amqp.worker_retry_delays_ms]
-
-[auth]
-# HS256 secret for bearer tokens; at least 32 bytes. Replace it in every real deployment.
-jwt_secret = "memberline-local-development-secret-change-me"
-# Lifetime of a token minted by `memberline token`, in seconds.
-token_ttl_secs = 86400
-
-[log]
-# "text" (human-readable) or "json".
-format = "text"
-# tracing filter directive, e.g. "info,memberline_gateway=debug".
-filter = "info"
-
-[relay]
-# Run the outbox relay inside the gateway process (single-machine deployments).
-embedded = true
-# Outbox rows published per transaction.
-batch_size = 100
-# Milliseconds between polls when no NOTIFY arrives (a safety net; NOTIFY wakes it at once).
-poll_interval_ms = 1000
-# Milliseconds to wait for the broker's publisher confirms of one batch.
-confirm_timeout_ms = 5000
-# Longest pause between reconnect attempts to the broker, in milliseconds.
-max_reconnect_delay_ms = 5000
-
-[workers]
-# Declare the topology at start (true), or only verify it exists and refuse to start without a
-# dead-letter path (false: production, where deploy/rabbitmq/definitions.json is loaded).
-declare_topology = true
-# Unacknowledged deliveries per worker (basic_qos); also the bound on in-flight work.
-prefetch = 16
-# Seconds to let in-flight deliveries finish at shutdown.
-drain_timeout_secs = 10
-# Longest pause between reconnect attempts, in milliseconds.
-max_reconnect_delay_ms = 5000
-# Address of the workers' /metrics endpoint; port 0 picks a free one, "" turns it off.
-metrics_addr = "127.0.0.1:9100"
-# Reward points per yuan paid (fen / 100), before the level bonus.
-points_per_yuan = 1
-# Growth value per yuan paid.
-growth_per_yuan = 1
-# Most reward points a buyer can earn per UTC day; the excess is not credited, only flagged.
-daily_points_cap = 5000
-# A buyer becomes a promoter at this many purchases...
-promoter_min_purchases = 5
-# ...or at this total paid, in fen.
-promoter_min_paid_fen = 100000
-# Template/SMS delivery channel: "log" (writes a log line) or "webhook".
-channel = "log"
-# Webhook channel: URL, Standard Webhooks secret ("whsec_" + base64 key), attempts and timeout.
-webhook_url = ""
-webhook_secret = "whsec_bWVtYmVybGluZS1sb2NhbC13ZWJob29rLXNlY3JldA=="
-webhook_attempts = 3
-webhook_timeout_ms = 3000
-"#;
+pub const DEFAULTS: &str = include_str!("defaults.toml");
 
 /// A secret value: deserialized like a string, never printed.
 #[derive(Clone, Deserialize)]
@@ -120,6 +37,8 @@ impl fmt::Debug for Secret {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    /// `local`, `production`, … (MEMBERLINE_ENV); empty when it is not set.
+    pub environment: String,
     pub http: HttpSettings,
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
@@ -127,6 +46,20 @@ pub struct Settings {
     pub log: LogSettings,
     pub relay: RelaySettings,
     pub workers: WorkerSettings,
+    pub retention: RetentionSettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    pub enabled: bool,
+    pub interval_secs: u64,
+    pub batch_size: u32,
+    pub outbox_published_days: u32,
+    pub consumed_events_days: u32,
+    pub console_feed_days: u32,
+    pub idempotency_key_hours: u32,
+    pub channel_deliveries_days: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -154,6 +87,10 @@ pub struct WorkerSettings {
     pub webhook_secret: Secret,
     pub webhook_attempts: u32,
     pub webhook_timeout_ms: u64,
+    pub channel_batch_size: u32,
+    pub channel_poll_interval_ms: u64,
+    pub channel_retry_base_ms: u64,
+    pub channel_retry_max_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -213,6 +150,61 @@ pub struct RelaySettings {
     pub poll_interval_ms: u64,
     pub confirm_timeout_ms: u64,
     pub max_reconnect_delay_ms: u64,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub quarantine_after_attempts: i32,
+    pub metrics_addr: String,
+}
+
+/// Whether `key` (dotted, e.g. `workers.metrics_addr`) names a setting. Deploy files are checked
+/// against it, so a misspelt `MEMBERLINE__…` variable cannot go unnoticed.
+pub fn is_known_key(key: &str) -> bool {
+    config::Config::builder()
+        .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+        .build()
+        .is_ok_and(|c| c.get::<config::Value>(key).is_ok())
+}
+
+/// The setting a `MEMBERLINE__SECTION__KEY` environment variable sets (`section.key`).
+pub fn key_of_variable(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("MEMBERLINE__")?;
+    Some(rest.to_ascii_lowercase().replace("__", "."))
+}
+
+/// The development secrets committed in `deploy/config/local.toml`: public, so refused in any
+/// other environment.
+const LOCAL_ONLY_SECRETS: [&str; 2] = [
+    "memberline-local-development-secret-change-me",
+    "whsec_bWVtYmVybGluZS1sb2NhbC13ZWJob29rLXNlY3JldA==",
+];
+
+impl AuthSettings {
+    /// The token signing secret, or an error naming the key when none is configured (the
+    /// gateway and `memberline token` need one; the relay and the workers do not).
+    pub fn signing_secret(&self) -> Result<&str, SettingsError> {
+        match self.jwt_secret.expose() {
+            "" => Err(SettingsError::Invalid {
+                key: "auth.jwt_secret",
+                reason: "is required (at least 32 bytes): set MEMBERLINE__AUTH__JWT_SECRET \
+                         (for development, MEMBERLINE_ENV=local loads the public value of \
+                         deploy/config/local.toml, as `make run` does)"
+                    .to_owned(),
+            }),
+            secret => Ok(secret),
+        }
+    }
+}
+
+impl WorkerSettings {
+    /// The webhook signing key: `whsec_` + base64, decoded; `None` when it is not that.
+    pub fn webhook_key(&self) -> Option<Vec<u8>> {
+        use base64::Engine;
+        let secret = self.webhook_secret.expose();
+        let encoded = secret.strip_prefix("whsec_")?;
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()
+    }
 }
 
 /// Why settings could not be loaded; the message names the offending key.
@@ -231,7 +223,9 @@ impl Settings {
         let dir = std::env::var_os("MEMBERLINE_CONFIG_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("deploy/config"));
-        let env = std::env::var("MEMBERLINE_ENV").unwrap_or_else(|_| "local".to_owned());
+        // No default: an unnamed environment reads base.toml only, so a deployment that forgets
+        // MEMBERLINE_ENV never picks up local.toml's public development secrets.
+        let env = std::env::var("MEMBERLINE_ENV").unwrap_or_default();
         Self::load_from(Some(&dir), &env, std::env::vars())
     }
 
@@ -243,9 +237,10 @@ impl Settings {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, SettingsError> {
         let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .set_override("environment", env)?;
         if let Some(dir) = dir {
-            for name in ["base", env] {
+            for name in ["base", env].into_iter().filter(|n| !n.is_empty()) {
                 let path = dir.join(name);
                 builder = builder.add_source(
                     config::File::with_name(&path.to_string_lossy())
@@ -279,8 +274,16 @@ impl Settings {
                 reason: reason.to_owned(),
             })
         };
-        if self.auth.jwt_secret.expose().len() < 32 {
+        let jwt = self.auth.jwt_secret.expose();
+        if !jwt.is_empty() && jwt.len() < 32 {
             return invalid("auth.jwt_secret", "must be at least 32 bytes long");
+        }
+        if self.environment != "local" && LOCAL_ONLY_SECRETS.contains(&jwt) {
+            return invalid(
+                "auth.jwt_secret",
+                "is the public development value of deploy/config/local.toml; set a secret of \
+                 your own (MEMBERLINE__AUTH__JWT_SECRET)",
+            );
         }
         if self.auth.token_ttl_secs <= 0 {
             return invalid("auth.token_ttl_secs", "must be positive");
@@ -329,14 +332,62 @@ impl Settings {
         if self.workers.daily_points_cap < 0 {
             return invalid("workers.daily_points_cap", "must not be negative");
         }
-        if self.workers.channel == ChannelKind::Webhook && self.workers.webhook_url.is_empty() {
-            return invalid(
-                "workers.webhook_url",
-                "is required when workers.channel = webhook",
-            );
+        if self.workers.channel == ChannelKind::Webhook {
+            if self.workers.webhook_url.is_empty() {
+                return invalid(
+                    "workers.webhook_url",
+                    "is required when workers.channel = webhook",
+                );
+            }
+            let secret = self.workers.webhook_secret.expose();
+            if self.environment != "local" && LOCAL_ONLY_SECRETS.contains(&secret) {
+                return invalid(
+                    "workers.webhook_secret",
+                    "is the public development value of deploy/config/local.toml",
+                );
+            }
+            if self.workers.webhook_key().is_none_or(|key| key.len() < 24) {
+                return invalid(
+                    "workers.webhook_secret",
+                    "is required when workers.channel = webhook: whsec_<base64 of at least \
+                     24 bytes> (MEMBERLINE__WORKERS__WEBHOOK_SECRET)",
+                );
+            }
         }
         if self.workers.webhook_attempts == 0 {
             return invalid("workers.webhook_attempts", "must be at least 1");
+        }
+        if self.workers.webhook_timeout_ms == 0 {
+            return invalid("workers.webhook_timeout_ms", "must be positive");
+        }
+        if self.workers.channel_batch_size == 0 || self.workers.channel_batch_size > 1000 {
+            return invalid("workers.channel_batch_size", "must be between 1 and 1000");
+        }
+        if self.workers.channel_poll_interval_ms == 0 {
+            return invalid("workers.channel_poll_interval_ms", "must be positive");
+        }
+        if self.workers.channel_retry_base_ms == 0
+            || self.workers.channel_retry_max_ms < self.workers.channel_retry_base_ms
+        {
+            return invalid(
+                "workers.channel_retry_base_ms",
+                "must be positive and at most workers.channel_retry_max_ms",
+            );
+        }
+        if self.relay.retry_base_ms == 0 || self.relay.retry_max_ms < self.relay.retry_base_ms {
+            return invalid(
+                "relay.retry_base_ms",
+                "must be positive and at most relay.retry_max_ms",
+            );
+        }
+        if self.relay.quarantine_after_attempts < 1 {
+            return invalid("relay.quarantine_after_attempts", "must be at least 1");
+        }
+        if self.retention.interval_secs == 0 {
+            return invalid("retention.interval_secs", "must be positive");
+        }
+        if self.retention.batch_size == 0 {
+            return invalid("retention.batch_size", "must be positive");
         }
         if self.relay.batch_size == 0 || self.relay.batch_size > 10_000 {
             return invalid("relay.batch_size", "must be between 1 and 10000");
@@ -371,9 +422,13 @@ mod tests {
     use super::*;
 
     fn load(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        load_env("test", vars)
+    }
+
+    fn load_env(env: &str, vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
         Settings::load_from(
             None,
-            "test",
+            env,
             vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
         )
     }
@@ -415,8 +470,64 @@ mod tests {
     }
 
     #[test]
-    fn secrets_never_show_in_debug_output() {
+    fn no_secret_is_compiled_in_and_the_gateway_key_is_required_by_name() {
         let s = load(&[]).unwrap();
+        let err = s.auth.signing_secret().unwrap_err().to_string();
+        assert!(err.contains("auth.jwt_secret"), "{err}");
+        assert!(s.workers.webhook_secret.expose().is_empty());
+    }
+
+    #[test]
+    fn the_committed_development_secrets_are_refused_outside_local() {
+        let dev = [("MEMBERLINE__AUTH__JWT_SECRET", LOCAL_ONLY_SECRETS[0])];
+        assert!(load_env("local", &dev).is_ok());
+        let err = load_env("production", &dev).unwrap_err().to_string();
+        assert!(err.contains("auth.jwt_secret"), "{err}");
+        let webhook = [
+            ("MEMBERLINE__WORKERS__CHANNEL", "webhook"),
+            (
+                "MEMBERLINE__WORKERS__WEBHOOK_URL",
+                "https://example.test/hook",
+            ),
+            ("MEMBERLINE__WORKERS__WEBHOOK_SECRET", LOCAL_ONLY_SECRETS[1]),
+        ];
+        assert!(load_env("local", &webhook).is_ok());
+        let err = load_env("production", &webhook).unwrap_err().to_string();
+        assert!(err.contains("workers.webhook_secret"), "{err}");
+    }
+
+    #[test]
+    fn a_webhook_channel_needs_a_key_of_adequate_length() {
+        let err = load(&[
+            ("MEMBERLINE__WORKERS__CHANNEL", "webhook"),
+            (
+                "MEMBERLINE__WORKERS__WEBHOOK_URL",
+                "https://example.test/hook",
+            ),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("workers.webhook_secret"), "{err}");
+        let err = load(&[
+            ("MEMBERLINE__WORKERS__CHANNEL", "webhook"),
+            (
+                "MEMBERLINE__WORKERS__WEBHOOK_URL",
+                "https://example.test/hook",
+            ),
+            ("MEMBERLINE__WORKERS__WEBHOOK_SECRET", "whsec_c2hvcnQ="),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("workers.webhook_secret"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let s = load(&[(
+            "MEMBERLINE__AUTH__JWT_SECRET",
+            "a-secret-of-our-own-at-least-32-bytes",
+        )])
+        .unwrap();
         let printed = format!("{s:?}");
         assert!(!printed.contains(s.auth.jwt_secret.expose()));
         assert!(!printed.contains("guest:guest"));

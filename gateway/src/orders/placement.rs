@@ -1,0 +1,441 @@
+//! Placing an order paid with balance, points or a free plan.
+//!
+//! [`place`] does everything in ONE transaction: lock the buyer, claim the idempotency key, check
+//! the plan and the buyer's eligibility and funds, insert the order as paid, debit with a ledger
+//! entry, write its status history and its `order.paid.v1` outbox row, and store the response for
+//! replays. Either all of it commits or none of it does. It never talks to the broker.
+
+use super::{OrderError, OrderView, transitions};
+use crate::pricing::buyer_price;
+use chrono::{DateTime, Utc};
+use memberline_platform::db::violated_constraint;
+use memberline_platform::outbox;
+use memberline_schema::entities::{
+    balance_ledger, idempotency_key, level, membership_period, order, plan, point_ledger, user,
+};
+use memberline_schema::events::{Envelope, OrderPaid, PlanSold};
+use memberline_schema::states::{LedgerReason, OrderStatus, PayMethod, PlanKind};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, Set, Statement,
+    TransactionTrait,
+};
+use uuid::Uuid;
+
+/// A request to buy a plan.
+#[derive(Clone, Debug)]
+pub struct PlaceOrder {
+    pub buyer_id: i64,
+    pub plan_id: i64,
+    pub pay_method: PayMethod,
+    /// What the buyer's page showed; never used as the price, only compared with it.
+    pub expected: ExpectedPrice,
+    pub idempotency_key: String,
+    /// Hash of the canonical request body; the same key with another hash is refused.
+    pub request_hash: String,
+    pub correlation_id: Uuid,
+}
+
+/// The price a client says it showed the buyer (`expected_price_fen`, `expected_price_points`).
+/// A difference from the server's price refuses the order with `price_changed`, so a catalogue
+/// change between display and purchase never charges a surprise amount.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExpectedPrice {
+    pub fen: Option<i64>,
+    pub points: Option<i64>,
+}
+
+/// What [`place`] did.
+#[derive(Debug)]
+pub enum Placed {
+    /// A new order was created and paid; the body is what was stored for replays.
+    Created(serde_json::Value),
+    /// The key was used before with the same body: the first response, unchanged.
+    Replayed {
+        status: u16,
+        body: serde_json::Value,
+    },
+}
+
+/// What the buyer is charged, after the level discount.
+#[derive(Clone, Copy, Debug)]
+struct Charge {
+    fen: i64,
+    points: i64,
+}
+
+/// Places an order paid with balance, points or a free plan. See the module docs.
+pub async fn place(db: &DatabaseConnection, cmd: &PlaceOrder) -> Result<Placed, OrderError> {
+    if cmd.pay_method.provider().is_some() {
+        return Err(OrderError::PayMethodUnavailable(cmd.pay_method));
+    }
+    let txn = db.begin().await?;
+    match place_in(&txn, cmd).await {
+        Ok(created @ Placed::Created(_)) => {
+            txn.commit().await?;
+            Ok(created)
+        }
+        other => {
+            // A replay or a refusal writes nothing: the idempotency claim is released too, so
+            // the buyer can retry the same key once the cause (say, low funds) is fixed.
+            if let Err(e) = txn.rollback().await {
+                tracing::warn!(error = %e, "rollback failed; the connection will be discarded");
+            }
+            other
+        }
+    }
+}
+
+async fn place_in(txn: &DatabaseTransaction, cmd: &PlaceOrder) -> Result<Placed, OrderError> {
+    // Lock the buyer first: every purchase by one buyer is serialized here, so funds checked
+    // below cannot be spent twice by concurrent requests.
+    let buyer = user::Entity::find_by_id(cmd.buyer_id)
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or(OrderError::UnknownBuyer)?;
+    if let Some(replay) = claim_key(txn, cmd).await? {
+        return Ok(replay);
+    }
+    let plan = plan::Entity::find_by_id(cmd.plan_id)
+        .one(txn)
+        .await?
+        .filter(|p| p.on_shelf)
+        .ok_or(OrderError::PlanNotFound(cmd.plan_id))?;
+    check_eligibility(txn, &buyer, &plan, cmd.pay_method).await?;
+    let charge = charge(txn, &buyer, &plan, cmd.pay_method, cmd.expected).await?;
+
+    let now = Utc::now();
+    let inserted = insert_paid_order(txn, cmd, &buyer, &plan, charge, now).await?;
+    debit(txn, cmd.pay_method, &buyer, inserted.id, charge, now).await?;
+    transitions::record(
+        txn,
+        inserted.id,
+        None,
+        OrderStatus::Paid,
+        &format!("paid_with_{}", cmd.pay_method),
+        now,
+    )
+    .await?;
+    let event = OrderPaid {
+        order_id: inserted.id,
+        order_no: inserted.order_no.clone(),
+        buyer_id: buyer.id,
+        plan: PlanSold::of_plan(&plan),
+        pay_method: cmd.pay_method,
+        amount_fen: charge.fen,
+        amount_points: charge.points,
+        original_price_fen: plan.original_price_fen,
+        original_price_points: plan.price_points,
+        paid_at: now,
+    };
+    outbox::enqueue(txn, &Envelope::new(event, cmd.correlation_id, None)).await?;
+
+    let body = serde_json::to_value(OrderView::from(inserted)).map_err(anyhow::Error::from)?;
+    store_response(txn, cmd, 201, &body).await?;
+    Ok(Placed::Created(body))
+}
+
+/// Claims the idempotency key inside the transaction. `Some` is the stored first response of
+/// an earlier request with the same key and body; a different body is refused.
+async fn claim_key(
+    txn: &DatabaseTransaction,
+    cmd: &PlaceOrder,
+) -> Result<Option<Placed>, OrderError> {
+    let claimed = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING RETURNING user_id",
+            [
+                cmd.buyer_id.into(),
+                cmd.idempotency_key.clone().into(),
+                cmd.request_hash.clone().into(),
+            ],
+        ))
+        .await?;
+    if claimed.is_some() {
+        return Ok(None);
+    }
+    // A committed row under the same key: this is a retry.
+    let first = idempotency_key::Entity::find_by_id((cmd.buyer_id, cmd.idempotency_key.clone()))
+        .one(txn)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("idempotency row vanished"))?;
+    if first.request_hash != cmd.request_hash {
+        return Err(OrderError::IdempotencyKeyReused);
+    }
+    let (Some(status), Some(body)) = (first.status_code, first.response_body) else {
+        return Err(anyhow::anyhow!("committed idempotency row without a response").into());
+    };
+    Ok(Some(Placed::Replayed {
+        status: status as u16,
+        body,
+    }))
+}
+
+/// Stores the response an idempotent retry will replay.
+async fn store_response(
+    txn: &DatabaseTransaction,
+    cmd: &PlaceOrder,
+    status: i16,
+    body: &serde_json::Value,
+) -> Result<(), OrderError> {
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE idempotency_keys SET status_code = $3, response_body = $4 \
+         WHERE user_id = $1 AND key = $2",
+        [
+            cmd.buyer_id.into(),
+            cmd.idempotency_key.clone().into(),
+            status.into(),
+            body.clone().into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// The rules of who may buy what with which method: one permanent membership per buyer, free
+/// plans only with `free` (and once), `free` only for free plans.
+async fn check_eligibility(
+    txn: &DatabaseTransaction,
+    buyer: &user::Model,
+    plan: &plan::Model,
+    pay_method: PayMethod,
+) -> Result<(), OrderError> {
+    if plan.kind != PlanKind::Pass {
+        let permanent = membership_period::Entity::find()
+            .filter(membership_period::Column::UserId.eq(buyer.id))
+            .filter(membership_period::Column::Permanent.eq(true))
+            .count(txn)
+            .await?;
+        // A paid permanent order counts at once, before the membership worker has written its
+        // period: otherwise two quick purchases would both be charged.
+        let permanent_orders = order::Entity::find()
+            .filter(order::Column::BuyerId.eq(buyer.id))
+            .filter(order::Column::PlanKind.eq(PlanKind::Permanent))
+            .filter(order::Column::Status.eq(OrderStatus::Paid))
+            .count(txn)
+            .await?;
+        if permanent + permanent_orders > 0 {
+            return Err(OrderError::AlreadyPermanent);
+        }
+    }
+    match (pay_method, plan.is_free) {
+        (PayMethod::Free, false) => Err(OrderError::PlanNotFree),
+        (PayMethod::Free, true) => {
+            let claimed_before = order::Entity::find()
+                .filter(order::Column::BuyerId.eq(buyer.id))
+                .filter(order::Column::PlanId.eq(plan.id))
+                .filter(order::Column::PayMethod.eq(PayMethod::Free))
+                .count(txn)
+                .await?;
+            if claimed_before > 0 {
+                Err(OrderError::FreePlanAlreadyClaimed)
+            } else {
+                Ok(())
+            }
+        }
+        (_, true) => Err(OrderError::PayMethodNotAllowed(
+            "a free plan is taken with pay_method `free`",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The price for this buyer's level in the chosen method, checked against what the buyer was
+/// shown and against their funds.
+async fn charge(
+    txn: &DatabaseTransaction,
+    buyer: &user::Model,
+    plan: &plan::Model,
+    pay_method: PayMethod,
+    expected: ExpectedPrice,
+) -> Result<Charge, OrderError> {
+    let level = level::Entity::find_by_id(buyer.level_id)
+        .one(txn)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("level {} missing", buyer.level_id))?;
+    let price = buyer_price(plan, &level);
+    // The expectation of the currency this order is charged in: points for a points order,
+    // fen otherwise (a free plan costs 0 fen).
+    let (shown, current) = match pay_method {
+        PayMethod::Points => (expected.points, price.points),
+        _ => (expected.fen, Some(price.fen)),
+    };
+    if shown.is_some() && shown != current {
+        return Err(OrderError::PriceChanged {
+            fen: price.fen,
+            points: price.points,
+        });
+    }
+    let charge = match pay_method {
+        PayMethod::Balance => Charge {
+            fen: price.fen,
+            points: 0,
+        },
+        PayMethod::Points => Charge {
+            fen: 0,
+            points: price.points.ok_or(OrderError::PayMethodNotAllowed(
+                "this plan cannot be bought with points",
+            ))?,
+        },
+        _ => Charge { fen: 0, points: 0 },
+    };
+    if buyer.balance_fen < charge.fen {
+        return Err(OrderError::InsufficientBalance {
+            needed: charge.fen,
+            have: buyer.balance_fen,
+        });
+    }
+    if buyer.points < charge.points {
+        return Err(OrderError::InsufficientPoints {
+            needed: charge.points,
+            have: buyer.points,
+        });
+    }
+    Ok(charge)
+}
+
+/// Inserts the order, already paid, with a snapshot of the plan as sold.
+async fn insert_paid_order(
+    txn: &DatabaseTransaction,
+    cmd: &PlaceOrder,
+    buyer: &user::Model,
+    plan: &plan::Model,
+    charge: Charge,
+    now: DateTime<Utc>,
+) -> Result<order::Model, OrderError> {
+    let order_id: i64 = txn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id",
+        ))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("nextval returned no row"))?
+        .try_get("", "id")?;
+    order::ActiveModel {
+        id: Set(order_id),
+        order_no: Set(order_no(now, order_id)),
+        buyer_id: Set(buyer.id),
+        plan_id: Set(plan.id),
+        plan_code: Set(plan.code.clone()),
+        plan_name: Set(plan.name.clone()),
+        plan_kind: Set(plan.kind),
+        duration_days: Set(plan.duration_days),
+        uses: Set(plan.uses),
+        pay_method: Set(cmd.pay_method),
+        amount_fen: Set(charge.fen),
+        amount_points: Set(charge.points),
+        original_price_fen: Set(plan.original_price_fen),
+        original_price_points: Set(plan.price_points),
+        status: Set(OrderStatus::Paid),
+        provider: Set(None),
+        provider_txn_id: Set(None),
+        provider_payload: Set(None),
+        correlation_id: Set(cmd.correlation_id),
+        expires_at: Set(None),
+        paid_at: Set(Some(now)),
+        closed_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        version: Set(1),
+    }
+    .insert(txn)
+    .await
+    .map_err(|e| match violated_constraint(&e).as_deref() {
+        Some("orders_one_free_claim") => OrderError::FreePlanAlreadyClaimed,
+        _ => e.into(),
+    })
+}
+
+/// The merchant order number (also the providers' `out_trade_no`): `ML`, the UTC date, and the
+/// order id, 20 characters of `[0-9A-Z]`.
+pub fn order_no(at: DateTime<Utc>, order_id: i64) -> String {
+    format!("ML{}{:010}", at.format("%Y%m%d"), order_id)
+}
+
+/// Debits the buyer with a ledger entry carrying the balance after. The CHECK constraints on
+/// `users` make a negative balance impossible even if the funds check were wrong.
+async fn debit(
+    txn: &DatabaseTransaction,
+    pay_method: PayMethod,
+    buyer: &user::Model,
+    order_id: i64,
+    charge: Charge,
+    now: DateTime<Utc>,
+) -> Result<(), OrderError> {
+    match pay_method {
+        PayMethod::Balance if charge.fen > 0 => {
+            let after = subtract(txn, "balance_fen", buyer.id, charge.fen)
+                .await
+                .map_err(|e| match violated_constraint(&e).as_deref() {
+                    Some("users_balance_not_negative") => OrderError::InsufficientBalance {
+                        needed: charge.fen,
+                        have: buyer.balance_fen,
+                    },
+                    _ => e.into(),
+                })?;
+            balance_ledger::ActiveModel {
+                user_id: Set(buyer.id),
+                order_id: Set(Some(order_id)),
+                reason: Set(LedgerReason::OrderPayment),
+                delta: Set(-charge.fen),
+                balance_after: Set(after),
+                created_at: Set(now),
+                ..Default::default()
+            }
+            .insert(txn)
+            .await?;
+        }
+        PayMethod::Points if charge.points > 0 => {
+            let after = subtract(txn, "points", buyer.id, charge.points)
+                .await
+                .map_err(|e| match violated_constraint(&e).as_deref() {
+                    Some("users_points_not_negative") => OrderError::InsufficientPoints {
+                        needed: charge.points,
+                        have: buyer.points,
+                    },
+                    _ => e.into(),
+                })?;
+            point_ledger::ActiveModel {
+                user_id: Set(buyer.id),
+                order_id: Set(Some(order_id)),
+                reason: Set(LedgerReason::OrderPayment),
+                delta: Set(-charge.points),
+                balance_after: Set(after),
+                flagged_excess: Set(0),
+                created_at: Set(now),
+                ..Default::default()
+            }
+            .insert(txn)
+            .await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Subtracts `amount` from `column` of a user and returns the new value.
+async fn subtract(
+    txn: &DatabaseTransaction,
+    column: &'static str,
+    user_id: i64,
+    amount: i64,
+) -> Result<i64, sea_orm::DbErr> {
+    // `column` is one of two compile-time constants, never user input.
+    let sql = format!(
+        "UPDATE users SET {column} = {column} - $1, updated_at = now() WHERE id = $2 \
+         RETURNING {column} AS after"
+    );
+    let row = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            [amount.into(), user_id.into()],
+        ))
+        .await?
+        .ok_or_else(|| sea_orm::DbErr::RecordNotFound(format!("user {user_id}")))?;
+    row.try_get("", "after")
+}

@@ -1,0 +1,66 @@
+//! The PostgreSQL pool and what every caller needs to read a database error: whether a retry
+//! can cure it, and which constraint it broke.
+
+use crate::settings::DatabaseSettings;
+use anyhow::Context;
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr, sqlx};
+use std::time::Duration;
+
+/// Opens the PostgreSQL pool described by `settings`.
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConnection> {
+    let mut opts = ConnectOptions::new(settings.url.expose().to_owned());
+    opts.max_connections(settings.max_connections)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+        .connect_timeout(Duration::from_secs(5))
+        .sqlx_logging(false);
+    Database::connect(opts)
+        .await
+        .context("cannot connect to PostgreSQL (database.url)")
+}
+
+fn sqlx_error(err: &DbErr) -> Option<&sqlx::Error> {
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => Some(e),
+        _ => None,
+    }
+}
+
+/// The SQLSTATE of a database error, if PostgreSQL answered with one.
+pub fn sqlstate(err: &DbErr) -> Option<String> {
+    match sqlx_error(err)? {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// Whether retrying can cure `err`: no pooled connection in time, a lost connection, a
+/// serialization failure or deadlock, a lock or statement timeout, an administrator shutdown.
+pub fn is_retryable(err: &DbErr) -> bool {
+    if matches!(err, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) {
+        return true;
+    }
+    match sqlx_error(err) {
+        Some(sqlx::Error::Database(db)) => matches!(
+            db.code().as_deref(),
+            Some("40001" | "40P01" | "55P03" | "57014" | "57P01")
+        ),
+        Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => true,
+        _ => false,
+    }
+}
+
+/// Whether `err` is a wait for a pooled connection that ran out of time: back-pressure, not a
+/// failure of the work itself.
+pub fn is_pool_timeout(err: &DbErr) -> bool {
+    matches!(err, DbErr::ConnectionAcquire(_))
+        || matches!(sqlx_error(err), Some(sqlx::Error::PoolTimedOut))
+}
+
+/// The name of the constraint a database error broke, if it was a constraint violation.
+pub fn violated_constraint(err: &DbErr) -> Option<String> {
+    match sqlx_error(err)? {
+        sqlx::Error::Database(db) => db.constraint().map(str::to_owned),
+        _ => None,
+    }
+}

@@ -1,0 +1,22 @@
+//! Signed store-balance movements (fen) with the balance after each.
+
+use crate::states::LedgerReason;
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "balance_ledger")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub user_id: i64,
+    pub order_id: Option<i64>,
+    pub reason: LedgerReason,
+    pub delta: i64,
+    pub balance_after: i64,
+    pub created_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

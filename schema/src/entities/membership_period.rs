@@ -1,0 +1,21 @@
+//! `[starts_at, ends_at)` per order; `ends_at` is NULL for a permanent membership.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "membership_periods")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub user_id: i64,
+    pub order_id: i64,
+    pub starts_at: DateTimeUtc,
+    pub ends_at: Option<DateTimeUtc>,
+    pub permanent: bool,
+    pub created_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,29 @@
+//! The catalogue of member plans.
+
+use crate::states::PlanKind;
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "plans")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub code: String,
+    pub name: String,
+    pub kind: PlanKind,
+    pub duration_days: Option<i32>,
+    pub uses: Option<i32>,
+    pub original_price_fen: i64,
+    pub price_fen: i64,
+    pub price_points: Option<i64>,
+    pub is_free: bool,
+    pub on_shelf: bool,
+    pub sort: i32,
+    pub image_url: Option<String>,
+    pub created_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

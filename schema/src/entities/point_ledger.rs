@@ -1,0 +1,25 @@
+//! Signed point movements with the balance after each.
+
+use crate::states::LedgerReason;
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "point_ledger")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub user_id: i64,
+    pub order_id: Option<i64>,
+    pub reason: LedgerReason,
+    pub delta: i64,
+    pub balance_after: i64,
+    pub flagged_excess: i64,
+    /// For purchase rewards, the order's `paid_at`: the daily cap counts by the purchase's day.
+    pub earned_at: Option<DateTimeUtc>,
+    pub created_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

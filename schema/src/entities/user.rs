@@ -1,0 +1,27 @@
+//! Buyers with their points, balance and growth.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "users")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub name: String,
+    pub points: i64,
+    pub balance_fen: i64,
+    pub growth: i64,
+    pub level_id: i16,
+    pub purchase_count: i32,
+    pub total_paid_fen: i64,
+    pub total_saved_fen: i64,
+    pub total_saved_points: i64,
+    pub is_promoter: bool,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,10 @@
+DROP INDEX point_ledger_earned_idx;
+ALTER TABLE point_ledger DROP COLUMN earned_at;
+DROP INDEX idempotency_keys_created_at_idx;
+DROP INDEX console_feed_created_at_idx;
+DROP INDEX consumed_events_consumed_at_idx;
+DROP INDEX outbox_published_at_idx;
+DROP INDEX outbox_quarantined_idx;
+DROP INDEX outbox_due_idx;
+ALTER TABLE outbox DROP COLUMN quarantined_at, DROP COLUMN next_attempt_at;
+CREATE INDEX outbox_unpublished_idx ON outbox (created_at) WHERE published_at IS NULL;

@@ -1,0 +1,187 @@
+//! The closed sets of values the system knows: order statuses, pay methods, plan kinds, ledger
+//! kinds and reasons, payment providers, event types. Each is one Rust enum mapped in one place
+//! to its database text (sea-orm active enum, mirrored by a CHECK constraint where the column
+//! has one), to JSON (serde) and to the OpenAPI document (utoipa: the schema lists the values).
+//! Nowhere else is one of these values written as a string literal.
+
+use sea_orm::sea_query::StringLen;
+use serde::{Deserialize, Serialize};
+
+/// Declares a string-valued enum with its wire text once: sea-orm maps it to a `TEXT` column,
+/// serde and utoipa to the same text, and `as_str`, `parse`, `ALL` and `Display` come with it.
+/// The text is matched as a `tt`, not a `literal` fragment: utoipa reads `rename` only from a
+/// plain literal token, and a `literal` fragment would reach it wrapped in an invisible group.
+macro_rules! text_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:tt, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(
+            Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+            sea_orm::EnumIter, sea_orm::DeriveActiveEnum,
+            Serialize, Deserialize, utoipa::ToSchema,
+        )]
+        #[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+        pub enum $name {
+            $(
+                $(#[$vmeta])*
+                #[sea_orm(string_value = $text)]
+                #[serde(rename = $text)]
+                $variant,
+            )+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The text stored in the database and sent on the wire.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The value with this text, if any.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// Where an order is in its life. Only the transitions in `gateway::orders::transitions` (and
+    /// the initial insert) change it.
+    pub enum OrderStatus {
+        /// Created for a provider payment, waiting for the buyer to pay before `expires_at`.
+        PendingPayment = "pending_payment",
+        /// The payment is confirmed; `order.paid.v1` is in the outbox.
+        Paid = "paid",
+        /// Closed unpaid (expired or cancelled).
+        Closed = "closed",
+        /// Paid, then refunded.
+        Refunded = "refunded",
+    }
+}
+
+text_enum! {
+    /// How an order is paid.
+    pub enum PayMethod {
+        /// Store balance, in fen.
+        Balance = "balance",
+        /// Points, at the plan's points price.
+        Points = "points",
+        /// A free plan (claimable once per buyer).
+        Free = "free",
+        /// WeChat Pay (Native QR).
+        Wechat = "wechat",
+        /// Alipay (QR precreate).
+        Alipay = "alipay",
+    }
+}
+
+text_enum! {
+    /// What a plan grants.
+    pub enum PlanKind {
+        /// Membership for `duration_days`, stacked after any current period.
+        Membership = "membership",
+        /// Membership that never ends.
+        Permanent = "permanent",
+        /// A pass with a number of uses.
+        Pass = "pass",
+    }
+}
+
+text_enum! {
+    /// Which of a buyer's two ledgers.
+    pub enum LedgerKind {
+        /// Points, in points.
+        Points = "points",
+        /// Store balance, in fen.
+        Balance = "balance",
+    }
+}
+
+text_enum! {
+    /// Why a ledger entry was written; with the order, its business key (one entry per order
+    /// and reason).
+    pub enum LedgerReason {
+        /// The opening amount of a buyer created by an admin or the demo seed.
+        OpeningBalance = "opening_balance",
+        /// A purchase paid from this ledger (negative).
+        OrderPayment = "order_payment",
+        /// Reward points credited for a purchase.
+        PurchaseReward = "purchase_reward",
+    }
+}
+
+text_enum! {
+    /// A payment provider.
+    pub enum Provider {
+        Wechat = "wechat",
+        Alipay = "alipay",
+    }
+}
+
+text_enum! {
+    /// Every event type Memberline publishes (the name without the version).
+    pub enum EventType {
+        /// An order's payment is confirmed.
+        OrderPaid = "order.paid",
+        /// A paid order added membership time, made it permanent, or granted a pass.
+        MembershipExtended = "membership.extended",
+        /// A buyer's growth moved them to another level.
+        LevelChanged = "level.changed",
+    }
+}
+
+text_enum! {
+    /// What a buyer's inbox message is about.
+    pub enum NotificationKind {
+        OrderPaid = "order_paid",
+        MembershipExtended = "membership_extended",
+        LevelChanged = "level_changed",
+    }
+}
+
+impl PayMethod {
+    /// The provider that collects this pay method's money, if it is not ours.
+    pub fn provider(self) -> Option<Provider> {
+        match self {
+            PayMethod::Wechat => Some(Provider::Wechat),
+            PayMethod::Alipay => Some(Provider::Alipay),
+            PayMethod::Balance | PayMethod::Points | PayMethod::Free => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::ActiveEnum;
+
+    #[test]
+    fn every_value_has_the_same_text_in_the_database_in_json_and_in_as_str() {
+        for status in OrderStatus::ALL {
+            let json = serde_json::to_value(status).unwrap();
+            assert_eq!(json, status.as_str());
+            assert_eq!(status.to_value(), status.as_str());
+            assert_eq!(OrderStatus::parse(status.as_str()), Some(*status));
+        }
+        assert_eq!(EventType::OrderPaid.as_str(), "order.paid");
+        assert_eq!(PayMethod::parse("cash"), None);
+    }
+}

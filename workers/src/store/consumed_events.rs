@@ -1,0 +1,22 @@
+//! `consumed_events`: the workers' inbox, one row per (consumer, event id), written in the same
+//! transaction as the effect (see [`crate::runtime::inbox`]).
+
+use super::insert_once;
+use sea_orm::{DatabaseTransaction, DbErr};
+use uuid::Uuid;
+
+/// Claims `event_id` for `consumer`; `false` when it was claimed before.
+pub async fn claim(
+    txn: &DatabaseTransaction,
+    consumer: &str,
+    event_id: Uuid,
+    event_type: &str,
+) -> Result<bool, DbErr> {
+    insert_once(
+        txn,
+        "INSERT INTO consumed_events (consumer, event_id, event_type) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING RETURNING event_id",
+        [consumer.into(), event_id.into(), event_type.into()],
+    )
+    .await
+}

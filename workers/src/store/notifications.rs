@@ -1,0 +1,38 @@
+//! `notifications`: the buyer's inbox, one message per event, user and kind
+//! (`UNIQUE (event_id, user_id, kind)`). Reading and marking messages read is the gateway's.
+
+use super::insert_once;
+use memberline_schema::states::NotificationKind;
+use sea_orm::{DatabaseTransaction, DbErr};
+use uuid::Uuid;
+
+/// One inbox message.
+#[derive(Clone, Copy, Debug)]
+pub struct Note<'a> {
+    pub user_id: i64,
+    /// The event the message is about; with `user_id` and `kind`, its business key.
+    pub event_id: Uuid,
+    pub kind: NotificationKind,
+    pub title: &'a str,
+    pub body: &'a str,
+    pub order_id: i64,
+}
+
+/// Puts `note` in the buyer's inbox; `false` when this event already left that message.
+pub async fn add(txn: &DatabaseTransaction, note: Note<'_>) -> Result<bool, DbErr> {
+    insert_once(
+        txn,
+        "INSERT INTO notifications (user_id, event_id, kind, title, body, order_id) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (event_id, user_id, kind) DO NOTHING RETURNING id",
+        [
+            note.user_id.into(),
+            note.event_id.into(),
+            note.kind.as_str().into(),
+            note.title.into(),
+            note.body.into(),
+            note.order_id.into(),
+        ],
+    )
+    .await
+}

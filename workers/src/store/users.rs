@@ -1,0 +1,112 @@
+//! `users`: the buyer's row lock that serializes effects per buyer, and the running totals the
+//! ledger and savings workers keep on it (points, growth, level, purchases, savings, promoter).
+//! Balances paid from at purchase time are the gateway's, not written here.
+
+use super::{one, statement};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
+
+/// Locks the buyer's row until the transaction ends; `false` when there is no such user.
+pub async fn lock(txn: &DatabaseTransaction, user_id: i64) -> Result<bool, DbErr> {
+    Ok(one(
+        txn,
+        "SELECT id FROM users WHERE id = $1 FOR UPDATE",
+        [user_id.into()],
+    )
+    .await?
+    .is_some())
+}
+
+/// What the ledger worker reads before crediting a reward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rewards {
+    /// Points held now.
+    pub points: i64,
+    pub growth: i64,
+    pub level_id: i16,
+    /// The level's multiplier on reward points, in percent.
+    pub points_bonus_percent: i16,
+}
+
+/// The buyer's points, growth, level and that level's points bonus; `None` for no such user.
+pub async fn rewards(txn: &DatabaseTransaction, user_id: i64) -> Result<Option<Rewards>, DbErr> {
+    let Some(row) = one(
+        txn,
+        "SELECT u.points, u.growth, u.level_id, l.points_bonus_percent \
+         FROM users u JOIN levels l ON l.id = u.level_id WHERE u.id = $1",
+        [user_id.into()],
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Rewards {
+        points: row.try_get("", "points")?,
+        growth: row.try_get("", "growth")?,
+        level_id: row.try_get("", "level_id")?,
+        points_bonus_percent: row.try_get("", "points_bonus_percent")?,
+    }))
+}
+
+/// Adds `points` to the buyer's points and sets their growth and level.
+pub async fn add_reward(
+    txn: &DatabaseTransaction,
+    user_id: i64,
+    points: i64,
+    growth: i64,
+    level_id: i16,
+) -> Result<(), DbErr> {
+    txn.execute_raw(statement(
+        "UPDATE users SET points = points + $2, growth = $3, level_id = $4, updated_at = now() \
+         WHERE id = $1",
+        [
+            user_id.into(),
+            points.into(),
+            growth.into(),
+            level_id.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// One purchase as the buyer's running totals count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Purchase {
+    pub saved_fen: i64,
+    pub saved_points: i64,
+    pub paid_fen: i64,
+}
+
+/// When a buyer becomes a promoter: at this many purchases, or this much paid in total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PromoterThresholds {
+    pub min_purchases: i32,
+    pub min_paid_fen: i64,
+}
+
+/// Adds one purchase to the buyer's savings, purchase count and total paid, and makes them a
+/// promoter once either threshold is reached (never the other way).
+pub async fn add_purchase(
+    txn: &DatabaseTransaction,
+    user_id: i64,
+    purchase: Purchase,
+    promoter: PromoterThresholds,
+) -> Result<(), DbErr> {
+    txn.execute_raw(statement(
+        "UPDATE users SET total_saved_fen = total_saved_fen + $2, \
+         total_saved_points = total_saved_points + $3, \
+         purchase_count = purchase_count + 1, total_paid_fen = total_paid_fen + $4, \
+         is_promoter = is_promoter OR purchase_count + 1 >= $5 OR total_paid_fen + $4 >= $6, \
+         updated_at = now() WHERE id = $1",
+        [
+            user_id.into(),
+            purchase.saved_fen.into(),
+            purchase.saved_points.into(),
+            purchase.paid_fen.into(),
+            promoter.min_purchases.into(),
+            promoter.min_paid_fen.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
