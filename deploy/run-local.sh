@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make run`: starts the gateway (with its embedded outbox relay) and the four workers (one
-# process) on the local services, prints where everything is and demo tokens, and stops every
+# `make run`: starts the payment provider emulator (WeChat Pay + Alipay, 127.0.0.1:8090), the
+# gateway (with its embedded outbox relay) and the four workers (one process) on the local
+# services, prints where everything is and demo tokens, and stops every
 # process it started on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,9 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
+EMULATOR=${EMULATOR_LISTEN:-127.0.0.1:8090}
+"$BIN/provider-emulator" --listen "$EMULATOR" --keys deploy/dev-keys &
+pids+=($!)
 "$BIN/memberline" serve &
 pids+=($!)
 "$BIN/memberline-workers" &
@@ -36,6 +40,7 @@ cat <<MSG
     API docs:      http://127.0.0.1:$PORT/docs   (document: /openapi.json)
     Health:        http://127.0.0.1:$PORT/readyz   Metrics: /metrics
     Workers:       http://${MEMBERLINE__WORKERS__METRICS_ADDR:-127.0.0.1:9100}/metrics (and /readyz)
+    Providers:     http://$EMULATOR  (WeChat Pay v3 + Alipay emulator; notifications: /emulator/notifications)
 
   Demo buyer (user 1, Gold level, 10% off) token:
     $USER_TOKEN
@@ -47,6 +52,13 @@ cat <<MSG
     curl -s -X POST -H "Authorization: Bearer $USER_TOKEN" -H 'Idempotency-Key: demo-1' \\
          -H 'Content-Type: application/json' -d '{"plan_id": 1, "pay_method": "points"}' \\
          http://127.0.0.1:$PORT/v1/orders
+    # Pay with WeChat (or "alipay"): the answer carries payment.code_url and payment.qr_png_url
+    curl -s -X POST -H "Authorization: Bearer $USER_TOKEN" -H 'Idempotency-Key: demo-wx-1' \\
+         -H 'Content-Type: application/json' -d '{"plan_id": 1, "pay_method": "wechat"}' \\
+         http://127.0.0.1:$PORT/v1/orders
+    # ...then scan: open http://$EMULATOR/emulator/scan?code=<code_url, URL-encoded> and press Pay,
+    # or: curl -s -X POST -H 'Content-Type: application/json' \\
+    #       -d '{"provider":"wechat","out_trade_no":"<order_no>"}' http://$EMULATOR/emulator/pay
     curl -s -H "Authorization: Bearer $USER_TOKEN" http://127.0.0.1:$PORT/v1/me   # membership, savings, level
     curl -s -H "Authorization: Bearer $USER_TOKEN" http://127.0.0.1:$PORT/v1/me/notifications
     target/debug/memberline-dlq list --worker ledger                           # dead letters, if any

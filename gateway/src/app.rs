@@ -31,8 +31,13 @@ impl Application {
         let listener = TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (http.host, http.port)"))?;
+        let payments = memberline_payments::Payments::from_settings(
+            &settings.payments,
+            &settings.environment,
+        )?;
         let state = AppState {
             db,
+            payments,
             keys: Keys::new(settings.auth.signing_secret()?),
             metrics: Arc::new(Metrics::default()),
             topology: settings.topology(),

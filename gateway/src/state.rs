@@ -16,6 +16,8 @@ pub struct AppState {
     pub keys: Keys,
     pub metrics: Arc<Metrics>,
     pub topology: Topology,
+    /// The enabled payment providers.
+    pub payments: memberline_payments::Payments,
     /// The readiness probe's kept broker connection.
     pub broker_probe: Arc<Probe>,
 }

@@ -56,6 +56,12 @@ pub struct ConsumerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    pub provider: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -75,6 +81,7 @@ pub struct Metrics {
     worker_handling: Latency<ConsumerLabels>,
     worker_event_to_effect: Latency<ConsumerLabels>,
     channel_deliveries: Family<OutcomeLabels, Counter>,
+    payment_notifications: Family<NotificationLabels, Counter>,
 }
 
 /// Registers `metric` under `name` and hands it back (families and counters are handles onto
@@ -109,6 +116,13 @@ impl Default for Metrics {
             "memberline_http_request_duration_seconds",
             "HTTP request latency by route.",
             latency(),
+        );
+        let payment_notifications = registered(
+            r,
+            "memberline_payment_notifications",
+            "Provider notifications by provider and outcome (applied, duplicate, late_payment, \
+             ignored, flagged_*, or rejected_* when the signature or timestamp did not verify).",
+            Family::default(),
         );
         let orders = registered(
             r,
@@ -185,6 +199,7 @@ impl Default for Metrics {
             worker_handling,
             worker_event_to_effect,
             channel_deliveries,
+            payment_notifications,
         }
     }
 }
@@ -219,6 +234,20 @@ impl Metrics {
                 route: route.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// One provider notification and what became of it (a closed set of outcomes).
+    pub fn payment_notification(&self, provider: &'static str, outcome: &'static str) {
+        self.payment_notifications
+            .get_or_create(&NotificationLabels { provider, outcome })
+            .inc();
+    }
+
+    /// Notifications counted so far with this provider and outcome.
+    pub fn payment_notifications(&self, provider: &'static str, outcome: &'static str) -> u64 {
+        self.payment_notifications
+            .get_or_create(&NotificationLabels { provider, outcome })
+            .get()
     }
 
     /// One order placement attempt and its outcome (`paid`, `replayed` or an error code).

@@ -53,6 +53,10 @@ export MEMBERLINE__AMQP__PREFIX="ml_test_${RUN_ID}"
 export MEMBERLINE__HTTP__HOST=127.0.0.1
 export MEMBERLINE__HTTP__PORT=0
 export MEMBERLINE__LOG__FORMAT=json
+# No provider emulator runs here: provider pay methods answer 422 pay_method_unavailable (the
+# payments suite tests them against the emulator).
+export MEMBERLINE__PAYMENTS__WECHAT__ENABLED=false
+export MEMBERLINE__PAYMENTS__ALIPAY__ENABLED=false
 # A secret of this run's own: the tokens below are minted and verified with it.
 MEMBERLINE__AUTH__JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export MEMBERLINE__AUTH__JWT_SECRET

@@ -100,6 +100,19 @@ impl TestApp {
         row.try_get_by_index::<i64>(0).unwrap()
     }
 
+    /// One text value from a SQL query (`""` for NULL).
+    pub async fn text_scalar(&self, sql: &str) -> String {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+            .await
+            .unwrap()
+            .expect("one row");
+        row.try_get_by_index::<Option<String>>(0)
+            .unwrap()
+            .unwrap_or_default()
+    }
+
     /// Every outbox payload of one event type, oldest first.
     pub async fn outbox_payloads(&self, event_type: &str) -> Vec<serde_json::Value> {
         self.db

@@ -13,12 +13,14 @@
 //!   depths, and deleting a test's topology.
 //! - [`process`]: the workspace binaries (`memberline-workers`, `memberline relay`) as real
 //!   processes against a [`TestApp`], killed when their guard is dropped.
+//! - [`provider`]: the payment provider emulator as a process, and a gateway paying through it.
 //! - [`proxy`]: a TCP proxy a test can cut to make the broker unreachable.
 
 pub mod app;
 pub mod broker;
 pub mod database;
 pub mod process;
+pub mod provider;
 pub mod proxy;
 
 pub use app::{Options, TestApp, spawn_app, spawn_app_with, start_worker, test_settings};

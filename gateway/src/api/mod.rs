@@ -7,6 +7,7 @@ pub mod health;
 pub mod me;
 pub mod orders;
 pub mod outbox;
+pub mod payments;
 pub mod plans;
 pub mod query;
 
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .merge(plans::router())
         .merge(me::router())
         .merge(orders::router())
+        .merge(payments::router())
         .merge(admin::router())
         .merge(outbox::router())
         .merge(health::router())

@@ -4,7 +4,7 @@ use super::query::{self, ValidQuery};
 use super::{CorrelationId, JsonValue, typed};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::orders::{ExpectedPrice, OrderView, PlaceOrder, Placed, place};
+use crate::orders::{ExpectedPrice, OrderView, PlaceOrder, Placed, checkout, place};
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -37,10 +37,8 @@ pub struct PlaceOrderRequest {
     pub expected_price_points: Option<i64>,
 }
 
-/// The pay methods an order can be placed with today: those we collect ourselves. Provider
-/// methods (`wechat`, `alipay`) are refused with 422 `pay_method_unavailable` by `orders::place`
-/// (same `provider()` test), so the request schema does not offer them; orders still report
-/// them through [`PayMethod`].
+/// The pay methods an order can be placed with. A provider method that is not enabled on this
+/// shop (`payments.<provider>.enabled`) is refused with 422 `pay_method_unavailable`.
 pub struct OrderPayMethod;
 
 impl utoipa::PartialSchema for OrderPayMethod {
@@ -49,14 +47,10 @@ impl utoipa::PartialSchema for OrderPayMethod {
         ObjectBuilder::new()
             .schema_type(Type::String)
             .description(Some(
-                "How the order is paid: store balance, points, or a free plan.",
+                "How the order is paid: store balance, points, a free plan, or a WeChat Pay / \
+                 Alipay QR code (the order is then `pending_payment` until the provider confirms).",
             ))
-            .enum_values(Some(
-                PayMethod::ALL
-                    .iter()
-                    .filter(|m| m.provider().is_none())
-                    .map(|m| m.as_str()),
-            ))
+            .enum_values(Some(PayMethod::ALL.iter().map(|m| m.as_str())))
             .into()
     }
 }
@@ -76,14 +70,16 @@ const PRICE_FIELDS: [&str; 8] = [
 ];
 
 /// Buys a plan. Balance, points and free plans are paid in the same transaction that creates
-/// the order, which also writes the `order.paid.v1` event to the outbox.
+/// the order, which also writes the `order.paid.v1` event to the outbox. WeChat and Alipay
+/// orders are created `pending_payment` with a QR code; the provider's verified notification
+/// (or our query) pays them.
 #[utoipa::path(post, path = "/v1/orders", tag = "orders", security(("bearer" = [])),
     params(("Idempotency-Key" = String, Header,
         min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$",
         description = "Required: 1-255 visible ASCII characters (inner spaces allowed). The same key with the same body replays the first response; with another body it is 422.")),
     request_body = PlaceOrderRequest,
     responses(
-        (status = 201, description = "Order created and paid (or the replay of the first response)", body = OrderView),
+        (status = 201, description = "Order created and paid, or (wechat, alipay) created `pending_payment` with `payment.code_url` to scan; or the replay of the first response", body = OrderView),
         (status = 400, description = "`idempotency_key_required`, `invalid_idempotency_key`, `malformed_json`", body = crate::error::ErrorBody),
         (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`, `unknown_user`", body = crate::error::ErrorBody),
         (status = 404, description = "`plan_not_found`", body = crate::error::ErrorBody),
@@ -91,6 +87,7 @@ const PRICE_FIELDS: [&str; 8] = [
         (status = 413, description = "`payload_too_large`", body = crate::error::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = crate::error::ErrorBody),
         (status = 422, description = "`insufficient_balance`, `insufficient_points`, `pay_method_unavailable`, `pay_method_not_allowed`, `plan_not_free`, `idempotency_key_reused`, `client_price_rejected`, `invalid_body`, `invalid_field`", body = crate::error::ErrorBody),
+        (status = 502, description = "`provider_unavailable`: the payment provider failed or timed out; the order was closed, nothing was charged", body = crate::error::ErrorBody),
         (status = 503, description = "`unavailable`: the database is busy; retry with the same key", body = crate::error::ErrorBody),
     ))]
 pub async fn create(
@@ -134,8 +131,14 @@ pub async fn create(
         request_hash,
         correlation_id,
     };
-    let result = place(&state.db, &cmd).await;
+    let result = if req.pay_method.provider().is_some() {
+        let ttl = chrono::Duration::seconds(state.settings.payments.order_ttl_secs as i64);
+        checkout(&state.db, &state.payments, ttl, &cmd).await
+    } else {
+        place(&state.db, &cmd).await
+    };
     let outcome = match &result {
+        Ok(Placed::Created(_)) if req.pay_method.provider().is_some() => "pending_payment",
         Ok(Placed::Created(_)) => "paid",
         Ok(Placed::Replayed { .. }) => "replayed",
         Err(e) => e.code(),

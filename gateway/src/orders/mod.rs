@@ -5,10 +5,12 @@
 //! This layer speaks in [`OrderError`]s, never in HTTP: the API maps them to responses once
 //! (`crate::error`).
 
+pub mod checkout;
 pub mod placement;
-pub mod transitions;
+pub use memberline_payments::transitions;
 pub mod view;
 
+pub use checkout::checkout;
 pub use placement::{ExpectedPrice, PlaceOrder, Placed, place};
 pub use view::OrderView;
 
@@ -28,8 +30,14 @@ pub enum OrderError {
     PlanNotFree,
     #[error("{0}")]
     PayMethodNotAllowed(&'static str),
-    #[error("pay_method `{0}` is not available yet; use balance, points or free")]
+    #[error("pay_method `{0}` is not enabled on this shop")]
     PayMethodUnavailable(memberline_schema::states::PayMethod),
+    #[error("the payment provider could not be reached ({0}); nothing was charged, try again")]
+    ProviderUnavailable(&'static str),
+    #[error("no order {0} of yours")]
+    OrderNotFound(i64),
+    #[error("the order is {0}, not pending payment")]
+    NotPending(memberline_schema::states::OrderStatus),
     #[error("this plan costs {needed} fen and your balance is {have} fen")]
     InsufficientBalance { needed: i64, have: i64 },
     #[error("this plan costs {needed} points and you have {have}")]
@@ -58,6 +66,9 @@ impl OrderError {
             OrderError::PlanNotFree => "plan_not_free",
             OrderError::PayMethodNotAllowed(_) => "pay_method_not_allowed",
             OrderError::PayMethodUnavailable(_) => "pay_method_unavailable",
+            OrderError::ProviderUnavailable(_) => "provider_unavailable",
+            OrderError::OrderNotFound(_) => "order_not_found",
+            OrderError::NotPending(_) => "order_not_pending",
             OrderError::InsufficientBalance { .. } => "insufficient_balance",
             OrderError::InsufficientPoints { .. } => "insufficient_points",
             OrderError::PriceChanged { .. } => "price_changed",

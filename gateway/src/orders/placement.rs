@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use memberline_platform::db::violated_constraint;
 use memberline_platform::outbox;
 use memberline_schema::entities::{
-    balance_ledger, idempotency_key, level, membership_period, order, plan, point_ledger, user,
+    balance_ledger, level, membership_period, order, plan, point_ledger, user,
 };
 use memberline_schema::events::{Envelope, OrderPaid, PlanSold};
 use memberline_schema::states::{LedgerReason, OrderStatus, PayMethod, PlanKind};
@@ -59,14 +59,16 @@ pub enum Placed {
 
 /// What the buyer is charged, after the level discount.
 #[derive(Clone, Copy, Debug)]
-struct Charge {
-    fen: i64,
-    points: i64,
+pub(super) struct Charge {
+    pub(super) fen: i64,
+    pub(super) points: i64,
 }
 
 /// Places an order paid with balance, points or a free plan. See the module docs.
 pub async fn place(db: &DatabaseConnection, cmd: &PlaceOrder) -> Result<Placed, OrderError> {
     if cmd.pay_method.provider().is_some() {
+        // Provider orders are placed by `checkout`, which calls the provider between two
+        // transactions.
         return Err(OrderError::PayMethodUnavailable(cmd.pay_method));
     }
     let txn = db.begin().await?;
@@ -94,8 +96,12 @@ async fn place_in(txn: &DatabaseTransaction, cmd: &PlaceOrder) -> Result<Placed,
         .one(txn)
         .await?
         .ok_or(OrderError::UnknownBuyer)?;
-    if let Some(replay) = claim_key(txn, cmd).await? {
-        return Ok(replay);
+    match claim_key(txn, cmd).await? {
+        Claim::Claimed => {}
+        Claim::Replay(replay) => return Ok(replay),
+        Claim::InFlight { .. } => {
+            return Err(anyhow::anyhow!("committed idempotency row without a response").into());
+        }
     }
     let plan = plan::Entity::find_by_id(cmd.plan_id)
         .one(txn)
@@ -106,7 +112,7 @@ async fn place_in(txn: &DatabaseTransaction, cmd: &PlaceOrder) -> Result<Placed,
     let charge = charge(txn, &buyer, &plan, cmd.pay_method, cmd.expected).await?;
 
     let now = Utc::now();
-    let inserted = insert_paid_order(txn, cmd, &buyer, &plan, charge, now).await?;
+    let inserted = insert_order(txn, cmd, &buyer, &plan, charge, now, None).await?;
     debit(txn, cmd.pay_method, &buyer, inserted.id, charge, now).await?;
     transitions::record(
         txn,
@@ -136,12 +142,23 @@ async fn place_in(txn: &DatabaseTransaction, cmd: &PlaceOrder) -> Result<Placed,
     Ok(Placed::Created(body))
 }
 
-/// Claims the idempotency key inside the transaction. `Some` is the stored first response of
-/// an earlier request with the same key and body; a different body is refused.
-async fn claim_key(
+/// What claiming an idempotency key found.
+pub(super) enum Claim {
+    /// The key is ours: go on.
+    Claimed,
+    /// An earlier request with the same key and body answered this; replay it.
+    Replay(Placed),
+    /// An earlier request with the same key committed its order but stored no answer yet (a
+    /// provider checkout between its two transactions, or one that crashed there).
+    InFlight { order_id: Option<i64> },
+}
+
+/// Claims the idempotency key inside the transaction; a different body under a used key is
+/// refused.
+pub(super) async fn claim_key(
     txn: &DatabaseTransaction,
     cmd: &PlaceOrder,
-) -> Result<Option<Placed>, OrderError> {
+) -> Result<Claim, OrderError> {
     let claimed = txn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -155,28 +172,38 @@ async fn claim_key(
         ))
         .await?;
     if claimed.is_some() {
-        return Ok(None);
+        return Ok(Claim::Claimed);
     }
     // A committed row under the same key: this is a retry.
-    let first = idempotency_key::Entity::find_by_id((cmd.buyer_id, cmd.idempotency_key.clone()))
-        .one(txn)
+    let first = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT request_hash, status_code, response_body, order_id FROM idempotency_keys \
+             WHERE user_id = $1 AND key = $2",
+            [cmd.buyer_id.into(), cmd.idempotency_key.clone().into()],
+        ))
         .await?
         .ok_or_else(|| anyhow::anyhow!("idempotency row vanished"))?;
-    if first.request_hash != cmd.request_hash {
+    let hash: String = first.try_get("", "request_hash")?;
+    if hash != cmd.request_hash {
         return Err(OrderError::IdempotencyKeyReused);
     }
-    let (Some(status), Some(body)) = (first.status_code, first.response_body) else {
-        return Err(anyhow::anyhow!("committed idempotency row without a response").into());
-    };
-    Ok(Some(Placed::Replayed {
-        status: status as u16,
-        body,
-    }))
+    let status: Option<i16> = first.try_get("", "status_code")?;
+    let body: Option<serde_json::Value> = first.try_get("", "response_body")?;
+    match (status, body) {
+        (Some(status), Some(body)) => Ok(Claim::Replay(Placed::Replayed {
+            status: status as u16,
+            body,
+        })),
+        _ => Ok(Claim::InFlight {
+            order_id: first.try_get("", "order_id")?,
+        }),
+    }
 }
 
 /// Stores the response an idempotent retry will replay.
-async fn store_response(
-    txn: &DatabaseTransaction,
+pub(super) async fn store_response<C: ConnectionTrait>(
+    txn: &C,
     cmd: &PlaceOrder,
     status: i16,
     body: &serde_json::Value,
@@ -198,7 +225,7 @@ async fn store_response(
 
 /// The rules of who may buy what with which method: one permanent membership per buyer, free
 /// plans only with `free` (and once), `free` only for free plans.
-async fn check_eligibility(
+pub(super) async fn check_eligibility(
     txn: &DatabaseTransaction,
     buyer: &user::Model,
     plan: &plan::Model,
@@ -246,7 +273,7 @@ async fn check_eligibility(
 
 /// The price for this buyer's level in the chosen method, checked against what the buyer was
 /// shown and against their funds.
-async fn charge(
+pub(super) async fn charge(
     txn: &DatabaseTransaction,
     buyer: &user::Model,
     plan: &plan::Model,
@@ -271,7 +298,7 @@ async fn charge(
         });
     }
     let charge = match pay_method {
-        PayMethod::Balance => Charge {
+        PayMethod::Balance | PayMethod::Wechat | PayMethod::Alipay => Charge {
             fen: price.fen,
             points: 0,
         },
@@ -283,7 +310,7 @@ async fn charge(
         },
         _ => Charge { fen: 0, points: 0 },
     };
-    if buyer.balance_fen < charge.fen {
+    if pay_method == PayMethod::Balance && buyer.balance_fen < charge.fen {
         return Err(OrderError::InsufficientBalance {
             needed: charge.fen,
             have: buyer.balance_fen,
@@ -298,15 +325,21 @@ async fn charge(
     Ok(charge)
 }
 
-/// Inserts the order, already paid, with a snapshot of the plan as sold.
-async fn insert_paid_order(
+/// Inserts the order with a snapshot of the plan as sold: paid at once, or — with
+/// `pending_until` — waiting for a provider payment until then.
+pub(super) async fn insert_order(
     txn: &DatabaseTransaction,
     cmd: &PlaceOrder,
     buyer: &user::Model,
     plan: &plan::Model,
     charge: Charge,
     now: DateTime<Utc>,
+    pending_until: Option<DateTime<Utc>>,
 ) -> Result<order::Model, OrderError> {
+    let status = match pending_until {
+        Some(_) => OrderStatus::PendingPayment,
+        None => OrderStatus::Paid,
+    };
     let order_id: i64 = txn
         .query_one_raw(Statement::from_string(
             DbBackend::Postgres,
@@ -330,13 +363,13 @@ async fn insert_paid_order(
         amount_points: Set(charge.points),
         original_price_fen: Set(plan.original_price_fen),
         original_price_points: Set(plan.price_points),
-        status: Set(OrderStatus::Paid),
-        provider: Set(None),
+        status: Set(status),
+        provider: Set(cmd.pay_method.provider()),
         provider_txn_id: Set(None),
         provider_payload: Set(None),
         correlation_id: Set(cmd.correlation_id),
-        expires_at: Set(None),
-        paid_at: Set(Some(now)),
+        expires_at: Set(pending_until),
+        paid_at: Set(pending_until.is_none().then_some(now)),
         closed_at: Set(None),
         created_at: Set(now),
         updated_at: Set(now),

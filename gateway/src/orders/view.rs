@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use memberline_schema::entities::order;
 use memberline_schema::events::PlanSold;
-use memberline_schema::states::{OrderStatus, PayMethod};
+use memberline_schema::states::{OrderStatus, PayMethod, Provider};
 use serde::Serialize;
 
 /// An order as the API shows it.
@@ -27,11 +27,43 @@ pub struct OrderView {
     pub paid_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
     pub closed_at: Option<DateTime<Utc>>,
+    /// How to pay a WeChat / Alipay order while it is `pending_payment`; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment: Option<PaymentView>,
+}
+
+/// The code a buyer scans to pay a provider order.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct PaymentView {
+    pub provider: Provider,
+    /// The provider's code: WeChat `weixin://wxpay/bizpayurl?pr=…`, Alipay `https://qr.alipay.com/…`.
+    pub code_url: String,
+    /// The same code as a PNG QR image (`GET /v1/orders/{id}/qr.png`, the buyer's token).
+    pub qr_png_url: String,
+    /// Pay before this; afterwards the order is closed.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl PaymentView {
+    /// The payment of a pending provider order whose code is stored.
+    pub fn of(o: &order::Model) -> Option<Self> {
+        if o.status != OrderStatus::PendingPayment {
+            return None;
+        }
+        let code_url = o.provider_payload.as_ref()?.get("code_url")?.as_str()?;
+        Some(Self {
+            provider: o.provider?,
+            code_url: code_url.to_owned(),
+            qr_png_url: format!("/v1/orders/{}/qr.png", o.id),
+            expires_at: o.expires_at?,
+        })
+    }
 }
 
 impl From<order::Model> for OrderView {
     fn from(o: order::Model) -> Self {
         Self {
+            payment: PaymentView::of(&o),
             plan: PlanSold::of_order(&o),
             id: o.id,
             order_no: o.order_no,

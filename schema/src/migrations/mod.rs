@@ -38,6 +38,11 @@ impl MigratorTrait for Migrator {
                 up: include_str!("m20261124_000005_create_channel_deliveries.sql"),
                 down: include_str!("m20261124_000005_create_channel_deliveries.down.sql"),
             }),
+            Box::new(SqlMigration {
+                name: "m20261124_000006_provider_payments",
+                up: include_str!("m20261124_000006_provider_payments.sql"),
+                down: include_str!("m20261124_000006_provider_payments.down.sql"),
+            }),
         ]
     }
 }

@@ -1,0 +1,180 @@
+//! Checkout with a payment provider (WeChat Pay Native, Alipay precreate).
+//!
+//! 1. One transaction commits the order as `pending_payment` with its `expires_at`, claims the
+//!    idempotency key and links it to the order.
+//! 2. The provider is called outside any transaction (a slow provider holds no lock and no
+//!    connection).
+//! 3. A second transaction stores the code with the order and the response for replays. If the
+//!    provider failed, it closes the order instead and releases the key: nothing is charged and
+//!    nothing is left pending.
+//!
+//! A replay of the same key returns the stored response; a replay that finds the order committed
+//! but no answer stored (the first request still at the provider, or cut off there) asks the
+//! provider again for the SAME `out_trade_no` and parameters, which returns the same code: there
+//! is never a second provider order.
+
+use super::placement::{Claim, charge, check_eligibility, claim_key, insert_order, store_response};
+use super::{OrderError, OrderView, PlaceOrder, Placed, transitions};
+use chrono::{Duration, Utc};
+use memberline_payments::{Payments, QrRequest};
+use memberline_schema::entities::{order, plan, user};
+use memberline_schema::states::OrderStatus;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, QuerySelect,
+    Statement, TransactionTrait,
+};
+
+/// Places a provider order and fetches its code. See the module docs.
+pub async fn checkout(
+    db: &DatabaseConnection,
+    payments: &Payments,
+    ttl: Duration,
+    cmd: &PlaceOrder,
+) -> Result<Placed, OrderError> {
+    let provider = cmd
+        .pay_method
+        .provider()
+        .ok_or(OrderError::PayMethodUnavailable(cmd.pay_method))?;
+    let client = payments
+        .get(provider)
+        .ok_or(OrderError::PayMethodUnavailable(cmd.pay_method))?;
+
+    let txn = db.begin().await?;
+    let order = match start(&txn, cmd, ttl).await {
+        Ok(Started::Order(order)) => {
+            txn.commit().await?;
+            *order
+        }
+        other => {
+            if let Err(e) = txn.rollback().await {
+                tracing::warn!(error = %e, "rollback failed; the connection will be discarded");
+            }
+            return match other? {
+                Started::Replay(placed) => Ok(placed),
+                Started::Order(_) => unreachable!("handled above"),
+            };
+        }
+    };
+
+    let request = QrRequest {
+        out_trade_no: order.order_no.clone(),
+        description: order.plan_name.clone(),
+        amount_fen: order.amount_fen,
+        expires_at: order
+            .expires_at
+            .ok_or_else(|| anyhow::anyhow!("pending order {} without expires_at", order.id))?,
+    };
+    match client.create_qr(&request).await {
+        Ok(code) => {
+            let txn = db.begin().await?;
+            let payload = serde_json::json!({ "code_url": code.code_url });
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "UPDATE orders SET provider_payload = $2, updated_at = now() WHERE id = $1",
+                [order.id.into(), payload.clone().into()],
+            ))
+            .await?;
+            let order = order::Model {
+                provider_payload: Some(payload),
+                ..order
+            };
+            let body = serde_json::to_value(OrderView::from(order)).map_err(anyhow::Error::from)?;
+            store_response(&txn, cmd, 201, &body).await?;
+            txn.commit().await?;
+            Ok(Placed::Created(body))
+        }
+        Err(e) => {
+            tracing::warn!(
+                order_id = order.id, provider = %provider, error = %e,
+                "Provider refused or failed to create the payment; closing the order"
+            );
+            let txn = db.begin().await?;
+            transitions::advance(
+                &txn,
+                order.id,
+                OrderStatus::PendingPayment,
+                OrderStatus::Closed,
+                "provider_unavailable",
+                Utc::now(),
+            )
+            .await?;
+            // Released, so the buyer can try again with the same key.
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+                [cmd.buyer_id.into(), cmd.idempotency_key.clone().into()],
+            ))
+            .await?;
+            txn.commit().await?;
+            Err(OrderError::ProviderUnavailable(e.kind()))
+        }
+    }
+}
+
+enum Started {
+    /// The pending order to fetch a code for (new, or committed by an earlier copy).
+    Order(Box<order::Model>),
+    /// The earlier copy's stored answer.
+    Replay(Placed),
+}
+
+async fn start(
+    txn: &DatabaseTransaction,
+    cmd: &PlaceOrder,
+    ttl: Duration,
+) -> Result<Started, OrderError> {
+    let buyer = user::Entity::find_by_id(cmd.buyer_id)
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or(OrderError::UnknownBuyer)?;
+    match claim_key(txn, cmd).await? {
+        Claim::Claimed => {}
+        Claim::Replay(placed) => return Ok(Started::Replay(placed)),
+        Claim::InFlight { order_id } => {
+            let order = match order_id {
+                Some(id) => order::Entity::find_by_id(id).one(txn).await?,
+                None => None,
+            }
+            .ok_or_else(|| anyhow::anyhow!("idempotency key without its order"))?;
+            if order.status != OrderStatus::PendingPayment {
+                return Err(OrderError::NotPending(order.status));
+            }
+            return Ok(Started::Order(Box::new(order)));
+        }
+    }
+    let plan = plan::Entity::find_by_id(cmd.plan_id)
+        .one(txn)
+        .await?
+        .filter(|p| p.on_shelf)
+        .ok_or(OrderError::PlanNotFound(cmd.plan_id))?;
+    check_eligibility(txn, &buyer, &plan, cmd.pay_method).await?;
+    let charge = charge(txn, &buyer, &plan, cmd.pay_method, cmd.expected).await?;
+    if charge.fen <= 0 {
+        return Err(OrderError::PayMethodNotAllowed(
+            "nothing to pay: take this plan with pay_method `free`",
+        ));
+    }
+    let now = Utc::now();
+    let order = insert_order(txn, cmd, &buyer, &plan, charge, now, Some(now + ttl)).await?;
+    transitions::record(
+        txn,
+        order.id,
+        None,
+        OrderStatus::PendingPayment,
+        &format!("checkout_{}", cmd.pay_method),
+        now,
+    )
+    .await?;
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE idempotency_keys SET order_id = $3 WHERE user_id = $1 AND key = $2",
+        [
+            cmd.buyer_id.into(),
+            cmd.idempotency_key.clone().into(),
+            order.id.into(),
+        ],
+    ))
+    .await?;
+    Ok(Started::Order(Box::new(order)))
+}

@@ -1,0 +1,190 @@
+//! RSA keys from PEM files: the merchant's private key (signs our requests) and the provider's
+//! public key (verifies its answers and notifications), SHA256withRSA (PKCS#1 v1.5) both ways.
+//!
+//! Also the development key pairs committed under `deploy/dev-keys/`: public, so a deployment
+//! outside `local` that configures one of them is refused ([`DevKeyError`]).
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
+use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey};
+use rsa::signature::{RandomizedSigner, SignatureEncoding, Verifier};
+use rsa::{RsaPrivateKey, RsaPublicKey};
+use sha2::Sha256;
+use std::path::Path;
+
+/// A private key that signs.
+#[derive(Clone)]
+pub(crate) struct Signer(SigningKey<Sha256>, RsaPublicKey);
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer([redacted])")
+    }
+}
+
+impl Signer {
+    pub(crate) fn from_pem_file(key: &'static str, path: &Path) -> Result<Self, KeyError> {
+        let pem = read(key, path)?;
+        let private = RsaPrivateKey::from_pkcs8_pem(&pem)
+            .or_else(|_| {
+                use rsa::pkcs1::DecodeRsaPrivateKey;
+                RsaPrivateKey::from_pkcs1_pem(&pem)
+            })
+            .map_err(|e| KeyError::new(key, path, format!("not an RSA private key: {e}")))?;
+        let public = private.to_public_key();
+        Ok(Self(SigningKey::new(private), public))
+    }
+
+    /// Base64 of SHA256withRSA over `message` (with blinding, so timing says nothing of the key).
+    pub(crate) fn sign(&self, message: &[u8]) -> String {
+        let signature = self.0.sign_with_rng(&mut rsa::rand_core::OsRng, message);
+        STANDARD.encode(signature.to_bytes())
+    }
+
+    pub(crate) fn public_der(&self) -> Vec<u8> {
+        public_der(&self.1)
+    }
+}
+
+/// A public key that verifies.
+#[derive(Clone, Debug)]
+pub(crate) struct Verifying(VerifyingKey<Sha256>, RsaPublicKey);
+
+impl Verifying {
+    pub(crate) fn from_pem_file(key: &'static str, path: &Path) -> Result<Self, KeyError> {
+        let pem = read(key, path)?;
+        Self::from_pem(&pem).map_err(|e| KeyError::new(key, path, e))
+    }
+
+    pub(crate) fn from_pem(pem: &str) -> Result<Self, String> {
+        let public = RsaPublicKey::from_public_key_pem(pem)
+            .or_else(|_| {
+                use rsa::pkcs1::DecodeRsaPublicKey;
+                RsaPublicKey::from_pkcs1_pem(pem)
+            })
+            .map_err(|e| format!("not an RSA public key: {e}"))?;
+        Ok(Self(VerifyingKey::new(public.clone()), public))
+    }
+
+    /// Whether `signature_b64` is a valid SHA256withRSA signature of `message`.
+    pub(crate) fn verify(&self, message: &[u8], signature_b64: &str) -> bool {
+        let Ok(bytes) = STANDARD.decode(signature_b64.trim()) else {
+            return false;
+        };
+        let Ok(signature) = Signature::try_from(bytes.as_slice()) else {
+            return false;
+        };
+        self.0.verify(message, &signature).is_ok()
+    }
+
+    pub(crate) fn public_der(&self) -> Vec<u8> {
+        public_der(&self.1)
+    }
+}
+
+fn public_der(key: &RsaPublicKey) -> Vec<u8> {
+    key.to_public_key_der()
+        .map(|d| d.as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+fn read(key: &'static str, path: &Path) -> Result<String, KeyError> {
+    if path.as_os_str().is_empty() {
+        return Err(KeyError::new(key, path, "is required".to_owned()));
+    }
+    std::fs::read_to_string(path).map_err(|e| KeyError::new(key, path, format!("unreadable: {e}")))
+}
+
+/// A key file that could not be used; names the setting and the file, never the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} ({path}): {reason}")]
+pub struct KeyError {
+    pub key: &'static str,
+    pub path: String,
+    pub reason: String,
+}
+
+impl KeyError {
+    fn new(key: &'static str, path: &Path, reason: String) -> Self {
+        Self {
+            key,
+            path: path.display().to_string(),
+            reason,
+        }
+    }
+}
+
+/// The public halves of every development key pair in `deploy/dev-keys/` (and the development
+/// APIv3 key). Public keys and a public test value: compiling them in reveals nothing.
+const DEV_PUBLIC_KEYS: [&str; 4] = [
+    include_str!("../../deploy/dev-keys/wechat/merchant_public_key.pem"),
+    include_str!("../../deploy/dev-keys/wechat/platform_public_key.pem"),
+    include_str!("../../deploy/dev-keys/alipay/app_public_key.pem"),
+    include_str!("../../deploy/dev-keys/alipay/alipay_public_key.pem"),
+];
+pub(crate) const DEV_APIV3_KEY: &str = "w20rERqvyXUYJfRcGdayYGsFga5MZsn8";
+
+/// A development key configured outside the `local` environment.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0} is one of the public development keys of deploy/dev-keys/ (for local use only); \
+     configure your own key"
+)]
+pub struct DevKeyError(pub &'static str);
+
+/// Whether a key (given by the DER of its public half) is one of the development keys.
+pub(crate) fn is_dev_key(public_der: &[u8]) -> bool {
+    DEV_PUBLIC_KEYS
+        .iter()
+        .filter_map(|pem| Verifying::from_pem(pem).ok())
+        .any(|dev| dev.public_der() == public_der)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(path: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/dev-keys")
+            .join(path)
+    }
+
+    #[test]
+    fn a_signature_verifies_with_the_matching_public_key_only() {
+        let signer = Signer::from_pem_file("k", &dev("wechat/merchant_private_key.pem")).unwrap();
+        let mine = Verifying::from_pem_file("k", &dev("wechat/merchant_public_key.pem")).unwrap();
+        let other = Verifying::from_pem_file("k", &dev("wechat/platform_public_key.pem")).unwrap();
+        let signature = signer.sign(b"hello\n");
+        assert!(mine.verify(b"hello\n", &signature));
+        assert!(!mine.verify(b"hello!\n", &signature));
+        assert!(!other.verify(b"hello\n", &signature));
+        assert!(!mine.verify(b"hello\n", "not base64!"));
+    }
+
+    #[test]
+    fn every_development_key_is_recognised_and_a_fresh_one_is_not() {
+        for path in [
+            "wechat/merchant_private_key.pem",
+            "wechat/platform_private_key.pem",
+            "alipay/app_private_key.pem",
+            "alipay/alipay_private_key.pem",
+        ] {
+            let signer = Signer::from_pem_file("k", &dev(path)).unwrap();
+            assert!(is_dev_key(&signer.public_der()), "{path}");
+        }
+        let fresh = RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 1024).unwrap();
+        assert!(!is_dev_key(&public_der(&fresh.to_public_key())));
+    }
+
+    #[test]
+    fn a_missing_key_file_names_the_setting() {
+        let err = Signer::from_pem_file("payments.wechat.merchant_private_key_path", Path::new(""))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("payments.wechat.merchant_private_key_path")
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! Payments suite: WeChat Pay and Alipay QR checkout, verified notifications and their replies,
+//! against the provider emulator (a separate process speaking the providers' wire protocols),
+//! real PostgreSQL and RabbitMQ.
+
+mod checkout;
+mod notifications;
