@@ -109,6 +109,22 @@ pub async fn notification(
     notification: &Notification<'_>,
     payment: Option<&Payment>,
 ) -> Result<Stored, DbErr> {
+    // A copy of a notification already stored is answered without a transaction or the order
+    // lock: providers send many, sometimes at once, and each must be answered within seconds.
+    let stored_before = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT 1 AS stored FROM payment_notifications \
+             WHERE provider = $1 AND provider_event_id = $2",
+            [
+                notification.provider.as_str().into(),
+                notification.event_id.into(),
+            ],
+        ))
+        .await?;
+    if stored_before.is_some() {
+        return Ok(Stored::Duplicate);
+    }
     let txn = db.begin().await?;
     let applied = match payment {
         Some(payment) => Some(apply_in(&txn, client, payment, Source::Notify).await?),

@@ -11,6 +11,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod payments;
+pub use payments::{AlipaySettings, PaymentSettings, WechatSettings};
+
 /// The compiled-in defaults; a missing config file changes nothing.
 pub const DEFAULTS: &str = include_str!("defaults.toml");
 
@@ -48,48 +51,6 @@ pub struct Settings {
     pub workers: WorkerSettings,
     pub retention: RetentionSettings,
     pub payments: PaymentSettings,
-}
-
-/// `payments.*`: the provider clients (built by `memberline-payments`) and the pending-order
-/// lifecycle run by the workers.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PaymentSettings {
-    pub order_ttl_secs: u64,
-    pub reconcile_after_secs: u64,
-    pub request_timeout_ms: u64,
-    pub retry_attempts: u32,
-    pub lifecycle_interval_secs: u64,
-    pub lifecycle_batch_size: u32,
-    pub wechat: WechatSettings,
-    pub alipay: AlipaySettings,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WechatSettings {
-    pub enabled: bool,
-    pub base_url: String,
-    pub mchid: String,
-    pub appid: String,
-    pub merchant_serial_no: String,
-    pub merchant_private_key_path: String,
-    pub apiv3_key: Secret,
-    pub platform_public_key_id: String,
-    pub platform_public_key_path: String,
-    pub notify_url: String,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlipaySettings {
-    pub enabled: bool,
-    pub gateway_url: String,
-    pub app_id: String,
-    pub seller_id: String,
-    pub app_private_key_path: String,
-    pub alipay_public_key_path: String,
-    pub notify_url: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -432,32 +393,7 @@ impl Settings {
         if self.retention.batch_size == 0 {
             return invalid("retention.batch_size", "must be positive");
         }
-        let p = &self.payments;
-        if p.order_ttl_secs < 60 || p.order_ttl_secs > 2 * 3600 {
-            // WeChat codes live two hours; Alipay's timeout_express starts at one minute.
-            return invalid(
-                "payments.order_ttl_secs",
-                "must be between 60 and 7200 seconds",
-            );
-        }
-        if p.reconcile_after_secs == 0 {
-            return invalid("payments.reconcile_after_secs", "must be positive");
-        }
-        if p.request_timeout_ms == 0 {
-            return invalid("payments.request_timeout_ms", "must be positive");
-        }
-        if p.retry_attempts == 0 || p.retry_attempts > 10 {
-            return invalid("payments.retry_attempts", "must be between 1 and 10");
-        }
-        if p.lifecycle_interval_secs == 0 {
-            return invalid("payments.lifecycle_interval_secs", "must be positive");
-        }
-        if p.lifecycle_batch_size == 0 || p.lifecycle_batch_size > 1000 {
-            return invalid(
-                "payments.lifecycle_batch_size",
-                "must be between 1 and 1000",
-            );
-        }
+        self.payments.validate()?;
         if self.relay.batch_size == 0 || self.relay.batch_size > 10_000 {
             return invalid("relay.batch_size", "must be between 1 and 10000");
         }

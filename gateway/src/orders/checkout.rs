@@ -13,15 +13,17 @@
 //! provider again for the SAME `out_trade_no` and parameters, which returns the same code: there
 //! is never a second provider order.
 
-use super::placement::{Claim, charge, check_eligibility, claim_key, insert_order, store_response};
+use super::placement::{
+    Claim, charge, check_eligibility, claim_key, insert_order, lock_buyer, store_response,
+};
 use super::{OrderError, OrderView, PlaceOrder, Placed, transitions};
 use chrono::{Duration, Utc};
 use memberline_payments::{Payments, QrRequest};
-use memberline_schema::entities::{order, plan, user};
+use memberline_schema::entities::{order, plan};
 use memberline_schema::states::OrderStatus;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, QuerySelect,
-    Statement, TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, Statement,
+    TransactionTrait,
 };
 
 /// Places a provider order and fetches its code. See the module docs.
@@ -123,11 +125,7 @@ async fn start(
     cmd: &PlaceOrder,
     ttl: Duration,
 ) -> Result<Started, OrderError> {
-    let buyer = user::Entity::find_by_id(cmd.buyer_id)
-        .lock_exclusive()
-        .one(txn)
-        .await?
-        .ok_or(OrderError::UnknownBuyer)?;
+    let buyer = lock_buyer(txn, cmd.buyer_id).await?;
     match claim_key(txn, cmd).await? {
         Claim::Claimed => {}
         Claim::Replay(placed) => return Ok(Started::Replay(placed)),

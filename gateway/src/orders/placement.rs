@@ -89,13 +89,7 @@ pub async fn place(db: &DatabaseConnection, cmd: &PlaceOrder) -> Result<Placed, 
 }
 
 async fn place_in(txn: &DatabaseTransaction, cmd: &PlaceOrder) -> Result<Placed, OrderError> {
-    // Lock the buyer first: every purchase by one buyer is serialized here, so funds checked
-    // below cannot be spent twice by concurrent requests.
-    let buyer = user::Entity::find_by_id(cmd.buyer_id)
-        .lock_exclusive()
-        .one(txn)
-        .await?
-        .ok_or(OrderError::UnknownBuyer)?;
+    let buyer = lock_buyer(txn, cmd.buyer_id).await?;
     match claim_key(txn, cmd).await? {
         Claim::Claimed => {}
         Claim::Replay(replay) => return Ok(replay),
@@ -140,6 +134,19 @@ async fn place_in(txn: &DatabaseTransaction, cmd: &PlaceOrder) -> Result<Placed,
     let body = serde_json::to_value(OrderView::from(inserted)).map_err(anyhow::Error::from)?;
     store_response(txn, cmd, 201, &body).await?;
     Ok(Placed::Created(body))
+}
+
+/// Locks the buyer row. Taken first by every purchase: all of one buyer's purchases are
+/// serialized here, so funds checked afterwards cannot be spent twice by concurrent requests.
+pub(super) async fn lock_buyer(
+    txn: &DatabaseTransaction,
+    buyer_id: i64,
+) -> Result<user::Model, OrderError> {
+    user::Entity::find_by_id(buyer_id)
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or(OrderError::UnknownBuyer)
 }
 
 /// What claiming an idempotency key found.
