@@ -16,7 +16,7 @@ export MEMBERLINE_ENV ?= local
 TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),1)
 ROLE ?= user
 
-.PHONY: help run test browser-test bench lint fmt services build db migrate seed token openapi topology unit-test integration-test clean-test-data
+.PHONY: help run test sdk-check browser-test bench lint fmt services build db migrate seed token openapi topology unit-test integration-test clean-test-data
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -29,7 +29,11 @@ test: services ## Check services, then run every test (what .ci/run calls)
 	$(CARGO) build --bins  # the chaos and browser tests run the real binaries
 	$(CARGO) nextest run --workspace --no-fail-fast
 	tests/contract/run.sh
+	tests/sdk/run.sh
 	tests/browser/run.sh
+
+sdk-check: ## The provider emulator driven by unmodified merchant SDKs from PyPI (wechatpayv3, Alipay's)
+	tests/sdk/run.sh
 
 browser-test: build ## Web pages in headless Chromium (installs chromium and playwright-core when missing)
 	tests/browser/run.sh

@@ -33,6 +33,7 @@ done
 
 USER_TOKEN=$("$BIN/memberline" token --user 1 --role user)
 ADMIN_TOKEN=$("$BIN/memberline" token --user 0 --role admin)
+MERCHANT_TOKEN=$("$BIN/memberline" token --user 0 --role merchant)
 cat <<MSG
 
   Memberline is running.
@@ -44,6 +45,8 @@ cat <<MSG
 
   Demo buyer (user 1, Gold level, 10% off) token:
     $USER_TOKEN
+  Merchant token (the console's live feed):
+    $MERCHANT_TOKEN
   Admin token:
     $ADMIN_TOKEN
 
@@ -62,6 +65,8 @@ cat <<MSG
     curl -s -H "Authorization: Bearer $USER_TOKEN" http://127.0.0.1:$PORT/v1/me   # membership, savings, level
     curl -s -H "Authorization: Bearer $USER_TOKEN" http://127.0.0.1:$PORT/v1/me/notifications
     target/debug/memberline-dlq list --worker ledger                           # dead letters, if any
+    # The merchant console's live feed (paid orders, reminders, refunds) in a terminal:
+    MEMBERLINE_TOKEN=$MERCHANT_TOKEN target/debug/memberline console tail --url http://127.0.0.1:$PORT --after 0
 
   Ctrl-C stops everything.
 MSG

@@ -46,6 +46,7 @@ impl Application {
                 format!("{}.gateway.readiness", settings.amqp.prefix),
             )),
             settings: Arc::new(settings),
+            push_hub: crate::push::Hub::new(),
         };
         Ok(Self { listener, state })
     }
@@ -81,12 +82,36 @@ impl Application {
             .relay
             .embedded
             .then(|| tokio::spawn(self.relay().run(shutdown.child_token())));
+        let hub = self.state.push_hub.clone();
+        let push = tokio::spawn(hub.clone().run(
+            self.state.settings.amqp.url.expose().to_owned(),
+            self.state.topology.clone(),
+            self.state.settings.relay.max_reconnect_delay_ms,
+            shutdown.child_token(),
+        ));
+        {
+            // Open sockets close (1001) when the gateway stops; `run_until` waits for them.
+            let (closing, shutdown) = (hub.closing.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                closing.cancel();
+            });
+        }
         let router = api::router(self.state.clone());
         tracing::info!(port = self.port(), "Gateway listening");
         axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
             .context("HTTP server failed")?;
+        shutdown.cancel();
+        hub.sessions.close();
+        if tokio::time::timeout(Duration::from_secs(15), hub.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("WebSocket sessions did not close within 15 s");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), push).await;
         if let Some(relay) = relay {
             shutdown.cancel();
             if tokio::time::timeout(Duration::from_secs(10), relay)

@@ -142,10 +142,13 @@ impl From<crate::orders::OrderError> for ApiError {
         let message = e.to_string();
         match e {
             E::UnknownBuyer => Self::unauthorized(code, message),
-            E::PlanNotFound(_) | E::OrderNotFound(_) => Self::not_found(code, message),
-            E::AlreadyPermanent | E::FreePlanAlreadyClaimed | E::NotPending(_) => {
-                Self::conflict(code, message)
+            E::PlanNotFound(_) | E::OrderNotFound(_) | E::UserNotFound(_) => {
+                Self::not_found(code, message)
             }
+            E::AlreadyPermanent
+            | E::FreePlanAlreadyClaimed
+            | E::NotPending(_)
+            | E::NotRefundable(_) => Self::conflict(code, message),
             E::ProviderUnavailable(_) => Self::new(StatusCode::BAD_GATEWAY, code, message),
             E::PriceChanged { fen, points } => Self {
                 details: Some(serde_json::json!({

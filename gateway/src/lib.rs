@@ -4,10 +4,13 @@
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
+pub mod console_tail;
 pub mod error;
 pub mod orders;
 pub mod pricing;
+pub mod push;
 pub mod relay;
 pub mod seed;
 pub mod state;

@@ -48,6 +48,30 @@ enum Command {
     Openapi,
     /// Print the RabbitMQ definitions (exchanges, queues, bindings) of the configured topology.
     Topology,
+    /// Merchant console tools.
+    Console {
+        #[command(subcommand)]
+        action: ConsoleAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleAction {
+    /// Follow the merchant stream (paid orders, reminders, refunds), resuming after drops.
+    Tail {
+        /// The gateway (default: http://127.0.0.1:<http.port>).
+        #[arg(long)]
+        url: Option<String>,
+        /// A merchant or admin bearer token (or MEMBERLINE_TOKEN).
+        #[arg(long, env = "MEMBERLINE_TOKEN")]
+        token: String,
+        /// Start after this feed number (0: everything stored); live from now when absent.
+        #[arg(long)]
+        after: Option<i64>,
+        /// Print each entry as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -102,6 +126,24 @@ async fn main() -> anyhow::Result<()> {
             let doc = memberline_gateway::api::docs::ApiDoc::openapi();
             println!("{}", doc.to_pretty_json()?);
             Ok(())
+        }
+        Command::Console {
+            action:
+                ConsoleAction::Tail {
+                    url,
+                    token,
+                    after,
+                    json,
+                },
+        } => {
+            let base = url.unwrap_or_else(|| format!("http://127.0.0.1:{}", settings.http.port));
+            let tail = memberline_gateway::console_tail::Tail {
+                base,
+                token,
+                after,
+                json,
+            };
+            memberline_gateway::console_tail::run(tail, shutdown::on_signals()).await
         }
         Command::Topology => {
             println!(

@@ -20,6 +20,8 @@ pub struct AppState {
     pub payments: memberline_payments::Payments,
     /// The readiness probe's kept broker connection.
     pub broker_probe: Arc<Probe>,
+    /// This instance's fan-out of the push exchange to its WebSockets.
+    pub push_hub: crate::push::Hub,
 }
 
 impl FromRef<AppState> for Keys {

@@ -8,8 +8,9 @@
 //! [`alipay::Alipay::verify_notification`] before anything reads it.
 //!
 //! The order side of a payment lives here too, because the gateway and the workers both need
-//! it: [`transitions`] (every status change after the insert) and [`settle`] (storing a
-//! notification and applying a payment, one transaction each). It never talks to RabbitMQ:
+//! it: [`transitions`] (every status change after the insert), [`settle`] (storing a
+//! notification and applying a payment, one transaction each) and [`lifecycle`] (expiry,
+//! cancel, reconciliation and late-payment refunds). It never talks to RabbitMQ:
 //! events go to the outbox.
 //!
 //! Timeouts bound every call; only idempotent calls (query, close, refund with the same refund
@@ -17,6 +18,8 @@
 
 pub mod alipay;
 mod keys;
+pub mod lifecycle;
+pub mod refunds;
 mod retry;
 pub mod settle;
 mod setup;

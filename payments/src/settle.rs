@@ -258,12 +258,12 @@ async fn apply_in(
             outbox::enqueue(txn, &Envelope::new(event, order.correlation_id, None)).await?;
             Ok(Applied::Paid { order_id: order.id })
         }
-        OrderStatus::Paid | OrderStatus::Refunded => {
+        OrderStatus::Paid | OrderStatus::RefundPending | OrderStatus::Refunded => {
             Ok(Applied::AlreadyPaid { order_id: order.id })
         }
         OrderStatus::Closed => {
-            // Money for an order we closed: never paid; the workers refund it (once: the
-            // refund number is derived from the order).
+            // Money for an order we closed: never paid; the workers' lifecycle job refunds it
+            // at once (and once: the refund number is derived from the order).
             let recorded = serde_json::json!({
                 "transaction_id": payment.transaction_id,
                 "amount_fen": payment.amount_fen,
@@ -273,7 +273,8 @@ async fn apply_in(
             txn.execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "UPDATE orders SET late_payment = $2, late_refund_status = 'pending', \
-                 updated_at = now() WHERE id = $1 AND late_payment IS NULL",
+                 payment_check_at = now(), updated_at = now() \
+                 WHERE id = $1 AND late_payment IS NULL",
                 [order.id.into(), recorded.into()],
             ))
             .await?;

@@ -34,7 +34,8 @@ pub async fn record<C: ConnectionTrait>(
 }
 
 /// Moves `order_id` from `from` to `to` if it is still `from`, bumping its version and writing
-/// the history row; `at` also sets `paid_at` (to `Paid`) or `closed_at` (to `Closed`). Returns
+/// the history row; `at` also sets `paid_at` (to `Paid`), `closed_at` (to `Closed`) or
+/// `refunded_at` (to `Refunded`). Returns
 /// `false`, changing nothing, when the order was not in `from`.
 pub async fn advance<C: ConnectionTrait>(
     conn: &C,
@@ -52,9 +53,14 @@ pub async fn advance<C: ConnectionTrait>(
             Expr::col(order::Column::Version).add(1),
         );
     match to {
+        // A failed refund puts the order back to paid: it was paid when it was.
+        OrderStatus::Paid if from == OrderStatus::RefundPending => {}
         OrderStatus::Paid => update = update.col_expr(order::Column::PaidAt, Expr::value(at)),
         OrderStatus::Closed => update = update.col_expr(order::Column::ClosedAt, Expr::value(at)),
-        OrderStatus::PendingPayment | OrderStatus::Refunded => {}
+        OrderStatus::Refunded => {
+            update = update.col_expr(order::Column::RefundedAt, Expr::value(at));
+        }
+        OrderStatus::PendingPayment | OrderStatus::RefundPending => {}
     }
     let changed = update
         .filter(order::Column::Id.eq(order_id))

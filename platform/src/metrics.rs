@@ -62,6 +62,13 @@ pub struct NotificationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LifecycleLabels {
+    pub provider: &'static str,
+    pub action: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -82,6 +89,7 @@ pub struct Metrics {
     worker_event_to_effect: Latency<ConsumerLabels>,
     channel_deliveries: Family<OutcomeLabels, Counter>,
     payment_notifications: Family<NotificationLabels, Counter>,
+    payment_lifecycle: Family<LifecycleLabels, Counter>,
 }
 
 /// Registers `metric` under `name` and hands it back (families and counters are handles onto
@@ -122,6 +130,14 @@ impl Default for Metrics {
             "memberline_payment_notifications",
             "Provider notifications by provider and outcome (applied, duplicate, late_payment, \
              ignored, flagged_*, or rejected_* when the signature or timestamp did not verify).",
+            Family::default(),
+        );
+        let payment_lifecycle = registered(
+            r,
+            "memberline_payment_lifecycle",
+            "Payment lifecycle steps by provider, action (expire, reconcile, refund, late_refund) \
+             and outcome (closed, paid, already_paid, late_payment, flagged, not_pending, unpaid, \
+             refunded, processing, refused, failed, error).",
             Family::default(),
         );
         let orders = registered(
@@ -200,6 +216,7 @@ impl Default for Metrics {
             worker_event_to_effect,
             channel_deliveries,
             payment_notifications,
+            payment_lifecycle,
         }
     }
 }
@@ -247,6 +264,38 @@ impl Metrics {
     pub fn payment_notifications(&self, provider: &'static str, outcome: &'static str) -> u64 {
         self.payment_notifications
             .get_or_create(&NotificationLabels { provider, outcome })
+            .get()
+    }
+
+    /// One step of the payment lifecycle (a closed set of actions and outcomes).
+    pub fn payment_lifecycle(
+        &self,
+        provider: &'static str,
+        action: &'static str,
+        outcome: &'static str,
+    ) {
+        self.payment_lifecycle
+            .get_or_create(&LifecycleLabels {
+                provider,
+                action,
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Lifecycle steps counted so far with these labels.
+    pub fn payment_lifecycle_steps(
+        &self,
+        provider: &'static str,
+        action: &'static str,
+        outcome: &'static str,
+    ) -> u64 {
+        self.payment_lifecycle
+            .get_or_create(&LifecycleLabels {
+                provider,
+                action,
+                outcome,
+            })
             .get()
     }
 

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod payments;
+mod push;
 pub use payments::{AlipaySettings, PaymentSettings, WechatSettings};
+pub use push::PushSettings;
 
 /// The compiled-in defaults; a missing config file changes nothing.
 pub const DEFAULTS: &str = include_str!("defaults.toml");
@@ -51,6 +53,7 @@ pub struct Settings {
     pub workers: WorkerSettings,
     pub retention: RetentionSettings,
     pub payments: PaymentSettings,
+    pub push: PushSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -278,6 +281,7 @@ impl Settings {
                 reason: reason.to_owned(),
             })
         };
+        self.push.validate()?;
         let jwt = self.auth.jwt_secret.expose();
         if !jwt.is_empty() && jwt.len() < 32 {
             return invalid("auth.jwt_secret", "must be at least 32 bytes long");

@@ -4,7 +4,7 @@
 //! A published shape never changes in place; a new shape is a new version and a new type.
 //! Money travels as integers (fen, points).
 
-pub use crate::states::{EventType, PayMethod, PlanKind};
+pub use crate::states::{CloseReason, EventType, PayMethod, PlanKind, Provider};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
@@ -207,6 +207,169 @@ impl Event for LevelChanged {
     }
 }
 
+/// `order.closed.v1`: a pending provider order was closed unpaid, at the provider and here. It
+/// can no longer be paid; a payment that still arrives is refunded (`order.late_payment_refunded`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderClosed {
+    pub order_id: i64,
+    pub order_no: String,
+    pub buyer_id: i64,
+    pub provider: Provider,
+    pub reason: CloseReason,
+    /// What the buyer would have paid, in fen.
+    pub amount_fen: i64,
+    pub closed_at: DateTime<Utc>,
+}
+
+impl Event for OrderClosed {
+    const TYPE: EventType = EventType::OrderClosed;
+    const VERSION: u16 = 1;
+    const AGGREGATE: &'static str = "order";
+
+    fn aggregate_id(&self) -> String {
+        self.order_id.to_string()
+    }
+}
+
+/// `order.late_payment_refunded.v1`: a genuine payment for an order that was already closed was
+/// refunded in full through the provider. The order stays closed; nothing was bought.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatePaymentRefunded {
+    pub order_id: i64,
+    pub order_no: String,
+    pub buyer_id: i64,
+    pub provider: Provider,
+    /// The provider's payment that was refunded.
+    pub transaction_id: String,
+    /// Our refund number (derived from the order: a retry refunds once).
+    pub out_refund_no: String,
+    /// The provider's refund id, when it gave one.
+    pub refund_id: Option<String>,
+    pub amount_fen: i64,
+    pub refunded_at: DateTime<Utc>,
+}
+
+impl Event for LatePaymentRefunded {
+    const TYPE: EventType = EventType::LatePaymentRefunded;
+    const VERSION: u16 = 1;
+    const AGGREGATE: &'static str = "order";
+
+    fn aggregate_id(&self) -> String {
+        self.order_id.to_string()
+    }
+}
+
+/// `order.refunded.v1`: a paid order was refunded in full (the money or points are back with
+/// the buyer). Every effect of its `order.paid.v1` is reversed, exactly once each.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderRefunded {
+    pub order_id: i64,
+    pub order_no: String,
+    pub buyer_id: i64,
+    #[serde(flatten)]
+    pub plan: PlanSold,
+    pub pay_method: PayMethod,
+    /// Given back in fen (the order's `amount_fen`).
+    pub refund_fen: i64,
+    /// Given back in points (the order's `amount_points`).
+    pub refund_points: i64,
+    /// The `refunds` row.
+    pub refund_id: i64,
+    pub reason: String,
+    pub refunded_at: DateTime<Utc>,
+}
+
+impl Event for OrderRefunded {
+    const TYPE: EventType = EventType::OrderRefunded;
+    const VERSION: u16 = 1;
+    const AGGREGATE: &'static str = "order";
+
+    fn aggregate_id(&self) -> String {
+        self.order_id.to_string()
+    }
+}
+
+/// Why a membership was shortened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MembershipChange {
+    /// A refunded order's period (or pass) was removed and the later periods moved earlier.
+    Refund,
+    /// An admin revoked the membership.
+    Revoke,
+}
+
+/// `membership.changed.v1`: a buyer's membership was shortened. `ends_at`/`permanent` describe
+/// it afterwards (no end and not permanent: no membership left).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MembershipChanged {
+    pub user_id: i64,
+    pub change: MembershipChange,
+    /// The refunded order, for a refund.
+    pub order_id: Option<i64>,
+    /// Membership time taken away, in seconds.
+    pub removed_secs: i64,
+    /// Pass uses taken away.
+    pub removed_pass_uses: i32,
+    /// The end of the membership now; `None` when permanent or when none is left.
+    pub ends_at: Option<DateTime<Utc>>,
+    pub permanent: bool,
+}
+
+impl Event for MembershipChanged {
+    const TYPE: EventType = EventType::MembershipChanged;
+    const VERSION: u16 = 1;
+    const AGGREGATE: &'static str = "user";
+
+    fn aggregate_id(&self) -> String {
+        self.user_id.to_string()
+    }
+}
+
+/// `membership.revoked.v1`: an admin ended a buyer's membership now (the current period ends,
+/// later ones are removed, a permanent membership stops).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MembershipRevoked {
+    pub user_id: i64,
+    /// The admin.
+    pub actor_id: i64,
+    pub reason: String,
+    /// The audit-log entry.
+    pub audit_id: i64,
+    pub revoked_at: DateTime<Utc>,
+}
+
+impl Event for MembershipRevoked {
+    const TYPE: EventType = EventType::MembershipRevoked;
+    const VERSION: u16 = 1;
+    const AGGREGATE: &'static str = "user";
+
+    fn aggregate_id(&self) -> String {
+        self.user_id.to_string()
+    }
+}
+
+/// `order.reminded.v1`: a buyer asked the shop to hurry with a paid order (the merchant
+/// console's "customer reminder").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderReminded {
+    pub order_id: i64,
+    pub order_no: String,
+    pub buyer_id: i64,
+    pub plan_name: String,
+    pub reminded_at: DateTime<Utc>,
+}
+
+impl Event for OrderReminded {
+    const TYPE: EventType = EventType::OrderReminded;
+    const VERSION: u16 = 1;
+    const AGGREGATE: &'static str = "order";
+
+    fn aggregate_id(&self) -> String {
+        self.order_id.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +399,11 @@ mod tests {
     #[test]
     fn order_paid_routes_under_its_versioned_name() {
         assert_eq!(OrderPaid::routing_key(), "order.paid.v1");
+        assert_eq!(OrderClosed::routing_key(), "order.closed.v1");
+        assert_eq!(
+            LatePaymentRefunded::routing_key(),
+            "order.late_payment_refunded.v1"
+        );
     }
 
     #[test]

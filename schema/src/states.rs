@@ -72,7 +72,9 @@ text_enum! {
         Paid = "paid",
         /// Closed unpaid (expired or cancelled).
         Closed = "closed",
-        /// Paid, then refunded.
+        /// Paid; a refund was asked of its provider and is not confirmed yet.
+        RefundPending = "refund_pending",
+        /// Paid, then refunded; `order.refunded.v1` is in the outbox.
         Refunded = "refunded",
     }
 }
@@ -90,6 +92,8 @@ text_enum! {
         Wechat = "wechat",
         /// Alipay (QR precreate).
         Alipay = "alipay",
+        /// Granted by an admin at no charge (`PUT /v1/admin/users/{id}/membership`).
+        AdminGrant = "admin_grant",
     }
 }
 
@@ -125,6 +129,11 @@ text_enum! {
         OrderPayment = "order_payment",
         /// Reward points credited for a purchase.
         PurchaseReward = "purchase_reward",
+        /// A refunded order's payment, given back (positive).
+        OrderRefund = "order_refund",
+        /// A refunded order's reward points, taken back (negative; what the buyer had already
+        /// spent is recorded as the entry's shortfall).
+        RewardReversal = "reward_reversal",
     }
 }
 
@@ -145,6 +154,18 @@ text_enum! {
         MembershipExtended = "membership.extended",
         /// A buyer's growth moved them to another level.
         LevelChanged = "level.changed",
+        /// A pending provider order was closed unpaid (expired, or cancelled by its buyer).
+        OrderClosed = "order.closed",
+        /// A payment that arrived after its order was closed went back to the buyer.
+        LatePaymentRefunded = "order.late_payment_refunded",
+        /// A paid order was refunded: its effects are reversed.
+        OrderRefunded = "order.refunded",
+        /// A buyer's membership was shortened (a refunded period removed, or revoked).
+        MembershipChanged = "membership.changed",
+        /// An admin ended a buyer's membership now.
+        MembershipRevoked = "membership.revoked",
+        /// A buyer asked the shop to hurry with a paid order.
+        OrderReminded = "order.reminded",
     }
 }
 
@@ -154,6 +175,54 @@ text_enum! {
         OrderPaid = "order_paid",
         MembershipExtended = "membership_extended",
         LevelChanged = "level_changed",
+        OrderClosed = "order_closed",
+        LatePaymentRefunded = "late_payment_refunded",
+        OrderRefunded = "order_refunded",
+        MembershipChanged = "membership_changed",
+        OrderReminded = "order_reminded",
+    }
+}
+
+text_enum! {
+    /// Where one refund request is.
+    pub enum RefundStatus {
+        /// Asked of the provider, not confirmed yet.
+        Pending = "pending",
+        /// Done: the money (or points) went back.
+        Succeeded = "succeeded",
+        /// The provider did not refund (WeChat ABNORMAL / CLOSED, a refusal).
+        Failed = "failed",
+    }
+}
+
+text_enum! {
+    /// What an admin did (the audit log).
+    pub enum AuditAction {
+        OrderRefund = "order_refund",
+        MembershipGrant = "membership_grant",
+        MembershipRevoke = "membership_revoke",
+    }
+}
+
+text_enum! {
+    /// Where the automatic refund of a payment that came after its order was closed is.
+    pub enum LateRefundStatus {
+        /// Due, or accepted by the provider and not yet done.
+        Pending = "pending",
+        /// The provider refunded it.
+        Refunded = "refunded",
+        /// The provider refused or abandoned it: an operator must act.
+        Failed = "failed",
+    }
+}
+
+text_enum! {
+    /// Why a pending provider order was closed unpaid.
+    pub enum CloseReason {
+        /// Not paid before `expires_at`.
+        Expired = "expired",
+        /// Cancelled by its buyer.
+        Cancelled = "cancelled",
     }
 }
 
@@ -163,7 +232,9 @@ impl PayMethod {
         match self {
             PayMethod::Wechat => Some(Provider::Wechat),
             PayMethod::Alipay => Some(Provider::Alipay),
-            PayMethod::Balance | PayMethod::Points | PayMethod::Free => None,
+            PayMethod::Balance | PayMethod::Points | PayMethod::Free | PayMethod::AdminGrant => {
+                None
+            }
         }
     }
 }

@@ -257,6 +257,46 @@ impl TestApp {
         (status, res.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// Any request with a token, an optional Idempotency-Key and a JSON body; returns the
+    /// status and the JSON answer.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        key: Option<&str>,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(token)
+            .json(&body);
+        if let Some(key) = key {
+            req = req.header("Idempotency-Key", key);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// An admin's token (admins are token subjects; they need no buyer row).
+    pub fn admin_token(&self) -> String {
+        self.token(900_001, Role::Admin)
+    }
+
+    /// `POST /v1/admin/orders/{id}/refund` as an admin.
+    pub async fn refund(&self, order_id: i64, key: &str, reason: &str) -> (u16, serde_json::Value) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/admin/orders/{order_id}/refund"),
+            &self.admin_token(),
+            Some(key),
+            serde_json::json!({ "reason": reason }),
+        )
+        .await
+    }
+
     /// GET with a token; returns status and JSON body.
     pub async fn get(&self, token: Option<&str>, path: &str) -> (u16, serde_json::Value) {
         let mut req = self.client.get(self.url(path));

@@ -138,6 +138,11 @@ impl Emulator {
         ]
     }
 
+    /// Any `/emulator/…` control: its status and JSON answer.
+    pub async fn post_control(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post(path, body).await
+    }
+
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let res = self
             .client
@@ -155,6 +160,15 @@ impl Emulator {
         self.post(
             "/emulator/pay",
             json!({ "provider": provider, "out_trade_no": out_trade_no }),
+        )
+        .await
+    }
+
+    /// Pays a trade even though it was closed: a payment that raced the merchant's close.
+    pub async fn pay_after_close(&self, provider: &str, out_trade_no: &str) -> (u16, Value) {
+        self.post(
+            "/emulator/pay",
+            json!({ "provider": provider, "out_trade_no": out_trade_no, "force": true }),
         )
         .await
     }

@@ -26,12 +26,14 @@ impl TcpProxy {
         let gen_tx = generation.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                // Subscribed before the flag is read: a `down()` between the two still cuts
+                // this connection.
+                let mut cut = gen_tx.subscribe();
                 if !up_flag.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
                 let target = target.clone();
-                let mut cut = gen_tx.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(&target).await else {
                         return;

@@ -8,6 +8,7 @@
 pub mod channel;
 pub mod decide;
 pub mod handlers;
+pub mod lifecycle;
 pub mod retention;
 pub mod runtime;
 pub mod sender;
@@ -43,7 +44,8 @@ pub struct Started {
 
 /// Starts `workers` on the pool `db`, with what they share in one process (connection permits,
 /// see [`runtime::delivery_permits`]), the channel [`sender`] when the notifier is among them,
-/// and retention when `retention.enabled`. Every task stops when `shutdown` fires. The worker
+/// the payment [`lifecycle`] job when a provider is enabled, and retention when
+/// `retention.enabled`. Every task stops when `shutdown` fires. The worker
 /// binaries and the test harness both start workers through here.
 pub fn start(
     workers: &[Worker],
@@ -68,6 +70,21 @@ pub fn start(
         let handler = handler_for(worker, settings)?;
         checks.push((worker.as_str(), ctx.ready.clone()));
         tasks.spawn(runtime::run(handler, ctx, shutdown.child_token()));
+    }
+    let payments =
+        memberline_payments::Payments::from_settings(&settings.payments, &settings.environment)?;
+    if payments.any() {
+        let job = lifecycle::Lifecycle::new(
+            db.clone(),
+            payments,
+            settings.payments.clone(),
+            process.metrics.clone(),
+        );
+        let stop = shutdown.child_token();
+        tasks.spawn(async move {
+            job.run(stop).await;
+            Ok(())
+        });
     }
     if settings.retention.enabled {
         let (retention, stop) = (settings.retention.clone(), shutdown.child_token());

@@ -2,7 +2,8 @@
 //! deletes, in small batches (short transactions, no long locks), published outbox rows,
 //! consumed-event records, console-feed entries and delivered channel messages older than their
 //! configured windows, and
-//! idempotency keys older than `retention.idempotency_key_hours` (24 h, like Stripe's).
+//! idempotency keys older than `retention.idempotency_key_hours` (24 h, like Stripe's), and
+//! stream tickets a day after they expired.
 //!
 //! Pruning a consumed-event record does not make its event applicable again: every effect is
 //! also guarded by a business key (one period, one reward, one saving, one message per order),
@@ -22,6 +23,7 @@ pub struct Pruned {
     pub console_feed: u64,
     pub idempotency_keys: u64,
     pub channel_deliveries: u64,
+    pub stream_tickets: u64,
 }
 
 /// One table's rule: rows whose `column` is older than the window go.
@@ -68,8 +70,15 @@ pub async fn prune(db: &DatabaseConnection, settings: &RetentionSettings) -> Res
             column: "delivered_at",
             window: day * settings.channel_deliveries_days,
         },
+        // Single-use stream tickets live seconds; a day later they are only clutter.
+        Rule {
+            table: "stream_tickets",
+            key: "hash",
+            column: "expires_at",
+            window: day,
+        },
     ];
-    let mut counts = [0u64; 5];
+    let mut counts = [0u64; 6];
     for (rule, count) in rules.iter().zip(counts.iter_mut()) {
         *count = prune_table(db, rule, settings.batch_size).await?;
     }
@@ -79,6 +88,7 @@ pub async fn prune(db: &DatabaseConnection, settings: &RetentionSettings) -> Res
         console_feed: counts[2],
         idempotency_keys: counts[3],
         channel_deliveries: counts[4],
+        stream_tickets: counts[5],
     })
 }
 

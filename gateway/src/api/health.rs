@@ -22,6 +22,9 @@ pub struct Readiness {
     pub status: &'static str,
     pub database: bool,
     pub broker: bool,
+    /// Whether this instance is bound to the push exchange (live WebSocket pushes). Not part
+    /// of readiness: sockets catch up from the console feed while it is not.
+    pub push: bool,
 }
 
 /// 200 when both PostgreSQL and RabbitMQ answer within 3 seconds, 503 otherwise. Purchases
@@ -56,6 +59,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             status: if ready { "ready" } else { "not_ready" },
             database,
             broker,
+            push: state.push_hub.consuming(),
         }),
     )
 }

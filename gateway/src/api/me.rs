@@ -167,6 +167,7 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("level {} missing", u.level_id)))?;
     let periods = membership_period::Entity::find()
         .filter(membership_period::Column::UserId.eq(u.id))
+        .filter(membership_period::Column::RemovedAt.is_null())
         .all(&txn)
         .await?;
     let passes = user_pass::Entity::find()
@@ -224,6 +225,9 @@ pub struct LedgerEntry {
     pub reason: LedgerReason,
     pub delta: i64,
     pub balance_after: i64,
+    /// For a `reward_reversal`: reward points the buyer had already spent, which could not be
+    /// taken back (the balance never goes below zero). 0 otherwise.
+    pub shortfall: i64,
     pub order_id: Option<i64>,
     pub created_at: DateTime<Utc>,
 }
@@ -264,6 +268,7 @@ pub async fn ledger(
             reason: r.reason,
             delta: r.delta,
             balance_after: r.balance_after,
+            shortfall: r.shortfall,
             order_id: r.order_id,
             created_at: r.created_at,
         }));
@@ -281,6 +286,7 @@ pub async fn ledger(
             reason: r.reason,
             delta: r.delta,
             balance_after: r.balance_after,
+            shortfall: 0,
             order_id: r.order_id,
             created_at: r.created_at,
         }));
@@ -428,6 +434,7 @@ mod tests {
             ends_at: days.map(|d| start + Duration::days(d)),
             permanent: days.is_none(),
             created_at: start,
+            removed_at: None,
         }
     }
 

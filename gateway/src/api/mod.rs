@@ -2,6 +2,7 @@
 //! cross-cutting layers (request id, correlation id, tracing, metrics, body limit, timeout).
 
 pub mod admin;
+pub mod admin_actions;
 pub mod docs;
 pub mod health;
 pub mod me;
@@ -57,6 +58,8 @@ pub fn router(state: AppState) -> Router {
         .merge(orders::router())
         .merge(payments::router())
         .merge(admin::router())
+        .merge(admin_actions::router())
+        .merge(crate::push::router())
         .merge(outbox::router())
         .merge(health::router())
         .merge(docs::router())

@@ -4,12 +4,12 @@ use super::query::{self, ValidQuery};
 use super::{CorrelationId, JsonValue, typed};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::orders::{ExpectedPrice, OrderView, PlaceOrder, Placed, checkout, place};
+use crate::orders::{self, ExpectedPrice, OrderView, PlaceOrder, Placed, Timing, checkout, place};
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use memberline_schema::entities::order;
 use memberline_schema::events::PayMethod;
@@ -50,7 +50,12 @@ impl utoipa::PartialSchema for OrderPayMethod {
                 "How the order is paid: store balance, points, a free plan, or a WeChat Pay / \
                  Alipay QR code (the order is then `pending_payment` until the provider confirms).",
             ))
-            .enum_values(Some(PayMethod::ALL.iter().map(|m| m.as_str())))
+            .enum_values(Some(
+                PayMethod::ALL
+                    .iter()
+                    .filter(|m| **m != PayMethod::AdminGrant)
+                    .map(|m| m.as_str()),
+            ))
             .into()
     }
 }
@@ -132,8 +137,8 @@ pub async fn create(
         correlation_id,
     };
     let result = if req.pay_method.provider().is_some() {
-        let ttl = chrono::Duration::seconds(state.settings.payments.order_ttl_secs as i64);
-        checkout(&state.db, &state.payments, ttl, &cmd).await
+        let timing = Timing::from(&state.settings.payments);
+        checkout(&state.db, &state.payments, timing, &cmd).await
     } else {
         place(&state.db, &cmd).await
     };
@@ -156,7 +161,7 @@ pub async fn create(
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let value = headers.get("idempotency-key").ok_or_else(|| {
         ApiError::bad_request(
             "idempotency_key_required",
@@ -188,6 +193,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
 /// SHA-256 of the body in canonical form (object keys sorted, no whitespace), so that the same
 /// request with keys in another order still counts as the same.
 fn hash_request(body: &serde_json::Value) -> String {
+    hash_request_for("POST /v1/orders", body)
+}
+
+/// [`hash_request`] for the request `route` (method and path): the same key sent to another
+/// endpoint, or with another body, is another request.
+pub(crate) fn hash_request_for(route: &str, body: &serde_json::Value) -> String {
     fn canonical(v: &serde_json::Value, out: &mut String) {
         match v {
             serde_json::Value::Object(map) => {
@@ -217,7 +228,7 @@ fn hash_request(body: &serde_json::Value) -> String {
             other => out.push_str(&other.to_string()),
         }
     }
-    let mut text = String::from("POST /v1/orders\n");
+    let mut text = format!("{route}\n");
     canonical(body, &mut text);
     let digest = Sha256::digest(text.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -245,6 +256,129 @@ pub async fn get_one(
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(found.into()))
+}
+
+/// Cancels one of the caller's WeChat / Alipay orders while it is `pending_payment`. The trade is
+/// closed at the provider first (so the code can no longer be paid), then here, with
+/// `order.closed.v1`. If the provider reports that the buyer already paid, the payment is applied
+/// instead and the answer is 409. Cancelling an order that is already closed returns it unchanged.
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The order, `closed`", body = OrderView),
+        (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::error::ErrorBody),
+        (status = 404, description = "`order_not_found` (also for an id that is not a number, and for another buyer's order)", body = crate::error::ErrorBody),
+        (status = 409, description = "`order_not_pending`: the order is paid (or refunded)", body = crate::error::ErrorBody),
+        (status = 502, description = "`provider_unavailable`: the provider could not be reached; the order is still pending, try again", body = crate::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::error::ErrorBody),
+    ))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<OrderView>, ApiError> {
+    let Path(id) = path.map_err(|_| ApiError::not_found("order_not_found", "no such order"))?;
+    let closed = orders::cancel(&state.db, &state.payments, caller.user_id, id).await?;
+    Ok(Json(closed.into()))
+}
+
+/// A reminder sent to the shop.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Reminded {
+    pub order_id: i64,
+    pub reminded_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Seconds between two reminders of one order.
+const REMIND_EVERY_SECS: i64 = 60;
+
+/// Asks the shop to hurry with one of the caller's paid orders: the merchant consoles get a
+/// "customer reminder" (`order.reminded.v1`). At most one a minute per order.
+#[utoipa::path(post, path = "/v1/orders/{id}/remind", tag = "orders", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Order id")),
+    responses(
+        (status = 202, description = "The shop is reminded", body = Reminded),
+        (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::error::ErrorBody),
+        (status = 404, description = "`order_not_found` (also another buyer's order)", body = crate::error::ErrorBody),
+        (status = 409, description = "`order_not_paid`: only a paid order can be reminded about", body = crate::error::ErrorBody),
+        (status = 429, description = "`remind_too_soon`: one reminder a minute; `Retry-After` says when", body = crate::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::error::ErrorBody),
+    ))]
+pub async fn remind(
+    State(state): State<AppState>,
+    caller: Caller,
+    CorrelationId(correlation_id): CorrelationId,
+    path: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, ApiError> {
+    use memberline_schema::events::{Envelope, OrderReminded};
+    use memberline_schema::states::OrderStatus;
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+    let not_found = || ApiError::not_found("order_not_found", "no such order");
+    let Path(id) = path.map_err(|_| not_found())?;
+    let txn = state.db.begin().await?;
+    let found = order::Entity::find_by_id(id)
+        .filter(order::Column::BuyerId.eq(caller.user_id))
+        .lock_exclusive()
+        .one(&txn)
+        .await?
+        .ok_or_else(not_found)?;
+    if found.status != OrderStatus::Paid {
+        return Err(ApiError::conflict(
+            "order_not_paid",
+            format!(
+                "the order is {}; only a paid order can be reminded about",
+                found.status
+            ),
+        ));
+    }
+    // The database's clock, not this instance's: instances may disagree by a few seconds.
+    let row = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT now() AS now, \
+             ceil(extract(epoch FROM reminded_at + make_interval(secs => $2) - now()))::bigint \
+                 AS wait \
+             FROM orders WHERE id = $1",
+            [id.into(), (REMIND_EVERY_SECS as f64).into()],
+        ))
+        .await?
+        .ok_or_else(not_found)?;
+    let now: chrono::DateTime<chrono::Utc> = row.try_get("", "now")?;
+    let wait: Option<i64> = row.try_get("", "wait")?;
+    if let Some(wait) = wait.filter(|w| *w > 0) {
+        let mut res = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "remind_too_soon",
+            format!("one reminder a minute: try again in {wait} s"),
+        )
+        .into_response();
+        res.headers_mut()
+            .insert("retry-after", HeaderValue::from(wait as u64));
+        return Ok(res);
+    }
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE orders SET reminded_at = $2 WHERE id = $1",
+        [id.into(), now.into()],
+    ))
+    .await?;
+    let event = OrderReminded {
+        order_id: found.id,
+        order_no: found.order_no.clone(),
+        buyer_id: found.buyer_id,
+        plan_name: found.plan_name.clone(),
+        reminded_at: now,
+    };
+    memberline_platform::outbox::enqueue(&txn, &Envelope::new(event, correlation_id, None)).await?;
+    txn.commit().await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Reminded {
+            order_id: id,
+            reminded_at: now,
+        }),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -303,6 +437,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/orders", get(list).post(create))
         .route("/v1/orders/{id}", get(get_one))
+        .route("/v1/orders/{id}/cancel", post(cancel))
+        .route("/v1/orders/{id}/remind", post(remind))
 }
 
 #[cfg(test)]

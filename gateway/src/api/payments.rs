@@ -22,8 +22,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
+use memberline_payments::refunds;
 use memberline_payments::settle::{self, Applied, Notification, Stored};
-use memberline_payments::wechat::NotifyHeaders;
+use memberline_payments::wechat::{NotifyHeaders, WechatEvent};
 use memberline_payments::{NotifyError, Payment};
 use memberline_schema::entities::order;
 use memberline_schema::states::Provider;
@@ -125,6 +126,38 @@ async fn wechat_notify(State(state): State<AppState>, headers: HeaderMap, body: 
             return wechat_fail(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
+    // A refund's outcome is applied before the notification is stored: applying is idempotent
+    // (a refund that is not pending any more is left alone), so a crash in between only means
+    // WeChat's next copy stores it.
+    if let WechatEvent::Refund {
+        out_refund_no,
+        refund_status,
+        refund_id,
+        ..
+    } = &notification.event
+    {
+        let applied = match refund_status.as_str() {
+            "SUCCESS" => refunds::complete(&state.db, out_refund_no, refund_id.clone()).await,
+            "ABNORMAL" | "CLOSED" => {
+                let why = format!("WeChat REFUND.{refund_status}");
+                refunds::fail(&state.db, out_refund_no, &why).await
+            }
+            _ => Ok(false),
+        };
+        match applied {
+            Ok(true) => state
+                .metrics
+                .payment_notification("wechat", "refund_applied"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, out_refund_no, "Could not apply a refund notification; WeChat will retry");
+                return wechat_fail(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "could not apply the refund",
+                );
+            }
+        }
+    }
     let raw = String::from_utf8_lossy(&body);
     let stored = store(
         &state,
@@ -194,9 +227,17 @@ async fn alipay_notify(State(state): State<AppState>, body: Bytes) -> Response {
     alipay_reply(stored.is_ok())
 }
 
-/// `GET /v1/orders/{id}/qr.png`: the caller's pending provider order's code as a PNG QR image;
-/// 404 `qr_not_available` for any other order.
-async fn qr_png(
+/// The caller's pending WeChat / Alipay order's code (`payment.code_url`) as a PNG QR image, to
+/// show the buyer; rendered on the server.
+#[utoipa::path(get, path = "/v1/orders/{id}/qr.png", tag = "orders", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The QR code", content_type = "image/png", body = PngImage),
+        (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::error::ErrorBody),
+        (status = 404, description = "`qr_not_available`: no such order of yours, or it is not a pending provider order", body = crate::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::error::ErrorBody),
+    ))]
+pub async fn qr_png(
     State(state): State<AppState>,
     caller: Caller,
     path: Result<Path<i64>, axum::extract::rejection::PathRejection>,
@@ -220,6 +261,21 @@ async fn qr_png(
     )
         .into_response())
 }
+
+/// A PNG image (binary), for the OpenAPI document.
+pub struct PngImage;
+
+impl utoipa::PartialSchema for PngImage {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PngImage {}
 
 pub mod qr {
     //! A QR code as a PNG image: the `qrcode` crate encodes, the `png` crate writes; we only

@@ -14,11 +14,12 @@
 //! is never a second provider order.
 
 use super::placement::{
-    Claim, charge, check_eligibility, claim_key, insert_order, lock_buyer, store_response,
+    Claim, Pending, charge, check_eligibility, claim_key, insert_order, lock_buyer, store_response,
 };
 use super::{OrderError, OrderView, PlaceOrder, Placed, transitions};
 use chrono::{Duration, Utc};
 use memberline_payments::{Payments, QrRequest};
+use memberline_platform::settings::PaymentSettings;
 use memberline_schema::entities::{order, plan};
 use memberline_schema::states::OrderStatus;
 use sea_orm::{
@@ -26,11 +27,29 @@ use sea_orm::{
     TransactionTrait,
 };
 
+/// How long a provider order may stay pending, and when its provider is first asked about it
+/// (`payments.order_ttl_secs`, `payments.reconcile_after_secs`).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub ttl: Duration,
+    pub reconcile_after: Duration,
+}
+
+impl From<&PaymentSettings> for Timing {
+    fn from(p: &PaymentSettings) -> Self {
+        let secs = |s: u64| Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX));
+        Self {
+            ttl: secs(p.order_ttl_secs),
+            reconcile_after: secs(p.reconcile_after_secs),
+        }
+    }
+}
+
 /// Places a provider order and fetches its code. See the module docs.
 pub async fn checkout(
     db: &DatabaseConnection,
     payments: &Payments,
-    ttl: Duration,
+    timing: Timing,
     cmd: &PlaceOrder,
 ) -> Result<Placed, OrderError> {
     let provider = cmd
@@ -42,7 +61,7 @@ pub async fn checkout(
         .ok_or(OrderError::PayMethodUnavailable(cmd.pay_method))?;
 
     let txn = db.begin().await?;
-    let order = match start(&txn, cmd, ttl).await {
+    let order = match start(&txn, cmd, timing).await {
         Ok(Started::Order(order)) => {
             txn.commit().await?;
             *order
@@ -70,18 +89,31 @@ pub async fn checkout(
         Ok(code) => {
             let txn = db.begin().await?;
             let payload = serde_json::json!({ "code_url": code.code_url });
-            txn.execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "UPDATE orders SET provider_payload = $2, updated_at = now() WHERE id = $1",
-                [order.id.into(), payload.clone().into()],
-            ))
-            .await?;
+            let stored = txn
+                .execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "UPDATE orders SET provider_payload = $2, updated_at = now() \
+                     WHERE id = $1 AND status = 'pending_payment'",
+                    [order.id.into(), payload.clone().into()],
+                ))
+                .await?
+                .rows_affected();
+            if stored == 0 {
+                // Cancelled (or expired) while the provider was answering: the code must not
+                // reach the buyer, whose payment would only be refunded.
+                txn.rollback().await?;
+                let now = order::Entity::find_by_id(order.id)
+                    .one(db)
+                    .await?
+                    .map_or(OrderStatus::Closed, |o| o.status);
+                return Err(OrderError::NotPending(now));
+            }
             let order = order::Model {
                 provider_payload: Some(payload),
                 ..order
             };
             let body = serde_json::to_value(OrderView::from(order)).map_err(anyhow::Error::from)?;
-            store_response(&txn, cmd, 201, &body).await?;
+            store_response(&txn, cmd.key_ref(), 201, &body).await?;
             txn.commit().await?;
             Ok(Placed::Created(body))
         }
@@ -123,10 +155,10 @@ enum Started {
 async fn start(
     txn: &DatabaseTransaction,
     cmd: &PlaceOrder,
-    ttl: Duration,
+    timing: Timing,
 ) -> Result<Started, OrderError> {
     let buyer = lock_buyer(txn, cmd.buyer_id).await?;
-    match claim_key(txn, cmd).await? {
+    match claim_key(txn, cmd.key_ref()).await? {
         Claim::Claimed => {}
         Claim::Replay(placed) => return Ok(Started::Replay(placed)),
         Claim::InFlight { order_id } => {
@@ -154,7 +186,11 @@ async fn start(
         ));
     }
     let now = Utc::now();
-    let order = insert_order(txn, cmd, &buyer, &plan, charge, now, Some(now + ttl)).await?;
+    let pending = Pending {
+        until: now + timing.ttl,
+        check_at: (now + timing.reconcile_after).min(now + timing.ttl),
+    };
+    let order = insert_order(txn, cmd, &buyer, &plan, charge, now, Some(pending)).await?;
     transitions::record(
         txn,
         order.id,

@@ -5,12 +5,16 @@
 //! This layer speaks in [`OrderError`]s, never in HTTP: the API maps them to responses once
 //! (`crate::error`).
 
+pub mod cancel;
 pub mod checkout;
+pub mod grant;
 pub mod placement;
+pub mod refund;
 pub use memberline_payments::transitions;
 pub mod view;
 
-pub use checkout::checkout;
+pub use cancel::cancel;
+pub use checkout::{Timing, checkout};
 pub use placement::{ExpectedPrice, PlaceOrder, Placed, place};
 pub use view::OrderView;
 
@@ -38,6 +42,10 @@ pub enum OrderError {
     OrderNotFound(i64),
     #[error("the order is {0}, not pending payment")]
     NotPending(memberline_schema::states::OrderStatus),
+    #[error("the order is {0}; only a paid order can be refunded")]
+    NotRefundable(memberline_schema::states::OrderStatus),
+    #[error("no user {0}")]
+    UserNotFound(i64),
     #[error("this plan costs {needed} fen and your balance is {have} fen")]
     InsufficientBalance { needed: i64, have: i64 },
     #[error("this plan costs {needed} points and you have {have}")]
@@ -69,6 +77,8 @@ impl OrderError {
             OrderError::ProviderUnavailable(_) => "provider_unavailable",
             OrderError::OrderNotFound(_) => "order_not_found",
             OrderError::NotPending(_) => "order_not_pending",
+            OrderError::NotRefundable(_) => "order_not_refundable",
+            OrderError::UserNotFound(_) => "user_not_found",
             OrderError::InsufficientBalance { .. } => "insufficient_balance",
             OrderError::InsufficientPoints { .. } => "insufficient_points",
             OrderError::PriceChanged { .. } => "price_changed",

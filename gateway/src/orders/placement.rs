@@ -10,9 +10,7 @@ use crate::pricing::buyer_price;
 use chrono::{DateTime, Utc};
 use memberline_platform::db::violated_constraint;
 use memberline_platform::outbox;
-use memberline_schema::entities::{
-    balance_ledger, level, membership_period, order, plan, point_ledger, user,
-};
+use memberline_schema::entities::{balance_ledger, level, order, plan, point_ledger, user};
 use memberline_schema::events::{Envelope, OrderPaid, PlanSold};
 use memberline_schema::states::{LedgerReason, OrderStatus, PayMethod, PlanKind};
 use sea_orm::{
@@ -64,8 +62,14 @@ pub(super) struct Charge {
     pub(super) points: i64,
 }
 
+/// Why a buyer cannot place an `admin_grant` order.
+const ADMIN_GRANT_ONLY: &str = "admin_grant is not a pay method buyers can use: admins grant with PUT /v1/admin/users/{id}/membership";
+
 /// Places an order paid with balance, points or a free plan. See the module docs.
 pub async fn place(db: &DatabaseConnection, cmd: &PlaceOrder) -> Result<Placed, OrderError> {
+    if cmd.pay_method == PayMethod::AdminGrant {
+        return Err(OrderError::PayMethodNotAllowed(ADMIN_GRANT_ONLY));
+    }
     if cmd.pay_method.provider().is_some() {
         // Provider orders are placed by `checkout`, which calls the provider between two
         // transactions.
@@ -90,7 +94,7 @@ pub async fn place(db: &DatabaseConnection, cmd: &PlaceOrder) -> Result<Placed, 
 
 async fn place_in(txn: &DatabaseTransaction, cmd: &PlaceOrder) -> Result<Placed, OrderError> {
     let buyer = lock_buyer(txn, cmd.buyer_id).await?;
-    match claim_key(txn, cmd).await? {
+    match claim_key(txn, cmd.key_ref()).await? {
         Claim::Claimed => {}
         Claim::Replay(replay) => return Ok(replay),
         Claim::InFlight { .. } => {
@@ -132,7 +136,7 @@ async fn place_in(txn: &DatabaseTransaction, cmd: &PlaceOrder) -> Result<Placed,
     outbox::enqueue(txn, &Envelope::new(event, cmd.correlation_id, None)).await?;
 
     let body = serde_json::to_value(OrderView::from(inserted)).map_err(anyhow::Error::from)?;
-    store_response(txn, cmd, 201, &body).await?;
+    store_response(txn, cmd.key_ref(), 201, &body).await?;
     Ok(Placed::Created(body))
 }
 
@@ -149,8 +153,27 @@ pub(super) async fn lock_buyer(
         .ok_or(OrderError::UnknownBuyer)
 }
 
+/// An idempotency key and the request it was sent with (hashed), per user: a buyer's order, an
+/// admin's refund or grant.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyRef<'a> {
+    pub user_id: i64,
+    pub key: &'a str,
+    pub request_hash: &'a str,
+}
+
+impl PlaceOrder {
+    pub(crate) fn key_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            user_id: self.buyer_id,
+            key: &self.idempotency_key,
+            request_hash: &self.request_hash,
+        }
+    }
+}
+
 /// What claiming an idempotency key found.
-pub(super) enum Claim {
+pub(crate) enum Claim {
     /// The key is ours: go on.
     Claimed,
     /// An earlier request with the same key and body answered this; replay it.
@@ -162,20 +185,16 @@ pub(super) enum Claim {
 
 /// Claims the idempotency key inside the transaction; a different body under a used key is
 /// refused.
-pub(super) async fn claim_key(
+pub(crate) async fn claim_key(
     txn: &DatabaseTransaction,
-    cmd: &PlaceOrder,
+    cmd: KeyRef<'_>,
 ) -> Result<Claim, OrderError> {
     let claimed = txn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3) \
              ON CONFLICT DO NOTHING RETURNING user_id",
-            [
-                cmd.buyer_id.into(),
-                cmd.idempotency_key.clone().into(),
-                cmd.request_hash.clone().into(),
-            ],
+            [cmd.user_id.into(), cmd.key.into(), cmd.request_hash.into()],
         ))
         .await?;
     if claimed.is_some() {
@@ -187,7 +206,7 @@ pub(super) async fn claim_key(
             DbBackend::Postgres,
             "SELECT request_hash, status_code, response_body, order_id FROM idempotency_keys \
              WHERE user_id = $1 AND key = $2",
-            [cmd.buyer_id.into(), cmd.idempotency_key.clone().into()],
+            [cmd.user_id.into(), cmd.key.into()],
         ))
         .await?
         .ok_or_else(|| anyhow::anyhow!("idempotency row vanished"))?;
@@ -209,9 +228,9 @@ pub(super) async fn claim_key(
 }
 
 /// Stores the response an idempotent retry will replay.
-pub(super) async fn store_response<C: ConnectionTrait>(
+pub(crate) async fn store_response<C: ConnectionTrait>(
     txn: &C,
-    cmd: &PlaceOrder,
+    cmd: KeyRef<'_>,
     status: i16,
     body: &serde_json::Value,
 ) -> Result<(), OrderError> {
@@ -220,8 +239,8 @@ pub(super) async fn store_response<C: ConnectionTrait>(
         "UPDATE idempotency_keys SET status_code = $3, response_body = $4 \
          WHERE user_id = $1 AND key = $2",
         [
-            cmd.buyer_id.into(),
-            cmd.idempotency_key.clone().into(),
+            cmd.user_id.into(),
+            cmd.key.into(),
             status.into(),
             body.clone().into(),
         ],
@@ -239,20 +258,29 @@ pub(super) async fn check_eligibility(
     pay_method: PayMethod,
 ) -> Result<(), OrderError> {
     if plan.kind != PlanKind::Pass {
-        let permanent = membership_period::Entity::find()
-            .filter(membership_period::Column::UserId.eq(buyer.id))
-            .filter(membership_period::Column::Permanent.eq(true))
-            .count(txn)
-            .await?;
-        // A paid permanent order counts at once, before the membership worker has written its
-        // period: otherwise two quick purchases would both be charged.
-        let permanent_orders = order::Entity::find()
-            .filter(order::Column::BuyerId.eq(buyer.id))
-            .filter(order::Column::PlanKind.eq(PlanKind::Permanent))
-            .filter(order::Column::Status.eq(OrderStatus::Paid))
-            .count(txn)
-            .await?;
-        if permanent + permanent_orders > 0 {
+        // A live permanent period, or a paid permanent order whose period the membership worker
+        // has not written yet (otherwise two quick purchases would both be charged). A refunded
+        // or revoked permanent membership no longer counts.
+        let permanent: i64 = txn
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT (SELECT count(*) FROM membership_periods \
+                         WHERE user_id = $1 AND permanent AND removed_at IS NULL) \
+                      + (SELECT count(*) FROM orders o WHERE o.buyer_id = $1 \
+                         AND o.plan_kind = $2 AND o.status IN ($3, $4) \
+                         AND NOT EXISTS (SELECT 1 FROM membership_periods p \
+                                         WHERE p.order_id = o.id)) AS n",
+                [
+                    buyer.id.into(),
+                    PlanKind::Permanent.as_str().into(),
+                    OrderStatus::Paid.as_str().into(),
+                    OrderStatus::RefundPending.as_str().into(),
+                ],
+            ))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("count returned no row"))?
+            .try_get("", "n")?;
+        if permanent > 0 {
             return Err(OrderError::AlreadyPermanent);
         }
     }
@@ -315,7 +343,8 @@ pub(super) async fn charge(
                 "this plan cannot be bought with points",
             ))?,
         },
-        _ => Charge { fen: 0, points: 0 },
+        PayMethod::Free => Charge { fen: 0, points: 0 },
+        PayMethod::AdminGrant => return Err(OrderError::PayMethodNotAllowed(ADMIN_GRANT_ONLY)),
     };
     if pay_method == PayMethod::Balance && buyer.balance_fen < charge.fen {
         return Err(OrderError::InsufficientBalance {
@@ -334,6 +363,14 @@ pub(super) async fn charge(
 
 /// Inserts the order with a snapshot of the plan as sold: paid at once, or — with
 /// `pending_until` — waiting for a provider payment until then.
+/// When a pending provider order expires, and when the payment lifecycle job first asks its
+/// provider about it (reconciliation, or expiry if that comes first).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Pending {
+    pub until: DateTime<Utc>,
+    pub check_at: DateTime<Utc>,
+}
+
 pub(super) async fn insert_order(
     txn: &DatabaseTransaction,
     cmd: &PlaceOrder,
@@ -341,9 +378,10 @@ pub(super) async fn insert_order(
     plan: &plan::Model,
     charge: Charge,
     now: DateTime<Utc>,
-    pending_until: Option<DateTime<Utc>>,
+    pending: Option<Pending>,
 ) -> Result<order::Model, OrderError> {
-    let status = match pending_until {
+    let pending_until = pending.map(|p| p.until);
+    let status = match pending {
         Some(_) => OrderStatus::PendingPayment,
         None => OrderStatus::Paid,
     };
@@ -381,6 +419,17 @@ pub(super) async fn insert_order(
         created_at: Set(now),
         updated_at: Set(now),
         version: Set(1),
+        late_payment: Set(None),
+        late_refund_status: Set(None),
+        late_refunded_at: Set(None),
+        late_refund_id: Set(None),
+        payment_check_at: Set(pending.map(|p| p.check_at)),
+        payment_check_attempts: Set(0),
+        payment_flag: Set(None),
+        refunded_at: Set(None),
+        refund_reason: Set(None),
+        refund_flag: Set(None),
+        reminded_at: Set(None),
     }
     .insert(txn)
     .await

@@ -27,6 +27,10 @@ pub struct OrderView {
     pub paid_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
     pub closed_at: Option<DateTime<Utc>>,
+    /// When the refund was done (`refunded`).
+    pub refunded_at: Option<DateTime<Utc>>,
+    /// Why the order is being (`refund_pending`) or was (`refunded`) refunded.
+    pub refund_reason: Option<String>,
     /// How to pay a WeChat / Alipay order while it is `pending_payment`; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payment: Option<PaymentView>,
@@ -76,6 +80,8 @@ impl From<order::Model> for OrderView {
             paid_at: o.paid_at,
             expires_at: o.expires_at,
             closed_at: o.closed_at,
+            refunded_at: o.refunded_at,
+            refund_reason: o.refund_reason,
         }
     }
 }

@@ -42,7 +42,9 @@ pub enum WechatEvent {
     Refund {
         out_trade_no: String,
         out_refund_no: String,
+        /// `SUCCESS`, `CLOSED`, `ABNORMAL` (`PROCESSING` is never notified).
         refund_status: String,
+        refund_id: Option<String>,
     },
 }
 
@@ -87,6 +89,7 @@ struct RefundResource {
     out_trade_no: String,
     out_refund_no: String,
     refund_status: String,
+    refund_id: Option<String>,
 }
 
 impl WechatPay {
@@ -147,6 +150,7 @@ impl WechatPay {
                 out_trade_no: r.out_trade_no,
                 out_refund_no: r.out_refund_no,
                 refund_status: r.refund_status,
+                refund_id: r.refund_id,
             }
         } else {
             WechatEvent::Transaction(

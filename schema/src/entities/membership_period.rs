@@ -13,6 +13,9 @@ pub struct Model {
     pub ends_at: Option<DateTimeUtc>,
     pub permanent: bool,
     pub created_at: DateTimeUtc,
+    /// Set when the period was taken away (its order refunded, or revoked before it began):
+    /// it no longer counts.
+    pub removed_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

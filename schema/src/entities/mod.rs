@@ -2,6 +2,7 @@
 //! [`crate::states`] (text in the database, with CHECK constraints where the migrations set
 //! them); amounts are `i64` fen or points; times are UTC.
 
+pub mod audit_log;
 pub mod balance_ledger;
 pub mod channel_delivery;
 pub mod console_feed;
@@ -16,6 +17,7 @@ pub mod outbox;
 pub mod payment_notification;
 pub mod plan;
 pub mod point_ledger;
+pub mod refund;
 pub mod savings_entry;
 pub mod user;
 pub mod user_pass;

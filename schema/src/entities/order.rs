@@ -1,6 +1,6 @@
 //! Orders, with a snapshot of the plan as sold.
 
-use crate::states::{OrderStatus, PayMethod, PlanKind, Provider};
+use crate::states::{LateRefundStatus, OrderStatus, PayMethod, PlanKind, Provider};
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
@@ -33,6 +33,24 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     pub version: i32,
+    /// The verified payment that came after the order was closed (raw provider data).
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub late_payment: Option<Json>,
+    pub late_refund_status: Option<LateRefundStatus>,
+    pub late_refunded_at: Option<DateTimeUtc>,
+    pub late_refund_id: Option<String>,
+    /// When the payment lifecycle job next looks at this order at its provider.
+    pub payment_check_at: Option<DateTimeUtc>,
+    /// Checks in a row without a final answer (the backoff of the next one).
+    pub payment_check_attempts: i32,
+    /// Why a payment the provider reports was not applied; the order waits for an operator.
+    pub payment_flag: Option<String>,
+    pub refunded_at: Option<DateTimeUtc>,
+    pub refund_reason: Option<String>,
+    /// Why a provider refund did not go through; the order is paid again, for an operator.
+    pub refund_flag: Option<String>,
+    /// The buyer's latest reminder to the shop (`POST /v1/orders/{id}/remind`).
+    pub reminded_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -17,6 +17,10 @@ pub struct Model {
     /// For purchase rewards, the order's `paid_at`: the daily cap counts by the purchase's day.
     pub earned_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
+    /// Growth this entry added (a reward) or took back (a reversal).
+    pub growth_delta: i64,
+    /// Reward points a reversal could not take back: the buyer had spent them.
+    pub shortfall: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

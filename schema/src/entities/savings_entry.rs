@@ -12,6 +12,8 @@ pub struct Model {
     pub saved_fen: i64,
     pub saved_points: i64,
     pub created_at: DateTimeUtc,
+    /// Set when its order was refunded and the saving taken off the buyer's totals.
+    pub reversed_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -14,6 +14,8 @@ pub struct Model {
     pub uses_total: i32,
     pub uses_left: i32,
     pub created_at: DateTimeUtc,
+    /// Set when its order was refunded: the unused uses are gone.
+    pub revoked_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -43,6 +43,21 @@ impl MigratorTrait for Migrator {
                 up: include_str!("m20261124_000006_provider_payments.sql"),
                 down: include_str!("m20261124_000006_provider_payments.down.sql"),
             }),
+            Box::new(SqlMigration {
+                name: "m20261124_000007_payment_lifecycle",
+                up: include_str!("m20261124_000007_payment_lifecycle.sql"),
+                down: include_str!("m20261124_000007_payment_lifecycle.down.sql"),
+            }),
+            Box::new(SqlMigration {
+                name: "m20261124_000008_refunds_and_grants",
+                up: include_str!("m20261124_000008_refunds_and_grants.sql"),
+                down: include_str!("m20261124_000008_refunds_and_grants.down.sql"),
+            }),
+            Box::new(SqlMigration {
+                name: "m20261124_000009_live_push",
+                up: include_str!("m20261124_000009_live_push.sql"),
+                down: include_str!("m20261124_000009_live_push.down.sql"),
+            }),
         ]
     }
 }

@@ -60,13 +60,26 @@ impl Worker {
     pub fn bindings(self) -> &'static [&'static str] {
         match self {
             // The notifier also tells the buyer when the membership is active and when their
-            // level changed, which only the membership and ledger workers know.
+            // level changed, which only the membership and ledger workers know, and when an
+            // unpaid order was closed or a late payment refunded (the payment lifecycle).
             Worker::Notifier => &[
                 "order.paid.v1",
                 "membership.extended.v1",
                 "level.changed.v1",
+                "order.closed.v1",
+                "order.late_payment_refunded.v1",
+                "order.refunded.v1",
+                "membership.changed.v1",
+                "order.reminded.v1",
             ],
-            _ => &["order.paid.v1"],
+            // A refund reverses what the paid order did; an admin's revocation ends the
+            // membership.
+            Worker::Membership => &[
+                "order.paid.v1",
+                "order.refunded.v1",
+                "membership.revoked.v1",
+            ],
+            Worker::Ledger | Worker::Savings => &["order.paid.v1", "order.refunded.v1"],
         }
     }
 }

@@ -476,7 +476,7 @@ fn query_trade(emu: &Shared, biz: &Map<String, Value>) -> Map<String, Value> {
     m
 }
 
-fn close(emu: &Shared, biz: &Map<String, Value>) -> Map<String, Value> {
+pub(crate) fn close(emu: &Shared, biz: &Map<String, Value>) -> Map<String, Value> {
     let (answer, notification) = {
         let mut store = emu.store();
         let Some(no) = find_scanned(&store, biz) else {

@@ -33,6 +33,8 @@ pub fn routes() -> Router<Shared> {
         .route("/emulator/notifications", get(list_attempts))
         .route("/emulator/events", get(list_events))
         .route("/emulator/send", post(send))
+        .route("/emulator/refund-outcome", post(refund_outcome))
+        .route("/emulator/time-out", post(time_out))
 }
 
 fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -617,4 +619,65 @@ fn urlencode(s: &str) -> String {
     serde_urlencoded::to_string([("x", s)])
         .map(|e| e[2..].to_string())
         .unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+struct RefundOutcomeRequest {
+    provider: Provider,
+    /// `success` (the default behaviour) or `abnormal`.
+    outcome: String,
+}
+
+/// `POST /emulator/refund-outcome {provider: "wechat", outcome: "success" | "abnormal"}`: how
+/// WeChat refunds accepted from now on end (Alipay refunds are synchronous and always succeed).
+async fn refund_outcome(
+    State(emu): State<Shared>,
+    payload: Result<Json<RefundOutcomeRequest>, JsonRejection>,
+) -> Response {
+    let req = match body(payload) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let abnormal = match (req.provider, req.outcome.as_str()) {
+        (Provider::Wechat, "success") => false,
+        (Provider::Wechat, "abnormal") => true,
+        _ => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "only WeChat refunds can end otherwise: outcome is success or abnormal",
+            );
+        }
+    };
+    emu.store().wechat_refunds_end_abnormal = abnormal;
+    Json(json!({ "provider": req.provider, "outcome": req.outcome })).into_response()
+}
+
+/// `POST /emulator/time-out {provider: "alipay", out_trade_no}`: Alipay closes a scanned, unpaid
+/// trade on its own, as it does when `timeout_express` runs out (`TRADE_CLOSED`, notified).
+async fn time_out(
+    State(emu): State<Shared>,
+    payload: Result<Json<TradeRef>, JsonRejection>,
+) -> Response {
+    let req = match body(payload) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if req.provider != Provider::Alipay {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "only Alipay closes trades on its own here (WeChat: /emulator/expire)",
+        );
+    }
+    let mut biz = serde_json::Map::new();
+    biz.insert("out_trade_no".into(), json!(req.out_trade_no));
+    let answer = alipay::close(&emu, &biz);
+    if answer.get("code").and_then(Value::as_str) == Some("10000") {
+        Json(json!({ "provider": req.provider, "out_trade_no": req.out_trade_no, "trade_status": "TRADE_CLOSED" }))
+            .into_response()
+    } else {
+        json_error(
+            StatusCode::CONFLICT,
+            format!("not closed: {}", Value::Object(answer)),
+        )
+    }
 }

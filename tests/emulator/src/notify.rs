@@ -580,20 +580,20 @@ pub fn wechat_transaction_success(
     wechat_notification(emu, envelope, &transaction)
 }
 
-/// `REFUND.SUCCESS` for a refund that has succeeded.
-pub fn wechat_refund_success(
+/// `REFUND.SUCCESS` for a refund that has succeeded, `REFUND.ABNORMAL` for one that failed.
+pub fn wechat_refund_outcome(
     emu: &Emulator,
     trade: &WechatTrade,
     refund: &WechatRefund,
 ) -> anyhow::Result<Notification> {
-    let plaintext = json!({
+    let abnormal = refund.status == crate::state::RefundStatus::Abnormal;
+    let mut plaintext = json!({
         "mchid": trade.mchid,
         "out_trade_no": refund.out_trade_no,
         "transaction_id": refund.transaction_id,
         "out_refund_no": refund.out_refund_no,
         "refund_id": refund.refund_id,
-        "refund_status": "SUCCESS",
-        "success_time": rfc3339_beijing(refund.success_time.unwrap_or_else(Utc::now)),
+        "refund_status": refund.status.code(),
         "user_received_account": crate::state::USER_RECEIVED_ACCOUNT,
         "amount": {
             "total": refund.total,
@@ -602,6 +602,11 @@ pub fn wechat_refund_success(
             "payer_refund": refund.refund,
         },
     });
+    if !abnormal {
+        plaintext["success_time"] = json!(rfc3339_beijing(
+            refund.success_time.unwrap_or_else(Utc::now)
+        ));
+    }
     let url = refund
         .notify_url
         .clone()
@@ -609,8 +614,16 @@ pub fn wechat_refund_success(
         .unwrap_or_else(|| trade.notify_url.clone());
     let envelope = Envelope {
         event_id: uuid::Uuid::new_v4().to_string(),
-        event_type: "REFUND.SUCCESS",
-        summary: "退款成功",
+        event_type: if abnormal {
+            "REFUND.ABNORMAL"
+        } else {
+            "REFUND.SUCCESS"
+        },
+        summary: if abnormal {
+            "退款异常"
+        } else {
+            "退款成功"
+        },
         original_type: "refund",
         out_trade_no: &trade.out_trade_no,
         url: Some(url),

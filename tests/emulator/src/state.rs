@@ -137,6 +137,9 @@ pub struct Store {
     pub codes: HashMap<String, CodeRef>,
     /// Ids handed out, so that none is handed out twice.
     pub ids: std::collections::HashSet<String>,
+    /// WeChat refunds accepted from now on end ABNORMAL instead of SUCCESS
+    /// (`POST /emulator/refund-outcome`).
+    pub wechat_refunds_end_abnormal: bool,
 }
 
 impl Store {
@@ -249,6 +252,19 @@ pub enum RefundStatus {
     Processing,
     #[serde(rename = "SUCCESS")]
     Success,
+    /// The money could not reach the buyer (a closed card, say): the merchant must act.
+    #[serde(rename = "ABNORMAL")]
+    Abnormal,
+}
+
+impl RefundStatus {
+    pub fn code(self) -> &'static str {
+        match self {
+            RefundStatus::Processing => "PROCESSING",
+            RefundStatus::Success => "SUCCESS",
+            RefundStatus::Abnormal => "ABNORMAL",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -280,7 +296,7 @@ impl WechatRefund {
             "channel": "ORIGINAL",
             "user_received_account": USER_RECEIVED_ACCOUNT,
             "create_time": rfc3339_beijing(self.create_time),
-            "status": match self.status { RefundStatus::Processing => "PROCESSING", RefundStatus::Success => "SUCCESS" },
+            "status": self.status.code(),
             "funds_account": "AVAILABLE",
             "amount": {
                 "total": self.total,

@@ -718,26 +718,35 @@ async fn create_refund(
     signed_response(&emu, StatusCode::OK, Some(&answer))
 }
 
-/// The refund succeeds: status SUCCESS, the order shows REFUND, `REFUND.SUCCESS` is sent.
+/// The refund ends: normally SUCCESS (the order shows REFUND, `REFUND.SUCCESS` is sent); while
+/// `/emulator/refund-outcome` says so, ABNORMAL (`REFUND.ABNORMAL`: the money did not reach
+/// the buyer and stays counted against the order, as WeChat does until the merchant acts).
 fn complete_refund(emu: &Shared, out_refund_no: &str) {
     let built = {
         let mut store = emu.store();
+        let abnormal = store.wechat_refunds_end_abnormal;
         let Some(refund) = store.wechat_refunds.get_mut(out_refund_no) else {
             return;
         };
-        refund.status = RefundStatus::Success;
-        refund.success_time = Some(Utc::now());
+        if abnormal {
+            refund.status = RefundStatus::Abnormal;
+        } else {
+            refund.status = RefundStatus::Success;
+            refund.success_time = Some(Utc::now());
+        }
         let refund = refund.clone();
         let Some(trade) = store.wechat.get_mut(&refund.out_trade_no) else {
             return;
         };
-        trade.state = WechatState::Refund;
+        if !abnormal {
+            trade.state = WechatState::Refund;
+        }
         let trade = trade.clone();
-        notify::wechat_refund_success(emu, &trade, &refund)
+        notify::wechat_refund_outcome(emu, &trade, &refund)
     };
     match built {
         Ok(n) => notify::dispatch(emu, n),
-        Err(e) => tracing::error!("cannot build REFUND.SUCCESS: {e:#}"),
+        Err(e) => tracing::error!("cannot build the refund notification: {e:#}"),
     }
 }
 

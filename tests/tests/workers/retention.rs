@@ -184,6 +184,15 @@ async fn pruning_deletes_only_old_delivery_records_and_a_replayed_pruned_event_a
             ),
         )
         .await,
+        // Stream tickets: one that expired two days ago goes, a live one stays.
+        stream_tickets: exec(
+            &app,
+            "INSERT INTO stream_tickets (hash, user_id, role, expires_at) VALUES \
+             ('old', 1, 'merchant', now() - interval '2 days'), \
+             ('new', 1, 'merchant', now() + interval '30 seconds')",
+        )
+        .await
+            - 1,
     };
     assert!(aged.outbox >= 4, "two events per old order: {aged:?}");
     assert!(

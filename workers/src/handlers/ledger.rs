@@ -12,7 +12,7 @@ use crate::runtime::Effects;
 use crate::store::{levels, point_ledger, users};
 use memberline_platform::outbox;
 use memberline_platform::settings::WorkerSettings;
-use memberline_schema::events::{Envelope, LevelChanged, OrderPaid};
+use memberline_schema::events::{Envelope, LevelChanged, OrderPaid, OrderRefunded};
 use memberline_schema::topology::Worker;
 use sea_orm::DatabaseTransaction;
 
@@ -57,6 +57,10 @@ impl PaidOrderEffect for Ledger {
         env: &Envelope<OrderPaid>,
     ) -> Result<Effects, HandlerError> {
         let e = &env.payload;
+        if point_ledger::reversed(txn, e.order_id).await? {
+            // Refunded before this reward was applied: nothing to give.
+            return Ok(Effects::already_applied());
+        }
         let user = users::rewards(txn, e.buyer_id)
             .await?
             .ok_or_else(|| HandlerError::permanent(anyhow::anyhow!("unknown user")))?;
@@ -83,6 +87,7 @@ impl PaidOrderEffect for Ledger {
             balance_after: user.points + credited,
             flagged_excess: excess,
             earned_at: e.paid_at,
+            growth: growth_delta,
         };
         if !point_ledger::credit_reward(txn, entry).await? {
             return Ok(Effects::already_applied());
@@ -100,6 +105,74 @@ impl PaidOrderEffect for Ledger {
             .await?
             .unwrap_or(user.level_id);
         users::add_reward(txn, e.buyer_id, credited, new_growth, new_level).await?;
+        if new_level != user.level_id {
+            let changed = LevelChanged {
+                user_id: e.buyer_id,
+                from_level: user.level_id,
+                to_level: new_level,
+                growth: new_growth,
+                order_id: e.order_id,
+            };
+            outbox::enqueue(
+                txn,
+                &Envelope::new(changed, env.correlation_id, Some(env.event_id)),
+            )
+            .await?;
+        }
+        Ok(Effects::applied())
+    }
+
+    /// Takes back the reward points and growth the order earned (points the buyer already spent
+    /// are recorded as the entry's shortfall: the balance never goes below zero) and recomputes
+    /// the level (`level.changed.v1` when it drops).
+    async fn apply_refunded(
+        &self,
+        txn: &DatabaseTransaction,
+        env: &Envelope<OrderRefunded>,
+    ) -> Result<Effects, HandlerError> {
+        let e = &env.payload;
+        if point_ledger::reversed(txn, e.order_id).await? {
+            return Ok(Effects::already_applied());
+        }
+        let user = users::rewards(txn, e.buyer_id)
+            .await?
+            .ok_or_else(|| HandlerError::permanent(anyhow::anyhow!("unknown user")))?;
+        let (credited, growth_added) = point_ledger::reward_of(txn, e.order_id)
+            .await?
+            .unwrap_or((0, 0));
+        // Entries written before growth was recorded on them: the same rule as the reward.
+        let growth_back = if growth_added > 0 || credited == 0 {
+            growth_added
+        } else {
+            (e.refund_fen.max(0) + e.refund_points.max(0)) * self.growth_per_yuan / 100
+        };
+        let taken = credited.min(user.points).max(0);
+        let reversal = point_ledger::Reversal {
+            user_id: e.buyer_id,
+            order_id: e.order_id,
+            taken,
+            balance_after: user.points - taken,
+            growth: growth_back,
+            shortfall: credited.max(0) - taken,
+        };
+        // Also written when the order earned nothing (or its reward is not applied yet): the
+        // reward, if it comes late, then finds the order reversed and gives nothing.
+        if !point_ledger::reverse_reward(txn, reversal).await? {
+            return Ok(Effects::already_applied());
+        }
+        if reversal.shortfall > 0 {
+            tracing::warn!(
+                user_id = e.buyer_id,
+                order_id = e.order_id,
+                shortfall = reversal.shortfall,
+                "Refunded order's reward points were already spent; the shortfall is recorded"
+            );
+        }
+        let new_growth = (user.growth - growth_back).max(0);
+        let new_level = levels::for_growth(txn, new_growth)
+            .await?
+            .unwrap_or(user.level_id);
+        users::add_reward(txn, e.buyer_id, -taken, new_growth, new_level).await?;
         if new_level != user.level_id {
             let changed = LevelChanged {
                 user_id: e.buyer_id,

@@ -2,14 +2,21 @@
 //! `max(now, end of the current membership)` (a lapsed member starts now, an active one stacks)
 //! and lasts the plan's days; a permanent plan makes it permanent; a pass adds its uses.
 //! One period (or pass) per order, enforced by a unique constraint.
+//!
+//! A refund removes exactly the order's period and moves every later period earlier by its
+//! length (a pass loses its unused uses); an admin's revocation ends the membership at once.
+//! Both announce the membership as it is afterwards (`membership.changed.v1`).
 
-use super::PaidOrderEffect;
+use super::{PaidOrderEffect, decode, lock_user};
 use crate::decide::HandlerError;
-use crate::runtime::Effects;
+use crate::runtime::{Effects, Incoming};
 use crate::store::{membership_periods, user_passes};
 use chrono::{DateTime, Duration, Utc};
 use memberline_platform::outbox;
-use memberline_schema::events::{Envelope, MembershipExtended, OrderPaid, PlanKind};
+use memberline_schema::events::{
+    Envelope, MembershipChange, MembershipChanged, MembershipExtended, MembershipRevoked,
+    OrderPaid, OrderRefunded, PlanKind,
+};
 use memberline_schema::topology::Worker;
 use sea_orm::DatabaseTransaction;
 
@@ -34,6 +41,19 @@ impl PaidOrderEffect for Membership {
         env: &Envelope<OrderPaid>,
     ) -> Result<Effects, HandlerError> {
         let e = &env.payload;
+        if e.plan.plan_kind != PlanKind::Pass
+            && membership_periods::revoked_since(txn, e.buyer_id, e.paid_at).await?
+        {
+            // Paid before an admin revoked the membership, applied after: the revocation
+            // covers it (a removed placeholder keeps its business key).
+            return Ok(
+                if membership_periods::add_removed(txn, e.buyer_id, e.order_id).await? {
+                    Effects::applied()
+                } else {
+                    Effects::already_applied()
+                },
+            );
+        }
         let extended = match e.plan.plan_kind {
             PlanKind::Membership | PlanKind::Permanent => add_period(txn, e).await?,
             PlanKind::Pass => grant_pass(txn, e).await?,
@@ -45,6 +65,122 @@ impl PaidOrderEffect for Membership {
         outbox::enqueue(txn, &follow_up).await?;
         Ok(Effects::applied())
     }
+
+    /// Removes exactly the refunded order's period (later periods move earlier by its length)
+    /// or takes its pass's unused uses.
+    async fn apply_refunded(
+        &self,
+        txn: &DatabaseTransaction,
+        env: &Envelope<OrderRefunded>,
+    ) -> Result<Effects, HandlerError> {
+        let e = &env.payload;
+        let (removed_secs, removed_pass_uses) = match e.plan.plan_kind {
+            PlanKind::Membership | PlanKind::Permanent => {
+                match membership_periods::of_order(txn, e.order_id).await? {
+                    Some(period) if period.removed => return Ok(Effects::already_applied()),
+                    Some(period) => {
+                        membership_periods::remove_and_close_gap(
+                            txn, e.buyer_id, e.order_id, period,
+                        )
+                        .await?;
+                        let secs = period
+                            .ends_at
+                            .map_or(0, |end| (end - period.starts_at).num_seconds());
+                        (secs, 0)
+                    }
+                    // Refunded before its period was added: nothing to take, and nothing
+                    // will be added.
+                    None => {
+                        membership_periods::add_removed(txn, e.buyer_id, e.order_id).await?;
+                        return Ok(Effects::applied());
+                    }
+                }
+            }
+            PlanKind::Pass => match user_passes::revoke(txn, e.order_id).await? {
+                Some(taken) => (0, taken),
+                None if user_passes::exists(txn, e.order_id).await? => {
+                    return Ok(Effects::already_applied());
+                }
+                None => {
+                    user_passes::add_revoked(
+                        txn,
+                        e.buyer_id,
+                        e.order_id,
+                        e.plan.plan_id,
+                        &e.plan.plan_name,
+                        e.plan.uses.unwrap_or(1),
+                    )
+                    .await?;
+                    return Ok(Effects::applied());
+                }
+            },
+        };
+        changed(
+            txn,
+            env,
+            e.buyer_id,
+            MembershipChange::Refund,
+            Some(e.order_id),
+            removed_secs,
+            removed_pass_uses,
+        )
+        .await
+    }
+
+    /// `membership.revoked.v1`: the membership ends at `revoked_at` (deduplicated by the
+    /// runtime's consumed-event claim: the event itself is the business key).
+    async fn apply_other(
+        &self,
+        txn: &DatabaseTransaction,
+        msg: &Incoming,
+    ) -> Result<Effects, HandlerError> {
+        if !msg.head.is::<MembershipRevoked>() {
+            return Err(HandlerError::permanent(anyhow::anyhow!(
+                "unexpected event {} v{}",
+                msg.head.event_type,
+                msg.head.version
+            )));
+        }
+        let env = decode::<MembershipRevoked>(msg)?;
+        let e = &env.payload;
+        lock_user(txn, e.user_id).await?;
+        let removed = membership_periods::revoke(txn, e.user_id, e.revoked_at).await?;
+        changed(
+            txn,
+            &env,
+            e.user_id,
+            MembershipChange::Revoke,
+            None,
+            removed,
+            0,
+        )
+        .await
+    }
+}
+
+/// Announces what the buyer's membership is after a reversal (`membership.changed.v1`).
+async fn changed<P: memberline_schema::events::Event + Sync>(
+    txn: &DatabaseTransaction,
+    cause: &Envelope<P>,
+    user_id: i64,
+    change: MembershipChange,
+    order_id: Option<i64>,
+    removed_secs: i64,
+    removed_pass_uses: i32,
+) -> Result<Effects, HandlerError> {
+    let (ends_at, permanent) = membership_periods::standing(txn, user_id).await?;
+    let event = MembershipChanged {
+        user_id,
+        change,
+        order_id,
+        removed_secs,
+        removed_pass_uses,
+        ends_at: if permanent { None } else { ends_at },
+        permanent,
+    };
+    let follow_up = Envelope::new(event, cause.correlation_id, Some(cause.event_id));
+    outbox::enqueue(txn, &follow_up).await?;
+    Ok(Effects::applied())
 }
 
 /// Adds the order's period: `[start, start + days)` stacked after the current membership for a

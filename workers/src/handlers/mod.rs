@@ -14,7 +14,7 @@ pub mod savings;
 use crate::decide::HandlerError;
 use crate::runtime::{Effects, Handler, Incoming};
 use crate::store::{orders, users};
-use memberline_schema::events::{Envelope, Event, OrderPaid};
+use memberline_schema::events::{Envelope, Event, EventType, OrderPaid, OrderRefunded};
 use memberline_schema::states::OrderStatus;
 use memberline_schema::topology::Worker;
 use sea_orm::DatabaseTransaction;
@@ -39,7 +39,7 @@ pub fn order_paid(msg: &Incoming) -> Result<Envelope<OrderPaid>, HandlerError> {
 }
 
 /// Fails permanently unless the order exists, belongs to the buyer and is paid (or was paid
-/// and refunded since).
+/// and is being, or was, refunded since).
 pub async fn require_paid_order(
     txn: &DatabaseTransaction,
     event: &OrderPaid,
@@ -58,7 +58,10 @@ pub async fn require_paid_order(
             event.buyer_id
         )));
     }
-    if !matches!(order.status, OrderStatus::Paid | OrderStatus::Refunded) {
+    if !matches!(
+        order.status,
+        OrderStatus::Paid | OrderStatus::RefundPending | OrderStatus::Refunded
+    ) {
         return Err(HandlerError::permanent(anyhow::anyhow!(
             "order {} is {}, not paid",
             event.order_id,
@@ -90,8 +93,35 @@ pub async fn paid_order_locked(
     Ok(env)
 }
 
-/// An effect of `order.paid.v1` on the buyer's records. Its [`Handler`] runs
-/// [`paid_order_locked`] first, so no such effect can skip the order check or the buyer lock.
+/// Fails permanently unless the refunded order exists, belongs to the buyer and is refunded.
+pub async fn require_refunded_order(
+    txn: &DatabaseTransaction,
+    event: &OrderRefunded,
+) -> Result<(), HandlerError> {
+    let order = orders::standing(txn, event.order_id).await?;
+    match order {
+        Some(o) if o.buyer_id == event.buyer_id && o.status == OrderStatus::Refunded => Ok(()),
+        Some(o) => Err(HandlerError::permanent(anyhow::anyhow!(
+            "order {} of buyer {} is {}, not a refunded order of buyer {}",
+            event.order_id,
+            o.buyer_id,
+            o.status,
+            event.buyer_id
+        ))),
+        None => Err(HandlerError::permanent(anyhow::anyhow!(
+            "unknown order {}",
+            event.order_id
+        ))),
+    }
+}
+
+/// An effect of an order on the buyer's records: applied on `order.paid.v1`, reversed on
+/// `order.refunded.v1`. Its [`Handler`] checks the order and locks the buyer first, so no such
+/// effect can skip the check or the lock; effect and reversal of one buyer never interleave.
+///
+/// A reversal may arrive before the effect it reverses (the paid event waiting in a retry
+/// tier): it then records a reversed placeholder under the effect's business key, so the late
+/// effect finds its key taken and applies nothing.
 #[async_trait::async_trait]
 pub trait PaidOrderEffect: Send + Sync + 'static {
     /// The worker that applies this effect.
@@ -103,6 +133,26 @@ pub trait PaidOrderEffect: Send + Sync + 'static {
         txn: &DatabaseTransaction,
         env: &Envelope<OrderPaid>,
     ) -> Result<Effects, HandlerError>;
+
+    /// Reverses the effect of a checked refunded order, with its buyer locked, inside `txn`.
+    async fn apply_refunded(
+        &self,
+        txn: &DatabaseTransaction,
+        env: &Envelope<OrderRefunded>,
+    ) -> Result<Effects, HandlerError>;
+
+    /// Any other event this worker is bound to (`membership.revoked.v1` for membership).
+    async fn apply_other(
+        &self,
+        _txn: &DatabaseTransaction,
+        msg: &Incoming,
+    ) -> Result<Effects, HandlerError> {
+        Err(HandlerError::permanent(anyhow::anyhow!(
+            "unexpected event {} v{}",
+            msg.head.event_type,
+            msg.head.version
+        )))
+    }
 }
 
 #[async_trait::async_trait]
@@ -116,7 +166,25 @@ impl<E: PaidOrderEffect> Handler for E {
         txn: &DatabaseTransaction,
         msg: &Incoming,
     ) -> Result<Effects, HandlerError> {
-        let env = paid_order_locked(txn, msg).await?;
-        self.apply_paid(txn, &env).await
+        match msg.head.kind() {
+            Some(EventType::OrderRefunded) => {
+                if !msg.head.is::<OrderRefunded>() {
+                    return Err(HandlerError::permanent(anyhow::anyhow!(
+                        "unexpected event {} v{}",
+                        msg.head.event_type,
+                        msg.head.version
+                    )));
+                }
+                let env = decode::<OrderRefunded>(msg)?;
+                require_refunded_order(txn, &env.payload).await?;
+                lock_user(txn, env.payload.buyer_id).await?;
+                self.apply_refunded(txn, &env).await
+            }
+            Some(EventType::OrderPaid) | None => {
+                let env = paid_order_locked(txn, msg).await?;
+                self.apply_paid(txn, &env).await
+            }
+            Some(_) => self.apply_other(txn, msg).await,
+        }
     }
 }

@@ -1,8 +1,10 @@
 //! Notifier: for `order.paid.v1` a message in the buyer's inbox, a template/SMS message recorded
 //! for the channel sender, a sequenced merchant-console feed entry ("new paid order") and a
 //! console push; for `membership.extended.v1` an inbox message and a buyer push ("membership
-//! active until …"); for `level.changed.v1` an inbox message and a buyer push. The inbox row
-//! (unique per event, user and kind) is the business key.
+//! active until …"); for `level.changed.v1` an inbox message and a buyer push; for
+//! `order.closed.v1` an inbox message and a buyer push; for `order.late_payment_refunded.v1` an
+//! inbox message, a template/SMS message and a buyer push. The inbox row (unique per event, user
+//! and kind) is the business key.
 //!
 //! The template/SMS message is only recorded here (`channel_deliveries`, in the effect's
 //! transaction); [`crate::sender`] sends it after the commit. Nothing here waits on a receiver,
@@ -13,10 +15,14 @@ use crate::decide::HandlerError;
 use crate::runtime::{Effects, Handler, Incoming, Push};
 use crate::store::channel_deliveries::{self, Content};
 use crate::store::notifications::{self, Note};
-use crate::store::{console_feed, levels};
-use memberline_schema::events::{EventType, LevelChanged, MembershipExtended};
+use crate::store::{console_feed, levels, orders};
+use memberline_schema::events::{
+    CloseReason, EventType, LatePaymentRefunded, LevelChanged, MembershipChange, MembershipChanged,
+    MembershipExtended, OrderClosed, OrderRefunded, OrderReminded, PayMethod, Provider,
+};
 use memberline_schema::money::fen_to_yuan;
 use memberline_schema::states::NotificationKind;
+use memberline_schema::states::OrderStatus;
 use memberline_schema::topology::Worker;
 use sea_orm::DatabaseTransaction;
 use serde_json::json;
@@ -25,6 +31,12 @@ pub struct Notifier;
 
 /// Routing key of console pushes on the push exchange.
 pub const CONSOLE_KEY: &str = "console.order_paid";
+
+/// Routing key of console pushes of buyers' reminders on the push exchange.
+pub const CONSOLE_REMINDER_KEY: &str = "console.order_reminded";
+
+/// Routing key of console pushes of refunded orders on the push exchange.
+pub const CONSOLE_REFUND_KEY: &str = "console.order_refunded";
 
 /// Routing key of a buyer's pushes on the push exchange.
 pub fn buyer_key(user_id: i64) -> String {
@@ -45,8 +57,15 @@ impl Handler for Notifier {
         match msg.head.kind() {
             Some(EventType::MembershipExtended) => self.membership_extended(txn, msg).await,
             Some(EventType::LevelChanged) => self.level_changed(txn, msg).await,
+            Some(EventType::OrderClosed) => self.order_closed(txn, msg).await,
+            Some(EventType::LatePaymentRefunded) => self.late_payment_refunded(txn, msg).await,
+            Some(EventType::OrderRefunded) => self.order_refunded(txn, msg).await,
+            Some(EventType::MembershipChanged) => self.membership_changed(txn, msg).await,
+            Some(EventType::OrderReminded) => self.order_reminded(txn, msg).await,
             // An unknown type is rejected (permanently) by the `order.paid.v1` decoder.
-            Some(EventType::OrderPaid) | None => self.order_paid(txn, msg).await,
+            Some(EventType::OrderPaid | EventType::MembershipRevoked) | None => {
+                self.order_paid(txn, msg).await
+            }
         }
     }
 }
@@ -60,21 +79,43 @@ impl Notifier {
         let env = order_paid(msg)?;
         let e = &env.payload;
         require_paid_order(txn, e).await?;
-        let paid = if e.amount_points > 0 {
-            format!("{} points", e.amount_points)
+        if orders::standing(txn, e.order_id)
+            .await?
+            .is_some_and(|o| o.status == OrderStatus::Refunded)
+        {
+            // Refunded before this was announced (the event waited in a retry tier): the
+            // refund's own message is what the buyer and the console need.
+            return Ok(Effects::already_applied());
+        }
+        let (title, body) = if e.pay_method == PayMethod::AdminGrant {
+            (
+                "Membership granted",
+                format!(
+                    "Order {}: {} granted by the shop.",
+                    e.order_no, e.plan.plan_name
+                ),
+            )
         } else {
-            format!("¥{}", fen_to_yuan(e.amount_fen))
+            let paid = if e.amount_points > 0 {
+                format!("{} points", e.amount_points)
+            } else {
+                format!("¥{}", fen_to_yuan(e.amount_fen))
+            };
+            (
+                "Payment received",
+                format!("Order {}: {} paid ({paid}).", e.order_no, e.plan.plan_name),
+            )
         };
         let kind = NotificationKind::OrderPaid;
         let note = Note {
             user_id: e.buyer_id,
             event_id: env.event_id,
             kind,
-            title: "Payment received",
-            body: &format!("Order {}: {} paid ({paid}).", e.order_no, e.plan.plan_name),
-            order_id: e.order_id,
+            title,
+            body: &body,
+            order_id: Some(e.order_id),
         };
-        if !notifications::add(txn, note).await? {
+        if !inbox_and_message(txn, note).await? {
             return Ok(Effects::already_applied());
         }
         let feed = json!({
@@ -87,14 +128,6 @@ impl Notifier {
             "amount_points": e.amount_points,
             "paid_at": e.paid_at,
         });
-        // Recorded, not sent: the sender sends it once this transaction committed (and only
-        // then), with the message id as `webhook-id`.
-        let content = Content {
-            title: note.title.to_owned(),
-            body: note.body.to_owned(),
-        };
-        let message_id = format!("{}-{kind}", env.event_id);
-        channel_deliveries::record(txn, &message_id, e.buyer_id, kind, &content).await?;
         // Numbered last, from a counter row locked until commit, so feed numbers become
         // visible in order (see the console_feed_counter migration).
         let seq = console_feed::append(txn, env.event_id, kind, feed.clone())
@@ -103,7 +136,7 @@ impl Notifier {
         Ok(Effects::pushing(vec![
             Push {
                 routing_key: CONSOLE_KEY.into(),
-                body: json!({"type": kind, "seq": seq, "order": feed}),
+                body: json!({"type": kind, "seq": seq, "at": chrono::Utc::now(), "order": feed}),
             },
             Push {
                 routing_key: buyer_key(e.buyer_id),
@@ -145,7 +178,7 @@ impl Notifier {
             kind: NotificationKind::MembershipExtended,
             title,
             body: &body,
-            order_id: e.order_id,
+            order_id: Some(e.order_id),
         };
         let push = json!({
             "type": "membership_active",
@@ -174,11 +207,242 @@ impl Notifier {
             kind: NotificationKind::LevelChanged,
             title: "New member level",
             body: &body,
-            order_id: e.order_id,
+            order_id: Some(e.order_id),
         };
         let push = json!({"type": note.kind, "level": name, "message": body});
         inbox_then_push(txn, note, push).await
     }
+}
+
+impl Notifier {
+    async fn order_closed(
+        &self,
+        txn: &DatabaseTransaction,
+        msg: &Incoming,
+    ) -> Result<Effects, HandlerError> {
+        let env = decode::<OrderClosed>(msg)?;
+        let e = &env.payload;
+        let why = match e.reason {
+            CloseReason::Expired => "was not paid in time",
+            CloseReason::Cancelled => "was cancelled",
+        };
+        let body = format!(
+            "Order {} {why} and is closed; nothing was charged.",
+            e.order_no
+        );
+        let note = Note {
+            user_id: e.buyer_id,
+            event_id: env.event_id,
+            kind: NotificationKind::OrderClosed,
+            title: "Order closed",
+            body: &body,
+            order_id: Some(e.order_id),
+        };
+        let push = json!({
+            "type": note.kind,
+            "order_id": e.order_id,
+            "order_no": e.order_no,
+            "reason": e.reason,
+            "message": body,
+        });
+        inbox_then_push(txn, note, push).await
+    }
+
+    /// Money came back to the buyer: inbox, push, and a template/SMS message too.
+    async fn late_payment_refunded(
+        &self,
+        txn: &DatabaseTransaction,
+        msg: &Incoming,
+    ) -> Result<Effects, HandlerError> {
+        let env = decode::<LatePaymentRefunded>(msg)?;
+        let e = &env.payload;
+        let account = match e.provider {
+            Provider::Wechat => "WeChat Pay",
+            Provider::Alipay => "Alipay",
+        };
+        let body = format!(
+            "Your payment of ¥{} for order {} arrived after the order was closed, so nothing was \
+             bought: it was refunded in full to your {account} account.",
+            fen_to_yuan(e.amount_fen),
+            e.order_no
+        );
+        let kind = NotificationKind::LatePaymentRefunded;
+        let note = Note {
+            user_id: e.buyer_id,
+            event_id: env.event_id,
+            kind,
+            title: "Payment refunded",
+            body: &body,
+            order_id: Some(e.order_id),
+        };
+        if !inbox_and_message(txn, note).await? {
+            return Ok(Effects::already_applied());
+        }
+        Ok(Effects::pushing(vec![Push {
+            routing_key: buyer_key(e.buyer_id),
+            body: json!({
+                "type": kind,
+                "order_id": e.order_id,
+                "order_no": e.order_no,
+                "amount_fen": e.amount_fen,
+                "message": body,
+            }),
+        }])
+        .with_outgoing())
+    }
+}
+
+impl Notifier {
+    /// A refunded order: the buyer's inbox, a template/SMS message, a console-feed entry
+    /// ("order refunded") with a console push, and a buyer push.
+    async fn order_refunded(
+        &self,
+        txn: &DatabaseTransaction,
+        msg: &Incoming,
+    ) -> Result<Effects, HandlerError> {
+        let env = decode::<OrderRefunded>(msg)?;
+        let e = &env.payload;
+        let back = match (e.refund_fen, e.refund_points) {
+            (0, 0) => "nothing was charged, so nothing is returned".to_owned(),
+            (0, points) => format!("{points} points are back in your account"),
+            (fen, _) => match e.pay_method {
+                PayMethod::Balance => format!("¥{} is back in your balance", fen_to_yuan(fen)),
+                _ => format!("¥{} is on its way back to you", fen_to_yuan(fen)),
+            },
+        };
+        let body = format!(
+            "Order {} ({}) was refunded: {back}. Reason: {}",
+            e.order_no, e.plan.plan_name, e.reason
+        );
+        let kind = NotificationKind::OrderRefunded;
+        let note = Note {
+            user_id: e.buyer_id,
+            event_id: env.event_id,
+            kind,
+            title: "Order refunded",
+            body: &body,
+            order_id: Some(e.order_id),
+        };
+        if !inbox_and_message(txn, note).await? {
+            return Ok(Effects::already_applied());
+        }
+        let feed = json!({
+            "order_id": e.order_id,
+            "order_no": e.order_no,
+            "buyer_id": e.buyer_id,
+            "plan_name": e.plan.plan_name,
+            "pay_method": e.pay_method,
+            "refund_fen": e.refund_fen,
+            "refund_points": e.refund_points,
+            "reason": e.reason,
+            "refunded_at": e.refunded_at,
+        });
+        let seq = console_feed::append(txn, env.event_id, kind, feed.clone())
+            .await?
+            .ok_or_else(|| HandlerError::transient(anyhow::anyhow!("console feed insert")))?;
+        Ok(Effects::pushing(vec![
+            Push {
+                routing_key: CONSOLE_REFUND_KEY.into(),
+                body: json!({"type": kind, "seq": seq, "at": e.refunded_at, "order": feed}),
+            },
+            Push {
+                routing_key: buyer_key(e.buyer_id),
+                body: json!({"type": kind, "order_id": e.order_id, "message": body}),
+            },
+        ])
+        .with_outgoing())
+    }
+
+    /// A buyer's reminder: a console-feed entry ("customer reminder") and a console push (the
+    /// buyer asked; nothing goes to their own inbox).
+    async fn order_reminded(
+        &self,
+        txn: &DatabaseTransaction,
+        msg: &Incoming,
+    ) -> Result<Effects, HandlerError> {
+        let env = decode::<OrderReminded>(msg)?;
+        let e = &env.payload;
+        let kind = NotificationKind::OrderReminded;
+        let feed = json!({
+            "order_id": e.order_id,
+            "order_no": e.order_no,
+            "buyer_id": e.buyer_id,
+            "plan_name": e.plan_name,
+            "reminded_at": e.reminded_at,
+        });
+        let seq = console_feed::append(txn, env.event_id, kind, feed.clone())
+            .await?
+            .ok_or_else(|| HandlerError::transient(anyhow::anyhow!("console feed insert")))?;
+        Ok(Effects::pushing(vec![Push {
+            routing_key: CONSOLE_REMINDER_KEY.into(),
+            body: json!({"type": kind, "seq": seq, "at": e.reminded_at, "order": feed}),
+        }]))
+    }
+
+    /// A shortened membership: an inbox message when an admin revoked it (a refund already has
+    /// its own), and a buyer push either way.
+    async fn membership_changed(
+        &self,
+        txn: &DatabaseTransaction,
+        msg: &Incoming,
+    ) -> Result<Effects, HandlerError> {
+        let env = decode::<MembershipChanged>(msg)?;
+        let e = &env.payload;
+        let now = if e.permanent {
+            "Your membership is permanent.".to_owned()
+        } else {
+            match e.ends_at {
+                Some(end) if end > chrono::Utc::now() => format!(
+                    "Your membership is active until {}.",
+                    end.format("%Y-%m-%d %H:%M UTC")
+                ),
+                _ => "You have no active membership.".to_owned(),
+            }
+        };
+        let push = json!({
+            "type": NotificationKind::MembershipChanged,
+            "change": e.change,
+            "order_id": e.order_id,
+            "permanent": e.permanent,
+            "until": e.ends_at,
+            "message": now,
+        });
+        if e.change == MembershipChange::Revoke {
+            let body = format!("Your membership was ended by the shop. {now}");
+            let note = Note {
+                user_id: e.user_id,
+                event_id: env.event_id,
+                kind: NotificationKind::MembershipChanged,
+                title: "Membership ended",
+                body: &body,
+                order_id: None,
+            };
+            return inbox_then_push(txn, note, push).await;
+        }
+        Ok(Effects::pushing(vec![Push {
+            routing_key: buyer_key(e.user_id),
+            body: push,
+        }]))
+    }
+}
+
+/// Puts `note` in the buyer's inbox and records the same text as a template/SMS message —
+/// recorded, not sent: the sender sends it once this transaction committed (and only then),
+/// with `<event id>-<kind>` as `webhook-id`. `false` when this event left the message before.
+async fn inbox_and_message(
+    txn: &DatabaseTransaction,
+    note: Note<'_>,
+) -> Result<bool, HandlerError> {
+    if !notifications::add(txn, note).await? {
+        return Ok(false);
+    }
+    let content = Content {
+        title: note.title.to_owned(),
+        body: note.body.to_owned(),
+    };
+    let message_id = format!("{}-{}", note.event_id, note.kind);
+    channel_deliveries::record(txn, &message_id, note.user_id, note.kind, &content).await?;
+    Ok(true)
 }
 
 /// Puts `note` in the buyer's inbox and, unless this event left it before, pushes `push` to the

@@ -8,7 +8,7 @@ use crate::runtime::Effects;
 use crate::store::users::{PromoterThresholds, Purchase};
 use crate::store::{savings_entries, users};
 use memberline_platform::settings::WorkerSettings;
-use memberline_schema::events::{Envelope, OrderPaid, PayMethod};
+use memberline_schema::events::{Envelope, OrderPaid, OrderRefunded, PayMethod};
 use memberline_schema::topology::Worker;
 use sea_orm::DatabaseTransaction;
 
@@ -30,6 +30,8 @@ impl Savings {
 /// (saved fen, saved points) for one order; never negative.
 pub fn saved(e: &OrderPaid) -> (i64, i64) {
     match e.pay_method {
+        // A grant is not a purchase: nothing saved.
+        PayMethod::AdminGrant => (0, 0),
         PayMethod::Points => (
             0,
             (e.original_price_points.unwrap_or(0) - e.amount_points).max(0),
@@ -52,12 +54,46 @@ impl PaidOrderEffect for Savings {
         if !savings_entries::record(txn, e.buyer_id, e.order_id, saved_fen, saved_points).await? {
             return Ok(Effects::already_applied());
         }
+        if e.pay_method == PayMethod::AdminGrant {
+            // Recorded (the business key) but not counted as a purchase.
+            return Ok(Effects::applied());
+        }
         let purchase = Purchase {
             saved_fen,
             saved_points,
             paid_fen: e.amount_fen,
         };
         users::add_purchase(txn, e.buyer_id, purchase, self.promoter).await?;
+        Ok(Effects::applied())
+    }
+
+    /// Takes the order's saving, the purchase and what it paid off the buyer's totals; promoter
+    /// status follows the thresholds again.
+    async fn apply_refunded(
+        &self,
+        txn: &DatabaseTransaction,
+        env: &Envelope<OrderRefunded>,
+    ) -> Result<Effects, HandlerError> {
+        let e = &env.payload;
+        let Some((saved_fen, saved_points)) = savings_entries::reverse(txn, e.order_id).await?
+        else {
+            // Reversed before, or refunded before its saving was recorded (then nothing will be).
+            return Ok(
+                if savings_entries::add_reversed(txn, e.buyer_id, e.order_id).await? {
+                    Effects::applied()
+                } else {
+                    Effects::already_applied()
+                },
+            );
+        };
+        if e.pay_method != PayMethod::AdminGrant {
+            let purchase = Purchase {
+                saved_fen,
+                saved_points,
+                paid_fen: e.refund_fen,
+            };
+            users::remove_purchase(txn, e.buyer_id, purchase, self.promoter).await?;
+        }
         Ok(Effects::applied())
     }
 }

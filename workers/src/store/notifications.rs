@@ -15,7 +15,7 @@ pub struct Note<'a> {
     pub kind: NotificationKind,
     pub title: &'a str,
     pub body: &'a str,
-    pub order_id: i64,
+    pub order_id: Option<i64>,
 }
 
 /// Puts `note` in the buyer's inbox; `false` when this event already left that message.

@@ -51,6 +51,8 @@ pub struct Reward {
     pub flagged_excess: i64,
     /// When the order was paid: the day the reward counts toward.
     pub earned_at: DateTime<Utc>,
+    /// Growth the order added (recorded so that a refund takes back exactly this).
+    pub growth: i64,
 }
 
 /// Writes an order's purchase reward entry; `false` when the order was rewarded before.
@@ -58,8 +60,9 @@ pub async fn credit_reward(txn: &DatabaseTransaction, reward: Reward) -> Result<
     insert_once(
         txn,
         "INSERT INTO point_ledger \
-         (user_id, order_id, reason, delta, balance_after, flagged_excess, earned_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         (user_id, order_id, reason, delta, balance_after, flagged_excess, earned_at, \
+          growth_delta) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (order_id, reason) DO NOTHING RETURNING id",
         [
             reward.user_id.into(),
@@ -69,6 +72,80 @@ pub async fn credit_reward(txn: &DatabaseTransaction, reward: Reward) -> Result<
             reward.balance_after.into(),
             reward.flagged_excess.into(),
             reward.earned_at.into(),
+            reward.growth.into(),
+        ],
+    )
+    .await
+}
+
+/// Order `order_id`'s purchase reward: `(points credited, growth added)`.
+pub async fn reward_of(
+    txn: &DatabaseTransaction,
+    order_id: i64,
+) -> Result<Option<(i64, i64)>, DbErr> {
+    let Some(row) = one(
+        txn,
+        "SELECT delta, growth_delta FROM point_ledger WHERE order_id = $1 AND reason = $2",
+        [
+            order_id.into(),
+            LedgerReason::PurchaseReward.as_str().into(),
+        ],
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some((
+        row.try_get("", "delta")?,
+        row.try_get("", "growth_delta")?,
+    )))
+}
+
+/// Whether order `order_id`'s reward was reversed (or the order refunded before any reward).
+pub async fn reversed(txn: &DatabaseTransaction, order_id: i64) -> Result<bool, DbErr> {
+    Ok(one(
+        txn,
+        "SELECT 1 AS found FROM point_ledger WHERE order_id = $1 AND reason = $2",
+        [
+            order_id.into(),
+            LedgerReason::RewardReversal.as_str().into(),
+        ],
+    )
+    .await?
+    .is_some())
+}
+
+/// A refunded order's reward taken back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reversal {
+    pub user_id: i64,
+    pub order_id: i64,
+    /// Points taken back (the entry's delta is minus this).
+    pub taken: i64,
+    /// The buyer's points after this entry.
+    pub balance_after: i64,
+    /// Growth taken back (the entry's growth_delta is minus this).
+    pub growth: i64,
+    /// Reward points already spent, which could not be taken back.
+    pub shortfall: i64,
+}
+
+/// Writes an order's reward reversal entry; `false` when the order's reward was reversed before.
+pub async fn reverse_reward(txn: &DatabaseTransaction, r: Reversal) -> Result<bool, DbErr> {
+    insert_once(
+        txn,
+        "INSERT INTO point_ledger \
+         (user_id, order_id, reason, delta, balance_after, growth_delta, shortfall) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (order_id, reason) DO NOTHING RETURNING id",
+        [
+            r.user_id.into(),
+            r.order_id.into(),
+            LedgerReason::RewardReversal.as_str().into(),
+            (-r.taken).into(),
+            r.balance_after.into(),
+            (-r.growth).into(),
+            r.shortfall.into(),
         ],
     )
     .await

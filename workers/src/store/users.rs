@@ -110,3 +110,32 @@ pub async fn add_purchase(
     .await?;
     Ok(())
 }
+
+/// Takes one purchase off the buyer's totals (a refund), never below zero, and sets promoter
+/// status from the thresholds again.
+pub async fn remove_purchase(
+    txn: &DatabaseTransaction,
+    user_id: i64,
+    purchase: Purchase,
+    promoter: PromoterThresholds,
+) -> Result<(), DbErr> {
+    txn.execute_raw(statement(
+        "UPDATE users SET total_saved_fen = greatest(total_saved_fen - $2, 0), \
+         total_saved_points = greatest(total_saved_points - $3, 0), \
+         purchase_count = greatest(purchase_count - 1, 0), \
+         total_paid_fen = greatest(total_paid_fen - $4, 0), \
+         is_promoter = greatest(purchase_count - 1, 0) >= $5 \
+                       OR greatest(total_paid_fen - $4, 0) >= $6, \
+         updated_at = now() WHERE id = $1",
+        [
+            user_id.into(),
+            purchase.saved_fen.into(),
+            purchase.saved_points.into(),
+            purchase.paid_fen.into(),
+            promoter.min_purchases.into(),
+            promoter.min_paid_fen.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! One gateway instance's view of the push exchange: an exclusive, auto-deleted queue bound to
+//! `console.#` and `buyer.#`, consumed by one task whose messages fan out to every socket of the
+//! instance through a broadcast channel. A lost broker is survived: the task reconnects (capped,
+//! jittered backoff) and binds a new queue; sockets stay open and catch up from the console
+//! feed, so what was pushed meanwhile is not lost to them.
+//!
+//! The queue is transient by design (pushes are best effort): bounded to 10,000 messages (the
+//! oldest dropped first) that expire after a minute, it never needs a dead-letter path.
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use memberline_platform::broker::{self, Progress, SessionError};
+use memberline_schema::topology::Topology;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// One message from the push exchange.
+#[derive(Clone, Debug)]
+pub struct Pushed {
+    /// `console.order_paid`, `buyer.42`, …
+    pub routing_key: String,
+    pub body: serde_json::Value,
+}
+
+/// The instance's fan-out of pushes, and whether it is consuming.
+#[derive(Clone)]
+pub struct Hub {
+    sender: broadcast::Sender<Pushed>,
+    consuming: Arc<AtomicBool>,
+    /// Cancelled when the gateway shuts down: every socket closes (1001 "going away").
+    pub closing: CancellationToken,
+    /// The instance's socket sessions, so that shutdown waits for their close frames.
+    pub sessions: tokio_util::task::TaskTracker,
+}
+
+/// Messages a slow socket task may fall behind the hub before it must catch up from the feed.
+const FAN_OUT: usize = 4096;
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self {
+            sender: broadcast::channel(FAN_OUT).0,
+            consuming: Arc::new(AtomicBool::new(false)),
+            closing: CancellationToken::new(),
+            sessions: tokio_util::task::TaskTracker::new(),
+        }
+    }
+
+    /// Every push from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Pushed> {
+        self.sender.subscribe()
+    }
+
+    /// Whether the instance is bound to the push exchange right now.
+    pub fn consuming(&self) -> bool {
+        self.consuming.load(Ordering::SeqCst)
+    }
+
+    /// Consumes the push exchange until `shutdown`, reconnecting as needed.
+    pub async fn run(
+        self,
+        amqp_url: String,
+        topology: Topology,
+        max_reconnect_delay_ms: u64,
+        shutdown: CancellationToken,
+    ) {
+        let result = broker::supervise("Push hub", max_reconnect_delay_ms, &shutdown, |progress| {
+            self.session(&amqp_url, &topology, progress, shutdown.clone())
+        })
+        .await;
+        self.consuming.store(false, Ordering::SeqCst);
+        if let Err(e) = result {
+            warn!(error = %e, "Push hub stopped");
+        }
+    }
+
+    async fn session(
+        &self,
+        amqp_url: &str,
+        topology: &Topology,
+        progress: Progress,
+        shutdown: CancellationToken,
+    ) -> Result<(), SessionError> {
+        let name = format!("{}.gateway.push", topology.prefix());
+        let conn = broker::connect(amqp_url, &name).await?;
+        let channel = conn.create_channel().await?;
+        let mut args = FieldTable::default();
+        args.insert(
+            ShortString::from("x-max-length"),
+            AMQPValue::LongLongInt(10_000),
+        );
+        args.insert(
+            ShortString::from("x-overflow"),
+            AMQPValue::LongString(LongString::from("drop-head")),
+        );
+        args.insert(
+            ShortString::from("x-message-ttl"),
+            AMQPValue::LongLongInt(60_000),
+        );
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await?;
+        let queue_name = queue.name().as_str().to_owned();
+        for key in ["console.#", "buyer.#"] {
+            channel
+                .queue_bind(
+                    queue_name.as_str().into(),
+                    topology.push_exchange().as_str().into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        let mut consumer = channel
+            .basic_consume(
+                queue_name.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        progress.connected();
+        self.consuming.store(true, Ordering::SeqCst);
+        info!(queue = %queue_name, "Push hub consuming");
+        let outcome = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        if let Ok(body) = serde_json::from_slice(&delivery.data) {
+                            // No receiver is fine: no socket is open on this instance.
+                            let _ = self.sender.send(Pushed {
+                                routing_key: delivery.routing_key.as_str().to_owned(),
+                                body,
+                            });
+                        }
+                        if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                            break Err(e.into());
+                        }
+                    }
+                    Some(Err(e)) => break Err(e.into()),
+                    None => break Err(anyhow::anyhow!("the broker cancelled the push consumer").into()),
+                },
+            }
+        };
+        self.consuming.store(false, Ordering::SeqCst);
+        broker::close(&conn, "push hub stopping").await;
+        outcome
+    }
+}

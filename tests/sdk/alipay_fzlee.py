@@ -1,0 +1,231 @@
+"""The Alipay open API through the unmodified PyPI SDK `python-alipay-sdk` (fzlee, `AliPay`), RSA2,
+against the provider emulator.
+
+This client sends every request as a GET query string and finds the signed `*_response` object by
+counting braces; it raises unless the answer carries a `sign` that verifies with the Alipay public
+key, so each call that returns proves the answer was signed over its exact bytes. Notifications go
+through the SDK's own `verify(data, sign)`.
+
+Usage: alipay_fzlee.py <emulator base URL> <keys dir>
+"""
+
+import sys
+import urllib.parse
+
+from alipay import AliPay
+from harness import ALIPAY_APP_ID, ALIPAY_SELLER_ID, Emulator, NotifyServer, read_key, run_section, unique
+
+NOTIFY_PATH = "/alipay/notify"
+TOTAL = "19.90"
+REFUND = "5.00"
+
+
+def main(report):
+    base, keys = sys.argv[1], sys.argv[2]
+    emulator = Emulator(base)
+    server = NotifyServer()
+    alipay = AliPay(
+        appid=ALIPAY_APP_ID,
+        app_notify_url=server.base + NOTIFY_PATH,
+        app_private_key_string=read_key(keys, "alipay", "app_private_key.pem"),
+        alipay_public_key_string=read_key(keys, "alipay", "alipay_public_key.pem"),
+        sign_type="RSA2",
+    )
+    # Configuration only: the SDK has no constructor parameter for its gateway, it is this one
+    # attribute ('https://openapi.alipay.com/gateway.do' by default).
+    alipay._gateway = base.rstrip("/") + "/gateway.do"
+
+    def on_notify(capture):
+        # What a merchant's endpoint does: every parameter that arrived, empty ones included,
+        # goes to the SDK's verify (which drops sign_type itself); `success` only when it passes.
+        params = dict(urllib.parse.parse_qsl(capture.body.decode("utf-8"), keep_blank_values=True))
+        sign = params.pop("sign", "")
+        capture.result = dict(params)
+        capture.verified = bool(sign) and alipay.verify(params, sign)
+        capture.reply_status = 200
+        capture.reply_body = b"success" if capture.verified else b"fail"
+
+    server.handle(NOTIFY_PATH, on_notify)
+
+    def call(what, fn, fatal=False):
+        return report.step(what, fn, fatal=fatal, default={}) or {}
+
+    def notification(out_trade_no, status, after, extra=None):
+        def match(capture):
+            r = capture.result or {}
+            return (
+                capture.verified
+                and r.get("out_trade_no") == out_trade_no
+                and r.get("trade_status") == status
+                and all(r.get(k) == v for k, v in (extra or {}).items())
+            )
+
+        return server.wait(NOTIFY_PATH, match, after=after)
+
+    def no_notification(what, after):
+        seen = server.seen(NOTIFY_PATH, after=after)
+        report.fail(
+            what,
+            f"no verified notification within the timeout; received {len(seen)}: "
+            + "; ".join(c.describe() for c in seen),
+        )
+
+    # --- trade A: precreate, query before the scan, pay, notify, query, refund ------------------
+    order = unique("SDKALI")
+    subject = "Memberline 会员 月卡"
+    r = call(
+        "precreate",
+        lambda: alipay.api_alipay_trade_precreate(subject=subject, out_trade_no=order, total_amount=TOTAL),
+        fatal=True,
+    )
+    report.check(
+        "precreate (GET): code 10000 with a qr_code, answer sign verified by the SDK",
+        r.get("code") == "10000"
+        and r.get("out_trade_no") == order
+        and str(r.get("qr_code", "")).startswith("https://qr.alipay.com/"),
+        f"answer {r!r}",
+        fatal=True,
+    )
+
+    r = call("query before the scan", lambda: alipay.api_alipay_trade_query(out_trade_no=order))
+    report.check(
+        "query before the scan: 40004 ACQ.TRADE_NOT_EXIST, a signed business error",
+        r.get("code") == "40004" and r.get("sub_code") == "ACQ.TRADE_NOT_EXIST",
+        f"answer {r!r}",
+    )
+
+    mark = server.mark()
+    status, paid = emulator.pay("alipay", order)
+    report.check(
+        "the buyer scans and pays (/emulator/pay)",
+        status == 200 and paid.get("transaction_id"),
+        f"status {status}, body {paid!r}",
+        fatal=True,
+    )
+    trade_no = paid["transaction_id"]
+
+    capture = notification(order, "TRADE_SUCCESS", mark)
+    if capture is None:
+        no_notification("TRADE_SUCCESS notification verified by alipay.verify()", mark)
+    else:
+        n = capture.result
+        expected = {
+            "trade_no": trade_no,
+            "total_amount": TOTAL,
+            "app_id": ALIPAY_APP_ID,
+            "seller_id": ALIPAY_SELLER_ID,
+            "subject": subject,
+            "notify_type": "trade_status_sync",
+        }
+        wrong = {k: n.get(k) for k, v in expected.items() if n.get(k) != v}
+        empty = [k for k, v in n.items() if v == ""]
+        report.check(
+            "TRADE_SUCCESS notification verified by alipay.verify(), with the trade's amount and ids",
+            not wrong and not empty,
+            f"unexpected fields {wrong!r}, empty parameters {empty!r}",
+        )
+        attempt = emulator.wait_attempt("alipay", order, lambda a: a.get("event") == "TRADE_SUCCESS")
+        report.check(
+            "the emulator takes the merchant's `success` as success",
+            attempt is not None and attempt.get("reply_body") == "success" and attempt.get("success") is True,
+            f"logged attempt {attempt!r}",
+        )
+
+    r = call("query after payment", lambda: alipay.api_alipay_trade_query(out_trade_no=order))
+    report.check(
+        "query after payment: TRADE_SUCCESS with the trade_no and total_amount",
+        r.get("code") == "10000"
+        and r.get("trade_status") == "TRADE_SUCCESS"
+        and r.get("trade_no") == trade_no
+        and r.get("total_amount") == TOTAL,
+        f"answer {r!r}",
+    )
+
+    request_no = order + "R1"
+    mark = server.mark()
+    r = call(
+        "refund",
+        lambda: alipay.api_alipay_trade_refund(refund_amount=REFUND, out_trade_no=order, out_request_no=request_no),
+    )
+    report.check(
+        "refund (partial): code 10000, fund_change Y, refund_fee",
+        r.get("code") == "10000" and r.get("fund_change") == "Y" and r.get("refund_fee") == REFUND,
+        f"answer {r!r}",
+    )
+
+    r = call(
+        "refund query",
+        lambda: alipay.api_alipay_trade_fastpay_refund_query(out_request_no=request_no, out_trade_no=order),
+    )
+    report.check(
+        "refund query: REFUND_SUCCESS with the refund amount",
+        r.get("code") == "10000" and r.get("refund_status") == "REFUND_SUCCESS" and r.get("refund_amount") == REFUND,
+        f"answer {r!r}",
+    )
+
+    capture = notification(order, "TRADE_SUCCESS", mark, {"out_biz_no": request_no})
+    if capture is None:
+        no_notification("refund notification verified by alipay.verify()", mark)
+    else:
+        report.check(
+            "refund notification (TRADE_SUCCESS, out_biz_no) verified by alipay.verify()",
+            capture.result.get("refund_fee") == REFUND,
+            f"notification {capture.result!r}",
+        )
+
+    # --- a forged notification must not pass the SDK -------------------------------------------
+    mark = server.mark()
+    status, reply = emulator.send(provider="alipay", out_trade_no=order, tamper_body=True)
+    forged = server.seen(NOTIFY_PATH, after=mark)
+    report.check(
+        "a notification altered after signing is refused by alipay.verify()",
+        status == 200 and forged and not forged[-1].verified and reply.get("body") == "fail",
+        lambda: f"/emulator/send answered {status} {reply!r}; captures " + "; ".join(c.describe() for c in forged),
+    )
+
+    # --- trade B: close before and after the scan -----------------------------------------------
+    other = unique("SDKALIB")
+    r = call(
+        "precreate of the trade to close",
+        lambda: alipay.api_alipay_trade_precreate(subject="Memberline 季卡", out_trade_no=other, total_amount="59.00"),
+    )
+    if r.get("code") != "10000":
+        report.fail("precreate of the trade to close", f"answer {r!r}")
+        return
+    r = call("close before the scan", lambda: alipay.api_alipay_trade_close(out_trade_no=other))
+    report.check(
+        "close before the scan: 40004 ACQ.TRADE_NOT_EXIST (the trade does not exist yet)",
+        r.get("code") == "40004" and r.get("sub_code") == "ACQ.TRADE_NOT_EXIST",
+        f"answer {r!r}",
+    )
+    status, scanned = emulator.scan("alipay", other)
+    report.check("the buyer scans (/emulator/scan)", status == 200, f"status {status}, body {scanned!r}")
+    mark = server.mark()
+    r = call("close after the scan", lambda: alipay.api_alipay_trade_close(out_trade_no=other))
+    report.check(
+        "close after the scan: code 10000",
+        r.get("code") == "10000" and r.get("out_trade_no") == other,
+        f"answer {r!r}",
+    )
+    r = call("query after close", lambda: alipay.api_alipay_trade_query(out_trade_no=other))
+    report.check(
+        "query after close: TRADE_CLOSED",
+        r.get("code") == "10000" and r.get("trade_status") == "TRADE_CLOSED",
+        f"answer {r!r}",
+    )
+    capture = notification(other, "TRADE_CLOSED", mark)
+    if capture is None:
+        no_notification("TRADE_CLOSED notification verified by alipay.verify()", mark)
+    else:
+        report.ok("TRADE_CLOSED notification verified by alipay.verify()")
+    status, paid = emulator.pay("alipay", other)
+    report.check(
+        "a closed trade cannot be paid (/emulator/pay answers 409)",
+        status == 409,
+        f"status {status}, body {paid!r}",
+    )
+    server.close()
+
+
+if __name__ == "__main__":
+    run_section("python-alipay-sdk", main)
