@@ -38,6 +38,8 @@ cat <<MSG
 
   Memberline is running.
     API:           http://127.0.0.1:$PORT/v1/plans
+    Buyer page:    http://127.0.0.1:$PORT/vip       (sign in with the demo buyer's token below)
+    Console:       http://127.0.0.1:$PORT/console   (sign in with the merchant token below)
     API docs:      http://127.0.0.1:$PORT/docs   (document: /openapi.json)
     Health:        http://127.0.0.1:$PORT/readyz   Metrics: /metrics
     Workers:       http://${MEMBERLINE__WORKERS__METRICS_ADDR:-127.0.0.1:9100}/metrics (and /readyz)

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod console_tail;
 pub mod error;
 pub mod orders;
+pub mod pages;
 pub mod pricing;
 pub mod push;
 pub mod relay;

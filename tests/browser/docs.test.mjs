@@ -2,39 +2,13 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { createServer } from 'node:net';
-import { chromium } from 'playwright-core';
+import { freePort, launchChromium, pg, root, targetDir, waitFor } from './helpers.mjs';
 
-const root = new URL('../..', import.meta.url).pathname;
-const targetDir = process.env.CARGO_TARGET_DIR ?? `${root}target`;
 const bin = `${targetDir}/debug/memberline`;
-const pg = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432';
 const db = `ml_browser_${process.pid}_${Date.now()}`;
 let gateway;
 let browser;
 let base;
-
-function freePort() {
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitFor(url, deadlineMs) {
-  const deadline = Date.now() + deadlineMs;
-  while (Date.now() < deadline) {
-    try {
-      const res = await fetch(url);
-      if (res.ok) return;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`${url} did not answer within ${deadlineMs} ms`);
-}
 
 before(async () => {
   const port = await freePort();
@@ -54,13 +28,7 @@ before(async () => {
   execFileSync(bin, ['seed'], { env, stdio: 'ignore' });
   gateway = spawn(bin, ['serve'], { env, stdio: 'ignore' });
   await waitFor(`${base}/healthz`, 30000);
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

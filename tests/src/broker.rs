@@ -39,42 +39,44 @@ pub async fn broker_channel() -> Channel {
 
 /// Deletes every queue and exchange of `topology`, as far as the broker lets it.
 pub(crate) fn delete_topology(topology: Topology) {
-    clean_up(move || async move {
-        let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-        else {
-            return;
+    clean_up(move || delete_topology_now(topology));
+}
+
+/// Deletes every queue and exchange of `topology` now, as far as the broker lets it.
+pub async fn delete_topology_now(topology: Topology) {
+    let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else {
+        return;
+    };
+    // One name at a time, on a fresh channel after any error (a queue a test deleted
+    // itself closes the channel), so one failure does not leave the rest behind.
+    let Ok(mut ch) = conn.create_channel().await else {
+        return;
+    };
+    let queues = topology.all_queues().into_iter().map(|q| (true, q));
+    let exchanges = [
+        topology.events_exchange(),
+        topology.unrouted_exchange(),
+        topology.push_exchange(),
+    ]
+    .into_iter()
+    .map(|e| (false, e));
+    for (is_queue, name) in queues.chain(exchanges) {
+        let deleted = if is_queue {
+            ch.queue_delete(name.as_str().into(), Default::default())
+                .await
+                .map(|_| ())
+        } else {
+            ch.exchange_delete(name.as_str().into(), Default::default())
+                .await
         };
-        // One name at a time, on a fresh channel after any error (a queue a test deleted
-        // itself closes the channel), so one failure does not leave the rest behind.
-        let Ok(mut ch) = conn.create_channel().await else {
-            return;
-        };
-        let queues = topology.all_queues().into_iter().map(|q| (true, q));
-        let exchanges = [
-            topology.events_exchange(),
-            topology.unrouted_exchange(),
-            topology.push_exchange(),
-        ]
-        .into_iter()
-        .map(|e| (false, e));
-        for (is_queue, name) in queues.chain(exchanges) {
-            let deleted = if is_queue {
-                ch.queue_delete(name.as_str().into(), Default::default())
-                    .await
-                    .map(|_| ())
-            } else {
-                ch.exchange_delete(name.as_str().into(), Default::default())
-                    .await
-            };
-            if deleted.is_err() {
-                match conn.create_channel().await {
-                    Ok(fresh) => ch = fresh,
-                    Err(_) => return,
-                }
+        if deleted.is_err() {
+            match conn.create_channel().await {
+                Ok(fresh) => ch = fresh,
+                Err(_) => return,
             }
         }
-        let _ = conn.close(200, "test cleanup".into()).await;
-    });
+    }
+    let _ = conn.close(200, "test cleanup".into()).await;
 }
 
 /// The prefetch of every consumer of `queue`, as `rabbitmqctl list_consumers` reports them.

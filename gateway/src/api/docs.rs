@@ -27,6 +27,7 @@ use utoipa::{Modify, OpenApi};
         super::admin_actions::revoke_membership,
         super::admin_actions::audit,
         crate::push::merchant::stream,
+        super::merchant::orders,
         crate::push::tickets::merchant_ticket,
         crate::push::buyer::stream,
         crate::push::tickets::my_ticket,

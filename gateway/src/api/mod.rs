@@ -6,6 +6,7 @@ pub mod admin_actions;
 pub mod docs;
 pub mod health;
 pub mod me;
+pub mod merchant;
 pub mod orders;
 pub mod outbox;
 pub mod payments;
@@ -59,7 +60,9 @@ pub fn router(state: AppState) -> Router {
         .merge(payments::router())
         .merge(admin::router())
         .merge(admin_actions::router())
+        .merge(merchant::router())
         .merge(crate::push::router())
+        .merge(crate::pages::router())
         .merge(outbox::router())
         .merge(health::router())
         .merge(docs::router())

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use memberline_schema::entities::{level, plan, user};
-use memberline_schema::states::PlanKind;
+use memberline_schema::states::{PayMethod, PlanKind};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde::Serialize;
 
@@ -41,6 +41,10 @@ pub struct PlanView {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct PlanList {
     pub plans: Vec<PlanView>,
+    /// The pay methods this shop takes: `balance`, `points`, `free`, and each payment provider
+    /// it has enabled (`wechat`, `alipay`).
+    #[schema(value_type = Vec<super::orders::OrderPayMethod>)]
+    pub pay_methods: Vec<PayMethod>,
 }
 
 /// Lists on-shelf plans in display order.
@@ -96,7 +100,15 @@ pub async fn list(
             }
         })
         .collect();
-    Ok(Json(PlanList { plans }))
+    let pay_methods = PayMethod::ALL
+        .iter()
+        .copied()
+        .filter(|m| match m.provider() {
+            Some(provider) => state.payments.get(provider).is_some(),
+            None => *m != PayMethod::AdminGrant,
+        })
+        .collect();
+    Ok(Json(PlanList { plans, pay_methods }))
 }
 
 pub fn router() -> Router<AppState> {

@@ -22,6 +22,8 @@ async fn plans_are_listed_in_display_order_with_buyer_prices_only_for_a_token() 
         ]
     );
     assert!(plans[0].get("buyer_price_fen").is_none());
+    // No payment provider is enabled here: the shop takes what needs none.
+    assert_eq!(anon["pay_methods"], json!(["balance", "points", "free"]));
     for field in [
         "id",
         "code",

@@ -45,6 +45,12 @@ async fn paying_the_qr_code_pays_the_order_with_all_four_effects(provider: &str)
     .await;
     let buyer = app.create_user("Scanner", 0, 0).await;
     let token = app.user_token(buyer);
+    // The catalogue says which pay methods the shop takes: both providers are enabled here.
+    let (_, plans) = app.get(Some(&token), "/v1/plans").await;
+    assert_eq!(
+        plans["pay_methods"],
+        serde_json::json!(["balance", "points", "free", "wechat", "alipay"])
+    );
 
     let order = qr_order(&app, &token, "scan-1", provider).await;
     assert_eq!(order["status"], "pending_payment");

@@ -408,3 +408,48 @@ async fn a_console_stays_open_through_a_broker_outage_and_gets_what_was_paid_mea
         (json!(after), json!(3))
     );
 }
+
+#[tokio::test]
+async fn the_console_lists_every_buyers_orders_newest_first_with_their_names_for_merchants_only() {
+    let app = spawn_app_with(Options::default()).await;
+    let ann = app.create_user("Ann", 1_000_000, 0).await;
+    let bo = app.create_user("Bo", 1_000_000, 0).await;
+    let first = buy(&app, &app.user_token(ann), "ann-1").await;
+    let second = buy(&app, &app.user_token(bo), "bo-1").await;
+
+    let (status, page) = app
+        .get(Some(&merchant(&app)), "/v1/merchant/orders?limit=1")
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["orders"][0]["id"], second);
+    assert_eq!(page["orders"][0]["buyer_name"], "Bo");
+    assert_eq!(page["orders"][0]["buyer_id"], bo);
+    assert_eq!(page["orders"][0]["status"], "paid");
+    let cursor = page["next_cursor"].as_i64().expect("a second page");
+    let (_, rest) = app
+        .get(
+            Some(&app.token(0, Role::Admin)),
+            &format!("/v1/merchant/orders?limit=1&cursor={cursor}"),
+        )
+        .await;
+    assert_eq!(rest["orders"][0]["id"], first);
+    assert_eq!(rest["orders"][0]["buyer_name"], "Ann");
+    assert_eq!(rest["next_cursor"], Value::Null);
+
+    let (status, body) = app
+        .get(Some(&app.user_token(ann)), "/v1/merchant/orders")
+        .await;
+    assert_eq!(
+        status, 403,
+        "a buyer does not see other buyers' orders: {body}"
+    );
+    let (status, _) = app.get(None, "/v1/merchant/orders").await;
+    assert_eq!(status, 401);
+    let (status, body) = app
+        .get(Some(&merchant(&app)), "/v1/merchant/orders?limit=0")
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("invalid_query"))
+    );
+}

@@ -1,0 +1,315 @@
+// /vip: the buyer's page. Membership card, plans at the buyer's price, checkout (balance,
+// points, free, or a WeChat / Alipay QR code whose status comes live from the order's
+// WebSocket), and recent orders with "remind the shop".
+import {
+  Session, PAY_METHOD, STATUS, day, el, errorText, price, randomKey, socketUrl, t, when, yuan,
+} from './common.js';
+
+const $ = (id) => document.getElementById(id);
+const REMIND_EVERY_MS = 60_000;
+
+/** Friendlier words for the refusals a buyer can meet at checkout. */
+const REFUSALS = {
+  insufficient_balance: t('余额不足', 'Not enough balance'),
+  insufficient_points: t('积分不足', 'Not enough points'),
+  free_plan_already_claimed: t('免费套餐已领取过', 'You have already claimed this free plan'),
+  already_permanent: t('您已是永久会员', 'You are already a permanent member'),
+  price_changed: t('价格已变动，已为您刷新', 'The price changed; the plans are refreshed'),
+  pay_method_unavailable: t('暂不支持该支付方式', 'This pay method is not available'),
+  provider_unavailable: t('支付服务暂不可用，未扣款，请重试', 'The payment service is unavailable; nothing was charged, try again'),
+};
+
+let plans = [];
+let payMethods = [];
+/** The checkout being watched: `{order, socket, done, retry}`. */
+let watching = null;
+/** Keys of purchases whose answer never came, reused when the same button is pressed again. */
+const unanswered = new Map();
+let qrUrl = null;
+
+const session = new Session('memberline.vip.token', ['user'], {
+  onSignIn: () => refresh(),
+  onSignOut: () => stopWatching(),
+});
+
+function say(text, ok = true) {
+  $('message').textContent = text;
+  $('message').className = ok ? 'ok' : 'error';
+}
+
+async function refresh() {
+  await Promise.all([loadMe(), loadPlans(), loadOrders()]);
+}
+
+async function loadMe() {
+  const res = await session.api('GET', '/v1/me');
+  if (res.status !== 200) return;
+  const me = res.body;
+  showMembership(me.membership);
+  $('wallet').replaceChildren(
+    // `discount_percent` is the share of the price the level pays: 90 is 9折, 10 % off.
+    el('div', {}, `${me.name} · ${me.level.name}` + (me.level.discount_percent < 100
+      ? ` (${t(`${me.level.discount_percent / 10}折`, `${100 - me.level.discount_percent}% off`)})` : '')),
+    el('div', {}, `${t('余额', 'Balance')}: ${yuan(me.balance_fen)} · ${t('积分', 'Points')}: ${me.points}`),
+  );
+}
+
+/** The card, from `GET /v1/me`'s membership or a stream message's. */
+function showMembership(m) {
+  const status = $('membership-status');
+  const detail = $('membership-detail');
+  if (m.status === 'active' && m.permanent) {
+    status.textContent = t('永久会员', 'Permanent member');
+    detail.textContent = '';
+  } else if (m.status === 'active') {
+    const left = Math.max(0, Math.ceil((new Date(m.expires_at) - Date.now()) / 86_400_000));
+    status.textContent = `${t('有效期至', 'Active until')} ${day(m.expires_at)}`;
+    detail.textContent = `剩余 ${left} 天 · ${left} ${left === 1 ? 'day' : 'days'} left`;
+  } else if (m.status === 'expired') {
+    status.textContent = t('会员已过期', 'Expired');
+    detail.textContent = m.expires_at ? `${t('过期于', 'Ended on')} ${day(m.expires_at)}` : '';
+  } else {
+    status.textContent = t('尚未开通会员', 'No membership yet');
+    detail.textContent = '';
+  }
+}
+
+async function loadPlans() {
+  const res = await session.api('GET', '/v1/plans');
+  if (res.status !== 200) return;
+  plans = res.body.plans;
+  payMethods = res.body.pay_methods;
+  $('plans').replaceChildren(...plans.map(planCard));
+}
+
+function term(p) {
+  if (p.kind === 'permanent') return t('永久有效', 'Never expires');
+  if (p.kind === 'pass') return `${p.uses} ${t('次', 'uses')}`;
+  return `${p.duration_days} ${t('天', 'days')}`;
+}
+
+function planCard(p) {
+  const fen = p.buyer_price_fen ?? p.price_fen;
+  const methods = p.is_free
+    ? ['free'].filter((m) => payMethods.includes(m))
+    : payMethods.filter((m) => m !== 'free' && (m !== 'points' || p.buyer_price_points != null));
+  return el('div', { class: 'plan panel', 'data-plan': p.code },
+    el('h3', {}, p.name),
+    el('div', { class: 'term' }, term(p)),
+    el('div', { class: 'price' }, p.is_free ? t('免费', 'Free') : yuan(fen),
+      !p.is_free && p.original_price_fen > fen ? el('span', { class: 'was' }, yuan(p.original_price_fen)) : null),
+    p.buyer_price_points != null && !p.is_free
+      ? el('div', { class: 'points' }, `${t('或', 'or')} ${p.buyer_price_points} ${t('积分', 'points')}`) : null,
+    el('div', { class: 'pay' }, methods.map((m) => el('button', {
+      type: 'button', class: m, 'data-method': m, onclick: (e) => buy(p, m, e.currentTarget),
+    }, m === 'free' ? t('免费领取', 'Claim') : PAY_METHOD[m]))),
+  );
+}
+
+async function buy(plan, method, button) {
+  const body = { plan_id: plan.id, pay_method: method };
+  if (method === 'points') body.expected_price_points = plan.buyer_price_points;
+  else if (method !== 'free') body.expected_price_fen = plan.buyer_price_fen ?? plan.price_fen;
+  const slot = `${plan.id}/${method}`;
+  const key = unanswered.get(slot) || randomKey();
+  unanswered.set(slot, key);
+  button.disabled = true;
+  say(t('正在下单…', 'Placing the order…'));
+  const res = await session.api('POST', '/v1/orders', body, { 'Idempotency-Key': key });
+  button.disabled = false;
+  if (res.status === 0) {
+    say(errorText(res), false);
+    return; // the same key next time: never a second order
+  }
+  unanswered.delete(slot);
+  if (res.status !== 201) {
+    const code = res.body?.error?.code;
+    say(REFUSALS[code] || errorText(res), false);
+    if (code === 'price_changed') loadPlans();
+    return;
+  }
+  const order = res.body;
+  if (order.payment) {
+    say('');
+    await showCheckout(order);
+  } else {
+    say(`${t('支付成功', 'Paid')}: ${order.plan_name} (${price(order)}). ${t('会员生效中…', 'Activating…')}`);
+    loadMe();
+  }
+  loadOrders();
+  watch(order);
+}
+
+async function showCheckout(order) {
+  const provider = order.payment.provider;
+  $('checkout-title').textContent = provider === 'wechat'
+    ? t('微信扫码支付', 'Scan with WeChat to pay') : t('支付宝扫码支付', 'Scan with Alipay to pay');
+  $('code').textContent = order.payment.code_url;
+  $('code').dataset.code = order.payment.code_url;
+  $('pay-status').textContent = `${t('等待支付', 'Waiting for payment')} · ${yuan(order.amount_fen)} · `
+    + `${t('请在此前支付', 'Pay before')} ${when(order.payment.expires_at)}`;
+  $('cancel').hidden = false;
+  $('checkout').dataset.order = String(order.id);
+  $('checkout').hidden = false;
+  const res = await session.api('GET', order.payment.qr_png_url);
+  if (res.status === 200) {
+    if (qrUrl) URL.revokeObjectURL(qrUrl);
+    qrUrl = URL.createObjectURL(res.body);
+    $('qr').src = qrUrl;
+  }
+}
+
+/** Follows `order` on its WebSocket until it reaches a state the buyer is done with. */
+async function watch(order) {
+  stopWatching();
+  const w = { order, socket: null, done: false, retry: 0, paid: order.status === 'paid' };
+  watching = w;
+  const open = async () => {
+    if (w.done || watching !== w) return;
+    const ticket = await session.api('POST', '/v1/me/stream-ticket');
+    if (w.done || watching !== w) return;
+    if (ticket.status !== 201) return reopen();
+    const socket = new WebSocket(socketUrl(`/v1/orders/${order.id}/stream?ticket=${ticket.body.ticket}`));
+    w.socket = socket;
+    socket.onmessage = (e) => {
+      w.retry = 0;
+      onStatus(w, JSON.parse(e.data));
+    };
+    socket.onclose = () => {
+      if (w.socket === socket) w.socket = null;
+      reopen();
+    };
+  };
+  const reopen = () => {
+    if (w.done || watching !== w) return;
+    w.retry += 1;
+    setTimeout(open, Math.min(10_000, 500 * 2 ** w.retry));
+  };
+  w.reopen = reopen;
+  open();
+}
+
+function stopWatching() {
+  if (!watching) return;
+  watching.done = true;
+  watching.socket?.close(1000, 'done');
+  watching = null;
+}
+
+function onStatus(w, m) {
+  if (m.type !== 'order.status') return;
+  const pending = w.order.payment && w.order.status === 'pending_payment';
+  if (m.status === 'paid' && !w.paid) {
+    w.paid = true;
+    if (pending) {
+      $('pay-status').textContent = `${t('支付成功', 'Payment received')} · ${t('会员生效中…', 'Activating…')}`;
+      $('cancel').hidden = true;
+      say(`${t('支付成功', 'Payment received')}: ${w.order.plan_name}`);
+    }
+    loadOrders();
+    // A pass or an already-permanent member gets no membership change to wait for.
+    if (w.order.plan_kind === 'pass') finish(w);
+  }
+  if (m.membership) {
+    showMembership(m.membership);
+    if (m.membership.status === 'active') {
+      const until = m.membership.permanent
+        ? t('永久会员', 'Permanent member')
+        : `${t('有效期至', 'Active until')} ${day(m.membership.expires_at)}`;
+      say(`${t('会员已生效', 'Membership active')} · ${until}`);
+      if (w.order.payment) $('pay-status').textContent = `${t('支付成功', 'Paid')} · ${until}`;
+    }
+    loadMe();
+    finish(w);
+  }
+  if (m.status === 'closed') {
+    $('pay-status').textContent = t('订单已关闭，未扣款', 'Order closed; nothing was charged');
+    $('cancel').hidden = true;
+    loadOrders();
+    finish(w);
+  }
+  if (m.status === 'refund_pending' || m.status === 'refunded') {
+    say(`${STATUS[m.status]}: ${w.order.order_no}`);
+    loadMe();
+    loadOrders();
+    if (m.status === 'refunded') finish(w);
+  }
+}
+
+function finish(w) {
+  w.done = true;
+  w.socket?.close(1000, 'done');
+  if (watching === w) watching = null;
+  // The result stays in the card and the message; the code goes once it cannot be used.
+  setTimeout(() => {
+    if ($('checkout').dataset.order === String(w.order.id)) $('checkout').hidden = true;
+  }, 4000);
+}
+
+$('cancel').addEventListener('click', async () => {
+  const w = watching;
+  if (!w) return;
+  $('cancel').disabled = true;
+  const res = await session.api('POST', `/v1/orders/${w.order.id}/cancel`);
+  $('cancel').disabled = false;
+  if (res.status === 200) {
+    say(t('订单已取消', 'Order cancelled'));
+    $('checkout').hidden = true;
+    finish(w);
+  } else {
+    say(res.body?.error?.code === 'order_not_pending' ? t('订单已支付，无法取消', 'Already paid; it cannot be cancelled') : errorText(res), false);
+  }
+  loadOrders();
+});
+
+function remindedAt(orderId) {
+  return Number(localStorage.getItem(`memberline.vip.reminded.${orderId}`) || 0);
+}
+
+async function loadOrders() {
+  const res = await session.api('GET', '/v1/orders?limit=10');
+  if (res.status !== 200) return;
+  const rows = res.body.orders.map((o) => el('tr', { 'data-order': o.id },
+    el('td', {}, o.order_no),
+    el('td', {}, o.plan_name),
+    el('td', {}, price(o)),
+    el('td', { class: 'status' }, STATUS[o.status] || o.status),
+    el('td', {}, when(o.paid_at || o.created_at)),
+    el('td', {}, o.status === 'paid' ? remindButton(o) : null),
+  ));
+  $('orders').replaceChildren(...(rows.length ? rows
+    : [el('tr', {}, el('td', { colspan: 6, class: 'empty' }, t('暂无订单', 'No orders yet')))]));
+}
+
+function remindButton(order) {
+  const button = el('button', { type: 'button', class: 'remind' }, t('提醒商家', 'Remind the shop'));
+  const wait = remindedAt(order.id) + REMIND_EVERY_MS - Date.now();
+  const hold = (ms) => {
+    button.disabled = true;
+    button.textContent = t('已提醒', 'Reminded');
+    setTimeout(() => {
+      button.disabled = false;
+      button.textContent = t('提醒商家', 'Remind the shop');
+    }, ms);
+  };
+  if (wait > 0) hold(wait);
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    const res = await session.api('POST', `/v1/orders/${order.id}/remind`);
+    if (res.status === 202) {
+      localStorage.setItem(`memberline.vip.reminded.${order.id}`, String(Date.now()));
+      say(`${t('已提醒商家', 'The shop has been reminded')}: ${order.order_no}`);
+      hold(REMIND_EVERY_MS);
+    } else if (res.status === 429) {
+      const secs = Number(res.headers.get('Retry-After') || 60);
+      say(`${t('提醒太频繁，请稍后再试', 'One reminder a minute; try again in')} ${secs}s`, false);
+      hold(secs * 1000);
+    } else {
+      button.disabled = false;
+      say(errorText(res), false);
+    }
+  });
+  return button;
+}
+
+session.start();

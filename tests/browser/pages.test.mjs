@@ -1,0 +1,215 @@
+// /vip and /console in a real (headless) Chromium, against the whole system: the gateway with
+// its relay, the workers, RabbitMQ, PostgreSQL and the payment provider emulator.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { freePort, launchChromium, pg, root, targetDir, waitFor } from './helpers.mjs';
+
+const bin = `${targetDir}/debug`;
+const db = `ml_pages_${process.pid}_${Date.now()}`;
+const processes = [];
+let env;
+let browser;
+let base;
+let emulator;
+
+function start(program, args) {
+  const child = spawn(`${bin}/${program}`, args, { env, cwd: root, stdio: ['ignore', 'ignore', 'inherit'] });
+  processes.push(child);
+  return child;
+}
+
+function token(user, role) {
+  return execFileSync(`${bin}/memberline`, ['token', '--user', String(user), '--role', role], { env, cwd: root })
+    .toString().trim();
+}
+
+async function api(method, path, bearer, body, headers = {}) {
+  const res = await fetch(`${base}${path}`, {
+    method,
+    headers: { Authorization: `Bearer ${bearer}`, 'Content-Type': 'application/json', ...headers },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return { status: res.status, body: await res.json().catch(() => null) };
+}
+
+before(async () => {
+  const [port, emulatorPort, workerMetrics, relayMetrics] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+  base = `http://127.0.0.1:${port}`;
+  emulator = `http://127.0.0.1:${emulatorPort}`;
+  execFileSync('psql', [`${pg}/postgres`, '-qc', `CREATE DATABASE ${db}`]);
+  // `make run`'s configuration (deploy/config/local.toml, the dev keys), on ports and names of
+  // this test's own.
+  env = {
+    ...process.env,
+    MEMBERLINE_CONFIG_DIR: `${root}deploy/config`,
+    MEMBERLINE_ENV: 'local',
+    MEMBERLINE__DATABASE__URL: `${pg}/${db}`,
+    MEMBERLINE__HTTP__PORT: String(port),
+    MEMBERLINE__AMQP__PREFIX: `pages${process.pid}`,
+    MEMBERLINE__WORKERS__METRICS_ADDR: `127.0.0.1:${workerMetrics}`,
+    MEMBERLINE__RELAY__METRICS_ADDR: `127.0.0.1:${relayMetrics}`,
+    MEMBERLINE__PAYMENTS__WECHAT__BASE_URL: emulator,
+    MEMBERLINE__PAYMENTS__WECHAT__NOTIFY_URL: `${base}/v1/payments/wechat/notify`,
+    MEMBERLINE__PAYMENTS__ALIPAY__GATEWAY_URL: `${emulator}/gateway.do`,
+    MEMBERLINE__PAYMENTS__ALIPAY__NOTIFY_URL: `${base}/v1/payments/alipay/notify`,
+    MEMBERLINE__LOG__FILTER: 'warn',
+    RUST_LOG: 'warn',
+  };
+  execFileSync(`${bin}/memberline`, ['migrate', 'up'], { env, cwd: root, stdio: 'ignore' });
+  execFileSync(`${bin}/memberline`, ['seed'], { env, cwd: root, stdio: 'ignore' });
+  start('provider-emulator', ['--listen', `127.0.0.1:${emulatorPort}`, '--keys', 'deploy/dev-keys']);
+  start('memberline-workers', []);
+  start('memberline', ['serve']);
+  await Promise.all([
+    waitFor(`${base}/readyz`, 60000),
+    waitFor(`http://127.0.0.1:${workerMetrics}/readyz`, 60000),
+    waitFor(`${emulator}/emulator/healthz`, 60000),
+  ]);
+  browser = await launchChromium(['--autoplay-policy=no-user-gesture-required']);
+});
+
+after(async () => {
+  await browser?.close();
+  await Promise.all(processes.map((p) => new Promise((resolve) => {
+    if (p.exitCode !== null) return resolve();
+    p.once('exit', resolve);
+    p.kill('SIGTERM');
+  })));
+  try {
+    execFileSync('psql', [`${pg}/postgres`, '-qc', `DROP DATABASE IF EXISTS ${db} WITH (FORCE)`]);
+  } catch {}
+  try {
+    execFileSync(`${bin}/delete-topology`, [], { env, cwd: root, stdio: 'ignore' });
+  } catch {}
+});
+
+/** A page that records what it logs as an error and every API call it makes. */
+async function watchedPage(context, errors, apiCalls) {
+  const page = await context.newPage();
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(`${page.url()}: ${m.text()}`); });
+  page.on('pageerror', (e) => errors.push(`${page.url()}: ${e.message}`));
+  page.on('requestfailed', (r) => errors.push(`${r.url()} failed: ${r.failure()?.errorText}`));
+  page.on('request', (r) => { if (new URL(r.url()).pathname.startsWith('/v1/')) apiCalls.push(r.url()); });
+  return page;
+}
+
+test('signed out, each page shows only its sign-in form and calls no API', async () => {
+  const context = await browser.newContext();
+  for (const path of ['/vip', '/console']) {
+    const errors = [];
+    const calls = [];
+    const page = await watchedPage(context, errors, calls);
+    await page.goto(`${base}${path}`);
+    await page.waitForSelector('#signin:not([hidden])');
+    assert.equal(await page.isHidden('#app'), true, `${path}: the app is hidden`);
+    assert.equal(await page.isHidden('#signout'), true);
+    assert.match(await page.textContent('#signin'), /登录.*Sign in/s);
+    // A token that is not one is refused on the page, with no API call either.
+    await page.fill('#token', 'not-a-token');
+    await page.click('#signin button[type=submit]');
+    assert.match(await page.textContent('#signin .error'), /valid token/);
+    await page.waitForTimeout(300);
+    assert.deepEqual(calls, [], `${path} calls no API while signed out`);
+    assert.deepEqual(errors, [], `${path} logs no error`);
+  }
+  await context.close();
+});
+
+test('a buyer pays with WeChat on /vip and sees the membership live while /console rings, reminds, and resumes after a drop', async () => {
+  const admin = token(0, 'admin');
+  const created = await api('POST', '/v1/admin/users', admin, { name: 'Browser buyer', balance_fen: 100000, points: 0 });
+  assert.equal(created.status, 201);
+  const buyerId = created.body.id;
+  const buyerToken = token(buyerId, 'user');
+  const errors = [];
+  const calls = [];
+
+  // The merchant signs in on /console and turns the sound on.
+  const merchantContext = await browser.newContext();
+  const console_ = await watchedPage(merchantContext, errors, calls);
+  await console_.goto(`${base}/console`);
+  await console_.fill('#token', token(0, 'merchant'));
+  await console_.click('#signin button[type=submit]');
+  await console_.waitForFunction(() => document.querySelector('#connection').dataset.state === 'connected');
+  assert.match(await console_.textContent('#connection'), /已连接 Connected/);
+  await console_.click('#sound');
+  assert.match(await console_.textContent('#sound'), /Sound: on/);
+
+  // The buyer signs in on /vip: no membership yet, plans at their price.
+  const buyerContext = await browser.newContext();
+  const vip = await watchedPage(buyerContext, errors, calls);
+  await vip.goto(`${base}/vip`);
+  await vip.fill('#token', buyerToken);
+  await vip.click('#signin button[type=submit]');
+  await vip.waitForSelector('[data-plan="monthly"] button[data-method="wechat"]');
+  assert.match(await vip.textContent('#membership-status'), /No membership yet/);
+
+  // WeChat: a QR code and a code to scan.
+  await vip.click('[data-plan="monthly"] button[data-method="wechat"]');
+  await vip.waitForFunction(() => {
+    const img = document.querySelector('#qr');
+    return !document.querySelector('#checkout').hidden && img.complete && img.naturalWidth > 0;
+  });
+  assert.match(await vip.textContent('#pay-status'), /Waiting for payment/);
+  const code = await vip.getAttribute('#code', 'data-code');
+  assert.match(code, /^weixin:\/\/wxpay\/bizpayurl\?pr=/);
+  await vip.screenshot({ path: `${root}target/vip-page-qr.png`, fullPage: true });
+
+  // The buyer's phone: the emulator's scan page, Pay.
+  const phone = await buyerContext.newPage();
+  await phone.goto(`${emulator}/emulator/scan?code=${encodeURIComponent(code)}`);
+  await phone.click('button[type=submit]');
+  await phone.waitForSelector('text=Payment successful');
+  const paidAt = Date.now();
+  const orderId = Number(await vip.getAttribute('#checkout', 'data-order'));
+
+  // Within 2 s, without a reload: the buyer sees the membership, the console the order.
+  await Promise.all([
+    vip.waitForFunction(() => /Active until/.test(document.querySelector('#membership-status').textContent),
+      null, { timeout: 2000 }),
+    console_.waitForSelector(`#feed li[data-type="order.paid"][data-order="${orderId}"]`, { timeout: 2000 }),
+  ]);
+  const elapsed = Date.now() - paidAt;
+  assert.ok(elapsed <= 2000, `both pages updated ${elapsed} ms after the payment`);
+  assert.match(await vip.textContent('#pay-status'), /Active until/);
+  await console_.waitForFunction(() => /新订单 New paid order/.test(document.querySelector('#announce').textContent));
+  await console_.waitForSelector(`#orders tr[data-order="${orderId}"]`);
+
+  // "Remind the shop": a customer reminder on the console.
+  const remind = vip.locator(`#orders tr[data-order="${orderId}"] button.remind`);
+  await remind.click();
+  await console_.waitForSelector(`#feed li[data-type="order.reminded"][data-order="${orderId}"]`, { timeout: 2000 });
+  await console_.waitForFunction(() => /客户催单 Customer reminder/.test(document.querySelector('#announce').textContent));
+  assert.equal(await remind.isDisabled(), true, 'one reminder a minute');
+
+  // The console loses its network; two orders are paid meanwhile; it comes back with both.
+  await merchantContext.setOffline(true);
+  await console_.waitForFunction(() => document.querySelector('#connection').dataset.state === 'reconnecting');
+  assert.match(await console_.textContent('#connection'), /重连中 Reconnecting/);
+  const meanwhile = [];
+  for (const key of ['offline-1', 'offline-2']) {
+    const plans = await api('GET', '/v1/plans', buyerToken);
+    const pass = plans.body.plans.find((p) => p.code === 'day_pass');
+    const res = await api('POST', '/v1/orders', buyerToken, { plan_id: pass.id, pay_method: 'balance' }, { 'Idempotency-Key': key });
+    assert.equal(res.status, 201);
+    meanwhile.push(res.body.id);
+  }
+  await console_.waitForTimeout(500);
+  for (const id of meanwhile) {
+    assert.equal(await console_.locator(`#feed li[data-order="${id}"]`).count(), 0, 'not shown while offline');
+  }
+  await merchantContext.setOffline(false);
+  for (const id of meanwhile) {
+    await console_.waitForSelector(`#feed li[data-type="order.paid"][data-order="${id}"]`, { timeout: 10000 });
+  }
+  await console_.waitForFunction(() => document.querySelector('#connection').dataset.state === 'connected');
+  const seqs = await console_.$$eval('#feed li[data-seq]', (items) => items.map((li) => Number(li.dataset.seq)));
+  assert.deepEqual([...seqs].sort((a, b) => a - b), [1, 2, 3, 4], 'every entry once, none missed');
+
+  await vip.screenshot({ path: `${root}target/vip-page.png`, fullPage: true });
+  await console_.screenshot({ path: `${root}target/console-page.png`, fullPage: true });
+  assert.deepEqual(errors, [], 'no page logs an error');
+  await merchantContext.close();
+  await buyerContext.close();
+});
