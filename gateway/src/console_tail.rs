@@ -89,6 +89,9 @@ pub async fn run(tail: Tail, shutdown: CancellationToken) -> anyhow::Result<()> 
                     let Ok(message) = serde_json::from_str::<serde_json::Value>(&text) else {
                         continue;
                     };
+                    if message["type"] == "heartbeat" {
+                        continue;
+                    }
                     if message["type"] == "hello" {
                         // Where the stream started: resume from here even if nothing comes.
                         if last.is_none() {

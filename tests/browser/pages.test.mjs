@@ -116,6 +116,20 @@ test('signed out, each page shows only its sign-in form and calls no API', async
   await context.close();
 });
 
+/** The console feed's newest number, read from the database. */
+function newestFeedSeq() {
+  const out = execFileSync('psql', [`${pg}/${db}`, '-tAc', 'SELECT coalesce(max(seq), 0) FROM console_feed']);
+  return Number(out.toString().trim());
+}
+
+async function until(what, check, deadlineMs) {
+  const deadline = Date.now() + deadlineMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 test('a buyer pays with WeChat on /vip and sees the membership live while /console rings, reminds, and resumes after a drop', async () => {
   const admin = token(0, 'admin');
   const created = await api('POST', '/v1/admin/users', admin, { name: 'Browser buyer', balance_fen: 100000, points: 0 });
@@ -125,8 +139,18 @@ test('a buyer pays with WeChat on /vip and sees the membership live while /conso
   const errors = [];
   const calls = [];
 
-  // The merchant signs in on /console and turns the sound on.
+  // The merchant signs in on /console and turns the sound on. What rings and what is spoken is
+  // recorded (headless Chromium has no speakers).
   const merchantContext = await browser.newContext();
+  await merchantContext.addInitScript(() => {
+    window.sounds = { chimes: 0, spoken: [] };
+    const create = AudioContext.prototype.createOscillator;
+    AudioContext.prototype.createOscillator = function () {
+      window.sounds.chimes += 1;
+      return create.call(this);
+    };
+    if ('speechSynthesis' in window) speechSynthesis.speak = (u) => window.sounds.spoken.push(u.text);
+  });
   const console_ = await watchedPage(merchantContext, errors, calls);
   await console_.goto(`${base}/console`);
   await console_.fill('#token', token(0, 'merchant'));
@@ -136,7 +160,7 @@ test('a buyer pays with WeChat on /vip and sees the membership live while /conso
   await console_.click('#sound');
   assert.match(await console_.textContent('#sound'), /Sound: on/);
 
-  // The buyer signs in on /vip: no membership yet, plans at their price.
+  // The buyer signs in on /vip: no membership yet, plans at their price, no code on screen.
   const buyerContext = await browser.newContext();
   const vip = await watchedPage(buyerContext, errors, calls);
   await vip.goto(`${base}/vip`);
@@ -144,16 +168,28 @@ test('a buyer pays with WeChat on /vip and sees the membership live while /conso
   await vip.click('#signin button[type=submit]');
   await vip.waitForSelector('[data-plan="monthly"] button[data-method="wechat"]');
   assert.match(await vip.textContent('#membership-status'), /No membership yet/);
+  assert.equal(await vip.isVisible('#checkout'), false, 'no checkout before a purchase');
+
+  // Alipay, then changing one's mind: the code goes, the order is closed.
+  await vip.click('[data-plan="quarterly"] button[data-method="alipay"]');
+  await vip.waitForSelector('#checkout #qr[src]', { state: 'visible' });
+  assert.match(await vip.getAttribute('#code', 'data-code'), /^https:\/\/qr\.alipay\.com\//);
+  await vip.click('#cancel');
+  await vip.waitForSelector('#checkout', { state: 'hidden' });
+  assert.match(await vip.textContent('#message'), /Order cancelled/);
+  await vip.waitForFunction(() => /Closed/.test(document.querySelector('#orders tr .status')?.textContent));
 
   // WeChat: a QR code and a code to scan.
   await vip.click('[data-plan="monthly"] button[data-method="wechat"]');
   await vip.waitForFunction(() => {
     const img = document.querySelector('#qr');
-    return !document.querySelector('#checkout').hidden && img.complete && img.naturalWidth > 0;
+    return img.complete && img.naturalWidth > 0;
   });
+  assert.equal(await vip.isVisible('#checkout'), true);
   assert.match(await vip.textContent('#pay-status'), /Waiting for payment/);
   const code = await vip.getAttribute('#code', 'data-code');
   assert.match(code, /^weixin:\/\/wxpay\/bizpayurl\?pr=/);
+  const orderId = Number(await vip.getAttribute('#checkout', 'data-order'));
   await vip.screenshot({ path: `${root}target/vip-page-qr.png`, fullPage: true });
 
   // The buyer's phone: the emulator's scan page, Pay.
@@ -162,7 +198,6 @@ test('a buyer pays with WeChat on /vip and sees the membership live while /conso
   await phone.click('button[type=submit]');
   await phone.waitForSelector('text=Payment successful');
   const paidAt = Date.now();
-  const orderId = Number(await vip.getAttribute('#checkout', 'data-order'));
 
   // Within 2 s, without a reload: the buyer sees the membership, the console the order.
   await Promise.all([
@@ -172,33 +207,39 @@ test('a buyer pays with WeChat on /vip and sees the membership live while /conso
   ]);
   const elapsed = Date.now() - paidAt;
   assert.ok(elapsed <= 2000, `both pages updated ${elapsed} ms after the payment`);
+  assert.match(await vip.textContent('#membership-detail'), /30 days left/);
   assert.match(await vip.textContent('#pay-status'), /Active until/);
   await console_.waitForFunction(() => /新订单 New paid order/.test(document.querySelector('#announce').textContent));
+  const sounds = await console_.evaluate(() => window.sounds);
+  assert.ok(sounds.chimes >= 4, `the new order rang (the switch's own chime is 2): ${sounds.chimes}`);
+  assert.match(sounds.spoken.at(-1), /^新订单，Monthly membership/);
   await console_.waitForSelector(`#orders tr[data-order="${orderId}"]`);
+  // The code goes once paid; the result stays on the card.
+  await vip.waitForSelector('#checkout', { state: 'hidden', timeout: 10000 });
 
-  // "Remind the shop": a customer reminder on the console.
-  const remind = vip.locator(`#orders tr[data-order="${orderId}"] button.remind`);
-  await remind.click();
+  // "Remind the shop": a customer reminder on the console, then one a minute.
+  await vip.click(`#orders tr[data-order="${orderId}"] button.remind`);
   await console_.waitForSelector(`#feed li[data-type="order.reminded"][data-order="${orderId}"]`, { timeout: 2000 });
   await console_.waitForFunction(() => /客户催单 Customer reminder/.test(document.querySelector('#announce').textContent));
-  assert.equal(await remind.isDisabled(), true, 'one reminder a minute');
+  assert.match((await console_.evaluate(() => window.sounds.spoken)).at(-1), /^客户催单/);
+  await vip.reload();
+  const again = vip.locator(`#orders tr[data-order="${orderId}"] button.remind`);
+  await again.waitFor();
+  assert.equal(await again.isDisabled(), true, 'the button stays off for a minute, across a reload');
+  assert.match(await again.textContent(), /Reminded/);
 
-  // The console loses its network; two orders are paid meanwhile; it comes back with both.
+  // The console loses its network; the buyer buys two passes meanwhile; back online, the
+  // console shows both, resumed from the feed.
   await merchantContext.setOffline(true);
   await console_.waitForFunction(() => document.querySelector('#connection').dataset.state === 'reconnecting');
   assert.match(await console_.textContent('#connection'), /重连中 Reconnecting/);
-  const meanwhile = [];
-  for (const key of ['offline-1', 'offline-2']) {
-    const plans = await api('GET', '/v1/plans', buyerToken);
-    const pass = plans.body.plans.find((p) => p.code === 'day_pass');
-    const res = await api('POST', '/v1/orders', buyerToken, { plan_id: pass.id, pay_method: 'balance' }, { 'Idempotency-Key': key });
-    assert.equal(res.status, 201);
-    meanwhile.push(res.body.id);
+  for (let i = 0; i < 2; i++) {
+    await vip.click('[data-plan="day_pass"] button[data-method="balance"]');
+    await vip.waitForFunction((n) => document.querySelectorAll('#orders tr[data-order]').length === n, 3 + i);
   }
-  await console_.waitForTimeout(500);
-  for (const id of meanwhile) {
-    assert.equal(await console_.locator(`#feed li[data-order="${id}"]`).count(), 0, 'not shown while offline');
-  }
+  const orders = await api('GET', '/v1/orders?limit=2', buyerToken);
+  const meanwhile = orders.body.orders.map((o) => o.id);
+  await until('both passes in the feed', () => newestFeedSeq() === 4, 10000);
   await merchantContext.setOffline(false);
   for (const id of meanwhile) {
     await console_.waitForSelector(`#feed li[data-type="order.paid"][data-order="${id}"]`, { timeout: 10000 });

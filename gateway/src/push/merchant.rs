@@ -1,8 +1,10 @@
 //! `GET /v1/merchant/stream`: a merchant console's WebSocket.
 //!
-//! The first message is `{type: "hello", seq}`: where the stream starts (the `after` given, or
-//! the feed's last number for "live from now"), so a client can resume exactly even if it drops
-//! before the first entry. Every other message is one console-feed entry, `{seq, type, kind, order_id, order_no, content,
+//! The first message is `{type: "hello", seq, newest, heartbeat_secs}`: where the stream starts
+//! (the `after` given, or the feed's last number for "live from now"), so a client can resume
+//! exactly even if it drops before the first entry; the feed's newest number (lower than an
+//! `after` only when the feed was reset); and how often a `{type: "heartbeat", seq}` comes, so
+//! that a browser, which cannot see pings, can tell a dead connection from a quiet one. Every other message is one console-feed entry, `{seq, type, kind, order_id, order_no, content,
 //! order, at}` (`type`: `order.paid`, `order.reminded`, `order.refunded`; `kind`: 1, 2, 3 for
 //! consoles written for the numeric kinds). `?after=<seq>` first sends every stored entry after
 //! `seq`, then live ones; without it, live ones from now. The feed is the source of truth: a
@@ -115,12 +117,12 @@ pub async fn stream(
     let ws = ws.map_err(|_| upgrade_required())?;
     // Subscribed before the starting point is read: nothing falls between the two.
     let live = state.push_hub.subscribe();
-    let start = match q.after {
-        Some(after) => after,
-        None => last_seq(&state.db).await?,
-    };
+    let newest = last_seq(&state.db).await?;
+    let start = q.after.unwrap_or(newest);
     let sessions = state.push_hub.sessions.clone();
-    Ok(ws.on_upgrade(move |socket| sessions.track_future(session(socket, state, live, start))))
+    Ok(ws.on_upgrade(move |socket| {
+        sessions.track_future(session(socket, state, live, start, newest))
+    }))
 }
 
 async fn last_seq(db: &DatabaseConnection) -> Result<i64, DbErr> {
@@ -190,6 +192,7 @@ async fn session(
     state: AppState,
     mut live: broadcast::Receiver<Pushed>,
     mut last: i64,
+    newest: i64,
 ) {
     let push = state.settings.push.clone();
     let (sink, mut incoming) = socket.split();
@@ -213,7 +216,13 @@ async fn session(
     };
     // Where this stream starts, so a client that connected "live from now" and drops before
     // the first entry can still resume exactly.
-    if send(json!({"type": "hello", "seq": last})).await.is_err() {
+    let hello = json!({
+        "type": "hello",
+        "seq": last,
+        "newest": newest,
+        "heartbeat_secs": push.ping_interval_secs,
+    });
+    if send(hello).await.is_err() {
         return;
     }
     let mut ping = tokio::time::interval(patience);
@@ -264,8 +273,11 @@ async fn session(
                     break End::Close(IDLE, "idle");
                 }
                 // A queue with messages waiting keeps the connection busy anyway; the ping
-                // goes out once there is room.
+                // and the heartbeat (the ping a browser's script can see) go out once there is
+                // room.
                 let _ = queue.try_send(Message::Ping(Vec::new().into()));
+                let heartbeat = json!({"type": "heartbeat", "seq": last});
+                let _ = queue.try_send(Message::Text(heartbeat.to_string().into()));
                 false
             }
         };

@@ -40,7 +40,7 @@ async fn open(base: &str, token: Option<&str>, query: &str) -> Result<Socket, u1
 async fn next(socket: &mut Socket, wait: Duration) -> Result<Value, Option<u16>> {
     loop {
         match next_frame(socket, wait).await? {
-            m if m["type"] == "hello" => continue,
+            m if m["type"] == "hello" || m["type"] == "heartbeat" => continue,
             m => return Ok(m),
         }
     }
@@ -183,10 +183,12 @@ async fn a_console_resumes_with_no_gap_and_no_duplicate_while_orders_are_being_p
             .await
             .unwrap();
         assert_eq!(
-            hello,
-            json!({"type": "hello", "seq": last}),
-            "the stream says where it starts"
+            (&hello["type"], &hello["seq"]),
+            (&json!("hello"), &json!(last)),
+            "the stream says where it starts: {hello}"
         );
+        assert!(hello["newest"].as_i64().unwrap() >= last, "{hello}");
+        assert_eq!(hello["heartbeat_secs"], 15, "{hello}");
         let take = if round < 2 { 7 } else { total - seen.len() };
         for _ in 0..take {
             let m = next(&mut socket, Duration::from_secs(20)).await.unwrap();
@@ -296,6 +298,16 @@ async fn a_slow_console_is_closed_with_4008_and_resumes_without_losing_anything(
         assert_eq!(seq, last + 1);
         last = seq;
     }
+    // Quiet now: a heartbeat each ping interval says the connection is alive and where it is.
+    let heartbeat = loop {
+        let m = next_frame(&mut socket, Duration::from_secs(5))
+            .await
+            .unwrap();
+        if m["type"] == "heartbeat" {
+            break m;
+        }
+    };
+    assert_eq!(heartbeat["seq"], total);
     let _ = socket.send(Message::Close(None)).await;
 }
 

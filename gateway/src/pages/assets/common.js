@@ -117,6 +117,8 @@ export class Session {
       this.start();
     });
     this.signout.addEventListener('click', () => this.end());
+    /** Bumped at each sign-out: an answer to a request made before it is dropped. */
+    this.generation = 0;
   }
 
   get token() {
@@ -139,6 +141,7 @@ export class Session {
 
   /** Forgets the token and shows only the form, with `why` when given. */
   end(why) {
+    this.generation += 1;
     localStorage.removeItem(this.key);
     this.onSignOut();
     this.app.hidden = true;
@@ -148,31 +151,56 @@ export class Session {
   }
 
   /**
-   * Calls the API with the token: `{status, body}`, or `{status: 0}` when the gateway cannot
-   * be reached. A 401 signs the page out (the token expired or was revoked).
+   * Calls the API with the token: `{status, body, headers}`; status 0 when the gateway could
+   * not be reached or the answer was cut off, -1 when the page was signed out meanwhile (the
+   * caller drops it). A 401 signs the page out (the token expired or was revoked).
    */
   async api(method, path, body, headers = {}) {
     const token = this.token;
+    const generation = this.generation;
+    if (!token) return { status: -1, body: null };
     // Offline, a request could only fail: the caller tries again when the network is back.
-    if (!token || !navigator.onLine) return { status: 0, body: null };
+    if (!navigator.onLine) return { status: 0, body: null };
     const init = { method, headers: { Authorization: `Bearer ${token}`, ...headers } };
     if (body !== undefined) {
       init.headers['Content-Type'] = 'application/json';
       init.body = JSON.stringify(body);
     }
     let res;
+    let parsed;
     try {
       res = await fetch(path, init);
+      const type = res.headers.get('Content-Type') || '';
+      parsed = type.includes('json') ? await res.json() : await res.blob();
     } catch {
-      return { status: 0, body: null };
+      return generation === this.generation ? { status: 0, body: null } : { status: -1, body: null };
     }
-    const type = res.headers.get('Content-Type') || '';
-    const parsed = type.includes('json') ? await res.json() : await res.blob();
+    if (generation !== this.generation) return { status: -1, body: null };
     if (res.status === 401) {
       this.end(t('登录已失效，请重新登录', 'Signed out: the token is no longer valid'));
+      return { status: -1, body: null };
     }
     return { status: res.status, body: parsed, headers: res.headers };
   }
+}
+
+/**
+ * Whether an answer settles a purchase for good: a 2xx, or a refusal that the same request
+ * would meet again. A timeout (408), a limit (429) or a server error may have bought already:
+ * the purchase is asked again with the same Idempotency-Key.
+ */
+export function settled(status) {
+  return (status >= 200 && status < 300) || (status >= 400 && status < 500 && status !== 408 && status !== 429);
+}
+
+/** Keeps only the latest of overlapping calls: `latest(fn)` drops the answers of older calls. */
+export function latest(load) {
+  let turn = 0;
+  return async (...args) => {
+    const mine = ++turn;
+    const res = await load(...args);
+    return mine === turn ? res : { status: -1, body: null };
+  };
 }
 
 /** The message of an API error body, or a general one. */

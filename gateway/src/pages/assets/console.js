@@ -1,7 +1,7 @@
 // /console: the merchant's console. A live feed of paid orders, reminders and refunds from
 // `GET /v1/merchant/stream`, rung with a sound and spoken aloud; it reconnects by itself and
 // resumes after the last entry it showed, so nothing is missed across a dropped connection.
-import { Session, STATUS, el, price, socketUrl, t, when } from './common.js';
+import { Session, STATUS, el, latest, price, socketUrl, t, when } from './common.js';
 
 const $ = (id) => document.getElementById(id);
 const SEQ_KEY = 'memberline.console.seq';
@@ -31,6 +31,9 @@ let audio = null;
 let pending = [];
 let announceTimer = null;
 let ordersTimer = null;
+/** Closes a socket that has been silent for too long (the server sends heartbeats). */
+let watchdog = null;
+let heartbeatMs = 15_000;
 
 const session = new Session('memberline.console.token', ['merchant', 'admin'], {
   onSignIn: () => {
@@ -42,10 +45,15 @@ const session = new Session('memberline.console.token', ['merchant', 'admin'], {
   },
   onSignOut: () => {
     running = false;
-    clearTimeout(timer);
-    socket?.close(1000, 'signed out');
-    socket = null;
+    for (const id of [timer, announceTimer, ordersTimer, watchdog]) clearTimeout(id);
+    pending = [];
+    drop();
+    lastSeq = null;
+    sessionStorage.removeItem(SEQ_KEY);
     $('sound').hidden = true;
+    $('announce').textContent = '';
+    $('feed').replaceChildren(el('li', { class: 'empty', id: 'feed-empty' }, t('等待新订单…', 'Waiting for orders…')));
+    $('orders').replaceChildren();
     setState('disconnected');
   },
 });
@@ -57,16 +65,21 @@ function setState(state) {
   badge.dataset.state = state;
 }
 
+/** A ticket is being fetched: one connection attempt at a time. */
+let connecting = false;
+
 async function connect() {
   clearTimeout(timer);
-  if (!running || socket) return;
+  if (!running || socket || connecting) return;
   if (!navigator.onLine) {
     setState('reconnecting'); // the `online` event tries again
     return;
   }
   setState(retry === 0 && lastSeq === null ? 'connecting' : 'reconnecting');
+  connecting = true;
   const ticket = await session.api('POST', '/v1/merchant/stream-ticket');
-  if (!running || socket) return;
+  connecting = false;
+  if (!running || socket || ticket.status === -1) return;
   if (ticket.status !== 201) {
     if (ticket.status === 403) {
       session.end(t('此令牌不是商户令牌', 'This token is not a merchant\'s'));
@@ -83,13 +96,32 @@ async function connect() {
   ws.onmessage = (e) => {
     if (socket !== ws) return;
     retry = 0;
+    guard();
     receive(JSON.parse(e.data));
   };
   ws.onclose = () => {
     if (socket !== ws) return;
+    clearTimeout(watchdog);
     socket = null;
     later();
   };
+}
+
+/** Lets go of the socket at once: its late events are ignored, and a new one can open. */
+function drop() {
+  clearTimeout(watchdog);
+  const ws = socket;
+  socket = null;
+  ws?.close(1000, 'closing');
+}
+
+/** Restarts the countdown to treating the socket as dead: two and a half heartbeats. */
+function guard() {
+  clearTimeout(watchdog);
+  watchdog = setTimeout(() => {
+    drop();
+    later();
+  }, heartbeatMs * 2.5);
 }
 
 /** Tries again after a capped, jittered delay. */
@@ -108,8 +140,17 @@ function remember(seq) {
 }
 
 function receive(m) {
+  if (m.type === 'heartbeat') return;
   if (m.type === 'hello') {
+    heartbeatMs = (m.heartbeat_secs || 15) * 1000;
+    guard();
     if (lastSeq === null) remember(m.seq);
+    else if (typeof m.newest === 'number' && m.newest < lastSeq) {
+      // The feed was reset (a fresh database): start again from its newest entry.
+      remember(m.newest);
+      drop();
+      connect();
+    }
     return;
   }
   if (typeof m.seq !== 'number' || (lastSeq !== null && m.seq <= lastSeq)) return;
@@ -159,15 +200,29 @@ function announce() {
   }
 }
 
-function soundOn() {
-  // Browsers only let a page play sound after the user touched it.
-  return localStorage.getItem(SOUND_KEY) === 'on' && navigator.userActivation?.hasBeenActive !== false;
+/** Browsers only let a page play sound once the user has touched it. */
+function activated() {
+  return navigator.userActivation?.hasBeenActive !== false;
 }
 
-function showSound() {
-  $('sound').textContent = localStorage.getItem(SOUND_KEY) === 'on'
-    ? t('声音：开', 'Sound: on') : t('声音：关', 'Sound: off');
+function soundOn() {
+  return localStorage.getItem(SOUND_KEY) === 'on' && activated();
 }
+
+/** Sound is on, but the page was reloaded and not touched since: it waits for a click. */
+let soundWaiting = false;
+
+function showSound() {
+  const on = localStorage.getItem(SOUND_KEY) === 'on';
+  soundWaiting = on && !activated();
+  $('sound').textContent = !on ? t('声音：关', 'Sound: off')
+    : soundWaiting ? t('点击启用声音', 'Click to enable sound') : t('声音：开', 'Sound: on');
+}
+
+// After a reload, a touch anywhere (but the sound button, which decides itself) lets it ring.
+document.addEventListener('pointerdown', (e) => {
+  if (soundWaiting && !e.target.closest?.('#sound')) setTimeout(showSound);
+}, { capture: true });
 
 /** Two short tones, made by the browser (no audio file). */
 function chime() {
@@ -191,14 +246,17 @@ function chime() {
 }
 
 $('sound').addEventListener('click', () => {
-  const on = localStorage.getItem(SOUND_KEY) !== 'on';
+  // A click on "click to enable sound" keeps it on.
+  const on = soundWaiting || localStorage.getItem(SOUND_KEY) !== 'on';
   localStorage.setItem(SOUND_KEY, on ? 'on' : 'off');
   showSound();
   if (on) chime();
 });
 
+const fetchOrders = latest(() => session.api('GET', '/v1/merchant/orders?limit=20'));
+
 async function loadOrders() {
-  const res = await session.api('GET', '/v1/merchant/orders?limit=20');
+  const res = await fetchOrders();
   if (res.status !== 200) return;
   const rows = res.body.orders.map((o) => el('tr', { 'data-order': o.id },
     el('td', {}, o.order_no),
@@ -215,8 +273,10 @@ async function loadOrders() {
 // A lost network closes the socket at once (rather than when a ping fails) and waits for it to
 // come back; then the socket resumes after the last entry shown.
 window.addEventListener('offline', () => {
-  socket?.close(1000, 'offline');
-  if (running) setState('reconnecting');
+  if (!running) return;
+  drop();
+  clearTimeout(timer);
+  setState('reconnecting');
 });
 window.addEventListener('online', () => {
   retry = 0;

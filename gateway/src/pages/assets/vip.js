@@ -2,7 +2,8 @@
 // points, free, or a WeChat / Alipay QR code whose status comes live from the order's
 // WebSocket), and recent orders with "remind the shop".
 import {
-  Session, PAY_METHOD, STATUS, day, el, errorText, price, randomKey, socketUrl, t, when, yuan,
+  Session, PAY_METHOD, STATUS, day, el, errorText, latest, price, randomKey, settled, socketUrl, t,
+  when, yuan,
 } from './common.js';
 
 const $ = (id) => document.getElementById(id);
@@ -21,15 +22,22 @@ const REFUSALS = {
 
 let plans = [];
 let payMethods = [];
-/** The checkout being watched: `{order, socket, done, retry}`. */
-let watching = null;
+/** Orders followed on their WebSocket, by id: `{order, socket, done, retry, paid}`. */
+const watchers = new Map();
 /** Keys of purchases whose answer never came, reused when the same button is pressed again. */
 const unanswered = new Map();
 let qrUrl = null;
 
 const session = new Session('memberline.vip.token', ['user'], {
   onSignIn: () => refresh(),
-  onSignOut: () => stopWatching(),
+  onSignOut: () => {
+    for (const w of watchers.values()) finish(w);
+    unanswered.clear();
+    hideCheckout();
+    say('');
+    $('plans').replaceChildren();
+    $('orders').replaceChildren();
+  },
 });
 
 function say(text, ok = true) {
@@ -41,8 +49,13 @@ async function refresh() {
   await Promise.all([loadMe(), loadPlans(), loadOrders()]);
 }
 
+// Each list shows the answer of its latest request only, whatever order the answers come in.
+const fetchMe = latest(() => session.api('GET', '/v1/me'));
+const fetchPlans = latest(() => session.api('GET', '/v1/plans'));
+const fetchOrders = latest(() => session.api('GET', '/v1/orders?limit=10'));
+
 async function loadMe() {
-  const res = await session.api('GET', '/v1/me');
+  const res = await fetchMe();
   if (res.status !== 200) return;
   const me = res.body;
   showMembership(me.membership);
@@ -75,7 +88,7 @@ function showMembership(m) {
 }
 
 async function loadPlans() {
-  const res = await session.api('GET', '/v1/plans');
+  const res = await fetchPlans();
   if (res.status !== 200) return;
   plans = res.body.plans;
   payMethods = res.body.pay_methods;
@@ -117,11 +130,9 @@ async function buy(plan, method, button) {
   say(t('正在下单…', 'Placing the order…'));
   const res = await session.api('POST', '/v1/orders', body, { 'Idempotency-Key': key });
   button.disabled = false;
-  if (res.status === 0) {
-    say(errorText(res), false);
-    return; // the same key next time: never a second order
-  }
-  unanswered.delete(slot);
+  if (res.status === -1) return;
+  // Until an answer settles it, the same button asks again with the same key: one order.
+  if (settled(res.status)) unanswered.delete(slot);
   if (res.status !== 201) {
     const code = res.body?.error?.code;
     say(REFUSALS[code] || errorText(res), false);
@@ -140,7 +151,25 @@ async function buy(plan, method, button) {
   watch(order);
 }
 
+/** The provider order whose code is on screen, if any. */
+function shownCheckout() {
+  const id = $('checkout').dataset.order;
+  return id ? watchers.get(Number(id)) : undefined;
+}
+
+function hideCheckout() {
+  $('checkout').hidden = true;
+  delete $('checkout').dataset.order;
+  if (qrUrl) URL.revokeObjectURL(qrUrl);
+  qrUrl = null;
+  $('qr').removeAttribute('src');
+}
+
 async function showCheckout(order) {
+  // A new code replaces one the buyer left unpaid: that order is no longer followed here.
+  const previous = shownCheckout();
+  if (previous) finish(previous);
+  hideCheckout();
   const provider = order.payment.provider;
   $('checkout-title').textContent = provider === 'wechat'
     ? t('微信扫码支付', 'Scan with WeChat to pay') : t('支付宝扫码支付', 'Scan with Alipay to pay');
@@ -152,22 +181,20 @@ async function showCheckout(order) {
   $('checkout').dataset.order = String(order.id);
   $('checkout').hidden = false;
   const res = await session.api('GET', order.payment.qr_png_url);
-  if (res.status === 200) {
-    if (qrUrl) URL.revokeObjectURL(qrUrl);
+  if (res.status === 200 && $('checkout').dataset.order === String(order.id)) {
     qrUrl = URL.createObjectURL(res.body);
     $('qr').src = qrUrl;
   }
 }
 
 /** Follows `order` on its WebSocket until it reaches a state the buyer is done with. */
-async function watch(order) {
-  stopWatching();
-  const w = { order, socket: null, done: false, retry: 0, paid: order.status === 'paid' };
-  watching = w;
+function watch(order) {
+  const w = { order, socket: null, done: false, retry: 0, paid: false };
+  watchers.set(order.id, w);
   const open = async () => {
-    if (w.done || watching !== w) return;
+    if (w.done) return;
     const ticket = await session.api('POST', '/v1/me/stream-ticket');
-    if (w.done || watching !== w) return;
+    if (w.done || ticket.status === -1) return;
     if (ticket.status !== 201) return reopen();
     const socket = new WebSocket(socketUrl(`/v1/orders/${order.id}/stream?ticket=${ticket.body.ticket}`));
     w.socket = socket;
@@ -181,34 +208,38 @@ async function watch(order) {
     };
   };
   const reopen = () => {
-    if (w.done || watching !== w) return;
+    if (w.done) return;
     w.retry += 1;
-    setTimeout(open, Math.min(10_000, 500 * 2 ** w.retry));
+    w.timer = setTimeout(open, Math.min(10_000, 500 * 2 ** w.retry));
   };
-  w.reopen = reopen;
   open();
 }
 
-function stopWatching() {
-  if (!watching) return;
-  watching.done = true;
-  watching.socket?.close(1000, 'done');
-  watching = null;
+/** Stops following `w`; its code, if on screen, goes a moment later (the result stays). */
+function finish(w) {
+  w.done = true;
+  clearTimeout(w.timer);
+  w.socket?.close(1000, 'done');
+  w.socket = null;
+  watchers.delete(w.order.id);
 }
 
 function onStatus(w, m) {
   if (m.type !== 'order.status') return;
-  const pending = w.order.payment && w.order.status === 'pending_payment';
+  const onScreen = $('checkout').dataset.order === String(w.order.id);
   if (m.status === 'paid' && !w.paid) {
     w.paid = true;
-    if (pending) {
+    if (onScreen) {
       $('pay-status').textContent = `${t('支付成功', 'Payment received')} · ${t('会员生效中…', 'Activating…')}`;
       $('cancel').hidden = true;
       say(`${t('支付成功', 'Payment received')}: ${w.order.plan_name}`);
     }
     loadOrders();
-    // A pass or an already-permanent member gets no membership change to wait for.
-    if (w.order.plan_kind === 'pass') finish(w);
+    // A pass changes no membership: paid is the end of it.
+    if (w.order.plan_kind === 'pass') {
+      loadMe();
+      done(w, onScreen);
+    }
   }
   if (m.membership) {
     showMembership(m.membership);
@@ -217,45 +248,46 @@ function onStatus(w, m) {
         ? t('永久会员', 'Permanent member')
         : `${t('有效期至', 'Active until')} ${day(m.membership.expires_at)}`;
       say(`${t('会员已生效', 'Membership active')} · ${until}`);
-      if (w.order.payment) $('pay-status').textContent = `${t('支付成功', 'Paid')} · ${until}`;
+      if (onScreen) $('pay-status').textContent = `${t('支付成功', 'Paid')} · ${until}`;
     }
     loadMe();
-    finish(w);
+    done(w, onScreen);
   }
   if (m.status === 'closed') {
-    $('pay-status').textContent = t('订单已关闭，未扣款', 'Order closed; nothing was charged');
-    $('cancel').hidden = true;
+    if (onScreen) $('pay-status').textContent = t('订单已关闭，未扣款', 'Order closed; nothing was charged');
     loadOrders();
-    finish(w);
+    done(w, onScreen);
   }
   if (m.status === 'refund_pending' || m.status === 'refunded') {
     say(`${STATUS[m.status]}: ${w.order.order_no}`);
     loadMe();
     loadOrders();
-    if (m.status === 'refunded') finish(w);
+    if (m.status === 'refunded') done(w, onScreen);
   }
 }
 
-function finish(w) {
-  w.done = true;
-  w.socket?.close(1000, 'done');
-  if (watching === w) watching = null;
-  // The result stays in the card and the message; the code goes once it cannot be used.
+/** The end of `w`: its code, if on screen, goes after a moment to read the result. */
+function done(w, onScreen) {
+  finish(w);
+  if (!onScreen) return;
+  $('cancel').hidden = true;
   setTimeout(() => {
-    if ($('checkout').dataset.order === String(w.order.id)) $('checkout').hidden = true;
-  }, 4000);
+    if ($('checkout').dataset.order === String(w.order.id)) hideCheckout();
+  }, 3000);
 }
 
 $('cancel').addEventListener('click', async () => {
-  const w = watching;
-  if (!w) return;
+  const id = $('checkout').dataset.order;
+  if (!id) return;
   $('cancel').disabled = true;
-  const res = await session.api('POST', `/v1/orders/${w.order.id}/cancel`);
+  const res = await session.api('POST', `/v1/orders/${id}/cancel`);
   $('cancel').disabled = false;
+  if (res.status === -1) return;
   if (res.status === 200) {
-    say(t('订单已取消', 'Order cancelled'));
-    $('checkout').hidden = true;
-    finish(w);
+    say(t('订单已取消，未扣款', 'Order cancelled; nothing was charged'));
+    const w = watchers.get(Number(id));
+    if (w) finish(w);
+    if ($('checkout').dataset.order === id) hideCheckout();
   } else {
     say(res.body?.error?.code === 'order_not_pending' ? t('订单已支付，无法取消', 'Already paid; it cannot be cancelled') : errorText(res), false);
   }
@@ -267,7 +299,7 @@ function remindedAt(orderId) {
 }
 
 async function loadOrders() {
-  const res = await session.api('GET', '/v1/orders?limit=10');
+  const res = await fetchOrders();
   if (res.status !== 200) return;
   const rows = res.body.orders.map((o) => el('tr', { 'data-order': o.id },
     el('td', {}, o.order_no),
@@ -296,6 +328,7 @@ function remindButton(order) {
   button.addEventListener('click', async () => {
     button.disabled = true;
     const res = await session.api('POST', `/v1/orders/${order.id}/remind`);
+    if (res.status === -1) return;
     if (res.status === 202) {
       localStorage.setItem(`memberline.vip.reminded.${order.id}`, String(Date.now()));
       say(`${t('已提醒商家', 'The shop has been reminded')}: ${order.order_no}`);
