@@ -14,10 +14,13 @@ pub struct BuyerPrice {
 
 /// The level discount applies to both the fen and the points price; free plans stay free.
 pub fn buyer_price(plan: &plan::Model, level: &level::Model) -> BuyerPrice {
+    buyer_price_at(plan, level.discount_percent)
+}
+
+/// [`buyer_price`] for a level that pays `discount_percent` % of the price.
+pub fn buyer_price_at(plan: &plan::Model, discount_percent: i16) -> BuyerPrice {
     BuyerPrice {
-        fen: discounted(plan.price_fen, level.discount_percent),
-        points: plan
-            .price_points
-            .map(|p| discounted(p, level.discount_percent)),
+        fen: discounted(plan.price_fen, discount_percent),
+        points: plan.price_points.map(|p| discounted(p, discount_percent)),
     }
 }

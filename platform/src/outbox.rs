@@ -6,22 +6,52 @@ use memberline_schema::entities::outbox;
 use memberline_schema::events::{Envelope, Event};
 use sea_orm::{ActiveModelTrait, ConnectionTrait, DbErr, NotSet, Set};
 
+/// The columns of the outbox row of `envelope` that its writer sets; the others keep their
+/// defaults (`next_attempt_at` is the database's `now()`: the relay compares it with the
+/// database's clock, and a host clock a few milliseconds ahead would make a fresh row wait for
+/// the poll).
+pub struct Row {
+    pub id: uuid::Uuid,
+    pub aggregate_type: &'static str,
+    pub aggregate_id: String,
+    pub event_type: memberline_schema::states::EventType,
+    pub routing_key: String,
+    pub correlation_id: uuid::Uuid,
+    pub payload: serde_json::Value,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Row {
+    pub fn of<P: Event>(envelope: &Envelope<P>) -> Result<Self, DbErr> {
+        Ok(Self {
+            id: envelope.event_id,
+            aggregate_type: P::AGGREGATE,
+            aggregate_id: envelope.payload.aggregate_id(),
+            event_type: envelope.event_type,
+            routing_key: envelope.routing_key(),
+            correlation_id: envelope.correlation_id,
+            payload: serde_json::to_value(envelope)
+                .map_err(|e| DbErr::Custom(format!("event cannot be serialized: {e}")))?,
+            created_at: envelope.occurred_at,
+        })
+    }
+}
+
 /// Inserts `envelope` into the outbox using `conn`, which must be the caller's open transaction.
 pub async fn enqueue<C: ConnectionTrait, P: Event>(
     conn: &C,
     envelope: &Envelope<P>,
 ) -> Result<(), DbErr> {
-    let payload = serde_json::to_value(envelope)
-        .map_err(|e| DbErr::Custom(format!("event cannot be serialized: {e}")))?;
+    let row = Row::of(envelope)?;
     outbox::ActiveModel {
-        id: Set(envelope.event_id),
-        aggregate_type: Set(P::AGGREGATE.to_owned()),
-        aggregate_id: Set(envelope.payload.aggregate_id()),
-        event_type: Set(envelope.event_type),
-        routing_key: Set(envelope.routing_key()),
-        correlation_id: Set(envelope.correlation_id),
-        payload: Set(payload),
-        created_at: Set(envelope.occurred_at),
+        id: Set(row.id),
+        aggregate_type: Set(row.aggregate_type.to_owned()),
+        aggregate_id: Set(row.aggregate_id),
+        event_type: Set(row.event_type),
+        routing_key: Set(row.routing_key),
+        correlation_id: Set(row.correlation_id),
+        payload: Set(row.payload),
+        created_at: Set(row.created_at),
         published_at: Set(None),
         attempts: Set(0),
         last_error: Set(None),

@@ -10,6 +10,7 @@ pub mod checkout;
 pub mod grant;
 pub mod placement;
 pub mod refund;
+mod statements;
 pub use memberline_payments::transitions;
 pub mod view;
 

@@ -5,18 +5,18 @@
 //! entry, write its status history and its `order.paid.v1` outbox row, and store the response for
 //! replays. Either all of it commits or none of it does. It never talks to the broker.
 
-use super::{OrderError, OrderView, transitions};
-use crate::pricing::buyer_price;
-use chrono::{DateTime, Utc};
+use super::statements::{self, StoredKey};
+use super::{OrderError, OrderView};
+use crate::pricing::buyer_price_at;
+use chrono::{DateTime, SubsecRound, Utc};
 use memberline_platform::db::violated_constraint;
 use memberline_platform::outbox;
-use memberline_schema::entities::{balance_ledger, level, order, plan, point_ledger, user};
+use memberline_schema::entities::{level, order, plan, user};
 use memberline_schema::events::{Envelope, OrderPaid, PlanSold};
-use memberline_schema::states::{LedgerReason, OrderStatus, PayMethod, PlanKind};
+use memberline_schema::states::{OrderStatus, PayMethod, PlanKind};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, Set, Statement,
-    TransactionTrait,
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
+    EntityTrait, QuerySelect, Statement, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -93,37 +93,32 @@ pub async fn place(db: &DatabaseConnection, cmd: &PlaceOrder) -> Result<Placed, 
 }
 
 async fn place_in(txn: &DatabaseTransaction, cmd: &PlaceOrder) -> Result<Placed, OrderError> {
-    let buyer = lock_buyer(txn, cmd.buyer_id).await?;
-    match claim_key(txn, cmd.key_ref()).await? {
-        Claim::Claimed => {}
-        Claim::Replay(replay) => return Ok(replay),
-        Claim::InFlight { .. } => {
-            return Err(anyhow::anyhow!("committed idempotency row without a response").into());
-        }
+    let locked = statements::lock(txn, cmd.buyer_id, cmd.plan_id).await?;
+    let (counts, stored) =
+        statements::check(txn, cmd.buyer_id, cmd.plan_id, &cmd.idempotency_key).await?;
+    if let Some(stored) = stored {
+        return replay(stored, cmd.key_ref());
     }
-    let plan = plan::Entity::find_by_id(cmd.plan_id)
-        .one(txn)
-        .await?
+    let plan = locked
+        .plan
         .filter(|p| p.on_shelf)
         .ok_or(OrderError::PlanNotFound(cmd.plan_id))?;
-    check_eligibility(txn, &buyer, &plan, cmd.pay_method).await?;
-    let charge = charge(txn, &buyer, &plan, cmd.pay_method, cmd.expected).await?;
+    let buyer = locked.buyer;
+    judge_eligibility(&plan, cmd.pay_method, counts)?;
+    let charge = price_charge(
+        &buyer,
+        &plan,
+        locked.discount_percent,
+        cmd.pay_method,
+        cmd.expected,
+    )?;
 
-    let now = Utc::now();
-    let inserted = insert_order(txn, cmd, &buyer, &plan, charge, now, None).await?;
-    debit(txn, cmd.pay_method, &buyer, inserted.id, charge, now).await?;
-    transitions::record(
-        txn,
-        inserted.id,
-        None,
-        OrderStatus::Paid,
-        &format!("paid_with_{}", cmd.pay_method),
-        now,
-    )
-    .await?;
+    // Microseconds, as PostgreSQL keeps them: the response stored now is what reads show later.
+    let now = Utc::now().trunc_subsecs(6);
+    let order = order_model(cmd, &buyer, &plan, charge, locked.order_id, now, None);
     let event = OrderPaid {
-        order_id: inserted.id,
-        order_no: inserted.order_no.clone(),
+        order_id: order.id,
+        order_no: order.order_no.clone(),
         buyer_id: buyer.id,
         plan: PlanSold::of_plan(&plan),
         pay_method: cmd.pay_method,
@@ -133,11 +128,40 @@ async fn place_in(txn: &DatabaseTransaction, cmd: &PlaceOrder) -> Result<Placed,
         original_price_points: plan.price_points,
         paid_at: now,
     };
-    outbox::enqueue(txn, &Envelope::new(event, cmd.correlation_id, None)).await?;
-
-    let body = serde_json::to_value(OrderView::from(inserted)).map_err(anyhow::Error::from)?;
-    store_response(txn, cmd.key_ref(), 201, &body).await?;
+    let outbox = outbox::Row::of(&Envelope::new(event, cmd.correlation_id, None))?;
+    let body = serde_json::to_value(OrderView::from(order.clone())).map_err(anyhow::Error::from)?;
+    let claimed = statements::write(
+        txn,
+        statements::Purchase {
+            buyer: &buyer,
+            order: &order,
+            charge,
+            history_reason: &format!("paid_with_{}", cmd.pay_method),
+            outbox,
+            key: cmd.key_ref(),
+            response: &body,
+        },
+    )
+    .await?;
+    if !claimed {
+        // Claimed meanwhile by a request that does not lock this buyer (an admin's request
+        // under the same numeric id): its answer, and `place` rolls this purchase back.
+        let (_, stored) =
+            statements::check(txn, cmd.buyer_id, cmd.plan_id, &cmd.idempotency_key).await?;
+        let stored = stored.ok_or_else(|| anyhow::anyhow!("idempotency row vanished"))?;
+        return replay(stored, cmd.key_ref());
+    }
     Ok(Placed::Created(body))
+}
+
+/// A purchase whose key was used before: the first answer, or why there is none.
+fn replay(stored: StoredKey, cmd: KeyRef<'_>) -> Result<Placed, OrderError> {
+    match stored.into_claim(cmd)? {
+        Claim::Replay(replay) => Ok(replay),
+        Claim::Claimed | Claim::InFlight { .. } => {
+            Err(anyhow::anyhow!("committed idempotency row without a response").into())
+        }
+    }
 }
 
 /// Locks the buyer row. Taken first by every purchase: all of one buyer's purchases are
@@ -210,20 +234,30 @@ pub(crate) async fn claim_key(
         ))
         .await?
         .ok_or_else(|| anyhow::anyhow!("idempotency row vanished"))?;
-    let hash: String = first.try_get("", "request_hash")?;
-    if hash != cmd.request_hash {
-        return Err(OrderError::IdempotencyKeyReused);
+    StoredKey {
+        request_hash: first.try_get("", "request_hash")?,
+        status_code: first.try_get("", "status_code")?,
+        response_body: first.try_get("", "response_body")?,
+        order_id: first.try_get("", "order_id")?,
     }
-    let status: Option<i16> = first.try_get("", "status_code")?;
-    let body: Option<serde_json::Value> = first.try_get("", "response_body")?;
-    match (status, body) {
-        (Some(status), Some(body)) => Ok(Claim::Replay(Placed::Replayed {
-            status: status as u16,
-            body,
-        })),
-        _ => Ok(Claim::InFlight {
-            order_id: first.try_get("", "order_id")?,
-        }),
+    .into_claim(cmd)
+}
+
+impl StoredKey {
+    /// What a request under this key gets: the first answer, or 422 for another body.
+    pub(crate) fn into_claim(self, cmd: KeyRef<'_>) -> Result<Claim, OrderError> {
+        if self.request_hash != cmd.request_hash {
+            return Err(OrderError::IdempotencyKeyReused);
+        }
+        match (self.status_code, self.response_body) {
+            (Some(status), Some(body)) => Ok(Claim::Replay(Placed::Replayed {
+                status: status as u16,
+                body,
+            })),
+            _ => Ok(Claim::InFlight {
+                order_id: self.order_id,
+            }),
+        }
     }
 }
 
@@ -257,48 +291,40 @@ pub(super) async fn check_eligibility(
     plan: &plan::Model,
     pay_method: PayMethod,
 ) -> Result<(), OrderError> {
-    if plan.kind != PlanKind::Pass {
-        // A live permanent period, or a paid permanent order whose period the membership worker
-        // has not written yet (otherwise two quick purchases would both be charged). A refunded
-        // or revoked permanent membership no longer counts.
-        let permanent: i64 = txn
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT (SELECT count(*) FROM membership_periods \
-                         WHERE user_id = $1 AND permanent AND removed_at IS NULL) \
-                      + (SELECT count(*) FROM orders o WHERE o.buyer_id = $1 \
-                         AND o.plan_kind = $2 AND o.status IN ($3, $4) \
-                         AND NOT EXISTS (SELECT 1 FROM membership_periods p \
-                                         WHERE p.order_id = o.id)) AS n",
-                [
-                    buyer.id.into(),
-                    PlanKind::Permanent.as_str().into(),
-                    OrderStatus::Paid.as_str().into(),
-                    OrderStatus::RefundPending.as_str().into(),
-                ],
-            ))
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("count returned no row"))?
-            .try_get("", "n")?;
-        if permanent > 0 {
-            return Err(OrderError::AlreadyPermanent);
-        }
+    let row = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            format!(
+                "SELECT {} AS permanent, {} AS free_claims",
+                statements::PERMANENT_COUNT,
+                statements::FREE_CLAIMS
+            ),
+            [buyer.id.into(), plan.id.into()],
+        ))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("count returned no row"))?;
+    let counts = statements::Counts {
+        permanent: row.try_get("", "permanent")?,
+        free_claims: row.try_get("", "free_claims")?,
+    };
+    judge_eligibility(plan, pay_method, counts)
+}
+
+/// [`check_eligibility`] on counts already read.
+pub(super) fn judge_eligibility(
+    plan: &plan::Model,
+    pay_method: PayMethod,
+    counts: statements::Counts,
+) -> Result<(), OrderError> {
+    if plan.kind != PlanKind::Pass && counts.permanent > 0 {
+        return Err(OrderError::AlreadyPermanent);
     }
     match (pay_method, plan.is_free) {
         (PayMethod::Free, false) => Err(OrderError::PlanNotFree),
-        (PayMethod::Free, true) => {
-            let claimed_before = order::Entity::find()
-                .filter(order::Column::BuyerId.eq(buyer.id))
-                .filter(order::Column::PlanId.eq(plan.id))
-                .filter(order::Column::PayMethod.eq(PayMethod::Free))
-                .count(txn)
-                .await?;
-            if claimed_before > 0 {
-                Err(OrderError::FreePlanAlreadyClaimed)
-            } else {
-                Ok(())
-            }
+        (PayMethod::Free, true) if counts.free_claims > 0 => {
+            Err(OrderError::FreePlanAlreadyClaimed)
         }
+        (PayMethod::Free, true) => Ok(()),
         (_, true) => Err(OrderError::PayMethodNotAllowed(
             "a free plan is taken with pay_method `free`",
         )),
@@ -319,7 +345,18 @@ pub(super) async fn charge(
         .one(txn)
         .await?
         .ok_or_else(|| anyhow::anyhow!("level {} missing", buyer.level_id))?;
-    let price = buyer_price(plan, &level);
+    price_charge(buyer, plan, level.discount_percent, pay_method, expected)
+}
+
+/// [`charge`] at a known level discount.
+pub(super) fn price_charge(
+    buyer: &user::Model,
+    plan: &plan::Model,
+    discount_percent: i16,
+    pay_method: PayMethod,
+    expected: ExpectedPrice,
+) -> Result<Charge, OrderError> {
+    let price = buyer_price_at(plan, discount_percent);
     // The expectation of the currency this order is charged in: points for a points order,
     // fen otherwise (a free plan costs 0 fen).
     let (shown, current) = match pay_method {
@@ -380,11 +417,6 @@ pub(super) async fn insert_order(
     now: DateTime<Utc>,
     pending: Option<Pending>,
 ) -> Result<order::Model, OrderError> {
-    let pending_until = pending.map(|p| p.until);
-    let status = match pending {
-        Some(_) => OrderStatus::PendingPayment,
-        None => OrderStatus::Paid,
-    };
     let order_id: i64 = txn
         .query_one_raw(Statement::from_string(
             DbBackend::Postgres,
@@ -393,44 +425,9 @@ pub(super) async fn insert_order(
         .await?
         .ok_or_else(|| anyhow::anyhow!("nextval returned no row"))?
         .try_get("", "id")?;
-    order::ActiveModel {
-        id: Set(order_id),
-        order_no: Set(order_no(now, order_id)),
-        buyer_id: Set(buyer.id),
-        plan_id: Set(plan.id),
-        plan_code: Set(plan.code.clone()),
-        plan_name: Set(plan.name.clone()),
-        plan_kind: Set(plan.kind),
-        duration_days: Set(plan.duration_days),
-        uses: Set(plan.uses),
-        pay_method: Set(cmd.pay_method),
-        amount_fen: Set(charge.fen),
-        amount_points: Set(charge.points),
-        original_price_fen: Set(plan.original_price_fen),
-        original_price_points: Set(plan.price_points),
-        status: Set(status),
-        provider: Set(cmd.pay_method.provider()),
-        provider_txn_id: Set(None),
-        provider_payload: Set(None),
-        correlation_id: Set(cmd.correlation_id),
-        expires_at: Set(pending_until),
-        paid_at: Set(pending_until.is_none().then_some(now)),
-        closed_at: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-        version: Set(1),
-        late_payment: Set(None),
-        late_refund_status: Set(None),
-        late_refunded_at: Set(None),
-        late_refund_id: Set(None),
-        payment_check_at: Set(pending.map(|p| p.check_at)),
-        payment_check_attempts: Set(0),
-        payment_flag: Set(None),
-        refunded_at: Set(None),
-        refund_reason: Set(None),
-        refund_flag: Set(None),
-        reminded_at: Set(None),
-    }
+    order::ActiveModel::from(order_model(
+        cmd, buyer, plan, charge, order_id, now, pending,
+    ))
     .insert(txn)
     .await
     .map_err(|e| match violated_constraint(&e).as_deref() {
@@ -439,92 +436,63 @@ pub(super) async fn insert_order(
     })
 }
 
+/// The order as placed: a snapshot of the plan as sold, paid at `now` or — with `pending` —
+/// waiting for a provider payment.
+pub(super) fn order_model(
+    cmd: &PlaceOrder,
+    buyer: &user::Model,
+    plan: &plan::Model,
+    charge: Charge,
+    order_id: i64,
+    now: DateTime<Utc>,
+    pending: Option<Pending>,
+) -> order::Model {
+    let pending_until = pending.map(|p| p.until);
+    order::Model {
+        id: order_id,
+        order_no: order_no(now, order_id),
+        buyer_id: buyer.id,
+        plan_id: plan.id,
+        plan_code: plan.code.clone(),
+        plan_name: plan.name.clone(),
+        plan_kind: plan.kind,
+        duration_days: plan.duration_days,
+        uses: plan.uses,
+        pay_method: cmd.pay_method,
+        amount_fen: charge.fen,
+        amount_points: charge.points,
+        original_price_fen: plan.original_price_fen,
+        original_price_points: plan.price_points,
+        status: match pending {
+            Some(_) => OrderStatus::PendingPayment,
+            None => OrderStatus::Paid,
+        },
+        provider: cmd.pay_method.provider(),
+        provider_txn_id: None,
+        provider_payload: None,
+        correlation_id: cmd.correlation_id,
+        expires_at: pending_until,
+        paid_at: pending_until.is_none().then_some(now),
+        closed_at: None,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+        late_payment: None,
+        late_refund_status: None,
+        late_refunded_at: None,
+        late_refund_id: None,
+        payment_check_at: pending.map(|p| p.check_at),
+        payment_check_attempts: 0,
+        payment_flag: None,
+        refunded_at: None,
+        refund_reason: None,
+        refund_flag: None,
+        reminded_at: None,
+    }
+}
+
 /// The merchant order number (also the providers' `out_trade_no`): `ML`, the UTC date, and the
 /// order id, 20 characters of `[0-9A-Z]`.
 pub fn order_no(at: DateTime<Utc>, order_id: i64) -> String {
     format!("ML{}{:010}", at.format("%Y%m%d"), order_id)
-}
-
-/// Debits the buyer with a ledger entry carrying the balance after. The CHECK constraints on
-/// `users` make a negative balance impossible even if the funds check were wrong.
-async fn debit(
-    txn: &DatabaseTransaction,
-    pay_method: PayMethod,
-    buyer: &user::Model,
-    order_id: i64,
-    charge: Charge,
-    now: DateTime<Utc>,
-) -> Result<(), OrderError> {
-    match pay_method {
-        PayMethod::Balance if charge.fen > 0 => {
-            let after = subtract(txn, "balance_fen", buyer.id, charge.fen)
-                .await
-                .map_err(|e| match violated_constraint(&e).as_deref() {
-                    Some("users_balance_not_negative") => OrderError::InsufficientBalance {
-                        needed: charge.fen,
-                        have: buyer.balance_fen,
-                    },
-                    _ => e.into(),
-                })?;
-            balance_ledger::ActiveModel {
-                user_id: Set(buyer.id),
-                order_id: Set(Some(order_id)),
-                reason: Set(LedgerReason::OrderPayment),
-                delta: Set(-charge.fen),
-                balance_after: Set(after),
-                created_at: Set(now),
-                ..Default::default()
-            }
-            .insert(txn)
-            .await?;
-        }
-        PayMethod::Points if charge.points > 0 => {
-            let after = subtract(txn, "points", buyer.id, charge.points)
-                .await
-                .map_err(|e| match violated_constraint(&e).as_deref() {
-                    Some("users_points_not_negative") => OrderError::InsufficientPoints {
-                        needed: charge.points,
-                        have: buyer.points,
-                    },
-                    _ => e.into(),
-                })?;
-            point_ledger::ActiveModel {
-                user_id: Set(buyer.id),
-                order_id: Set(Some(order_id)),
-                reason: Set(LedgerReason::OrderPayment),
-                delta: Set(-charge.points),
-                balance_after: Set(after),
-                flagged_excess: Set(0),
-                created_at: Set(now),
-                ..Default::default()
-            }
-            .insert(txn)
-            .await?;
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Subtracts `amount` from `column` of a user and returns the new value.
-async fn subtract(
-    txn: &DatabaseTransaction,
-    column: &'static str,
-    user_id: i64,
-    amount: i64,
-) -> Result<i64, sea_orm::DbErr> {
-    // `column` is one of two compile-time constants, never user input.
-    let sql = format!(
-        "UPDATE users SET {column} = {column} - $1, updated_at = now() WHERE id = $2 \
-         RETURNING {column} AS after"
-    );
-    let row = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            [amount.into(), user_id.into()],
-        ))
-        .await?
-        .ok_or_else(|| sea_orm::DbErr::RecordNotFound(format!("user {user_id}")))?;
-    row.try_get("", "after")
 }
