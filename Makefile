@@ -44,9 +44,9 @@ unit-test: ## Unit tests only (no services needed)
 integration-test: services build ## Integration suites only
 	$(CARGO) nextest run -p memberline-tests
 
-bench: services ## Measure throughput and latency into BENCHMARKS.md's format
+bench: services ## Floors and scenarios side by side: target/bench/report.md and plots (BENCHMARKS.md keeps the latest)
 	$(CARGO) build --release --bins
-	target/release/bench | tee target/bench-report.md
+	target/release/bench
 
 lint: ## cargo fmt --check, clippy -D warnings, cargo deny (installed when missing)
 	$(CARGO) fmt --all -- --check
