@@ -93,29 +93,27 @@ pub async fn place(db: &DatabaseConnection, cmd: &PlaceOrder) -> Result<Placed, 
 }
 
 async fn place_in(txn: &DatabaseTransaction, cmd: &PlaceOrder) -> Result<Placed, OrderError> {
-    let locked = statements::lock(txn, cmd.buyer_id, cmd.plan_id).await?;
-    let (counts, stored) =
-        statements::check(txn, cmd.buyer_id, cmd.plan_id, &cmd.idempotency_key).await?;
-    if let Some(stored) = stored {
+    let buyer = statements::lock(txn, cmd.buyer_id).await?;
+    let checked = statements::check(txn, cmd.buyer_id, cmd.plan_id, &cmd.idempotency_key).await?;
+    if let Some(stored) = checked.stored {
         return replay(stored, cmd.key_ref());
     }
-    let plan = locked
+    let plan = checked
         .plan
         .filter(|p| p.on_shelf)
         .ok_or(OrderError::PlanNotFound(cmd.plan_id))?;
-    let buyer = locked.buyer;
-    judge_eligibility(&plan, cmd.pay_method, counts)?;
+    judge_eligibility(&plan, cmd.pay_method, checked.counts)?;
     let charge = price_charge(
         &buyer,
         &plan,
-        locked.discount_percent,
+        checked.discount_percent,
         cmd.pay_method,
         cmd.expected,
     )?;
 
     // Microseconds, as PostgreSQL keeps them: the response stored now is what reads show later.
     let now = Utc::now().trunc_subsecs(6);
-    let order = order_model(cmd, &buyer, &plan, charge, locked.order_id, now, None);
+    let order = order_model(cmd, &buyer, &plan, charge, checked.order_id, now, None);
     let event = OrderPaid {
         order_id: order.id,
         order_no: order.order_no.clone(),
@@ -146,9 +144,10 @@ async fn place_in(txn: &DatabaseTransaction, cmd: &PlaceOrder) -> Result<Placed,
     if !claimed {
         // Claimed meanwhile by a request that does not lock this buyer (an admin's request
         // under the same numeric id): its answer, and `place` rolls this purchase back.
-        let (_, stored) =
-            statements::check(txn, cmd.buyer_id, cmd.plan_id, &cmd.idempotency_key).await?;
-        let stored = stored.ok_or_else(|| anyhow::anyhow!("idempotency row vanished"))?;
+        let stored = statements::check(txn, cmd.buyer_id, cmd.plan_id, &cmd.idempotency_key)
+            .await?
+            .stored
+            .ok_or_else(|| anyhow::anyhow!("idempotency row vanished"))?;
         return replay(stored, cmd.key_ref());
     }
     Ok(Placed::Created(body))

@@ -1,10 +1,11 @@
 //! The three statements of a balance, points or free purchase, between BEGIN and COMMIT:
 //!
-//! 1. [`lock`]: lock the buyer and read, in the same round trip, their level's discount, the
-//!    plan and the order's id;
+//! 1. [`lock`]: lock the buyer (the row as the last purchase before this one left it);
 //! 2. [`check`]: with a snapshot taken after the lock (so it sees every purchase of this buyer
-//!    that committed while this one waited), the counts the eligibility rules need and the
-//!    idempotency key, if it was used before;
+//!    that committed while this one waited, and the catalogue as it is now), the plan, the
+//!    level's discount, the counts the eligibility rules need, the idempotency key if it was
+//!    used before, and the order's id (a refused purchase leaves a gap in the ids, as a
+//!    sequence may anyway);
 //! 3. [`write`]: every row at once, in one statement of data-modifying CTEs: the order, the
 //!    debit and its ledger entry, the status history, the outbox row, and the idempotency key
 //!    with the response a retry replays.
@@ -23,17 +24,6 @@ use sea_orm::{
 };
 use std::sync::LazyLock;
 
-/// What [`lock`] read.
-pub(super) struct Locked {
-    pub buyer: user::Model,
-    /// The share of the price the buyer's level pays, in percent.
-    pub discount_percent: i16,
-    /// `None` when no plan has the id asked for.
-    pub plan: Option<plan::Model>,
-    /// The id the order gets (a refused purchase leaves a gap, as sequences do).
-    pub order_id: i64,
-}
-
 /// `<alias>.<column> AS "<alias>_<column>"` for every column of an entity.
 fn columns<C: sea_orm::ColumnTrait + Iterable>(alias: &str) -> String {
     C::iter()
@@ -43,44 +33,27 @@ fn columns<C: sea_orm::ColumnTrait + Iterable>(alias: &str) -> String {
 }
 
 static LOCK_SQL: LazyLock<String> = LazyLock::new(|| {
-    // The level is read by a subquery of the locked row, not joined: a level that changed
-    // while this purchase waited for the lock is read again with the row.
     format!(
-        "SELECT {}, {}, \
-                (SELECT discount_percent FROM levels WHERE id = u.level_id) AS discount_percent, \
-                nextval(pg_get_serial_sequence('orders', 'id')) AS order_id \
-         FROM users u LEFT JOIN plans p ON p.id = $2 \
-         WHERE u.id = $1 FOR UPDATE OF u",
-        columns::<user::Column>("u"),
-        columns::<plan::Column>("p"),
+        "SELECT {} FROM users u WHERE u.id = $1 FOR UPDATE",
+        columns::<user::Column>("u")
     )
 });
 
-/// Locks the buyer (every purchase of one buyer waits here for the one before) and reads what
-/// pricing needs.
+/// Locks the buyer: every purchase of one buyer waits here for the one before, and reads the
+/// row as that one left it.
 pub(super) async fn lock(
     txn: &DatabaseTransaction,
     buyer_id: i64,
-    plan_id: i64,
-) -> Result<Locked, OrderError> {
+) -> Result<user::Model, OrderError> {
     let row = txn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             LOCK_SQL.as_str(),
-            [buyer_id.into(), plan_id.into()],
+            [buyer_id.into()],
         ))
         .await?
         .ok_or(OrderError::UnknownBuyer)?;
-    let plan = match row.try_get::<Option<i64>>("", "p_id")? {
-        Some(_) => Some(plan::Model::from_query_result(&row, "p_")?),
-        None => None,
-    };
-    Ok(Locked {
-        buyer: user::Model::from_query_result(&row, "u_")?,
-        discount_percent: row.try_get("", "discount_percent")?,
-        plan,
-        order_id: row.try_get("", "order_id")?,
-    })
+    Ok(user::Model::from_query_result(&row, "u_")?)
 }
 
 /// A permanent membership the buyer holds or has paid for (`$1` buyer): a live permanent
@@ -112,40 +85,74 @@ pub(crate) struct StoredKey {
     pub order_id: Option<i64>,
 }
 
-/// The eligibility counts, and the idempotency key `$3` of buyer `$1` if it was used before.
+/// What [`check`] read.
+pub(super) struct Checked {
+    /// `None` when no plan has the id asked for.
+    pub plan: Option<plan::Model>,
+    /// The share of the price the buyer's level pays, in percent.
+    pub discount_percent: i16,
+    pub counts: Counts,
+    pub stored: Option<StoredKey>,
+    /// The id the order gets.
+    pub order_id: i64,
+}
+
+static CHECK_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {}, \
+                (SELECT l.discount_percent FROM users u JOIN levels l ON l.id = u.level_id \
+                 WHERE u.id = $1) AS discount_percent, \
+                {PERMANENT_COUNT} AS permanent, {FREE_CLAIMS} AS free_claims, \
+                k.request_hash, k.status_code, k.response_body, k.order_id AS key_order_id, \
+                nextval(pg_get_serial_sequence('orders', 'id')) AS order_id \
+         FROM (SELECT 1) one \
+         LEFT JOIN plans p ON p.id = $2 \
+         LEFT JOIN idempotency_keys k ON k.user_id = $1 AND k.key = $3",
+        columns::<plan::Column>("p")
+    )
+});
+
+/// Everything a purchase decides on, read after the buyer's lock: buyer `$1`, plan `$2`,
+/// idempotency key `$3`.
 pub(super) async fn check(
     txn: &DatabaseTransaction,
     buyer_id: i64,
     plan_id: i64,
     key: &str,
-) -> Result<(Counts, Option<StoredKey>), OrderError> {
-    let sql = format!(
-        "SELECT {PERMANENT_COUNT} AS permanent, {FREE_CLAIMS} AS free_claims, \
-                k.request_hash, k.status_code, k.response_body, k.order_id \
-         FROM (SELECT 1) one LEFT JOIN idempotency_keys k ON k.user_id = $1 AND k.key = $3"
-    );
+) -> Result<Checked, OrderError> {
     let row = txn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            sql,
+            CHECK_SQL.as_str(),
             [buyer_id.into(), plan_id.into(), key.into()],
         ))
         .await?
         .ok_or_else(|| anyhow::anyhow!("the checks returned no row"))?;
-    let counts = Counts {
-        permanent: row.try_get("", "permanent")?,
-        free_claims: row.try_get("", "free_claims")?,
+    let plan = match row.try_get::<Option<i64>>("", "p_id")? {
+        Some(_) => Some(plan::Model::from_query_result(&row, "p_")?),
+        None => None,
     };
     let stored = match row.try_get::<Option<String>>("", "request_hash")? {
         Some(request_hash) => Some(StoredKey {
             request_hash,
             status_code: row.try_get("", "status_code")?,
             response_body: row.try_get("", "response_body")?,
-            order_id: row.try_get("", "order_id")?,
+            order_id: row.try_get("", "key_order_id")?,
         }),
         None => None,
     };
-    Ok((counts, stored))
+    Ok(Checked {
+        plan,
+        discount_percent: row
+            .try_get::<Option<i16>>("", "discount_percent")?
+            .ok_or_else(|| anyhow::anyhow!("the buyer's level is missing"))?,
+        counts: Counts {
+            permanent: row.try_get("", "permanent")?,
+            free_claims: row.try_get("", "free_claims")?,
+        },
+        stored,
+        order_id: row.try_get("", "order_id")?,
+    })
 }
 
 /// Everything [`write`] commits.
@@ -185,7 +192,7 @@ WITH o AS (
 ), e AS (
     INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, routing_key,
         correlation_id, payload, created_at)
-    VALUES ($20, $21, $22, $23, $24, $16, $25, $26)
+    VALUES ($20, $21, $22, $23, $24, $31, $25, $26)
 ), k AS (
     INSERT INTO idempotency_keys (user_id, key, request_hash, status_code, response_body,
         order_id)
@@ -230,6 +237,7 @@ pub(super) async fn write(txn: &DatabaseTransaction, w: Purchase<'_>) -> Result<
         w.key.key.into(),
         w.key.request_hash.into(),
         w.response.clone().into(),
+        w.outbox.correlation_id.into(),
     ];
     let row = txn
         .query_one_raw(Statement::from_sql_and_values(
@@ -272,12 +280,47 @@ mod tests {
     }
 
     #[test]
-    fn the_lock_reads_every_column_of_the_buyer_and_the_plan() {
+    fn the_reads_take_every_column_of_the_buyer_and_the_plan() {
         for c in user::Column::iter() {
             assert!(LOCK_SQL.contains(&format!("u.{0} AS u_{0}", c.as_str())));
         }
         for c in plan::Column::iter() {
-            assert!(LOCK_SQL.contains(&format!("p.{0} AS p_{0}", c.as_str())));
+            assert!(CHECK_SQL.contains(&format!("p.{0} AS p_{0}", c.as_str())));
+        }
+    }
+
+    /// The response stored for replays is built from the model, not read back: every order
+    /// column is either written or left to a default that is what the model says.
+    #[test]
+    fn every_order_column_is_written_or_left_to_a_default_the_model_agrees_with() {
+        let insert = &WRITE_SQL[..WRITE_SQL.find("RETURNING id").unwrap()];
+        // NULL or the number the model sets for a paid order (version 1, no attempts).
+        let defaults = [
+            "provider_txn_id",
+            "provider_payload",
+            "expires_at",
+            "closed_at",
+            "version",
+            "late_payment",
+            "late_refund_status",
+            "late_refunded_at",
+            "payment_check_attempts",
+            "payment_flag",
+            "late_refund_id",
+            "refunded_at",
+            "refund_reason",
+            "refund_flag",
+            "reminded_at",
+        ];
+        for c in order::Column::iter() {
+            let name = c.as_str();
+            let written = insert
+                .split(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
+                .any(|word| word == name);
+            assert!(
+                written || defaults.contains(&name),
+                "orders.{name} is neither written by the purchase nor a known default"
+            );
         }
     }
 }

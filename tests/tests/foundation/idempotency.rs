@@ -36,6 +36,13 @@ async fn the_same_idempotency_key_twice_in_a_row_creates_one_order_and_identical
     assert_eq!(second.status(), 201);
     assert_eq!(second.headers()["idempotent-replayed"], "true");
     assert_eq!(second.text().await.unwrap(), first_text);
+    // What was stored for replays is the order as it reads back.
+    let first_body: serde_json::Value = serde_json::from_str(&first_text).unwrap();
+    let (status, read_back) = app
+        .get(Some(&token), &format!("/v1/orders/{}", first_body["id"]))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(read_back, first_body);
 
     assert_eq!(app.scalar("SELECT count(*) FROM orders").await, 1);
     assert_eq!(app.scalar("SELECT count(*) FROM outbox").await, 1);
