@@ -58,6 +58,11 @@ impl MigratorTrait for Migrator {
                 up: include_str!("m20261124_000009_live_push.sql"),
                 down: include_str!("m20261124_000009_live_push.down.sql"),
             }),
+            Box::new(SqlMigration {
+                name: "m20261124_000010_purchase_indexes",
+                up: include_str!("m20261124_000010_purchase_indexes.sql"),
+                down: include_str!("m20261124_000010_purchase_indexes.down.sql"),
+            }),
         ]
     }
 }

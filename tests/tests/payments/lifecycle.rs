@@ -355,7 +355,19 @@ async fn a_gateway_down_while_notified_is_paid_on_the_next_retry(provider: &str)
     door.up();
     // WeChat retries after 15 s, Alipay after 4 min, here scaled by 0.01.
     order_becomes(&app, &token, id, "paid").await;
-    let sent = emulator.notifications(&no).await;
+    // The emulator records the retry's answer once it has read it, a moment after the gateway
+    // committed the payment.
+    let sent = eventually(
+        "the retry's answer is recorded",
+        Duration::from_secs(10),
+        || async {
+            let sent = emulator.notifications(&no).await;
+            sent.iter()
+                .any(|n| n["probe"] == false && n["success"] == true)
+                .then_some(sent)
+        },
+    )
+    .await;
     let last = sent.iter().rev().find(|n| n["probe"] == false).unwrap();
     assert_eq!(last["success"], true, "{sent:?}");
     assert!(last["attempt"].as_u64().unwrap() >= 2, "{sent:?}");

@@ -64,8 +64,13 @@ pub async fn seed_buyers(db: &DatabaseConnection) {
 }
 
 /// (a) Purchases/s committed straight through the driver (prepared statements) from `conns`
-/// connections for `secs` seconds.
-pub async fn purchase_floor(db_url: &str, conns: usize, secs: f64) -> f64 {
+/// connections for `secs` seconds, and where the CPU went meanwhile (read before the pool
+/// closes: a backend's time leaves `/proc` with it).
+pub async fn purchase_floor(
+    db_url: &str,
+    conns: usize,
+    secs: f64,
+) -> (f64, Vec<(&'static str, f64, f64)>) {
     let mut options = sea_orm::ConnectOptions::new(db_url.to_owned());
     options
         .max_connections(conns as u32)
@@ -73,6 +78,7 @@ pub async fn purchase_floor(db_url: &str, conns: usize, secs: f64) -> f64 {
         .sqlx_logging(false);
     let pool = Database::connect(options).await.expect("floor pool");
     let done = Arc::new(AtomicU64::new(0));
+    let before = crate::cpu::snapshot();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let event = filler(700);
     let response = filler(500);
@@ -113,9 +119,11 @@ pub async fn purchase_floor(db_url: &str, conns: usize, secs: f64) -> f64 {
         })
     });
     futures::future::join_all(workers).await;
-    let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed().as_secs_f64();
+    let count = done.load(Ordering::Relaxed) as usize;
+    let used = crate::cpu::between(&before, &crate::cpu::snapshot(), elapsed, count);
     pool.close().await.ok();
-    rate
+    (count as f64 / elapsed, used)
 }
 
 /// (c) Messages/s through a quorum queue: published persistent with confirms (100 in flight)

@@ -13,6 +13,7 @@
 //! Nothing here asserts a speed: the run fails only when a purchase errs or an effect is lost
 //! or doubled.
 
+mod cpu;
 mod floors;
 mod load;
 mod plot;
@@ -92,13 +93,15 @@ async fn main() {
     let floor_db = TestDb::create().await;
     floors::seed_buyers(&floor_db.conn).await;
     let mut floor_a = (0usize, 0.0f64);
+    let mut floor_cpu = Vec::new();
     let mut knee_a = Vec::new();
     for conns in KNEE {
-        let rate = floors::purchase_floor(&floor_db.url, conns, WINDOW / 2.0).await;
+        let (rate, used) = floors::purchase_floor(&floor_db.url, conns, WINDOW / 2.0).await;
         eprintln!("  (a) purchase floor, {conns} connections: {rate:.0}/s");
         knee_a.push((conns, rate));
         if rate > floor_a.1 {
             floor_a = (conns, rate);
+            floor_cpu = used;
         }
     }
     drop(floor_db);
@@ -121,10 +124,17 @@ async fn main() {
         }
     }
     let (best_c, _) = best.unwrap();
+    let before = cpu::snapshot();
     let closed = shop_system
         .shop("closed")
         .closed_loop(&format!("closed loop, {best_c} in flight"), best_c, WINDOW)
         .await;
+    let checkout_cpu = cpu::between(
+        &before,
+        &cpu::snapshot(),
+        closed.elapsed.as_secs_f64(),
+        closed.ok(),
+    );
     let capacity = closed.rate();
     let mut open = Vec::new();
     for share in [0.25, 0.5, 0.9] {
@@ -242,6 +252,40 @@ async fn main() {
         knee_text(&knee)
     )
     .unwrap();
+    writeln!(
+        report,
+        "Where the CPU goes (share of one core; CPU time per purchase), checkout's closed loop and the floor (a) at its best:\n"
+    )
+    .unwrap();
+    writeln!(
+        report,
+        "| component | checkout | per purchase | floor (a) | per purchase |"
+    )
+    .unwrap();
+    writeln!(report, "|---|---|---|---|---|").unwrap();
+    let mut names: Vec<&str> = checkout_cpu.iter().map(|r| r.0).collect();
+    names.extend(
+        floor_cpu
+            .iter()
+            .map(|r| r.0)
+            .filter(|n| !checkout_cpu.iter().any(|r| r.0 == *n)),
+    );
+    let cell = |rows: &[(&str, f64, f64)], name: &str| {
+        rows.iter()
+            .find(|r| r.0 == name)
+            .map(|r| (format!("{:.0} %", r.1 * 100.0), format!("{:.0} µs", r.2)))
+            .unwrap_or_else(|| ("–".to_owned(), "–".to_owned()))
+    };
+    for name in names {
+        let (c_share, c_unit) = cell(&checkout_cpu, name);
+        let (f_share, f_unit) = cell(&floor_cpu, name);
+        writeln!(
+            report,
+            "| {name} | {c_share} | {c_unit} | {f_share} | {f_unit} |"
+        )
+        .unwrap();
+    }
+    writeln!(report).unwrap();
     writeln!(
         report,
         "Broker queues during the end-to-end window (messages waiting, the four work queues): {depth_before} at the start, {depth_after} at the end; the last effect was applied {:.1} s after the window.\n",
