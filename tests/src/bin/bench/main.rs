@@ -158,6 +158,8 @@ async fn main() {
     eprintln!("End to end");
     let system = System::start(true).await;
     let depth_before = queue_depths(&system.topology).await;
+    let e2e_cpu_before = cpu::snapshot();
+    let e2e_started = Instant::now();
     let e2e = system
         .shop("e2e")
         .open_loop(
@@ -167,11 +169,18 @@ async fn main() {
         )
         .await;
     let depth_after = queue_depths(&system.topology).await;
+    let outbox_after = unpublished(&system.db).await;
     let ids: Vec<i64> = e2e.samples.iter().filter_map(|s| s.order_id).collect();
     let drain = wait_for_effects(&system.db, Duration::from_secs(300)).await;
     eprintln!(
         "  every effect applied {:.1} s after the window",
         drain.as_secs_f64()
+    );
+    let e2e_cpu = cpu::between(
+        &e2e_cpu_before,
+        &cpu::snapshot(),
+        e2e_started.elapsed().as_secs_f64(),
+        e2e.ok() * 4,
     );
     let (e2e_ms, effects_rate) = end_to_end(&system.db, &e2e).await;
     let doubled = doubled_effects(&system.db).await;
@@ -286,6 +295,22 @@ async fn main() {
         .unwrap();
     }
     writeln!(report).unwrap();
+    writeln!(
+        report,
+        "Where the CPU goes end to end, from the window's start to the last effect (share of one core; CPU time per effect):\n"
+    )
+    .unwrap();
+    writeln!(report, "| component | share | per effect |").unwrap();
+    writeln!(report, "|---|---|---|").unwrap();
+    for (name, share, unit) in &e2e_cpu {
+        writeln!(report, "| {name} | {:.0} % | {unit:.0} µs |", share * 100.0).unwrap();
+    }
+    writeln!(report).unwrap();
+    writeln!(
+        report,
+        "At the end of the end-to-end window, {outbox_after} events were still waiting in the outbox for the relay.\n"
+    )
+    .unwrap();
     writeln!(
         report,
         "Broker queues during the end-to-end window (messages waiting, the four work queues): {depth_before} at the start, {depth_after} at the end; the last effect was applied {:.1} s after the window.\n",
@@ -438,7 +463,21 @@ async fn doubled_effects(db: &TestDb) -> i64 {
     row.try_get("", "n").unwrap()
 }
 
-/// Messages waiting in the four work queues.
+/// Outbox rows not published yet.
+async fn unpublished(db: &TestDb) -> i64 {
+    let row = db
+        .conn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(*) AS n FROM outbox WHERE published_at IS NULL",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get("", "n").unwrap()
+}
+
+/// Messages ready in the four work queues (not those delivered and not yet acknowledged).
 async fn queue_depths(topology: &memberline_schema::topology::Topology) -> u64 {
     let ch = broker_channel().await;
     let mut total = 0;
