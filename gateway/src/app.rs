@@ -13,6 +13,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Connections the embedded relay opens besides `database.max_connections`: one it keeps for
+/// LISTEN, one for its batches, one spare while a lost connection is replaced.
+pub const RELAY_CONNECTIONS: u32 = 3;
+
 /// A built gateway: bound to its port, connected to the database, not yet serving.
 pub struct Application {
     listener: TcpListener,
@@ -62,10 +66,10 @@ impl Application {
         &self.state
     }
 
-    /// The relay this gateway would embed.
-    pub fn relay(&self) -> Relay {
+    /// The relay this gateway embeds, on `db`.
+    fn relay(&self, db: DatabaseConnection) -> Relay {
         Relay::new(
-            self.state.db.clone(),
+            db,
             self.state.settings.amqp.url.expose().to_owned(),
             self.state.topology.clone(),
             self.state.settings.relay.clone(),
@@ -76,12 +80,18 @@ impl Application {
     /// Serves until `shutdown` fires, then stops accepting, lets in-flight requests finish and
     /// stops the embedded relay (if configured) after its current batch.
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let relay = self
-            .state
-            .settings
-            .relay
-            .embedded
-            .then(|| tokio::spawn(self.relay().run(shutdown.child_token())));
+        let relay = if self.state.settings.relay.embedded {
+            // Connections of its own (its LISTEN and its batches): under a rush of requests
+            // the gateway's pool is all taken, and a relay queued behind them publishes late.
+            let db = memberline_platform::db::connect_with(
+                &self.state.settings.database,
+                RELAY_CONNECTIONS,
+            )
+            .await?;
+            Some(tokio::spawn(self.relay(db).run(shutdown.child_token())))
+        } else {
+            None
+        };
         let hub = self.state.push_hub.clone();
         let push = tokio::spawn(hub.clone().run(
             self.state.settings.amqp.url.expose().to_owned(),

@@ -8,8 +8,17 @@ use std::time::Duration;
 
 /// Opens the PostgreSQL pool described by `settings`.
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConnection> {
+    connect_with(settings, settings.max_connections).await
+}
+
+/// A pool of at most `max_connections` on the configured database: the embedded relay's own,
+/// so that a rush of requests holding the gateway's pool never makes it publish late.
+pub async fn connect_with(
+    settings: &DatabaseSettings,
+    max_connections: u32,
+) -> anyhow::Result<DatabaseConnection> {
     let mut opts = ConnectOptions::new(settings.url.expose().to_owned());
-    opts.max_connections(settings.max_connections)
+    opts.max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
         .connect_timeout(Duration::from_secs(5))
