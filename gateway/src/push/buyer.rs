@@ -15,7 +15,6 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
 use futures::{SinkExt, StreamExt};
@@ -55,36 +54,20 @@ pub async fn stream(
     let not_found = || ApiError::not_found("order_not_found", "no such order");
     let Path(id) = path.map_err(|_| not_found())?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let upgrade_required = || {
-        ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
-            "open this URL as a WebSocket",
-        )
-    };
-    let caller = match (header, q.ticket.as_deref()) {
-        (Some(caller), _) => caller,
-        (None, Some(ticket)) => {
-            if ws.is_err() {
-                return Err(upgrade_required());
-            }
-            tickets::redeem(&state.db, ticket).await?.ok_or_else(|| {
-                ApiError::unauthorized("invalid_ticket", "the ticket is unknown, expired or used")
-            })?
-        }
-        (None, None) => {
-            return Err(ApiError::unauthorized(
-                "missing_token",
-                "send a bearer token, or a ticket from POST /v1/me/stream-ticket",
-            ));
-        }
-    };
+    let caller = tickets::stream_caller(
+        &state.db,
+        header,
+        q.ticket.as_deref(),
+        ws.is_ok(),
+        "/v1/me/stream-ticket",
+    )
+    .await?;
     // The buyer's own order; an admin may follow any.
     let found = order::Entity::find_by_id(id).one(&state.db).await?;
     let order = found
         .filter(|o| o.buyer_id == caller.user_id || caller.role == Role::Admin)
         .ok_or_else(not_found)?;
-    let ws = ws.map_err(|_| upgrade_required())?;
+    let ws = ws.map_err(|_| tickets::upgrade_required())?;
     let live = state.push_hub.subscribe();
     let sessions = state.push_hub.sessions.clone();
     Ok(ws.on_upgrade(move |socket| {

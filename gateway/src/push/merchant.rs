@@ -25,7 +25,6 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use futures::{SinkExt, StreamExt};
@@ -88,33 +87,16 @@ pub async fn stream(
             "after must be 0 or more",
         ));
     }
-    let upgrade_required = || {
-        ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
-            "open this URL as a WebSocket",
-        )
-    };
-    let caller = match (header, q.ticket.as_deref()) {
-        (Some(caller), _) => caller,
-        (None, Some(ticket)) => {
-            // A ticket is spent only on a request that can become a socket.
-            if ws.is_err() {
-                return Err(upgrade_required());
-            }
-            tickets::redeem(&state.db, ticket).await?.ok_or_else(|| {
-                ApiError::unauthorized("invalid_ticket", "the ticket is unknown, expired or used")
-            })?
-        }
-        (None, None) => {
-            return Err(ApiError::unauthorized(
-                "missing_token",
-                "send a bearer token, or a ticket from POST /v1/merchant/stream-ticket",
-            ));
-        }
-    };
+    let caller = tickets::stream_caller(
+        &state.db,
+        header,
+        q.ticket.as_deref(),
+        ws.is_ok(),
+        "/v1/merchant/stream-ticket",
+    )
+    .await?;
     require_merchant(caller)?;
-    let ws = ws.map_err(|_| upgrade_required())?;
+    let ws = ws.map_err(|_| tickets::upgrade_required())?;
     // Subscribed before the starting point is read: nothing falls between the two.
     let live = state.push_hub.subscribe();
     let newest = last_seq(&state.db).await?;

@@ -76,6 +76,38 @@ pub async fn redeem(db: &DatabaseConnection, ticket: &str) -> Result<Option<Call
     }))
 }
 
+/// 426 for a stream URL requested without a WebSocket upgrade.
+pub fn upgrade_required() -> ApiError {
+    ApiError::new(
+        StatusCode::UPGRADE_REQUIRED,
+        "upgrade_required",
+        "open this URL as a WebSocket",
+    )
+}
+
+/// Who opens a stream: the bearer header's caller, or the one `ticket` was issued to. A ticket
+/// is spent only on a request that can become a socket (`can_upgrade`); without either, 401
+/// names `ticket_endpoint`.
+pub async fn stream_caller(
+    db: &DatabaseConnection,
+    header: Option<Caller>,
+    ticket: Option<&str>,
+    can_upgrade: bool,
+    ticket_endpoint: &str,
+) -> Result<Caller, ApiError> {
+    match (header, ticket) {
+        (Some(caller), _) => Ok(caller),
+        (None, Some(_)) if !can_upgrade => Err(upgrade_required()),
+        (None, Some(ticket)) => redeem(db, ticket).await?.ok_or_else(|| {
+            ApiError::unauthorized("invalid_ticket", "the ticket is unknown, expired or used")
+        }),
+        (None, None) => Err(ApiError::unauthorized(
+            "missing_token",
+            format!("send a bearer token, or a ticket from POST {ticket_endpoint}"),
+        )),
+    }
+}
+
 /// A ticket and where to use it.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Ticket {
