@@ -46,7 +46,7 @@ integration-test: services build ## Integration suites only
 
 bench: services ## Floors and scenarios side by side: target/bench/report.md and plots (BENCHMARKS.md keeps the latest)
 	$(CARGO) build --release --bins
-	target/release/bench
+	ulimit -n "$$(ulimit -Hn)"; target/release/bench  # 10,000 WebSockets need as many descriptors
 
 lint: ## cargo fmt --check, clippy -D warnings, cargo deny (installed when missing)
 	$(CARGO) fmt --all -- --check

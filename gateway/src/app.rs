@@ -99,6 +99,11 @@ impl Application {
             self.state.settings.relay.max_reconnect_delay_ms,
             shutdown.child_token(),
         ));
+        let feed = tokio::spawn(hub.clone().watch_feed(
+            self.state.db.clone(),
+            Duration::from_millis(self.state.settings.push.feed_poll_ms),
+            shutdown.child_token(),
+        ));
         {
             // Open sockets close (1001) when the gateway stops; `run_until` waits for them.
             let (closing, shutdown) = (hub.closing.clone(), shutdown.clone());
@@ -122,6 +127,7 @@ impl Application {
             tracing::warn!("WebSocket sessions did not close within 15 s");
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), push).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), feed).await;
         if let Some(relay) = relay {
             shutdown.cancel();
             if tokio::time::timeout(Duration::from_secs(10), relay)

@@ -32,7 +32,12 @@ impl Emulator {
     /// Starts the emulator with the provider's retry schedules scaled by `time_scale`
     /// (0.01 turns WeChat's first 15 s retry into 150 ms).
     pub fn start(time_scale: f64) -> Self {
-        let mut child = Command::new(binary("provider-emulator"))
+        Self::start_binary(&binary("provider-emulator"), time_scale)
+    }
+
+    /// [`Emulator::start`] from the binary at `path` (the bench runs release builds).
+    pub fn start_binary(path: &std::path::Path, time_scale: f64) -> Self {
+        let mut child = Command::new(path)
             .args(["--listen", "127.0.0.1:0", "--keys", DEV_KEYS])
             .args(["--time-scale", &time_scale.to_string()])
             .env_clear()

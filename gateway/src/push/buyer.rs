@@ -67,7 +67,7 @@ pub async fn stream(
     let order = found
         .filter(|o| o.buyer_id == caller.user_id || caller.role == Role::Admin)
         .ok_or_else(not_found)?;
-    let ws = ws.map_err(|_| tickets::upgrade_required())?;
+    let ws = super::sized(ws.map_err(|_| tickets::upgrade_required())?);
     let live = state.push_hub.subscribe();
     let sessions = state.push_hub.sessions.clone();
     Ok(ws.on_upgrade(move |socket| {
@@ -122,7 +122,7 @@ fn seen(view: &Value) -> (Value, Value) {
 async fn session(
     socket: WebSocket,
     state: AppState,
-    mut live: tokio::sync::broadcast::Receiver<super::Pushed>,
+    mut live: tokio::sync::broadcast::Receiver<std::sync::Arc<super::Pushed>>,
     order_id: i64,
     buyer_id: i64,
 ) {

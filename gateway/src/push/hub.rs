@@ -6,35 +6,70 @@
 //!
 //! The queue is transient by design (pushes are best effort): bounded to 10,000 messages (the
 //! oldest dropped first) that expire after a minute, it never needs a dead-letter path.
+//!
+//! The instance also reads the console feed's newest number, once every `push.feed_poll_ms`
+//! for all its sockets ([`Hub::watch_feed`]), so that a missed push is noticed without every
+//! socket asking the database: 10,000 consoles cost one query per interval, not 10,000.
 
+use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use memberline_platform::broker::{self, Progress, SessionError};
 use memberline_schema::topology::Topology;
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-/// One message from the push exchange.
-#[derive(Clone, Debug)]
+/// One message from the push exchange, shared by every socket of the instance.
+#[derive(Debug)]
 pub struct Pushed {
     /// `console.order_paid`, `buyer.42`, …
     pub routing_key: String,
     pub body: serde_json::Value,
+    /// For a console push, the stream message every console receives, rendered once here
+    /// rather than once per socket.
+    pub console_message: Option<Utf8Bytes>,
+}
+
+impl Pushed {
+    pub fn new(routing_key: String, body: serde_json::Value) -> Self {
+        let console_message = routing_key
+            .starts_with("console.")
+            .then(|| {
+                let seq = body["seq"].as_i64()?;
+                let kind = body["type"].as_str().unwrap_or_default();
+                let at = body.get("at").cloned().unwrap_or(serde_json::Value::Null);
+                Some(
+                    super::merchant::message(seq, kind, &body["order"], at)
+                        .to_string()
+                        .into(),
+                )
+            })
+            .flatten();
+        Self {
+            routing_key,
+            body,
+            console_message,
+        }
+    }
 }
 
 /// The instance's fan-out of pushes, and whether it is consuming.
 #[derive(Clone)]
 pub struct Hub {
-    sender: broadcast::Sender<Pushed>,
+    sender: broadcast::Sender<Arc<Pushed>>,
     consuming: Arc<AtomicBool>,
     /// Cancelled when the gateway shuts down: every socket closes (1001 "going away").
     pub closing: CancellationToken,
     /// The instance's socket sessions, so that shutdown waits for their close frames.
     pub sessions: tokio_util::task::TaskTracker,
+    /// The console feed's newest number as read one poll interval ago: every entry up to it
+    /// was committed at least an interval ago, so its push had that long to arrive.
+    settled: Arc<watch::Sender<i64>>,
 }
 
 /// Messages a slow socket task may fall behind the hub before it must catch up from the feed.
@@ -53,11 +88,52 @@ impl Hub {
             consuming: Arc::new(AtomicBool::new(false)),
             closing: CancellationToken::new(),
             sessions: tokio_util::task::TaskTracker::new(),
+            settled: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// Changes whenever the feed's settled newest number does (see [`Hub::watch_feed`]); a
+    /// socket behind it missed a push and catches up from the feed.
+    pub fn settled(&self) -> watch::Receiver<i64> {
+        self.settled.subscribe()
+    }
+
+    /// Reads the console feed's newest number every `poll` until `shutdown`, and publishes
+    /// each reading one interval later, as [`Hub::settled`]. One reader per instance, however
+    /// many sockets are open. A failed read is retried at the next tick.
+    pub async fn watch_feed(
+        self,
+        db: sea_orm::DatabaseConnection,
+        poll: std::time::Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut previous: Option<i64> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match newest_feed_seq(&db).await {
+                Ok(now) => {
+                    if let Some(then) = previous.replace(now) {
+                        self.settled.send_if_modified(|v| {
+                            let changed = *v != then;
+                            *v = then;
+                            changed
+                        });
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "Reading the console feed failed; the next tick tries again")
+                }
+            }
         }
     }
 
     /// Every push from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Pushed> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Pushed>> {
         self.sender.subscribe()
     }
 
@@ -148,10 +224,10 @@ impl Hub {
                     Some(Ok(delivery)) => {
                         if let Ok(body) = serde_json::from_slice(&delivery.data) {
                             // No receiver is fine: no socket is open on this instance.
-                            let _ = self.sender.send(Pushed {
-                                routing_key: delivery.routing_key.as_str().to_owned(),
+                            let _ = self.sender.send(Arc::new(Pushed::new(
+                                delivery.routing_key.as_str().to_owned(),
                                 body,
-                            });
+                            )));
                         }
                         if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                             break Err(e.into());
@@ -166,4 +242,15 @@ impl Hub {
         broker::close(&conn, "push hub stopping").await;
         outcome
     }
+}
+
+/// The console feed's newest number (0 when empty).
+pub async fn newest_feed_seq(db: &sea_orm::DatabaseConnection) -> Result<i64, DbErr> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT coalesce(max(seq), 0) AS seq FROM console_feed",
+        ))
+        .await?;
+    Ok(row.map(|r| r.try_get("", "seq")).transpose()?.unwrap_or(0))
 }

@@ -10,7 +10,8 @@
 //! `seq`, then live ones; without it, live ones from now. The feed is the source of truth: a
 //! push that continues the sequence is sent as it comes, anything else (a gap, a push this
 //! instance missed while the broker was away, a lagging fan-out) is read from the feed, and the
-//! feed is checked every `push.feed_poll_ms` anyway. So there is no gap and no duplicate, across
+//! instance reads the feed's newest number every `push.feed_poll_ms` for all its sockets, and a
+//! socket behind an entry committed an interval ago catches up. So there is no gap and no duplicate, across
 //! the switch from stored to live and across reconnects.
 //!
 //! Each socket has a bounded queue of its own (`push.socket_queue`): a client that leaves it
@@ -23,7 +24,7 @@ use super::tickets;
 use crate::auth::{Caller, MaybeCaller, Role};
 use crate::error::ApiError;
 use crate::state::AppState;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
@@ -96,25 +97,15 @@ pub async fn stream(
     )
     .await?;
     require_merchant(caller)?;
-    let ws = ws.map_err(|_| tickets::upgrade_required())?;
+    let ws = super::sized(ws.map_err(|_| tickets::upgrade_required())?);
     // Subscribed before the starting point is read: nothing falls between the two.
     let live = state.push_hub.subscribe();
-    let newest = last_seq(&state.db).await?;
+    let newest = super::hub::newest_feed_seq(&state.db).await?;
     let start = q.after.unwrap_or(newest);
     let sessions = state.push_hub.sessions.clone();
     Ok(ws.on_upgrade(move |socket| {
         sessions.track_future(session(socket, state, live, start, newest))
     }))
-}
-
-async fn last_seq(db: &DatabaseConnection) -> Result<i64, DbErr> {
-    let row = db
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT coalesce(max(seq), 0) AS seq FROM console_feed",
-        ))
-        .await?;
-    Ok(row.map(|r| r.try_get("", "seq")).transpose()?.unwrap_or(0))
 }
 
 /// A console-feed entry as the stream sends it.
@@ -172,7 +163,7 @@ struct Line {
 async fn session(
     socket: WebSocket,
     state: AppState,
-    mut live: broadcast::Receiver<Pushed>,
+    mut live: broadcast::Receiver<Arc<Pushed>>,
     mut last: i64,
     newest: i64,
 ) {
@@ -185,17 +176,18 @@ async fn session(
         wrote: std::sync::Mutex::new(Instant::now()),
     });
     let writer = tokio::spawn(write(sink, pending, line.clone(), patience));
-    let send = |m: Value| {
+    let send_text = |text: Utf8Bytes| {
         let queue = queue.clone();
         async move {
             // A full queue is waited on for at most a ping interval: a healthy client drains
             // it, a stuck one is closed.
-            tokio::time::timeout(patience, queue.send(Message::Text(m.to_string().into())))
+            tokio::time::timeout(patience, queue.send(Message::Text(text)))
                 .await
                 .map_err(|_| ())?
                 .map_err(|_| ())
         }
     };
+    let send = |m: Value| send_text(m.to_string().into());
     // Where this stream starts, so a client that connected "live from now" and drops before
     // the first entry can still resume exactly.
     let hello = json!({
@@ -209,7 +201,7 @@ async fn session(
     }
     let mut ping = tokio::time::interval(patience);
     ping.tick().await;
-    let mut poll = tokio::time::interval(Duration::from_millis(push.feed_poll_ms));
+    let mut settled = state.push_hub.settled();
     let idle = Duration::from_secs(push.idle_timeout_secs);
     let mut heard = Instant::now();
     // More stored entries wait than one page: the next turn sends the next page (so closes,
@@ -219,7 +211,11 @@ async fn session(
         let catch_up_now = tokio::select! {
             _ = state.push_hub.closing.cancelled() => break End::Close(1001, "going away"),
             _ = std::future::ready(()), if behind => true,
-            _ = poll.tick() => true,
+            // Entries committed a poll interval ago that never came as pushes.
+            changed = settled.changed() => match changed {
+                Ok(()) => *settled.borrow_and_update() > last,
+                Err(_) => break End::Close(1011, "restarting"),
+            },
             pushed = live.recv() => {
                 let seq = match &pushed {
                     Ok(p) if p.routing_key.starts_with("console.") => p.body["seq"].as_i64(),
@@ -231,13 +227,16 @@ async fn session(
                 match (seq, pushed) {
                     (Some(seq), _) if seq <= last => false,
                     (Some(seq), Ok(p)) if seq == last + 1 && !behind => {
-                        let kind = p.body["type"].as_str().unwrap_or_default();
-                        let at = p.body.get("at").cloned().unwrap_or(Value::Null);
-                        if send(message(seq, kind, &p.body["order"], at)).await.is_err() {
-                            break End::Close(TOO_SLOW, "too slow");
+                        match p.console_message.clone() {
+                            Some(text) => {
+                                if send_text(text).await.is_err() {
+                                    break End::Close(TOO_SLOW, "too slow");
+                                }
+                                last = seq;
+                                false
+                            }
+                            None => true,
                         }
-                        last = seq;
-                        false
                     }
                     _ => true,
                 }

@@ -14,6 +14,7 @@ pub use hub::{Hub, Pushed};
 
 use crate::state::AppState;
 use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::routing::{get, post};
 
 pub fn router() -> Router<AppState> {
@@ -22,4 +23,14 @@ pub fn router() -> Router<AppState> {
         .route("/v1/merchant/stream-ticket", post(tickets::merchant_ticket))
         .route("/v1/orders/{id}/stream", get(buyer::stream))
         .route("/v1/me/stream-ticket", post(tickets::my_ticket))
+}
+
+/// A console or order stream carries small JSON messages out and only pongs and closes in: a
+/// socket keeps an 8 KiB read buffer (the library's default is 128 KiB), so that 10,000 open
+/// consoles fit in memory, and a client message over 64 KiB closes it.
+pub fn sized(ws: WebSocketUpgrade) -> WebSocketUpgrade {
+    ws.read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(64 * 1024)
+        .max_frame_size(64 * 1024)
 }

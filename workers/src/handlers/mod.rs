@@ -39,12 +39,20 @@ pub fn order_paid(msg: &Incoming) -> Result<Envelope<OrderPaid>, HandlerError> {
 }
 
 /// Fails permanently unless the order exists, belongs to the buyer and is paid (or was paid
-/// and is being, or was, refunded since).
+/// and is being, or was, refunded since); the order's standing.
 pub async fn require_paid_order(
     txn: &DatabaseTransaction,
     event: &OrderPaid,
-) -> Result<(), HandlerError> {
-    let Some(order) = orders::standing(txn, event.order_id).await? else {
+) -> Result<orders::Standing, HandlerError> {
+    check_paid(event, orders::standing(txn, event.order_id).await?)
+}
+
+/// The checks of [`require_paid_order`] on an order's standing (`None`: no such order).
+fn check_paid(
+    event: &OrderPaid,
+    order: Option<orders::Standing>,
+) -> Result<orders::Standing, HandlerError> {
+    let Some(order) = order else {
         return Err(HandlerError::permanent(anyhow::anyhow!(
             "unknown order {}",
             event.order_id
@@ -68,7 +76,7 @@ pub async fn require_paid_order(
             order.status
         )));
     }
-    Ok(())
+    Ok(order)
 }
 
 /// Locks the buyer's row for the rest of the transaction, serializing effects per buyer.
@@ -83,13 +91,23 @@ pub async fn lock_user(txn: &DatabaseTransaction, user_id: i64) -> Result<(), Ha
 
 /// The common start of every effect that changes a buyer's records: decode `order.paid.v1`,
 /// check its order, and lock the buyer so effects of one buyer's orders apply one at a time.
+/// The check and the lock are one statement: the order's standing is read as of the
+/// statement's start, as it was when they were two.
 pub async fn paid_order_locked(
     txn: &DatabaseTransaction,
     msg: &Incoming,
 ) -> Result<Envelope<OrderPaid>, HandlerError> {
     let env = order_paid(msg)?;
-    require_paid_order(txn, &env.payload).await?;
-    lock_user(txn, env.payload.buyer_id).await?;
+    let e = &env.payload;
+    let found = orders::standing_locking_buyer(txn, e.order_id, e.buyer_id).await?;
+    let locked = found.is_some_and(|(_, locked)| locked);
+    check_paid(e, found.map(|(order, _)| order))?;
+    if !locked {
+        return Err(HandlerError::permanent(anyhow::anyhow!(
+            "unknown user {}",
+            e.buyer_id
+        )));
+    }
     Ok(env)
 }
 

@@ -15,7 +15,7 @@ use crate::decide::HandlerError;
 use crate::runtime::{Effects, Handler, Incoming, Push};
 use crate::store::channel_deliveries::{self, Content};
 use crate::store::notifications::{self, Note};
-use crate::store::{console_feed, levels, orders};
+use crate::store::{console_feed, levels};
 use memberline_schema::events::{
     CloseReason, EventType, LatePaymentRefunded, LevelChanged, MembershipChange, MembershipChanged,
     MembershipExtended, OrderClosed, OrderRefunded, OrderReminded, PayMethod, Provider,
@@ -78,11 +78,7 @@ impl Notifier {
     ) -> Result<Effects, HandlerError> {
         let env = order_paid(msg)?;
         let e = &env.payload;
-        require_paid_order(txn, e).await?;
-        if orders::standing(txn, e.order_id)
-            .await?
-            .is_some_and(|o| o.status == OrderStatus::Refunded)
-        {
+        if require_paid_order(txn, e).await?.status == OrderStatus::Refunded {
             // Refunded before this was announced (the event waited in a retry tier): the
             // refund's own message is what the buyer and the console need.
             return Ok(Effects::already_applied());

@@ -14,6 +14,7 @@ fn component(comm: &str) -> &'static str {
         "memberline" => "gateway (and relay)",
         c if c.starts_with("memberline-wor") => "workers",
         "bench" => "load generator",
+        c if c.starts_with("provider-emu") => "provider emulator",
         _ => "other",
     }
 }

@@ -20,7 +20,7 @@ pub const BUYERS: i64 = 64;
 /// The rows of one balance purchase in our schema (the order, the debit and its ledger entry,
 /// the status history, the outbox row with its event, the idempotency key with its response),
 /// in the fewest statements: the lock, then one statement of data-modifying CTEs.
-const PURCHASE_ROWS: &str = "\
+pub const PURCHASE_ROWS: &str = "\
 WITH o AS (
     INSERT INTO orders (order_no, buyer_id, plan_id, plan_code, plan_name, plan_kind,
         duration_days, pay_method, amount_fen, original_price_fen, status, correlation_id,
@@ -46,7 +46,7 @@ WITH o AS (
         order_id)
     SELECT $1, $2, $2, 201, $5, o.id FROM o
 )
-SELECT 1";
+SELECT id FROM o";
 
 /// A JSON value of about `bytes` bytes, the size of our event or response.
 pub fn filler(bytes: usize) -> serde_json::Value {

@@ -3,13 +3,15 @@
 use plotters::prelude::*;
 use std::path::Path;
 
-const COLORS: [RGBColor; 6] = [
+const COLORS: [RGBColor; 8] = [
     RGBColor(20, 50, 74),
     RGBColor(27, 110, 58),
     RGBColor(161, 92, 0),
     RGBColor(170, 17, 17),
     RGBColor(22, 119, 255),
     RGBColor(120, 60, 160),
+    RGBColor(0, 140, 140),
+    RGBColor(110, 110, 110),
 ];
 
 /// The percentiles a curve is drawn at: denser towards the tail.

@@ -14,10 +14,12 @@ pub struct System {
     pub topology: memberline_schema::topology::Topology,
     gateway: Child,
     workers: Option<Child>,
-    http: reqwest::Client,
-    base: String,
+    pub http: reqwest::Client,
+    pub base: String,
     tokens: Vec<String>,
-    plan_id: i64,
+    pub plan_id: i64,
+    /// Signs tokens for any role.
+    pub keys: memberline_gateway::auth::Keys,
 }
 
 fn spawn(bin: &str, env: &[(&str, String)]) -> Child {
@@ -39,11 +41,20 @@ fn spawn(bin: &str, env: &[(&str, String)]) -> Child {
 
 /// Peak resident memory of a process (`VmHWM`), in MiB.
 fn rss_peak_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM:")
+}
+
+/// Resident memory of a process now (`VmRSS`), in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+fn status_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .unwrap_or(0.0)
@@ -59,6 +70,14 @@ fn stop(mut child: Child) {
 
 impl System {
     pub async fn start(with_workers: bool) -> Self {
+        Self::start_with(with_workers, |_| Vec::new()).await
+    }
+
+    /// [`System::start`], with more settings given the gateway's port.
+    pub async fn start_with(
+        with_workers: bool,
+        more: impl FnOnce(u16) -> Vec<(&'static str, String)>,
+    ) -> Self {
         let db = TestDb::create().await;
         let prefix = format!("bench{}", uuid::Uuid::new_v4().simple());
         let port = {
@@ -81,6 +100,7 @@ impl System {
                 "1000000000000".to_owned(),
             ),
         ];
+        env.extend(more(port));
         // Experiments: `BENCH_ENV="MEMBERLINE__DATABASE__MAX_CONNECTIONS=8 …"` sets more.
         let extra = std::env::var("BENCH_ENV").unwrap_or_default();
         for pair in extra.split_whitespace() {
@@ -150,7 +170,18 @@ impl System {
             base,
             tokens,
             plan_id,
+            keys,
         }
+    }
+
+    /// The gateway's process id.
+    pub fn gateway_pid(&self) -> u32 {
+        self.gateway.id()
+    }
+
+    /// The buyers' tokens.
+    pub fn tokens(&self) -> &[String] {
+        &self.tokens
     }
 
     /// A load generator whose idempotency keys are marked `run`.

@@ -1,0 +1,205 @@
+//! Fan-out: thousands of merchant consoles on one gateway, every worker running. Purchases are
+//! made at a steady pace; each console must receive every one of them, and each receipt is
+//! timed from the moment the notifier committed its feed entry (the `at` of the push, taken
+//! just before the commit, so the time is if anything overstated).
+
+use crate::load::percentile;
+use crate::system::{System, rss_mib};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+
+/// Purchases announced during the scenario, and their pace.
+pub const PURCHASES: usize = 10;
+pub const PER_SECOND: f64 = 2.0;
+
+pub struct Outcome {
+    pub sockets: usize,
+    /// Sockets that could not be opened.
+    pub refused: usize,
+    /// Receipts expected (sockets × purchases) and received.
+    pub expected: usize,
+    pub received: usize,
+    /// Milliseconds from the feed entry's commit to its receipt, sorted.
+    pub latencies: Vec<f64>,
+    /// The gateway's resident memory with every socket open, before and during the pushes
+    /// (the larger), and before any was opened, in MiB.
+    pub rss_open: f64,
+    pub rss_idle: f64,
+}
+
+impl Outcome {
+    pub fn p(&self, q: f64) -> f64 {
+        percentile(&self.latencies, q)
+    }
+}
+
+/// Open files this process may hold (`ulimit -n`; the gateway it starts inherits it).
+pub fn descriptors() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+fn now_ms() -> f64 {
+    chrono::Utc::now().timestamp_micros() as f64 / 1000.0
+}
+
+/// One console: waits for its `hello`, says so, then times every paid order it hears about
+/// until it has `PURCHASES` or `stop` fires.
+async fn console(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    opened: tokio::sync::mpsc::Sender<bool>,
+    stop: CancellationToken,
+) -> Vec<f64> {
+    let config = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0);
+    let Ok((mut socket, _)) =
+        tokio_tungstenite::connect_async_with_config(request, Some(config), false).await
+    else {
+        let _ = opened.send(false).await;
+        return Vec::new();
+    };
+    let mut times = Vec::with_capacity(PURCHASES);
+    let mut said = false;
+    while times.len() < PURCHASES {
+        let frame = tokio::select! {
+            _ = stop.cancelled() => break,
+            frame = socket.next() => frame,
+        };
+        let Some(Ok(Message::Text(text))) = frame else {
+            if matches!(frame, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
+                break;
+            }
+            continue;
+        };
+        let received = now_ms();
+        let Ok(m) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        match m["type"].as_str() {
+            Some("hello") if !said => {
+                said = true;
+                let _ = opened.send(true).await;
+            }
+            Some("order.paid") => {
+                let at = m["at"]
+                    .as_str()
+                    .and_then(|a| chrono::DateTime::parse_from_rfc3339(a).ok());
+                if let Some(at) = at {
+                    times.push(received - at.timestamp_micros() as f64 / 1000.0);
+                }
+            }
+            _ => {}
+        }
+    }
+    if !said {
+        let _ = opened.send(false).await;
+    }
+    let _ = socket.close(None).await;
+    times
+}
+
+pub async fn run(sockets: usize) -> Outcome {
+    let system = System::start(true).await;
+    let rss_idle = rss_mib(system.gateway_pid());
+    let token = system
+        .keys
+        .issue(9_000_001, memberline_gateway::auth::Role::Merchant, 7200);
+    let url = format!(
+        "{}/v1/merchant/stream",
+        system.base.replacen("http", "ws", 1)
+    );
+    let bar = ProgressBar::new(sockets as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>34} [{bar:30}] {pos}/{len} {msg}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix("merchant consoles");
+    let stop = CancellationToken::new();
+    let (opened_tx, mut opened_rx) = tokio::sync::mpsc::channel(1024);
+    // At most 200 handshakes at a time.
+    let gate = Arc::new(tokio::sync::Semaphore::new(200));
+    let mut tasks = Vec::with_capacity(sockets);
+    for _ in 0..sockets {
+        let mut request = url.as_str().into_client_request().expect("request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        let (opened, stop, gate) = (opened_tx.clone(), stop.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let permit = gate.acquire_owned().await.expect("gate");
+            let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+            let timing = tokio::spawn(console(request, tx, stop));
+            let ok = rx.recv().await.unwrap_or(false);
+            drop(permit);
+            let _ = opened.send(ok).await;
+            timing.await.unwrap_or_default()
+        }));
+    }
+    drop(opened_tx);
+    let mut refused = 0;
+    for _ in 0..sockets {
+        match opened_rx.recv().await {
+            Some(true) => bar.inc(1),
+            Some(false) => refused += 1,
+            None => break,
+        }
+    }
+    bar.finish_with_message(format!("{refused} refused"));
+    let mut rss_open = rss_mib(system.gateway_pid());
+    let shop = system.shop("fanout");
+    let pushes = shop.open_loop(
+        "purchases announced to every console",
+        PER_SECOND,
+        PURCHASES as f64 / PER_SECOND,
+    );
+    let sampler = async {
+        let mut peak: f64 = 0.0;
+        for _ in 0..((PURCHASES as f64 / PER_SECOND) * 10.0) as usize {
+            peak = peak.max(rss_mib(system.gateway_pid()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        peak
+    };
+    let (_, peak) = tokio::join!(pushes, sampler);
+    rss_open = rss_open.max(peak);
+    // Every console has heard of every purchase, or a minute went by.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stopper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(deadline.into()).await;
+            stop.cancel();
+        })
+    };
+    let mut latencies = Vec::with_capacity(sockets * PURCHASES);
+    for t in tasks {
+        latencies.extend(t.await.unwrap_or_default());
+    }
+    stopper.abort();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    system.stop().await;
+    Outcome {
+        sockets,
+        refused,
+        expected: (sockets - refused) * PURCHASES,
+        received: latencies.len(),
+        latencies,
+        rss_open,
+        rss_idle,
+    }
+}
