@@ -180,11 +180,18 @@ async fn session(
         let queue = queue.clone();
         async move {
             // A full queue is waited on for at most a ping interval: a healthy client drains
-            // it, a stuck one is closed.
-            tokio::time::timeout(patience, queue.send(Message::Text(text)))
-                .await
-                .map_err(|_| ())?
-                .map_err(|_| ())
+            // it, a stuck one is closed. Only then is a timer set: a push to 10,000 consoles
+            // would otherwise set and cancel 10,000 of them.
+            match queue.try_send(Message::Text(text)) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+                Err(mpsc::error::TrySendError::Full(message)) => {
+                    tokio::time::timeout(patience, queue.send(message))
+                        .await
+                        .map_err(|_| ())?
+                        .map_err(|_| ())
+                }
+            }
         }
     };
     let send = |m: Value| send_text(m.to_string().into());
@@ -346,16 +353,22 @@ async fn write(
                 None => break None,
             },
         };
-        tokio::select! {
-            biased;
-            _ = close.changed() => break *close.borrow(),
-            sent = tokio::time::timeout(patience, sink.send(message)) => match sent {
-                Ok(Ok(())) => {
-                    *line.wrote.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-                }
-                Ok(Err(_)) => break None,
-                Err(_) => break Some((TOO_SLOW, "too slow")),
+        // Most writes complete at once; a timer is set only for one the client holds up.
+        let mut send = std::pin::pin!(sink.send(message));
+        let sent = match futures::poll!(send.as_mut()) {
+            std::task::Poll::Ready(sent) => Ok(sent),
+            std::task::Poll::Pending => tokio::select! {
+                biased;
+                _ = close.changed() => break *close.borrow(),
+                sent = tokio::time::timeout(patience, send) => sent,
             },
+        };
+        match sent {
+            Ok(Ok(())) => {
+                *line.wrote.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            }
+            Ok(Err(_)) => break None,
+            Err(_) => break Some((TOO_SLOW, "too slow")),
         }
     };
     if let Some((code, reason)) = frame {
