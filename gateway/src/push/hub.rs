@@ -13,7 +13,7 @@
 
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use memberline_platform::broker::{self, Progress, SessionError};
 use memberline_schema::topology::Topology;
@@ -115,7 +115,11 @@ impl Hub {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            match newest_feed_seq(&db).await {
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                read = newest_feed_seq(&db) => read,
+            };
+            match read {
                 Ok(now) => {
                     if let Some(then) = previous.replace(now) {
                         self.settled.send_if_modified(|v| {
@@ -210,16 +214,28 @@ impl Hub {
             .basic_consume(
                 queue_name.as_str().into(),
                 "".into(),
-                BasicConsumeOptions::default(),
+                // Pushes are best effort and this queue is the instance's own: acknowledged as
+                // they are sent. An ack awaited on a connection that died under it can wait
+                // forever, and the hub with it.
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
         progress.connected();
         self.consuming.store(true, Ordering::SeqCst);
         info!(queue = %queue_name, "Push hub consuming");
+        // The consumer is not always told when its connection dies (the broker's socket closed
+        // under it, say): the connection's own state is checked too.
+        let mut alive = tokio::time::interval(std::time::Duration::from_secs(1));
         let outcome = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
+                _ = alive.tick() => if !conn.status().connected() {
+                    break Err(anyhow::anyhow!("the broker connection closed").into());
+                },
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         if let Ok(body) = serde_json::from_slice(&delivery.data) {
@@ -228,9 +244,6 @@ impl Hub {
                                 delivery.routing_key.as_str().to_owned(),
                                 body,
                             )));
-                        }
-                        if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                            break Err(e.into());
                         }
                     }
                     Some(Err(e)) => break Err(e.into()),

@@ -4,15 +4,17 @@
 //! (the `after` given, or the feed's last number for "live from now"), so a client can resume
 //! exactly even if it drops before the first entry; the feed's newest number (lower than an
 //! `after` only when the feed was reset); and how often a `{type: "heartbeat", seq}` comes, so
-//! that a browser, which cannot see pings, can tell a dead connection from a quiet one. Every other message is one console-feed entry, `{seq, type, kind, order_id, order_no, content,
+//! that a browser, which cannot see pings, can tell a dead connection from a quiet one. Every
+//! other message is one console-feed entry, `{seq, type, kind, order_id, order_no, content,
 //! order, at}` (`type`: `order.paid`, `order.reminded`, `order.refunded`; `kind`: 1, 2, 3 for
 //! consoles written for the numeric kinds). `?after=<seq>` first sends every stored entry after
 //! `seq`, then live ones; without it, live ones from now. The feed is the source of truth: a
 //! push that continues the sequence is sent as it comes, anything else (a gap, a push this
-//! instance missed while the broker was away, a lagging fan-out) is read from the feed, and the
+//! instance missed while the broker was away, a lagging fan-out) is read from the feed. The
 //! instance reads the feed's newest number every `push.feed_poll_ms` for all its sockets, and a
-//! socket behind an entry committed an interval ago catches up. So there is no gap and no duplicate, across
-//! the switch from stored to live and across reconnects.
+//! socket behind an entry committed an interval ago catches up; a catch-up that fails is tried
+//! again an interval later. So there is no gap and no duplicate, across the switch from stored
+//! to live and across reconnects.
 //!
 //! Each socket has a bounded queue of its own (`push.socket_queue`): a client that leaves it
 //! full for a ping interval is sent close code 4008 "too slow" and resumes with `?after=`. The
@@ -214,10 +216,15 @@ async fn session(
     // More stored entries wait than one page: the next turn sends the next page (so closes,
     // shutdown and pings are noticed in between).
     let mut behind = true;
+    // When a catch-up failed (the database busy or away), when to try it again: nothing else
+    // may come to wake this socket.
+    let retry_every = Duration::from_millis(push.feed_poll_ms);
+    let mut retry: Option<Instant> = None;
     let end = loop {
         let catch_up_now = tokio::select! {
             _ = state.push_hub.closing.cancelled() => break End::Close(1001, "going away"),
             _ = std::future::ready(()), if behind => true,
+            _ = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => true,
             // Entries committed a poll interval ago that never came as pushes.
             changed = settled.changed() => match changed {
                 Ok(()) => *settled.borrow_and_update() > last,
@@ -271,11 +278,15 @@ async fn session(
         };
         if catch_up_now {
             match catch_up_page(&state.db, &mut last, &send).await {
-                Ok(more) => behind = more,
+                Ok(more) => {
+                    behind = more;
+                    retry = None;
+                }
                 Err(CatchUp::TooSlow) => break End::Close(TOO_SLOW, "too slow"),
                 Err(CatchUp::Database(e)) => {
-                    debug!(error = %e, "Feed catch-up failed; the poll tries again");
+                    debug!(error = %e, "Feed catch-up failed; trying again in an interval");
                     behind = false;
+                    retry = Some(Instant::now() + retry_every);
                 }
             }
         }

@@ -25,9 +25,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/me/stream-ticket", post(tickets::my_ticket))
 }
 
-/// A console or order stream carries small JSON messages out and only pongs and closes in: a
-/// socket keeps an 8 KiB read buffer (the library's default is 128 KiB), so that 10,000 open
-/// consoles fit in memory, and a client message over 64 KiB closes it.
+/// A console or order stream carries small JSON messages out, and in only pongs, closes and
+/// the occasional small message: a socket keeps an 8 KiB read buffer (the library's default is
+/// 128 KiB), so that 10,000 open consoles fit in memory. A client message over 64 KiB is a
+/// protocol error that drops the connection (the client reconnects and resumes).
 pub fn sized(ws: WebSocketUpgrade) -> WebSocketUpgrade {
     ws.read_buffer_size(8 * 1024)
         .write_buffer_size(0)
