@@ -5,7 +5,8 @@
 //! feed, so what was pushed meanwhile is not lost to them.
 //!
 //! The queue is transient by design (pushes are best effort): bounded to 10,000 messages (the
-//! oldest dropped first) that expire after a minute, it never needs a dead-letter path.
+//! oldest dropped first) that expire after a minute and are consumed without acknowledgements,
+//! it never needs a dead-letter path.
 //!
 //! The instance also reads the console feed's newest number, once every `push.feed_poll_ms`
 //! for all its sockets ([`Hub::watch_feed`]), so that a missed push is noticed without every
