@@ -107,6 +107,9 @@ async fn main() {
             .join("bench");
     std::fs::create_dir_all(&out_dir).expect("target/bench");
     let bench_started = Instant::now();
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("profile") {
+        return profile_only(&out_dir).await;
+    }
 
     // 1. Floors.
     eprintln!("Floors");
@@ -225,5 +228,44 @@ async fn main() {
     if !failures.is_empty() {
         eprintln!("FAILED: {}", failures.join("; "));
         std::process::exit(1);
+    }
+}
+
+/// `BENCH_ONLY=profile`: only the gateway's profile under checkout's closed loop at 8 in
+/// flight (after a 2 s warm-up), with its flamegraph; for comparing two builds of the gateway.
+async fn profile_only(out_dir: &std::path::Path) {
+    let system = System::start(false).await;
+    system.shop("warm").closed_loop("warm-up", 8, 2.0).await;
+    let recording = profile::record(system.gateway_pid(), WINDOW, out_dir);
+    let run = system
+        .shop("profiled")
+        .closed_loop("closed loop, 8 in flight, profiled", 8, WINDOW)
+        .await;
+    system.stop().await;
+    let Some(recording) = recording else {
+        eprintln!("perf is not installed");
+        std::process::exit(1);
+    };
+    match recording.finish("The gateway during checkout's closed loop") {
+        Ok(p) => {
+            println!(
+                "{:.0} purchases/s, {:.0} ms of the gateway's CPU sampled ({:.0} µs per purchase)\n",
+                run.rate(),
+                p.sampled_ms,
+                p.sampled_ms * 1000.0 / run.ok().max(1) as f64
+            );
+            println!("| part | share |\n|---|---|");
+            for (part, share) in &p.parts {
+                println!("| {part} | {:.0} % |", share * 100.0);
+            }
+            println!("\n| frame | own share |\n|---|---|");
+            for (frame, share) in &p.leaves {
+                println!("| `{frame}` | {:.1} % |", share * 100.0);
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
     }
 }

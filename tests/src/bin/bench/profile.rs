@@ -94,6 +94,8 @@ impl Recording {
         let svg = self.data.with_file_name("flamegraph.svg");
         let mut options = inferno::flamegraph::Options::default();
         options.title = title.to_owned();
+        // Frames narrower than a pixel are left out: the SVG stays small enough to commit.
+        options.min_width = 1.0;
         let file = std::fs::File::create(&svg).map_err(|e| e.to_string())?;
         inferno::flamegraph::from_lines(&mut options, folded.lines(), file)
             .map_err(|e| format!("drawing the flamegraph: {e}"))?;
