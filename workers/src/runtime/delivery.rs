@@ -260,7 +260,14 @@ fn decode(data: &[u8], attempt: u32) -> Result<Incoming, String> {
 }
 
 async fn ack(delivery: &Delivery) -> bool {
-    match delivery.ack(BasicAckOptions::default()).await {
+    // Bounded: an ack awaited on a connection that died under it may never be answered.
+    let Ok(acked) =
+        tokio::time::timeout(broker::OP_TIMEOUT, delivery.ack(BasicAckOptions::default())).await
+    else {
+        warn!("Ack not answered in time; the message will be redelivered");
+        return true;
+    };
+    match acked {
         Ok(true) => true,
         Ok(false) => {
             // lapin did not send it (channel closing): the broker will redeliver, and the

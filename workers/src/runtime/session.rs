@@ -100,9 +100,15 @@ pub async fn session(
     info!(queue = %queue, prefetch = ctx.settings.workers.prefetch, "Worker consuming");
 
     let mut in_flight = JoinSet::new();
+    // The consumer is not always told when its connection dies under it: the connection's own
+    // state is checked too, so the worker reconnects rather than waits.
+    let mut alive = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = alive.tick() => if !conn.status().connected() {
+                return Err(anyhow::anyhow!("the broker connection closed").into());
+            },
             Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
                 if let Err(e) = joined {
                     error!(error = %e, "A delivery task panicked; its message will be redelivered");
