@@ -63,6 +63,16 @@ pub async fn seed_buyers(db: &DatabaseConnection) {
     .expect("floor buyers");
 }
 
+/// A pool of exactly `conns` connections, opened before the clock starts.
+pub async fn pool(db_url: &str, conns: usize) -> DatabaseConnection {
+    let mut options = sea_orm::ConnectOptions::new(db_url.to_owned());
+    options
+        .max_connections(conns as u32)
+        .min_connections(conns as u32)
+        .sqlx_logging(false);
+    Database::connect(options).await.expect("floor pool")
+}
+
 /// (a) Purchases/s committed straight through the driver (prepared statements) from `conns`
 /// connections for `secs` seconds, and where the CPU went meanwhile (read before the pool
 /// closes: a backend's time leaves `/proc` with it).
@@ -71,12 +81,7 @@ pub async fn purchase_floor(
     conns: usize,
     secs: f64,
 ) -> (f64, Vec<(&'static str, f64, f64)>) {
-    let mut options = sea_orm::ConnectOptions::new(db_url.to_owned());
-    options
-        .max_connections(conns as u32)
-        .min_connections(conns as u32)
-        .sqlx_logging(false);
-    let pool = Database::connect(options).await.expect("floor pool");
+    let pool = pool(db_url, conns).await;
     let done = Arc::new(AtomicU64::new(0));
     let before = crate::cpu::snapshot();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);

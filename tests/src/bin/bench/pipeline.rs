@@ -19,7 +19,8 @@
 
 use crate::floors::{BUYERS, PURCHASE_ROWS, filler};
 use sea_orm::{
-    ConnectionTrait, Database, DatabaseTransaction, DbBackend, Statement, TransactionTrait, Value,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
+    TransactionTrait, Value,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,15 +114,31 @@ async fn lock(txn: &DatabaseTransaction, buyer: i64) {
     .await;
 }
 
+/// One worker transaction: the buyer's lock when the effect changes the buyer, then `sql`.
+async fn transaction(pool: &DatabaseConnection, buyer: Option<i64>, sql: &str, values: Vec<Value>) {
+    let txn = pool.begin().await.expect("begin");
+    if let Some(buyer) = buyer {
+        lock(&txn, buyer).await;
+    }
+    run(&txn, sql, values).await;
+    txn.commit().await.expect("commit");
+}
+
+/// The relay's mark on a published event.
+async fn published(pool: &DatabaseConnection, event: uuid::Uuid) {
+    pool.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE outbox SET published_at = now() WHERE id = $1",
+        [event.into()],
+    ))
+    .await
+    .expect("published");
+}
+
 /// Paid orders/s carried end to end from `conns` connections for `secs` seconds (each
 /// connection takes one order through every step, then the next).
 pub async fn pipeline_floor(db_url: &str, conns: usize, secs: f64) -> f64 {
-    let mut options = sea_orm::ConnectOptions::new(db_url.to_owned());
-    options
-        .max_connections(conns as u32)
-        .min_connections(conns as u32)
-        .sqlx_logging(false);
-    let pool = Database::connect(options).await.expect("floor pool");
+    let pool = crate::floors::pool(db_url, conns).await;
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let (event, response, message) = (filler(700), filler(500), filler(300));
@@ -158,61 +175,30 @@ pub async fn pipeline_floor(db_url: &str, conns: usize, secs: f64) -> f64 {
                     .expect("its id");
                 txn.commit().await.expect("commit");
                 // 2. Published.
-                pool.execute_raw(Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    "UPDATE outbox SET published_at = now() WHERE id = $1",
-                    [paid.into()],
-                ))
-                .await
-                .expect("published");
+                published(&pool, paid).await;
                 // 3.–5. The effects on the buyer's records, each locking the buyer.
                 for (sql, extra) in [
                     (MEMBERSHIP, vec![extended.into(), event.clone().into()]),
                     (LEDGER, vec![]),
                     (SAVINGS, vec![]),
                 ] {
-                    let txn = pool.begin().await.expect("begin");
-                    lock(&txn, buyer).await;
                     let mut values = vec![buyer.into(), order.into(), paid.into()];
                     values.extend(extra);
-                    run(&txn, sql, values).await;
-                    txn.commit().await.expect("commit");
+                    transaction(&pool, Some(buyer), sql, values).await;
                 }
                 // 6. The notifier on the paid event.
-                let txn = pool.begin().await.expect("begin");
-                run(
-                    &txn,
-                    NOTIFY_PAID,
+                let note = |event: uuid::Uuid| {
                     vec![
                         buyer.into(),
                         order.into(),
-                        paid.into(),
+                        event.into(),
                         message.clone().into(),
-                    ],
-                )
-                .await;
-                txn.commit().await.expect("commit");
+                    ]
+                };
+                transaction(&pool, None, NOTIFY_PAID, note(paid)).await;
                 // 7. The follow-up published and announced.
-                pool.execute_raw(Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    "UPDATE outbox SET published_at = now() WHERE id = $1",
-                    [extended.into()],
-                ))
-                .await
-                .expect("published");
-                let txn = pool.begin().await.expect("begin");
-                run(
-                    &txn,
-                    NOTIFY_EXTENDED,
-                    vec![
-                        buyer.into(),
-                        order.into(),
-                        extended.into(),
-                        message.clone().into(),
-                    ],
-                )
-                .await;
-                txn.commit().await.expect("commit");
+                published(&pool, extended).await;
+                transaction(&pool, None, NOTIFY_EXTENDED, note(extended)).await;
                 done.fetch_add(1, Ordering::Relaxed);
             }
         })
