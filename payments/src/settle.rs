@@ -3,10 +3,10 @@
 //! found by query goes through exactly the same transition as one that was notified.
 //!
 //! Every function here is one transaction that locks the order row first: a notification, a
-//! query and an expiry racing on one order are serialized, and [`transitions::advance`] (a
-//! conditional `WHERE status = from` update) lets exactly one of them move it.
+//! query and an expiry racing on one order are serialized, and every transition is a
+//! conditional `WHERE status = from` update (here in [`PAID_SQL`], elsewhere
+//! [`crate::transitions::advance`]), so exactly one of them moves it.
 
-use crate::transitions;
 use crate::{Mismatch, Payment, PaymentProvider};
 use chrono::Utc;
 use memberline_platform::outbox;
@@ -14,8 +14,8 @@ use memberline_schema::entities::order;
 use memberline_schema::events::{Envelope, OrderPaid, PlanSold};
 use memberline_schema::states::{OrderStatus, Provider};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QuerySelect, Statement, TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, FromQueryResult,
+    Statement, TransactionTrait, Value,
 };
 
 /// How a payment came to our knowledge (recorded in the order's status history).
@@ -103,34 +103,59 @@ pub enum Stored {
 
 /// Stores a verified notification and, when it reports a payment, applies it — one
 /// transaction. `payment` is `None` for events that pay nothing (Alipay `TRADE_CLOSED`, say).
+///
+/// The common case, the first copy of a notification that pays a pending order, takes four
+/// round trips: BEGIN; lock the order (the same statement says whether this notification was
+/// stored before); one statement that moves the order to paid and writes its history, its
+/// `order.paid.v1` outbox row and the notification; COMMIT. A copy of a notification already
+/// stored writes nothing.
 pub async fn notification(
     db: &DatabaseConnection,
     client: &dyn PaymentProvider,
     notification: &Notification<'_>,
     payment: Option<&Payment>,
 ) -> Result<Stored, DbErr> {
-    // A copy of a notification already stored is answered without a transaction or the order
-    // lock: providers send many, sometimes at once, and each must be answered within seconds.
-    let stored_before = db
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT 1 AS stored FROM payment_notifications \
-             WHERE provider = $1 AND provider_event_id = $2",
-            [
-                notification.provider.as_str().into(),
-                notification.event_id.into(),
-            ],
-        ))
-        .await?;
-    if stored_before.is_some() {
+    let txn = db.begin().await?;
+    let (applied, first_copy) = match payment {
+        Some(payment) => {
+            let locked = lock_order(&txn, &payment.out_trade_no, Some(notification)).await?;
+            if locked.stored_before {
+                txn.rollback().await?;
+                return Ok(Stored::Duplicate);
+            }
+            let settled = apply_locked(
+                &txn,
+                client,
+                payment,
+                locked.order,
+                Source::Notify,
+                Some(notification),
+            )
+            .await?;
+            (Some(settled.applied), settled.notification_stored)
+        }
+        None => (None, None),
+    };
+    let first_copy = match first_copy {
+        Some(first) => first,
+        None => store_notification(&txn, notification, applied.as_ref()).await?,
+    };
+    if !first_copy {
+        // Stored by an earlier copy: whatever this transaction did is undone (it found the
+        // order already paid anyway, as the first copy committed before our insert returned).
+        txn.rollback().await?;
         return Ok(Stored::Duplicate);
     }
-    let txn = db.begin().await?;
-    let applied = match payment {
-        Some(payment) => Some(apply_in(&txn, client, payment, Source::Notify).await?),
-        None => None,
-    };
-    let outcome = applied.as_ref().map_or("ignored", Applied::outcome);
+    txn.commit().await?;
+    Ok(Stored::New(applied))
+}
+
+/// Inserts the notification with `applied`'s outcome; `false` when a copy was stored first.
+async fn store_notification(
+    txn: &DatabaseTransaction,
+    notification: &Notification<'_>,
+    applied: Option<&Applied>,
+) -> Result<bool, DbErr> {
     let inserted = txn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -145,24 +170,13 @@ pub async fn notification(
                 notification.out_trade_no.map(str::to_owned).into(),
                 notification.headers.clone().into(),
                 notification.raw_body.into(),
-                outcome.into(),
-                applied.as_ref().and_then(Applied::order_id).into(),
-                applied
-                    .as_ref()
-                    .and_then(Applied::flag)
-                    .map(str::to_owned)
-                    .into(),
+                applied.map_or("ignored", Applied::outcome).into(),
+                applied.and_then(Applied::order_id).into(),
+                applied.and_then(Applied::flag).map(str::to_owned).into(),
             ],
         ))
         .await?;
-    if inserted.is_none() {
-        // Stored by an earlier copy: whatever this transaction did is undone (it found the
-        // order already paid anyway, as the first copy committed before our insert returned).
-        txn.rollback().await?;
-        return Ok(Stored::Duplicate);
-    }
-    txn.commit().await?;
-    Ok(Stored::New(applied))
+    Ok(inserted.is_some())
 }
 
 /// Applies a payment found by our own query — the same transition as a notification.
@@ -172,41 +186,116 @@ pub async fn queried_payment(
     payment: &Payment,
 ) -> Result<Applied, DbErr> {
     let txn = db.begin().await?;
-    let applied = apply_in(&txn, client, payment, Source::Query).await?;
+    let locked = lock_order(&txn, &payment.out_trade_no, None).await?;
+    let settled = apply_locked(&txn, client, payment, locked.order, Source::Query, None).await?;
     txn.commit().await?;
-    Ok(applied)
+    Ok(settled.applied)
 }
+
+/// The order of a payment, locked, and whether the notification that reports it was stored
+/// before.
+struct Locked {
+    order: Option<order::Model>,
+    stored_before: bool,
+}
+
+/// Locks the order `$1` (when there is one) and looks the notification `$2`/`$3` up, in one
+/// statement. A lock taken in a CTE: `FOR UPDATE` cannot apply to the nullable side of the
+/// outer join that keeps the row when no order has the number.
+const LOCK_SQL: &str = "\
+WITH o AS (SELECT * FROM orders WHERE order_no = $1 FOR UPDATE)
+SELECT o.*, EXISTS (SELECT 1 FROM payment_notifications
+                    WHERE provider = $2 AND provider_event_id = $3) AS stored_before
+FROM (SELECT 1) one LEFT JOIN o ON true";
 
 async fn lock_order(
     txn: &DatabaseTransaction,
     out_trade_no: &str,
-) -> Result<Option<order::Model>, DbErr> {
-    order::Entity::find()
-        .filter(order::Column::OrderNo.eq(out_trade_no))
-        .lock_exclusive()
-        .one(txn)
-        .await
+    notification: Option<&Notification<'_>>,
+) -> Result<Locked, DbErr> {
+    let row = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            LOCK_SQL,
+            [
+                out_trade_no.into(),
+                notification.map(|n| n.provider.as_str().to_owned()).into(),
+                notification.map(|n| n.event_id.to_owned()).into(),
+            ],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("the order lock returned no row".into()))?;
+    let order = match row.try_get::<Option<i64>>("", "id")? {
+        Some(_) => Some(order::Model::from_query_result(&row, "")?),
+        None => None,
+    };
+    Ok(Locked {
+        order,
+        stored_before: row.try_get("", "stored_before")?,
+    })
 }
 
-/// Locks the order and moves it to paid if it is pending and the payment matches it.
-async fn apply_in(
+/// What [`apply_locked`] did.
+struct Settled {
+    applied: Applied,
+    /// When the payment was applied with its notification in one statement: whether the
+    /// notification was new. `None`: the caller still has to store it.
+    notification_stored: Option<bool>,
+}
+
+/// The paid transition with everything it writes, in one statement: the order (`$1`) moved
+/// from pending to paid at `$2` with the provider's transaction id `$3`; its history row
+/// (reason `$4`); its `order.paid.v1` outbox row (`$5`–`$12`); and, when `$14` is not null,
+/// the notification that reported it (`$13`–`$17`). `advanced` is 0 when the order was not
+/// pending; `stored` is 0 when a copy of the notification was stored first.
+const PAID_SQL: &str = "\
+WITH o AS (
+    UPDATE orders SET status = 'paid', paid_at = $2, updated_at = $2, version = version + 1,
+        provider_txn_id = $3
+    WHERE id = $1 AND status = 'pending_payment'
+    RETURNING id
+), h AS (
+    INSERT INTO order_status_history (order_id, from_status, to_status, reason, at)
+    SELECT id, 'pending_payment', 'paid', $4, $2 FROM o
+), e AS (
+    INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, routing_key,
+        correlation_id, payload, created_at)
+    SELECT $5, $6, $7, $8, $9, $10, $11, $12 FROM o
+), n AS (
+    INSERT INTO payment_notifications (provider, provider_event_id, out_trade_no, headers,
+        raw_body, verified, outcome, order_id)
+    SELECT $13, $14, $15, $16, $17, true, 'applied', id FROM o WHERE $14::text IS NOT NULL
+    ON CONFLICT (provider, provider_event_id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM o) AS advanced, (SELECT count(*) FROM n) AS stored";
+
+/// Decides what the payment does to the locked order and does it; the pending → paid
+/// transition also stores `notification` when there is one.
+async fn apply_locked(
     txn: &DatabaseTransaction,
     client: &dyn PaymentProvider,
     payment: &Payment,
+    order: Option<order::Model>,
     source: Source,
-) -> Result<Applied, DbErr> {
+    notification: Option<&Notification<'_>>,
+) -> Result<Settled, DbErr> {
+    let applied = |applied| Settled {
+        applied,
+        notification_stored: None,
+    };
     let provider = client.provider();
-    let Some(order) = lock_order(txn, &payment.out_trade_no).await? else {
-        return Ok(Applied::Flagged {
+    let Some(order) = order else {
+        return Ok(applied(Applied::Flagged {
             order_id: None,
             flag: format!("unknown order {}", payment.out_trade_no),
-        });
+        }));
     };
     if order.provider != Some(provider) {
-        return Ok(Applied::Flagged {
+        return Ok(applied(Applied::Flagged {
             order_id: Some(order.id),
             flag: format!("merchant: the order is not paid with {provider}"),
-        });
+        }));
     }
     if let Err(mismatch) = client.check(payment, order.amount_fen) {
         let flag = match &mismatch {
@@ -214,52 +303,23 @@ async fn apply_in(
             Mismatch::Merchant { .. } => format!("merchant: {mismatch}"),
             Mismatch::Currency(_) => format!("currency: {mismatch}"),
         };
-        return Ok(Applied::Flagged {
+        return Ok(applied(Applied::Flagged {
             order_id: Some(order.id),
             flag,
-        });
+        }));
     }
     match order.status {
         OrderStatus::PendingPayment => {
             let now = Utc::now();
             let reason = format!("paid_by_{provider}_{}", source.as_str());
-            if !transitions::advance(
-                txn,
-                order.id,
-                OrderStatus::PendingPayment,
-                OrderStatus::Paid,
-                &reason,
-                now,
-            )
-            .await?
-            {
-                return Err(DbErr::Custom(
-                    "a locked pending order changed status".into(),
-                ));
-            }
-            txn.execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "UPDATE orders SET provider_txn_id = $2 WHERE id = $1",
-                [order.id.into(), payment.transaction_id.clone().into()],
-            ))
-            .await?;
-            let event = OrderPaid {
-                order_id: order.id,
-                order_no: order.order_no.clone(),
-                buyer_id: order.buyer_id,
-                plan: PlanSold::of_order(&order),
-                pay_method: order.pay_method,
-                amount_fen: order.amount_fen,
-                amount_points: order.amount_points,
-                original_price_fen: order.original_price_fen,
-                original_price_points: order.original_price_points,
-                paid_at: now,
-            };
-            outbox::enqueue(txn, &Envelope::new(event, order.correlation_id, None)).await?;
-            Ok(Applied::Paid { order_id: order.id })
+            let paid = pay(txn, payment, &order, &reason, notification, now).await?;
+            Ok(Settled {
+                applied: Applied::Paid { order_id: order.id },
+                notification_stored: notification.map(|_| paid),
+            })
         }
         OrderStatus::Paid | OrderStatus::RefundPending | OrderStatus::Refunded => {
-            Ok(Applied::AlreadyPaid { order_id: order.id })
+            Ok(applied(Applied::AlreadyPaid { order_id: order.id }))
         }
         OrderStatus::Closed => {
             // Money for an order we closed: never paid; the workers' lifecycle job refunds it
@@ -278,9 +338,70 @@ async fn apply_in(
                 [order.id.into(), recorded.into()],
             ))
             .await?;
-            Ok(Applied::LatePayment { order_id: order.id })
+            Ok(applied(Applied::LatePayment { order_id: order.id }))
         }
     }
+}
+
+/// Moves the locked pending `order` to paid ([`PAID_SQL`]); `false` when `notification` had
+/// been stored by a copy first (the caller rolls back).
+async fn pay(
+    txn: &DatabaseTransaction,
+    payment: &Payment,
+    order: &order::Model,
+    reason: &str,
+    notification: Option<&Notification<'_>>,
+    now: chrono::DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let event = OrderPaid {
+        order_id: order.id,
+        order_no: order.order_no.clone(),
+        buyer_id: order.buyer_id,
+        plan: PlanSold::of_order(order),
+        pay_method: order.pay_method,
+        amount_fen: order.amount_fen,
+        amount_points: order.amount_points,
+        original_price_fen: order.original_price_fen,
+        original_price_points: order.original_price_points,
+        paid_at: now,
+    };
+    let row = outbox::Row::of(&Envelope::new(event, order.correlation_id, None))?;
+    let values: Vec<Value> = vec![
+        order.id.into(),
+        now.into(),
+        payment.transaction_id.clone().into(),
+        reason.into(),
+        row.id.into(),
+        row.aggregate_type.into(),
+        row.aggregate_id.into(),
+        row.event_type.as_str().into(),
+        row.routing_key.into(),
+        row.correlation_id.into(),
+        row.payload.into(),
+        row.created_at.into(),
+        notification.map(|n| n.provider.as_str().to_owned()).into(),
+        notification.map(|n| n.event_id.to_owned()).into(),
+        notification
+            .and_then(|n| n.out_trade_no)
+            .map(str::to_owned)
+            .into(),
+        notification.map(|n| n.headers.clone()).into(),
+        notification.map(|n| n.raw_body.to_owned()).into(),
+    ];
+    let result = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            PAID_SQL,
+            values,
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("the payment returned no row".into()))?;
+    if result.try_get::<i64>("", "advanced")? != 1 {
+        return Err(DbErr::Custom(
+            "a locked pending order changed status".into(),
+        ));
+    }
+    Ok(result.try_get::<i64>("", "stored")? == 1)
 }
 
 /// The refund number of a late payment's automatic refund: derived from the order alone, so

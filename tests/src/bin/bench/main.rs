@@ -107,8 +107,15 @@ async fn main() {
             .join("bench");
     std::fs::create_dir_all(&out_dir).expect("target/bench");
     let bench_started = Instant::now();
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("profile") {
-        return profile_only(&out_dir).await;
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("profile") => return profile_only(&out_dir).await,
+        Ok("notify") => return notify_only().await,
+        Ok("fanout") => return fanout_only().await,
+        Ok(other) => {
+            eprintln!("BENCH_ONLY={other}: expected profile, notify or fanout");
+            std::process::exit(2);
+        }
+        Err(_) => {}
     }
 
     // 1. Floors.
@@ -227,6 +234,48 @@ async fn main() {
     let failures = report::write(&r, &out_dir);
     if !failures.is_empty() {
         eprintln!("FAILED: {}", failures.join("; "));
+        std::process::exit(1);
+    }
+}
+
+/// `BENCH_ONLY=notify`: only the verified notifications, for comparing two builds.
+async fn notify_only() {
+    let n = notify::run().await;
+    println!("{:.0} notifications applied/s", n.rate);
+    println!("| component | share of a core | µs per notification |\n|---|---|---|");
+    for (name, share, us) in &n.cpu {
+        println!("| {name} | {:.0} % | {us:.0} |", share * 100.0);
+    }
+    if n.unpaid + n.doubled > 0 || n.refused > 0 {
+        eprintln!(
+            "FAILED: {} unpaid, {} paid twice, {} refused",
+            n.unpaid, n.doubled, n.refused
+        );
+        std::process::exit(1);
+    }
+}
+
+/// `BENCH_ONLY=fanout`: only the merchant consoles, for comparing two builds.
+async fn fanout_only() {
+    let f = fanout::run(CONSOLES.min(fanout::descriptors().saturating_sub(500))).await;
+    println!(
+        "{} consoles, {} of {} receipts; RSS {:.0} MiB idle, {:.0} MiB with the consoles; \
+         commit → receipt p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms",
+        f.sockets,
+        f.received,
+        f.expected,
+        f.rss_idle,
+        f.rss_open,
+        f.p(0.5),
+        f.p(0.95),
+        f.p(0.99)
+    );
+    if f.refused > 0 || f.received < f.expected {
+        eprintln!(
+            "FAILED: {} refused, {} receipts missing",
+            f.refused,
+            f.expected - f.received
+        );
         std::process::exit(1);
     }
 }
