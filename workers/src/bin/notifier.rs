@@ -1,5 +1,8 @@
 //! The notifier worker.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     memberline_workers::main_for(&[memberline_schema::topology::Worker::Notifier]).await

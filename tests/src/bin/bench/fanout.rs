@@ -56,12 +56,15 @@ fn now_ms() -> f64 {
 }
 
 /// One console: waits for its `hello`, says so, then times every paid order it hears about
-/// until it has `PURCHASES` or `stop` fires.
+/// until it has `PURCHASES` or `stop` fires, and reports its times on `done`. It keeps its
+/// socket open until `stop`: consoles closing while the gateway still pushes to the others
+/// would be measured as the push's latency (they made the last push's p99 twice the others').
 async fn console(
     request: tokio_tungstenite::tungstenite::handshake::client::Request,
     opened: tokio::sync::mpsc::Sender<bool>,
+    done: tokio::sync::mpsc::UnboundedSender<Vec<f64>>,
     stop: CancellationToken,
-) -> Vec<f64> {
+) {
     let config = WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0);
@@ -69,7 +72,8 @@ async fn console(
         tokio_tungstenite::connect_async_with_config(request, Some(config), false).await
     else {
         let _ = opened.send(false).await;
-        return Vec::new();
+        let _ = done.send(Vec::new());
+        return;
     };
     let mut times = Vec::with_capacity(PURCHASES);
     let mut said = false;
@@ -103,8 +107,9 @@ async fn console(
     if !said {
         let _ = opened.send(false).await;
     }
+    let _ = done.send(times);
+    stop.cancelled().await;
     let _ = socket.close(None).await;
-    times
 }
 
 pub async fn run(sockets: usize) -> Outcome {
@@ -126,6 +131,7 @@ pub async fn run(sockets: usize) -> Outcome {
     bar.set_prefix("merchant consoles");
     let stop = CancellationToken::new();
     let (opened_tx, mut opened_rx) = tokio::sync::mpsc::channel(1024);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     // At most 200 handshakes at a time.
     let gate = Arc::new(tokio::sync::Semaphore::new(200));
     let mut tasks = Vec::with_capacity(sockets);
@@ -136,17 +142,18 @@ pub async fn run(sockets: usize) -> Outcome {
             format!("Bearer {token}").parse().expect("header"),
         );
         let (opened, stop, gate) = (opened_tx.clone(), stop.clone(), gate.clone());
+        let done = done_tx.clone();
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.expect("gate");
             let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-            let timing = tokio::spawn(console(request, tx, stop));
+            let console = tokio::spawn(console(request, tx, done, stop));
             let ok = rx.recv().await.unwrap_or(false);
             drop(permit);
             let _ = opened.send(ok).await;
-            timing.await.unwrap_or_default()
+            let _ = console.await;
         }));
     }
-    drop(opened_tx);
+    drop((opened_tx, done_tx));
     let mut refused = 0;
     for _ in 0..sockets {
         match opened_rx.recv().await {
@@ -173,20 +180,23 @@ pub async fn run(sockets: usize) -> Outcome {
     };
     let (_, peak) = tokio::join!(pushes, sampler);
     rss_open = rss_open.max(peak);
-    // Every console has heard of every purchase, or a minute went by.
+    // Every console has heard of every purchase, or a minute went by; then they all close.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let stopper = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep_until(deadline.into()).await;
-            stop.cancel();
-        })
-    };
     let mut latencies = Vec::with_capacity(sockets * PURCHASES);
+    // One report per console, refused ones included (empty).
+    let reports = async {
+        for _ in 0..sockets {
+            match done_rx.recv().await {
+                Some(times) => latencies.extend(times),
+                None => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline.into(), reports).await;
+    stop.cancel();
     for t in tasks {
-        latencies.extend(t.await.unwrap_or_default());
+        let _ = t.await;
     }
-    stopper.abort();
     latencies.sort_by(|a, b| a.total_cmp(b));
     system.stop().await;
     Outcome {
