@@ -8,11 +8,6 @@ use memberline_platform::{Settings, db, shutdown, telemetry};
 use memberline_schema::Migrator;
 use sea_orm_migration::MigratorTrait;
 
-/// mimalloc's thread-local heaps: under glibc's allocator, a push to 10,000 sockets spent a
-/// fifth of the gateway's time in malloc, free and their arena locks.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "memberline",

@@ -1,8 +1,5 @@
 //! All four workers in one process (`make run`, small deployments).
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     memberline_workers::main_for(&memberline_schema::topology::Worker::ALL).await

@@ -57,12 +57,21 @@ impl PaidOrderEffect for Ledger {
         env: &Envelope<OrderPaid>,
     ) -> Result<Effects, HandlerError> {
         let e = &env.payload;
-        if point_ledger::reversed(txn, e.order_id).await? {
+        // Growth counts everything paid: fen, and points at their face value (1 point = 1 fen,
+        // as the catalogue prices them), so points buyers still grow toward the next level.
+        let growth_delta =
+            (e.amount_fen.max(0) + e.amount_points.max(0)) * self.growth_per_yuan / 100;
+        // Everything the reward depends on, in one read: whether it was reversed, the buyer's
+        // points, growth and level bonus, what they earned that day, their level after it.
+        let basis =
+            point_ledger::reward_basis(txn, e.buyer_id, e.order_id, e.paid_at, growth_delta)
+                .await?;
+        if basis.reversed {
             // Refunded before this reward was applied: nothing to give.
             return Ok(Effects::already_applied());
         }
-        let user = users::rewards(txn, e.buyer_id)
-            .await?
+        let user = basis
+            .user
             .ok_or_else(|| HandlerError::permanent(anyhow::anyhow!("unknown user")))?;
 
         let reward = reward_points(
@@ -70,16 +79,11 @@ impl PaidOrderEffect for Ledger {
             self.points_per_yuan,
             user.points_bonus_percent,
         );
-        // Growth counts everything paid: fen, and points at their face value (1 point = 1 fen,
-        // as the catalogue prices them), so points buyers still grow toward the next level.
-        let growth_delta =
-            (e.amount_fen.max(0) + e.amount_points.max(0)) * self.growth_per_yuan / 100;
         if reward == 0 && growth_delta == 0 {
             // Points and free orders earn nothing; the consumed-event claim still records it.
             return Ok(Effects::applied());
         }
-        let earned_that_day = point_ledger::rewarded_on_day_of(txn, e.buyer_id, e.paid_at).await?;
-        let (credited, excess) = apply_cap(reward, earned_that_day, self.daily_cap);
+        let (credited, excess) = apply_cap(reward, basis.earned_that_day, self.daily_cap);
         let entry = point_ledger::Reward {
             user_id: e.buyer_id,
             order_id: e.order_id,
@@ -89,7 +93,10 @@ impl PaidOrderEffect for Ledger {
             earned_at: e.paid_at,
             growth: growth_delta,
         };
-        if !point_ledger::credit_reward(txn, entry).await? {
+        let new_growth = user.growth + growth_delta;
+        let new_level = basis.level_after.unwrap_or(user.level_id);
+        // The entry and the buyer's new points, growth and level: one statement.
+        if !point_ledger::credit_reward(txn, entry, new_growth, new_level).await? {
             return Ok(Effects::already_applied());
         }
         if excess > 0 {
@@ -100,11 +107,6 @@ impl PaidOrderEffect for Ledger {
                 "Daily points cap reached; excess flagged, not credited"
             );
         }
-        let new_growth = user.growth + growth_delta;
-        let new_level = levels::for_growth(txn, new_growth)
-            .await?
-            .unwrap_or(user.level_id);
-        users::add_reward(txn, e.buyer_id, credited, new_growth, new_level).await?;
         if new_level != user.level_id {
             let changed = LevelChanged {
                 user_id: e.buyer_id,
