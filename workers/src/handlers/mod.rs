@@ -13,6 +13,7 @@ pub mod savings;
 
 use crate::decide::HandlerError;
 use crate::runtime::{Effects, Handler, Incoming};
+use crate::store::orders::Claimed;
 use crate::store::{orders, users};
 use memberline_schema::events::{Envelope, Event, EventType, OrderPaid, OrderRefunded};
 use memberline_schema::states::OrderStatus;
@@ -90,16 +91,27 @@ pub async fn lock_user(txn: &DatabaseTransaction, user_id: i64) -> Result<(), Ha
 }
 
 /// The common start of every effect that changes a buyer's records: decode `order.paid.v1`,
-/// check its order, and lock the buyer so effects of one buyer's orders apply one at a time.
-/// The check and the lock are one statement: the order's standing is read as of the
-/// statement's start, as it was when they were two.
-pub async fn paid_order_locked(
+/// claim it for `consumer` (unless the runtime did), check its order, and lock the buyer so effects of one buyer's
+/// orders apply one at a time. The claim, the check and the lock are one statement: the
+/// order's standing is read as of the statement's start, as it was when they were three.
+/// `None` when the event was consumed before (nothing checked, nothing to do).
+pub async fn paid_order_claimed_and_locked(
     txn: &DatabaseTransaction,
+    consumer: Worker,
     msg: &Incoming,
-) -> Result<Envelope<OrderPaid>, HandlerError> {
+) -> Result<Option<Envelope<OrderPaid>>, HandlerError> {
     let env = order_paid(msg)?;
     let e = &env.payload;
-    let found = orders::standing_locking_buyer(txn, e.order_id, e.buyer_id).await?;
+    let claim = (!msg.claimed).then_some((
+        consumer.as_str(),
+        msg.head.event_id,
+        msg.head.event_type.as_str(),
+    ));
+    let found =
+        match orders::claim_standing_locking_buyer(txn, claim, e.order_id, e.buyer_id).await? {
+            Claimed::Before => return Ok(None),
+            Claimed::Now(found) => found,
+        };
     let locked = found.is_some_and(|(_, locked)| locked);
     check_paid(e, found.map(|(order, _)| order))?;
     if !locked {
@@ -108,7 +120,7 @@ pub async fn paid_order_locked(
             e.buyer_id
         )));
     }
-    Ok(env)
+    Ok(Some(env))
 }
 
 /// Fails permanently unless the refunded order exists, belongs to the buyer and is refunded.
@@ -179,6 +191,12 @@ impl<E: PaidOrderEffect> Handler for E {
         E::WORKER
     }
 
+    /// `order.paid.v1` (the hot path) is claimed in the statement that checks the order and
+    /// locks the buyer.
+    fn claims_itself(&self, msg: &Incoming) -> bool {
+        matches!(msg.head.kind(), Some(EventType::OrderPaid) | None)
+    }
+
     async fn apply(
         &self,
         txn: &DatabaseTransaction,
@@ -199,8 +217,10 @@ impl<E: PaidOrderEffect> Handler for E {
                 self.apply_refunded(txn, &env).await
             }
             Some(EventType::OrderPaid) | None => {
-                let env = paid_order_locked(txn, msg).await?;
-                self.apply_paid(txn, &env).await
+                match paid_order_claimed_and_locked(txn, E::WORKER, msg).await? {
+                    Some(env) => self.apply_paid(txn, &env).await,
+                    None => Ok(Effects::already_applied()),
+                }
             }
             Some(_) => self.apply_other(txn, msg).await,
         }

@@ -54,7 +54,10 @@ pub async fn process(
     let deferrals = header_i64(&delivery.properties, headers::DEFERRALS)
         .and_then(|d| u32::try_from(d).ok())
         .unwrap_or(0);
-    let handled = match decode(&delivery.data, attempt) {
+    let handled = match decode(&delivery.data, attempt).map(|mut msg| {
+        msg.claimed = !handler.claims_itself(&msg);
+        msg
+    }) {
         Err(reason) => Handled {
             decision: Decision::DeadLetter {
                 reason: reason.clone(),
@@ -256,6 +259,7 @@ fn decode(data: &[u8], attempt: u32) -> Result<Incoming, String> {
         head,
         envelope,
         attempt,
+        claimed: true,
     })
 }
 

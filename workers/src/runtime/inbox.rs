@@ -1,6 +1,8 @@
 //! The inbox: a worker claims an event id in `consumed_events` in the same transaction as its
 //! effect. A second claim of the same (consumer, event id) finds the row and does nothing, so
-//! a redelivered, re-published or replayed event is acknowledged without effect.
+//! a redelivered, re-published or replayed event is acknowledged without effect. The claim is
+//! the transaction's first statement, or part of the handler's first statement when it
+//! [claims the event itself](crate::runtime::Handler::claims_itself).
 
 use crate::decide::{HandlerError, Outcome};
 use crate::runtime::{Effects, Handler, Incoming};
@@ -16,7 +18,7 @@ pub async fn claim(
     consumed_events::claim(txn, consumer, msg.head.event_id, &msg.head.event_type).await
 }
 
-/// Claim, apply, commit. Returns the outcome and, once committed, the effects whose follow-ups
+/// Claim (unless the handler does: [`Incoming::claimed`]), apply, commit. Returns the outcome and, once committed, the effects whose follow-ups
 /// (pushes, waking the channel sender) the runtime carries out.
 pub async fn apply_once(
     handler: &dyn Handler,
@@ -24,7 +26,7 @@ pub async fn apply_once(
     msg: &Incoming,
 ) -> Result<(Outcome, Effects), HandlerError> {
     let txn = db.begin().await?;
-    if !claim(&txn, handler.worker().as_str(), msg).await? {
+    if msg.claimed && !claim(&txn, handler.worker().as_str(), msg).await? {
         let _ = txn.rollback().await;
         return Ok((Outcome::Duplicate, Effects::default()));
     }

@@ -4,6 +4,7 @@
 use super::one;
 use memberline_schema::states::OrderStatus;
 use sea_orm::{DatabaseTransaction, DbErr};
+use uuid::Uuid;
 
 /// Who bought an order and where it is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,25 +24,59 @@ pub async fn standing(txn: &DatabaseTransaction, order_id: i64) -> Result<Option
     row.map(|row| read_standing(order_id, &row)).transpose()
 }
 
-/// [`standing`], and in the same statement (one round trip) the lock on the buyer's row when
-/// the order is `buyer_id`'s (see `users::lock`): `(standing, locked)`. `locked` is `false`
-/// when the order is someone else's, or the buyer does not exist.
-pub async fn standing_locking_buyer(
+/// What [`claim_standing_locking_buyer`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claimed {
+    /// The consumer had consumed the event before: nothing else was looked at.
+    Before,
+    /// Claimed now: the order's standing (`None`: no such order) and whether the buyer's row is
+    /// locked (`false` when the order is someone else's, or the buyer does not exist).
+    Now(Option<(Standing, bool)>),
+}
+
+/// Claims `event_id` for `consumer` when given (see `consumed_events::claim`; `None`: claimed
+/// before in this transaction) and, in the same statement (one round trip where it took
+/// three), reads order `order_id`'s [`standing`] and locks the buyer's row when the order is
+/// `buyer_id`'s (see `users::lock`).
+pub async fn claim_standing_locking_buyer(
     txn: &DatabaseTransaction,
+    claim: Option<(&str, Uuid, &str)>,
     order_id: i64,
     buyer_id: i64,
-) -> Result<Option<(Standing, bool)>, DbErr> {
+) -> Result<Claimed, DbErr> {
     let row = one(
         txn,
-        "SELECT o.buyer_id, o.status, u.id IS NOT NULL AS locked FROM orders o \
+        "WITH c AS ( \
+             INSERT INTO consumed_events (consumer, event_id, event_type) \
+             SELECT $3, $4, $5 WHERE $3::text IS NOT NULL \
+             ON CONFLICT DO NOTHING RETURNING event_id \
+         ) \
+         SELECT (SELECT count(*) FROM c) AS claimed, o.buyer_id, o.status, \
+                u.id IS NOT NULL AS locked \
+         FROM (SELECT 1) one \
+         LEFT JOIN orders o ON o.id = $1 \
          LEFT JOIN LATERAL (SELECT id FROM users WHERE id = o.buyer_id AND o.buyer_id = $2 \
-                            FOR UPDATE) u ON true \
-         WHERE o.id = $1",
-        [order_id.into(), buyer_id.into()],
+                            FOR UPDATE) u ON true",
+        [
+            order_id.into(),
+            buyer_id.into(),
+            claim.map(|(consumer, _, _)| consumer.to_owned()).into(),
+            claim.map(|(_, event_id, _)| event_id).into(),
+            claim.map(|(_, _, event_type)| event_type.to_owned()).into(),
+        ],
     )
-    .await?;
-    row.map(|row| Ok((read_standing(order_id, &row)?, row.try_get("", "locked")?)))
-        .transpose()
+    .await?
+    .ok_or_else(|| DbErr::Custom("the claim returned no row".into()))?;
+    if claim.is_some() && row.try_get::<i64>("", "claimed")? == 0 {
+        return Ok(Claimed::Before);
+    }
+    if row.try_get::<Option<i64>>("", "buyer_id")?.is_none() {
+        return Ok(Claimed::Now(None));
+    }
+    Ok(Claimed::Now(Some((
+        read_standing(order_id, &row)?,
+        row.try_get("", "locked")?,
+    ))))
 }
 
 fn read_standing(order_id: i64, row: &sea_orm::QueryResult) -> Result<Standing, DbErr> {

@@ -111,8 +111,9 @@ async fn main() {
         Ok("profile") => return profile_only(&out_dir).await,
         Ok("notify") => return notify_only().await,
         Ok("fanout") => return fanout_only().await,
+        Ok("e2e") => return e2e_only().await,
         Ok(other) => {
-            eprintln!("BENCH_ONLY={other}: expected profile, notify or fanout");
+            eprintln!("BENCH_ONLY={other}: expected profile, notify, fanout or e2e");
             std::process::exit(2);
         }
         Err(_) => {}
@@ -250,6 +251,35 @@ async fn notify_only() {
         eprintln!(
             "FAILED: {} unpaid, {} paid twice, {} refused",
             n.unpaid, n.doubled, n.refused
+        );
+        std::process::exit(1);
+    }
+}
+
+/// `BENCH_ONLY=e2e`: floor (b) at 8 connections, then end to end offered 500 purchases/s
+/// (more than the pipeline carries here), for comparing two builds of the workers.
+async fn e2e_only() {
+    let floor_db = TestDb::create().await;
+    floors::seed_buyers(&floor_db.conn).await;
+    let floor = pipeline::pipeline_floor(&floor_db.url, 8, WINDOW / 2.0).await * 4.0;
+    drop(floor_db);
+    let system = System::start(true).await;
+    let run = end_to_end(&system, "end to end, 500/s", 500.0).await;
+    let doubled = e2e::doubled_effects(&system.db).await;
+    system.stop().await;
+    println!(
+        "{:.0} effects/s against floor (b) {floor:.0}/s: {:.2}",
+        run.effects_rate,
+        run.effects_rate / floor
+    );
+    println!("| component | share of a core | µs per effect |\n|---|---|---|");
+    for (name, share, us) in &run.cpu {
+        println!("| {name} | {:.0} % | {us:.0} |", share * 100.0);
+    }
+    if run.run.errors() > 0 || doubled > 0 {
+        eprintln!(
+            "FAILED: {} failed purchases, {doubled} doubled effects",
+            run.run.errors()
         );
         std::process::exit(1);
     }
