@@ -39,16 +39,33 @@ pub fn order_paid(msg: &Incoming) -> Result<Envelope<OrderPaid>, HandlerError> {
     decode(msg)
 }
 
-/// Fails permanently unless the order exists, belongs to the buyer and is paid (or was paid
-/// and is being, or was, refunded since); the order's standing.
-pub async fn require_paid_order(
-    txn: &DatabaseTransaction,
-    event: &OrderPaid,
-) -> Result<orders::Standing, HandlerError> {
-    check_paid(event, orders::standing(txn, event.order_id).await?)
+/// The claim of `msg` for `consumer` that the handler makes itself (see
+/// [`Handler::claims_itself`]); `None` when the runtime made it.
+fn claim_of(consumer: Worker, msg: &Incoming) -> Option<(&'static str, uuid::Uuid, &str)> {
+    (!msg.claimed).then_some((
+        consumer.as_str(),
+        msg.head.event_id,
+        msg.head.event_type.as_str(),
+    ))
 }
 
-/// The checks of [`require_paid_order`] on an order's standing (`None`: no such order).
+/// Claims `msg` for `consumer` (unless the runtime did) and, in the same statement, reads the
+/// order; fails permanently unless it exists, belongs to the buyer and is paid (or was paid
+/// and is being, or was, refunded since). The order's standing, or `None` when the event was
+/// consumed before (nothing checked, nothing to do).
+pub async fn claim_paid_order(
+    txn: &DatabaseTransaction,
+    consumer: Worker,
+    msg: &Incoming,
+    event: &OrderPaid,
+) -> Result<Option<orders::Standing>, HandlerError> {
+    match orders::claim_standing(txn, claim_of(consumer, msg), event.order_id, None).await? {
+        Claimed::Before => Ok(None),
+        Claimed::Now(found) => check_paid(event, found.map(|(order, _)| order)).map(Some),
+    }
+}
+
+/// The checks of [`claim_paid_order`] on an order's standing (`None`: no such order).
 fn check_paid(
     event: &OrderPaid,
     order: Option<orders::Standing>,
@@ -102,16 +119,11 @@ pub async fn paid_order_claimed_and_locked(
 ) -> Result<Option<Envelope<OrderPaid>>, HandlerError> {
     let env = order_paid(msg)?;
     let e = &env.payload;
-    let claim = (!msg.claimed).then_some((
-        consumer.as_str(),
-        msg.head.event_id,
-        msg.head.event_type.as_str(),
-    ));
-    let found =
-        match orders::claim_standing_locking_buyer(txn, claim, e.order_id, e.buyer_id).await? {
-            Claimed::Before => return Ok(None),
-            Claimed::Now(found) => found,
-        };
+    let claim = claim_of(consumer, msg);
+    let found = match orders::claim_standing(txn, claim, e.order_id, Some(e.buyer_id)).await? {
+        Claimed::Before => return Ok(None),
+        Claimed::Now(found) => found,
+    };
     let locked = found.is_some_and(|(_, locked)| locked);
     check_paid(e, found.map(|(order, _)| order))?;
     if !locked {

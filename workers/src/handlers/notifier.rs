@@ -10,10 +10,10 @@
 //! transaction); [`crate::sender`] sends it after the commit. Nothing here waits on a receiver,
 //! so a slow webhook holds no pooled connection and delays no other effect.
 
-use super::{decode, order_paid, require_paid_order};
+use super::{claim_paid_order, decode, order_paid};
 use crate::decide::HandlerError;
 use crate::runtime::{Effects, Handler, Incoming, Push};
-use crate::store::channel_deliveries::{self, Content};
+use crate::store::channel_deliveries::Content;
 use crate::store::notifications::{self, Note};
 use crate::store::{console_feed, levels};
 use memberline_schema::events::{
@@ -49,6 +49,15 @@ impl Handler for Notifier {
         Worker::Notifier
     }
 
+    /// `order.paid.v1` (and what [`Notifier::order_paid`] refuses) is claimed in the statement
+    /// that reads the order.
+    fn claims_itself(&self, msg: &Incoming) -> bool {
+        matches!(
+            msg.head.kind(),
+            Some(EventType::OrderPaid | EventType::MembershipRevoked) | None
+        )
+    }
+
     async fn apply(
         &self,
         txn: &DatabaseTransaction,
@@ -78,7 +87,10 @@ impl Notifier {
     ) -> Result<Effects, HandlerError> {
         let env = order_paid(msg)?;
         let e = &env.payload;
-        if require_paid_order(txn, e).await?.status == OrderStatus::Refunded {
+        let Some(standing) = claim_paid_order(txn, Worker::Notifier, msg, e).await? else {
+            return Ok(Effects::already_applied());
+        };
+        if standing.status == OrderStatus::Refunded {
             // Refunded before this was announced (the event waited in a retry tier): the
             // refund's own message is what the buyer and the console need.
             return Ok(Effects::already_applied());
@@ -429,16 +441,15 @@ async fn inbox_and_message(
     txn: &DatabaseTransaction,
     note: Note<'_>,
 ) -> Result<bool, HandlerError> {
-    if !notifications::add(txn, note).await? {
-        return Ok(false);
-    }
     let content = Content {
         title: note.title.to_owned(),
         body: note.body.to_owned(),
     };
+    let payload = serde_json::to_value(&content)
+        .map_err(|e| HandlerError::permanent(anyhow::anyhow!("message content: {e}")))?;
     let message_id = format!("{}-{}", note.event_id, note.kind);
-    channel_deliveries::record(txn, &message_id, note.user_id, note.kind, &content).await?;
-    Ok(true)
+    // The note and its message: one statement.
+    Ok(notifications::add_with_message(txn, note, &message_id, payload).await?)
 }
 
 /// Puts `note` in the buyer's inbox and, unless this event left it before, pushes `push` to the

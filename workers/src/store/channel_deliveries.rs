@@ -1,14 +1,12 @@
 //! `channel_deliveries`: template/SMS/webhook messages waiting to leave, one per message id
 //! (`UNIQUE (message_id)`: event id and kind). The notifier records a message in its effect
-//! transaction; the channel sender ([`crate::sender`]) claims due ones, sends them outside any
-//! transaction and records how each attempt went. Each of the sender's statements runs on its
+//! transaction, with the inbox note it repeats (`notifications::add_with_message`); the channel
+//! sender ([`crate::sender`]) claims due ones, sends them outside any transaction and records
+//! how each attempt went. Each of the sender's statements runs on its
 //! own (a short transaction), so no row lock outlives a statement.
 
-use super::insert_once;
 use memberline_schema::states::NotificationKind;
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use std::time::Duration;
 
 /// What a message says; stored as the row's `payload`.
@@ -16,29 +14,6 @@ use std::time::Duration;
 pub struct Content {
     pub title: String,
     pub body: String,
-}
-
-/// Records message `message_id` for the sender; `false` when it was recorded before.
-pub async fn record(
-    txn: &DatabaseTransaction,
-    message_id: &str,
-    user_id: i64,
-    kind: NotificationKind,
-    content: &Content,
-) -> Result<bool, DbErr> {
-    let payload = serde_json::to_value(content).map_err(|e| DbErr::Json(e.to_string()))?;
-    insert_once(
-        txn,
-        "INSERT INTO channel_deliveries (message_id, user_id, kind, payload) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (message_id) DO NOTHING RETURNING id",
-        [
-            message_id.into(),
-            user_id.into(),
-            kind.as_str().into(),
-            payload.into(),
-        ],
-    )
-    .await
 }
 
 /// A message a sender claimed: its own until the lease runs out.

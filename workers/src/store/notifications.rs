@@ -36,3 +36,38 @@ pub async fn add(txn: &DatabaseTransaction, note: Note<'_>) -> Result<bool, DbEr
     )
     .await
 }
+
+/// [`add`], and when the note is new, the same text recorded as channel message `message_id`
+/// for the sender (a `channel_deliveries` row, which the sender claims and sends), in one
+/// statement; `false` when this event
+/// already left that note (nothing written).
+pub async fn add_with_message(
+    txn: &DatabaseTransaction,
+    note: Note<'_>,
+    message_id: &str,
+    payload: serde_json::Value,
+) -> Result<bool, DbErr> {
+    insert_once(
+        txn,
+        "WITH n AS ( \
+             INSERT INTO notifications (user_id, event_id, kind, title, body, order_id) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (event_id, user_id, kind) DO NOTHING RETURNING id \
+         ), m AS ( \
+             INSERT INTO channel_deliveries (message_id, user_id, kind, payload) \
+             SELECT $7, $1, $3, $8 FROM n ON CONFLICT (message_id) DO NOTHING \
+         ) \
+         SELECT id FROM n",
+        [
+            note.user_id.into(),
+            note.event_id.into(),
+            note.kind.as_str().into(),
+            note.title.into(),
+            note.body.into(),
+            note.order_id.into(),
+            message_id.into(),
+            payload.into(),
+        ],
+    )
+    .await
+}

@@ -35,14 +35,14 @@ pub enum Claimed {
 }
 
 /// Claims `event_id` for `consumer` when given (see `consumed_events::claim`; `None`: claimed
-/// before in this transaction) and, in the same statement (one round trip where it took
-/// three), reads order `order_id`'s [`standing`] and locks the buyer's row when the order is
-/// `buyer_id`'s (see `users::lock`).
-pub async fn claim_standing_locking_buyer(
+/// before in this transaction) and, in the same statement (one round trip where it took up to
+/// three), reads order `order_id`'s [`standing`] and, given `lock_buyer`, locks the buyer's row
+/// when the order is that buyer's (see `users::lock`).
+pub async fn claim_standing(
     txn: &DatabaseTransaction,
     claim: Option<(&str, Uuid, &str)>,
     order_id: i64,
-    buyer_id: i64,
+    lock_buyer: Option<i64>,
 ) -> Result<Claimed, DbErr> {
     let row = one(
         txn,
@@ -59,7 +59,7 @@ pub async fn claim_standing_locking_buyer(
                             FOR UPDATE) u ON true",
         [
             order_id.into(),
-            buyer_id.into(),
+            lock_buyer.into(),
             claim.map(|(consumer, _, _)| consumer.to_owned()).into(),
             claim.map(|(_, event_id, _)| event_id).into(),
             claim.map(|(_, _, event_type)| event_type.to_owned()).into(),
