@@ -112,8 +112,9 @@ async fn main() {
         Ok("notify") => return notify_only().await,
         Ok("fanout") => return fanout_only().await,
         Ok("e2e") => return e2e_only().await,
+        Ok("checkout") => return checkout_only().await,
         Ok(other) => {
-            eprintln!("BENCH_ONLY={other}: expected profile, notify, fanout or e2e");
+            eprintln!("BENCH_ONLY={other}: expected profile, notify, fanout, e2e or checkout");
             std::process::exit(2);
         }
         Err(_) => {}
@@ -252,6 +253,42 @@ async fn notify_only() {
             "FAILED: {} unpaid, {} paid twice, {} refused",
             n.unpaid, n.doubled, n.refused
         );
+        std::process::exit(1);
+    }
+}
+
+/// `BENCH_ONLY=checkout`: floor (a) at 4 connections, then checkout's closed loop at 8 in flight,
+/// with the CPU by component, for comparing two builds (or settings, with `BENCH_ENV`).
+async fn checkout_only() {
+    let floor_db = TestDb::create().await;
+    floors::seed_buyers(&floor_db.conn).await;
+    let (floor, _) = floors::purchase_floor(&floor_db.url, 4, WINDOW / 2.0).await;
+    drop(floor_db);
+    let system = System::start(false).await;
+    system.shop("warm").closed_loop("warm-up", 8, 2.0).await;
+    let before = cpu::snapshot();
+    let run = system
+        .shop("closed")
+        .closed_loop("closed loop, 8 in flight", 8, WINDOW)
+        .await;
+    let used = cpu::between(
+        &before,
+        &cpu::snapshot(),
+        run.elapsed.as_secs_f64(),
+        run.ok(),
+    );
+    system.stop().await;
+    println!(
+        "{:.0} purchases/s against floor (a) {floor:.0}/s: {:.2}",
+        run.rate(),
+        run.rate() / floor
+    );
+    println!("| component | share of a core | µs per purchase |\n|---|---|---|");
+    for (name, share, us) in &used {
+        println!("| {name} | {:.0} % | {us:.0} |", share * 100.0);
+    }
+    if run.errors() > 0 {
+        eprintln!("FAILED: {} failed purchases", run.errors());
         std::process::exit(1);
     }
 }
