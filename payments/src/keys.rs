@@ -17,6 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rsa::pkcs1::EncodeRsaPublicKey;
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use std::path::Path;
 use std::sync::Arc;
@@ -86,6 +87,12 @@ impl Verifying {
                 RsaPublicKey::from_pkcs1_pem(pem)
             })
             .map_err(|e| format!("not an RSA public key: {e}"))?;
+        if public.size() < 256 {
+            return Err(format!(
+                "an RSA key of {} bits; 2048 at least",
+                public.size() * 8
+            ));
+        }
         let pkcs1 = public
             .to_pkcs1_der()
             .map_err(|e| format!("not an RSA public key: {e}"))?;
@@ -227,6 +234,18 @@ mod tests {
         let theirs = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(private).sign(b"a=1&b=2");
         let signer = Signer::from_pem_file("k", &dev("alipay/app_private_key.pem")).unwrap();
         assert_eq!(signer.sign(b"a=1&b=2"), STANDARD.encode(theirs.to_bytes()));
+    }
+
+    #[test]
+    fn a_public_key_under_2048_bits_is_refused_when_loaded() {
+        use rsa::pkcs8::LineEnding;
+        let weak = RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 1024).unwrap();
+        let pem = weak
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        let err = Verifying::from_pem(&pem).unwrap_err();
+        assert!(err.contains("1024 bits"), "{err}");
     }
 
     #[test]

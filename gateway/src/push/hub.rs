@@ -123,6 +123,10 @@ impl Hub {
     /// numbers up to `to`.
     fn pushed_all(&self, from: i64, to: i64) -> bool {
         let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+        if to < from {
+            // The feed went back (emptied and renumbered): what was remembered is of no use.
+            pushed.clear();
+        }
         let all = to <= from || pushed.range(from + 1..=to).count() as i64 == to - from;
         *pushed = pushed.split_off(&(to + 1));
         all
