@@ -51,19 +51,14 @@ impl PaidOrderEffect for Savings {
     ) -> Result<Effects, HandlerError> {
         let e = &env.payload;
         let (saved_fen, saved_points) = saved(e);
-        if !savings_entries::record(txn, e.buyer_id, e.order_id, saved_fen, saved_points).await? {
+        // A grant is recorded (the business key) but not counted as a purchase.
+        let counted =
+            (e.pay_method != PayMethod::AdminGrant).then_some((e.amount_fen, self.promoter));
+        // The entry and the buyer's totals: one statement.
+        let saving = (saved_fen, saved_points);
+        if !savings_entries::record(txn, e.buyer_id, e.order_id, saving, counted).await? {
             return Ok(Effects::already_applied());
         }
-        if e.pay_method == PayMethod::AdminGrant {
-            // Recorded (the business key) but not counted as a purchase.
-            return Ok(Effects::applied());
-        }
-        let purchase = Purchase {
-            saved_fen,
-            saved_points,
-            paid_fen: e.amount_fen,
-        };
-        users::add_purchase(txn, e.buyer_id, purchase, self.promoter).await?;
         Ok(Effects::applied())
     }
 

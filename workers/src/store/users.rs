@@ -84,33 +84,6 @@ pub struct PromoterThresholds {
     pub min_paid_fen: i64,
 }
 
-/// Adds one purchase to the buyer's savings, purchase count and total paid, and makes them a
-/// promoter once either threshold is reached (never the other way).
-pub async fn add_purchase(
-    txn: &DatabaseTransaction,
-    user_id: i64,
-    purchase: Purchase,
-    promoter: PromoterThresholds,
-) -> Result<(), DbErr> {
-    txn.execute_raw(statement(
-        "UPDATE users SET total_saved_fen = total_saved_fen + $2, \
-         total_saved_points = total_saved_points + $3, \
-         purchase_count = purchase_count + 1, total_paid_fen = total_paid_fen + $4, \
-         is_promoter = is_promoter OR purchase_count + 1 >= $5 OR total_paid_fen + $4 >= $6, \
-         updated_at = now() WHERE id = $1",
-        [
-            user_id.into(),
-            purchase.saved_fen.into(),
-            purchase.saved_points.into(),
-            purchase.paid_fen.into(),
-            promoter.min_purchases.into(),
-            promoter.min_paid_fen.into(),
-        ],
-    ))
-    .await?;
-    Ok(())
-}
-
 /// Takes one purchase off the buyer's totals (a refund), never below zero, and sets promoter
 /// status from the thresholds again.
 pub async fn remove_purchase(
