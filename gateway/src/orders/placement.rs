@@ -419,7 +419,7 @@ pub(super) async fn insert_order(
     let order_id: i64 = txn
         .query_one_raw(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id",
+            format!("SELECT {} AS id", statements::NEXT_ORDER_ID),
         ))
         .await?
         .ok_or_else(|| anyhow::anyhow!("nextval returned no row"))?

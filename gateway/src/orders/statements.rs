@@ -97,6 +97,10 @@ pub(super) struct Checked {
     pub order_id: i64,
 }
 
+/// The next order id. The sequence is named once, when the statement is prepared (where
+/// `pg_get_serial_sequence` searched the catalogue at every purchase).
+pub(super) const NEXT_ORDER_ID: &str = "nextval('orders_id_seq'::regclass)";
+
 static CHECK_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {}, \
@@ -104,7 +108,7 @@ static CHECK_SQL: LazyLock<String> = LazyLock::new(|| {
                  WHERE u.id = $1) AS discount_percent, \
                 {PERMANENT_COUNT} AS permanent, {FREE_CLAIMS} AS free_claims, \
                 k.request_hash, k.status_code, k.response_body, k.order_id AS key_order_id, \
-                nextval(pg_get_serial_sequence('orders', 'id')) AS order_id \
+                {NEXT_ORDER_ID} AS order_id \
          FROM (SELECT 1) one \
          LEFT JOIN plans p ON p.id = $2 \
          LEFT JOIN idempotency_keys k ON k.user_id = $1 AND k.key = $3",

@@ -30,6 +30,7 @@ pub fn routes() -> Router<Shared> {
             get(trade_view),
         )
         .route("/emulator/notify-mode", get(get_mode).post(set_mode))
+        .route("/emulator/release", post(release))
         .route("/emulator/notifications", get(list_attempts))
         .route("/emulator/events", get(list_events))
         .route("/emulator/send", post(send))
@@ -267,6 +268,30 @@ async fn set_mode(
         },
     );
     Json(modes(&emu)).into_response()
+}
+
+#[derive(Deserialize)]
+struct ReleaseRequest {
+    provider: Option<Provider>,
+    concurrency: Option<usize>,
+}
+
+/// `POST /emulator/release {provider?, concurrency?}`: sends the notifications held by hold
+/// mode, `concurrency` (1 to 1000, default 32) at a time; answers how many there were.
+async fn release(
+    State(emu): State<Shared>,
+    payload: Result<Json<ReleaseRequest>, JsonRejection>,
+) -> Response {
+    let req = match body(payload) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let concurrency = req.concurrency.unwrap_or(32);
+    if !(1..=1000).contains(&concurrency) {
+        return json_error(StatusCode::BAD_REQUEST, "concurrency must be 1 to 1000");
+    }
+    let released = notify::release(&emu, req.provider, concurrency);
+    Json(json!({ "released": released })).into_response()
 }
 
 #[derive(Deserialize)]

@@ -3,8 +3,8 @@
 //! signature probes), background delivery with each provider's retry schedule × time-scale, and
 //! the log of every event and every send attempt that the control API exposes.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -30,6 +30,9 @@ pub enum Mode {
     #[default]
     Deliver,
     Drop,
+    /// Signed and encrypted when the event happens, sent when `POST /emulator/release` asks (a
+    /// bench can take the provider's own work out of what it times).
+    Hold,
 }
 
 /// How the next events of one provider are delivered.
@@ -101,6 +104,8 @@ pub struct Hub {
     alipay_mode: Mutex<NotifyMode>,
     attempts: Mutex<Vec<Attempt>>,
     events: Mutex<Vec<EventRecord>>,
+    /// Notifications of hold mode, with their first send already signed.
+    held: Mutex<Vec<(Notification, Rendered)>>,
     seq: AtomicU64,
 }
 
@@ -194,6 +199,7 @@ pub struct Wire {
 }
 
 /// A request ready to send.
+#[derive(Debug)]
 pub struct Rendered {
     pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
@@ -331,8 +337,21 @@ pub async fn send_once(
     copy: u32,
     crafted: bool,
 ) -> (Attempt, Reply) {
-    let url = n.url.clone().unwrap_or_default();
     let rendered = n.render(emu, wire);
+    send_rendered(emu, n, rendered, wire.probe, attempt, copy, crafted).await
+}
+
+/// Sends one request signed earlier and records the attempt.
+async fn send_rendered(
+    emu: &Emulator,
+    n: &Notification,
+    rendered: Rendered,
+    probe: bool,
+    attempt: u32,
+    copy: u32,
+    crafted: bool,
+) -> (Attempt, Reply) {
+    let url = n.url.clone().unwrap_or_default();
     let sent_at = rfc3339_beijing(Utc::now());
     let mut request = emu
         .http
@@ -388,7 +407,7 @@ pub async fn send_once(
     };
     tracing::info!(
         provider = n.provider.name(), event = %n.event, event_id = %n.event_id, %url, attempt, copy,
-        probe = wire.probe, status = ?reply.status, success, error = ?reply.error, "notification sent"
+        probe, status = ?reply.status, success, error = ?reply.error, "notification sent"
     );
     let recorded = emu.notify.record_attempt(Attempt {
         seq: 0,
@@ -399,7 +418,7 @@ pub async fn send_once(
         url,
         attempt,
         copy,
-        probe: wire.probe,
+        probe,
         crafted,
         sent_at,
         reply_status: reply.status,
@@ -428,6 +447,11 @@ pub fn dispatch(emu: &Shared, n: Notification) {
         tracing::info!(provider = n.provider.name(), event = %n.event, event_id = %n.event_id, "notification not sent");
         return;
     }
+    if mode.mode == Mode::Hold {
+        let first = n.render(emu, &Wire::default());
+        lock(&emu.notify.held).push((n, first));
+        return;
+    }
     let emu = emu.clone();
     tokio::spawn(async move {
         if mode.delay_ms > 0 {
@@ -450,18 +474,55 @@ pub fn dispatch(emu: &Shared, n: Notification) {
         for copy in 1..=mode.copies.max(1) {
             let emu = emu.clone();
             let n = n.clone();
-            tokio::spawn(async move { deliver_with_retries(&emu, &n, copy).await });
+            tokio::spawn(async move { deliver_with_retries(&emu, &n, copy, None).await });
         }
     });
 }
 
-/// Sends one copy until it is answered with success or the provider's schedule runs out.
-async fn deliver_with_retries(emu: &Emulator, n: &Notification, copy: u32) {
+/// Sends every held notification (of `provider`, or of both), `concurrency` at a time, each
+/// then retried on the provider's schedule like any other; returns how many there were.
+pub fn release(emu: &Shared, provider: Option<Provider>, concurrency: usize) -> usize {
+    let held: Vec<(Notification, Rendered)> = {
+        let mut all = lock(&emu.notify.held);
+        let (mine, others) = std::mem::take(&mut *all)
+            .into_iter()
+            .partition(|(n, _)| provider.is_none_or(|p| n.provider == p));
+        *all = others;
+        mine
+    };
+    let count = held.len();
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    for (n, first) in held {
+        let (emu, permits) = (emu.clone(), permits.clone());
+        tokio::spawn(async move {
+            let Ok(permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let (recorded, _) = send_rendered(&emu, &n, first, false, 1, 1, false).await;
+            drop(permit);
+            if !recorded.success {
+                deliver_with_retries(&emu, &n, 1, Some(1)).await;
+            }
+        });
+    }
+    count
+}
+
+/// Sends one copy until it is answered with success or the provider's schedule runs out;
+/// `after` is the attempt already made (and failed) before this call, if any.
+async fn deliver_with_retries(emu: &Emulator, n: &Notification, copy: u32, after: Option<u32>) {
     let schedule: &[u64] = match n.provider {
         Provider::Wechat => &WECHAT_RETRY_SECS,
         Provider::Alipay => &ALIPAY_RETRY_SECS,
     };
     let mut attempt = 1u32;
+    if let Some(made) = after {
+        let Some(&wait) = schedule.get(made as usize - 1) else {
+            return;
+        };
+        tokio::time::sleep(emu.config.scaled(Duration::from_secs(wait))).await;
+        attempt = made + 1;
+    }
     loop {
         let (recorded, _) = send_once(emu, n, &Wire::default(), attempt, copy, false).await;
         if recorded.success {

@@ -992,6 +992,64 @@ async fn drop_mode_sends_nothing() {
 }
 
 #[tokio::test]
+async fn hold_mode_keeps_signed_notifications_until_released_then_retries_them_as_usual() {
+    let h = start().await;
+    // The first held notification's first send fails; it is retried on the schedule.
+    let merchant = receiver(vec![(500, "{\"code\":\"FAIL\"}")], (204, "")).await;
+    let (status, modes) = h
+        .control(
+            "/emulator/notify-mode",
+            json!({"provider": "wechat", "mode": "hold"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(modes["wechat"]["mode"], "hold");
+    for no in ["ML20261124000030", "ML20261124000031"] {
+        h.create_wechat_order(no, 100, &merchant.url).await;
+        h.pay("wechat", no).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(merchant.count(), 0, "held until released");
+    assert!(h.attempts("wechat", "").await.is_empty());
+
+    let (status, released) = h
+        .control(
+            "/emulator/release",
+            json!({"provider": "wechat", "concurrency": 1}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(released["released"], 2);
+    wait_until("both delivered, one after a retry", async || {
+        merchant.count() == 3
+    })
+    .await;
+    for i in 0..3 {
+        let (headers, body) = merchant.get(i);
+        let (envelope, plain) = open_wechat_notification(&h, &headers, &body);
+        assert_eq!(envelope["event_type"], "TRANSACTION.SUCCESS");
+        assert_eq!(plain["trade_state"], "SUCCESS");
+    }
+    let outcomes: Vec<(u64, bool)> = h
+        .attempts("wechat", "")
+        .await
+        .iter()
+        .map(|a| (a["attempt"].as_u64().unwrap(), a["success"] == true))
+        .collect();
+    assert_eq!(outcomes.iter().filter(|(_, ok)| *ok).count(), 2);
+    assert!(outcomes.contains(&(1, false)) && outcomes.contains(&(2, true)));
+    let (_, again) = h.control("/emulator/release", json!({})).await;
+    assert_eq!(
+        again["released"], 0,
+        "a release sends each held notification once"
+    );
+    let (status, _) = h
+        .control("/emulator/release", json!({"concurrency": 0}))
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
 async fn probe_first_and_copies_send_a_bad_signature_then_the_same_event_twice() {
     let h = start().await;
     let merchant = receiver(vec![], (204, "")).await;

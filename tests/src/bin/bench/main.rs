@@ -262,7 +262,7 @@ async fn notify_only() {
 async fn checkout_only() {
     let floor_db = TestDb::create().await;
     floors::seed_buyers(&floor_db.conn).await;
-    let (floor, _) = floors::purchase_floor(&floor_db.url, 4, WINDOW / 2.0).await;
+    let (floor, floor_used) = floors::purchase_floor(&floor_db.url, 4, WINDOW / 2.0).await;
     drop(floor_db);
     let system = System::start(false).await;
     system.shop("warm").closed_loop("warm-up", 8, 2.0).await;
@@ -283,9 +283,16 @@ async fn checkout_only() {
         run.rate(),
         run.rate() / floor
     );
-    println!("| component | share of a core | µs per purchase |\n|---|---|---|");
+    println!("| component | share of a core | µs per purchase | floor (a): share | µs |");
+    println!("|---|---|---|---|---|");
     for (name, share, us) in &used {
-        println!("| {name} | {:.0} % | {us:.0} |", share * 100.0);
+        let floor = floor_used.iter().find(|(n, _, _)| n == name);
+        let (fs, fus) = floor.map_or((0.0, 0.0), |(_, s, u)| (*s, *u));
+        println!(
+            "| {name} | {:.0} % | {us:.0} | {:.0} % | {fus:.0} |",
+            share * 100.0,
+            fs * 100.0
+        );
     }
     if run.errors() > 0 {
         eprintln!("FAILED: {} failed purchases", run.errors());
