@@ -85,6 +85,7 @@ pub struct Metrics {
     outbox_oldest_age: Gauge<f64, AtomicU64>,
     outbox_quarantined: Gauge<f64, AtomicU64>,
     worker_deliveries: Family<DeliveryLabels, Counter>,
+    worker_batches: Family<DeliveryLabels, Counter>,
     worker_handling: Latency<ConsumerLabels>,
     worker_event_to_effect: Latency<ConsumerLabels>,
     channel_deliveries: Family<OutcomeLabels, Counter>,
@@ -182,6 +183,13 @@ impl Default for Metrics {
             "Deliveries by consumer and outcome (applied, duplicate, retried, deferred, dead_lettered).",
             Family::default(),
         );
+        let worker_batches = registered(
+            r,
+            "memberline_worker_batches",
+            "Shared transactions of several deliveries, by consumer and outcome (committed; \
+             split: rolled back, each delivery then handled on its own).",
+            Family::default(),
+        );
         let worker_handling = registered(
             r,
             "memberline_worker_handling_seconds",
@@ -212,6 +220,7 @@ impl Default for Metrics {
             outbox_oldest_age,
             outbox_quarantined,
             worker_deliveries,
+            worker_batches,
             worker_handling,
             worker_event_to_effect,
             channel_deliveries,
@@ -337,6 +346,21 @@ impl Metrics {
         self.worker_event_to_effect
             .get_or_create(&ConsumerLabels { consumer })
             .observe(seconds);
+    }
+
+    /// One shared transaction of `consumer`: `committed` or `split`.
+    pub fn batch(&self, consumer: &'static str, outcome: &'static str) {
+        self.worker_batches
+            .get_or_create(&DeliveryLabels { consumer, outcome })
+            .inc();
+    }
+
+    /// How many shared transactions of `consumer` ended in `outcome` (tests and logs).
+    pub fn batches(&self, consumer: &'static str, outcome: &'static str) -> u64 {
+        self.worker_batches
+            .get(&DeliveryLabels { consumer, outcome })
+            .map(|c| c.get())
+            .unwrap_or(0)
     }
 
     /// How many deliveries of `consumer` ended in `outcome` (tests and logs).

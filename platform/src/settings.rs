@@ -81,6 +81,9 @@ pub enum ChannelKind {
 pub struct WorkerSettings {
     pub declare_topology: bool,
     pub prefetch: u16,
+    /// Deliveries of one worker that may share a transaction (1: each its own); no more than
+    /// `prefetch` can arrive together, so a larger value means `prefetch`.
+    pub batch_max: u16,
     pub drain_timeout_secs: u64,
     pub max_reconnect_delay_ms: u64,
     pub metrics_addr: String,
@@ -334,6 +337,12 @@ impl Settings {
         if self.workers.prefetch == 0 {
             return invalid("workers.prefetch", "must be positive");
         }
+        if self.workers.batch_max == 0 {
+            return invalid(
+                "workers.batch_max",
+                "must be positive (1 turns batching off)",
+            );
+        }
         if self.workers.points_per_yuan < 0 || self.workers.growth_per_yuan < 0 {
             return invalid("workers.points_per_yuan", "rates must not be negative");
         }
@@ -476,6 +485,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("auth.jwt_secret"), "{err}");
+        let err = load(&[("MEMBERLINE__WORKERS__BATCH_MAX", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("workers.batch_max"), "{err}");
     }
 
     #[test]

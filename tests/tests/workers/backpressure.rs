@@ -395,3 +395,92 @@ async fn with_three_pooled_connections_a_burst_of_orders_waits_for_connections_i
     );
     nothing_retried_or_dead_lettered(&app).await;
 }
+
+#[tokio::test]
+async fn a_backlog_of_paid_orders_is_applied_in_shared_transactions_and_a_copy_among_them_applies_nothing_twice()
+ {
+    // Arrange: 30 orders of 6 buyers waiting in the queues before the workers start, so that
+    // they arrive together; and one `order.paid` published twice more, as a replaying publisher
+    // would, so that shared transactions meet an event claimed before and must split.
+    let app = spawn_app_with(Options {
+        env: vec![
+            ("MEMBERLINE__WORKERS__PREFETCH", "32".to_owned()),
+            ("MEMBERLINE__WORKERS__BATCH_MAX", "8".to_owned()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let buyers = buyers(&app, 6).await;
+    buy(&app, &buyers, 5).await;
+    app.wait_for_count(
+        "the backlog published",
+        "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+        0,
+    )
+    .await;
+    let paid = app.outbox_payloads("order.paid").await;
+    let copy = paid.last().expect("an order.paid event").to_string();
+    for _ in 0..2 {
+        app.publish_event("order.paid.v1", copy.as_bytes()).await;
+    }
+
+    // Act: the workers start as `memberline-workers` starts them.
+    let pool = memberline_platform::db::connect(&app.settings.database)
+        .await
+        .expect("workers' pool");
+    let stop = app.shutdown.child_token();
+    let started = memberline_workers::start(
+        &Worker::ALL,
+        pool,
+        &app.settings,
+        app.worker_metrics.clone(),
+        &stop,
+    )
+    .expect("workers start");
+    tokio::spawn(started.wait(stop));
+
+    // Assert: every effect once; the two copies acknowledged as duplicates by every worker;
+    // shared transactions committed by the three workers that lock the buyer.
+    effects_land(&app, 30, Duration::from_secs(60)).await;
+    for worker in Worker::ALL {
+        let consumer = worker.as_str();
+        eventually(
+            &format!("{consumer} acknowledges both copies as duplicates"),
+            Duration::from_secs(30),
+            || async { (app.worker_metrics.deliveries(consumer, "duplicate") == 2).then_some(()) },
+        )
+        .await;
+    }
+    for consumer in ["membership", "ledger", "savings"] {
+        eventually(
+            &format!("{consumer} counts 30 deliveries applied"),
+            Duration::from_secs(10),
+            || async { (app.worker_metrics.deliveries(consumer, "applied") == 30).then_some(()) },
+        )
+        .await;
+        assert!(
+            app.worker_metrics.batches(consumer, "committed") > 0,
+            "{consumer} applied some of the backlog in shared transactions"
+        );
+    }
+    assert_eq!(app.worker_metrics.batches("notifier", "committed"), 0);
+    assert_eq!(
+        app.scalar("SELECT COALESCE(sum(purchase_count), 0)::bigint FROM users")
+            .await,
+        30
+    );
+    assert_eq!(
+        app.scalar(
+            "SELECT count(*) FROM (SELECT order_id FROM point_ledger \
+             WHERE reason = 'purchase_reward' GROUP BY order_id HAVING count(*) > 1) d"
+        )
+        .await,
+        0
+    );
+    nothing_retried_or_dead_lettered(&app).await;
+    assert!(
+        app.queue_len(&app.topology.work_queue(Worker::Membership))
+            .await
+            == 0
+    );
+}

@@ -209,6 +209,14 @@ impl<E: PaidOrderEffect> Handler for E {
         matches!(msg.head.kind(), Some(EventType::OrderPaid) | None)
     }
 
+    /// `order.paid.v1` locks its buyer in its first statement, the one that claims it.
+    fn batch_key(&self, msg: &Incoming) -> Option<i64> {
+        if !msg.head.is::<OrderPaid>() {
+            return None;
+        }
+        msg.envelope.get("payload")?.get("buyer_id")?.as_i64()
+    }
+
     async fn apply(
         &self,
         txn: &DatabaseTransaction,

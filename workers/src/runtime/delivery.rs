@@ -15,6 +15,7 @@ use lapin::{BasicProperties, Channel, Confirmation};
 use memberline_platform::broker;
 use memberline_platform::dead_letters::{header_i64, header_str, headers};
 use memberline_schema::events::EnvelopeHead;
+use sea_orm::TransactionTrait;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -45,16 +46,9 @@ pub async fn process(
     channels: &Channels,
     delivery: Delivery,
 ) {
-    let channel = &channels.consume;
-    let worker = handler.worker();
     let started = Instant::now();
-    let attempt = header_i64(&delivery.properties, headers::ATTEMPT)
-        .and_then(|a| u32::try_from(a).ok())
-        .unwrap_or(0);
-    let deferrals = header_i64(&delivery.properties, headers::DEFERRALS)
-        .and_then(|d| u32::try_from(d).ok())
-        .unwrap_or(0);
-    let handled = match decode(&delivery.data, attempt).map(|mut msg| {
+    let counts = counts(&delivery);
+    let handled = match decode(&delivery.data, counts.0).map(|mut msg| {
         msg.claimed = !handler.claims_itself(&msg);
         msg
     }) {
@@ -66,18 +60,169 @@ pub async fn process(
             error: Some(reason),
             occurred_at: None,
         },
-        Ok(msg) => handle(handler, ctx, &channels.push, &msg, deferrals).await,
+        Ok(msg) => handle(handler, ctx, &channels.push, &msg, counts.1).await,
     };
-    if !settle(
+    finish(
         ctx,
         handler,
-        channel,
+        &channels.consume,
         &delivery,
-        (attempt, deferrals),
+        counts,
         &handled,
+        started,
     )
-    .await
-    {
+    .await;
+}
+
+/// Deliveries that arrived together. Those whose handler gives a [`Handler::batch_key`] share
+/// one claim-and-apply transaction, in key order, with one commit; the others, and all of them
+/// if that transaction does not commit with every one applied, go through [`process`] one by
+/// one.
+pub async fn process_batch(
+    handler: &dyn Handler,
+    ctx: &WorkerContext,
+    channels: &Channels,
+    deliveries: Vec<Delivery>,
+) {
+    let started = Instant::now();
+    let mut keyed = Vec::new();
+    let mut single = Vec::new();
+    for delivery in deliveries {
+        let counts = counts(&delivery);
+        match decode(&delivery.data, counts.0) {
+            Ok(mut msg) => match handler.batch_key(&msg) {
+                Some(key) => {
+                    msg.claimed = !handler.claims_itself(&msg);
+                    keyed.push((key, msg, delivery, counts));
+                }
+                None => single.push(delivery),
+            },
+            Err(_) => single.push(delivery),
+        }
+    }
+    if keyed.len() < 2 {
+        single.extend(keyed.into_iter().map(|(_, _, delivery, _)| delivery));
+        keyed = Vec::new();
+    }
+    let singles = futures::future::join_all(
+        single
+            .into_iter()
+            .map(|delivery| process(handler, ctx, channels, delivery)),
+    );
+    futures::join!(singles, shared(handler, ctx, channels, keyed, started));
+}
+
+/// The keyed deliveries of [`process_batch`], in one transaction (none: nothing to do).
+async fn shared(
+    handler: &dyn Handler,
+    ctx: &WorkerContext,
+    channels: &Channels,
+    mut keyed: Vec<(i64, Incoming, Delivery, (u32, u32))>,
+    started: Instant,
+) {
+    if keyed.is_empty() {
+        return;
+    }
+    keyed.sort_by_key(|(key, ..)| *key);
+    let msgs: Vec<&Incoming> = keyed.iter().map(|(_, msg, ..)| msg).collect();
+    let applied = AssertUnwindSafe(together(handler, ctx, &msgs))
+        .catch_unwind()
+        .await
+        .unwrap_or(None);
+    let Some(effects) = applied else {
+        ctx.metrics.batch(handler.worker().as_str(), "split");
+        debug!(
+            consumer = handler.worker().as_str(),
+            deliveries = keyed.len(),
+            "Shared transaction not committed: each delivery handled on its own"
+        );
+        for (_, _, delivery, _) in keyed {
+            process(handler, ctx, channels, delivery).await;
+        }
+        return;
+    };
+    ctx.metrics.batch(handler.worker().as_str(), "committed");
+    for ((_, msg, delivery, counts), effects) in keyed.into_iter().zip(effects) {
+        if effects.outgoing {
+            ctx.outgoing.notify_one();
+        }
+        publish_pushes(ctx, &channels.push, &effects.pushes).await;
+        let handled = Handled {
+            decision: Decision::Ack,
+            label: "applied",
+            error: None,
+            occurred_at: Some(msg.head.occurred_at),
+        };
+        finish(
+            ctx,
+            handler,
+            &channels.consume,
+            &delivery,
+            counts,
+            &handled,
+            started,
+        )
+        .await;
+    }
+}
+
+/// The shared transaction of [`process_batch`]: every message claimed and applied, then one
+/// commit. `None` (rolled back, or its outcome unknown) unless every one was applied and the
+/// commit succeeded; the redeliveries' claims settle an unknown outcome.
+async fn together(
+    handler: &dyn Handler,
+    ctx: &WorkerContext,
+    msgs: &[&Incoming],
+) -> Option<Vec<Effects>> {
+    let Ok(_permit) = ctx.permits.acquire().await else {
+        return None;
+    };
+    let txn = ctx.db.begin().await.ok()?;
+    let mut all = Vec::with_capacity(msgs.len());
+    for msg in msgs {
+        let claimed = !msg.claimed
+            || inbox::claim(&txn, handler.worker().as_str(), msg)
+                .await
+                .unwrap_or(false);
+        let effects = match claimed {
+            true => handler.apply(&txn, msg).await.ok(),
+            false => None,
+        };
+        match effects {
+            Some(effects) if !effects.already_applied => all.push(effects),
+            _ => {
+                let _ = txn.rollback().await;
+                return None;
+            }
+        }
+    }
+    txn.commit().await.ok()?;
+    Some(all)
+}
+
+/// The delivery's `x-attempt` and `x-deferrals` headers.
+fn counts(delivery: &Delivery) -> (u32, u32) {
+    let attempt = header_i64(&delivery.properties, headers::ATTEMPT)
+        .and_then(|a| u32::try_from(a).ok())
+        .unwrap_or(0);
+    let deferrals = header_i64(&delivery.properties, headers::DEFERRALS)
+        .and_then(|d| u32::try_from(d).ok())
+        .unwrap_or(0);
+    (attempt, deferrals)
+}
+
+/// Settles a handled delivery (given back to the queue when it cannot be) and counts it.
+async fn finish(
+    ctx: &WorkerContext,
+    handler: &dyn Handler,
+    channel: &Channel,
+    delivery: &Delivery,
+    counts: (u32, u32),
+    handled: &Handled,
+    started: Instant,
+) {
+    let worker = handler.worker();
+    if !settle(ctx, handler, channel, delivery, counts, handled).await {
         // Not settled: give the message back so it is redelivered (best effort: if the channel
         // is gone, the broker requeues it anyway).
         let _ = delivery

@@ -102,6 +102,16 @@ pub trait Handler: Send + Sync + 'static {
         false
     }
 
+    /// The buyer whose row [`Handler::apply`] locks (`FOR UPDATE`) before any other lock, when
+    /// it does; `None` otherwise (the default). Deliveries with a key may share one transaction
+    /// with others of this worker, applied in key order, so that two such transactions never
+    /// wait on each other in a cycle. Within such a transaction, `apply` returning an error or
+    /// [`Effects::already_applied`] rolls back the whole of it, and every delivery of it is then
+    /// handled on its own: `apply` must not rely on a rollback of its own.
+    fn batch_key(&self, _msg: &Incoming) -> Option<i64> {
+        None
+    }
+
     /// Applies the effect of `msg` inside `txn`, which already holds this event's claim in
     /// `consumed_events` (unless [`Handler::claims_itself`]). Must not commit; must not talk to
     /// the broker (return [`Push`]es).

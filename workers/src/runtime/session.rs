@@ -5,7 +5,7 @@
 //! every session starts from a new connection (see `memberline_platform::broker`).
 
 use crate::runtime::{Handler, WorkerContext, delivery};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
@@ -116,12 +116,20 @@ pub async fn session(
             }
             next = consumer.next() => match next {
                 Some(Ok(message)) => {
-                    let handler = handler.clone();
-                    let ctx = ctx.clone();
-                    let channels = channels.clone();
-                    in_flight.spawn(async move {
-                        delivery::process(&*handler, &ctx, &channels, message).await;
-                    });
+                    // Deliveries already here besides this one go together (see
+                    // `delivery::process_batch`); a failure of the stream is met on the next turn.
+                    let mut batch = vec![message];
+                    while batch.len() < usize::from(ctx.settings.workers.batch_max) {
+                        match consumer.next().now_or_never() {
+                            Some(Some(Ok(more))) => batch.push(more),
+                            Some(Some(Err(e))) => {
+                                spawn(&mut in_flight, handler, ctx, &channels, batch);
+                                return Err(e.into());
+                            }
+                            _ => break,
+                        }
+                    }
+                    spawn(&mut in_flight, handler, ctx, &channels, batch);
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None => return Err(anyhow::anyhow!("the broker cancelled the consumer").into()),
@@ -148,6 +156,25 @@ pub async fn session(
     .await;
     broker::close(&conn, "worker shutting down").await;
     Ok(())
+}
+
+/// Handles deliveries that arrived together on a task of their own.
+fn spawn(
+    in_flight: &mut JoinSet<()>,
+    handler: &Arc<dyn Handler>,
+    ctx: &WorkerContext,
+    channels: &delivery::Channels,
+    mut batch: Vec<lapin::message::Delivery>,
+) {
+    let (handler, ctx, channels) = (handler.clone(), ctx.clone(), channels.clone());
+    in_flight.spawn(async move {
+        if batch.len() == 1 {
+            let message = batch.pop().expect("one delivery");
+            delivery::process(&*handler, &ctx, &channels, message).await;
+        } else {
+            delivery::process_batch(&*handler, &ctx, &channels, batch).await;
+        }
+    });
 }
 
 /// Lets in-flight deliveries finish within `limit`; what is left is aborted and will be
