@@ -39,8 +39,13 @@ impl Application {
             &settings.payments,
             &settings.environment,
         )?;
+        let relay_wake = settings
+            .relay
+            .embedded
+            .then(|| Arc::new(tokio::sync::Notify::new()));
         let state = AppState {
             db,
+            relay_wake,
             payments,
             keys: Keys::new(settings.auth.signing_secret()?),
             metrics: Arc::new(Metrics::default()),
@@ -68,13 +73,17 @@ impl Application {
 
     /// The relay this gateway embeds, on `db`.
     fn relay(&self, db: DatabaseConnection) -> Relay {
-        Relay::new(
+        let relay = Relay::new(
             db,
             self.state.settings.amqp.url.expose().to_owned(),
             self.state.topology.clone(),
             self.state.settings.relay.clone(),
             self.state.metrics.clone(),
-        )
+        );
+        match &self.state.relay_wake {
+            Some(wake) => relay.woken_by(wake.clone()),
+            None => relay,
+        }
     }
 
     /// Serves until `shutdown` fires, then stops accepting, lets in-flight requests finish and

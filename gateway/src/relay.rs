@@ -12,8 +12,9 @@
 //! rows around it are published. Only a broken channel or database ends the session.
 //!
 //! The relay sleeps on PostgreSQL `LISTEN memberline_outbox` (a trigger NOTIFYs on every
-//! insert), so an event reaches the broker milliseconds after its commit; a slow poll is only a
-//! safety net. When the broker is unreachable it reconnects with capped, jittered backoff until
+//! insert) and, embedded in the gateway, on an in-process wake-up that purchases use instead of
+//! the NOTIFY (see [`Relay::woken_by`]), so an event reaches the broker milliseconds after its
+//! commit; a slow poll is only a safety net. When the broker is unreachable it reconnects with capped, jittered backoff until
 //! it is shut down; purchases never wait for it.
 //!
 //! Delivery is at least once: a confirm lost between the broker and us means the row is
@@ -35,6 +36,7 @@ use sea_orm::{
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span};
 use uuid::Uuid;
@@ -50,6 +52,8 @@ pub struct Relay {
     settings: RelaySettings,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    /// Wakes the relay from inside its process (see [`Relay::woken_by`]).
+    wake: Arc<Notify>,
 }
 
 /// What happened to one outbox row in a batch.
@@ -128,7 +132,16 @@ impl Relay {
             settings,
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
+            wake: Arc::new(Notify::new()),
         }
+    }
+
+    /// Also wakes on `wake`: writers in this process that commit outbox rows without the
+    /// trigger's NOTIFY (the purchase path of a gateway embedding this relay) call
+    /// `notify_one` after their commit.
+    pub fn woken_by(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = wake;
+        self
     }
 
     /// True while the relay is connected to the broker and listening for new rows (readiness).
@@ -200,6 +213,18 @@ impl Relay {
                 // failure we wait instead, so rows that keep failing cannot spin the loop.
                 continue;
             }
+            if taken > 0 && published == taken && self.settings.linger_ms > 0 {
+                // Commits are streaming in: let the next batch gather them.
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        broker::close(&conn, "relay shutting down").await;
+                        return Ok(());
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(self.settings.linger_ms)) => {}
+                }
+                while listener.next_buffered().is_some() {}
+                continue;
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     broker::close(&conn, "relay shutting down").await;
@@ -215,6 +240,7 @@ impl Relay {
                     // in PostgreSQL's notification queue).
                     while listener.next_buffered().is_some() {}
                 }
+                _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
             }
         }

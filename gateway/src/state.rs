@@ -22,6 +22,9 @@ pub struct AppState {
     pub broker_probe: Arc<Probe>,
     /// This instance's fan-out of the push exchange to its WebSockets.
     pub push_hub: crate::push::Hub,
+    /// Wakes the embedded relay (`relay.embedded`; `None` without one): a purchase that
+    /// committed its event says so here instead of through PostgreSQL's NOTIFY.
+    pub relay_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl FromRef<AppState> for Keys {

@@ -158,6 +158,8 @@ pub struct RelaySettings {
     pub embedded: bool,
     pub batch_size: u64,
     pub poll_interval_ms: u64,
+    /// After a batch that was not full, how long to let more rows gather before the next one.
+    pub linger_ms: u64,
     pub confirm_timeout_ms: u64,
     pub max_reconnect_delay_ms: u64,
     pub retry_base_ms: u64,
@@ -410,6 +412,12 @@ impl Settings {
         if self.relay.batch_size == 0 || self.relay.batch_size > 10_000 {
             return invalid("relay.batch_size", "must be between 1 and 10000");
         }
+        if self.relay.linger_ms > 1_000 {
+            return invalid(
+                "relay.linger_ms",
+                "must be at most 1000 (it delays every event)",
+            );
+        }
         Ok(())
     }
 
@@ -485,6 +493,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("auth.jwt_secret"), "{err}");
+        let err = load(&[("MEMBERLINE__RELAY__LINGER_MS", "5000")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("relay.linger_ms"), "{err}");
         let err = load(&[("MEMBERLINE__WORKERS__BATCH_MAX", "0")])
             .unwrap_err()
             .to_string();

@@ -140,7 +140,7 @@ pub async fn create(
         let timing = Timing::from(&state.settings.payments);
         checkout(&state.db, &state.payments, timing, &cmd).await
     } else {
-        place(&state.db, &cmd).await
+        place(&state.db, &cmd, state.relay_wake.as_deref()).await
     };
     let outcome = match &result {
         Ok(Placed::Created(_)) if req.pay_method.provider().is_some() => "pending_payment",

@@ -18,6 +18,7 @@ use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
     EntityTrait, QuerySelect, Statement, TransactionTrait,
 };
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// A request to buy a plan.
@@ -66,7 +67,15 @@ pub(super) struct Charge {
 const ADMIN_GRANT_ONLY: &str = "admin_grant is not a pay method buyers can use: admins grant with PUT /v1/admin/users/{id}/membership";
 
 /// Places an order paid with balance, points or a free plan. See the module docs.
-pub async fn place(db: &DatabaseConnection, cmd: &PlaceOrder) -> Result<Placed, OrderError> {
+///
+/// `relay`: the embedded relay's wake-up, if this gateway embeds one. The purchase then skips
+/// the outbox trigger's NOTIFY (whose commits PostgreSQL serializes database-wide) and wakes
+/// the relay itself once committed; without one, the trigger wakes whichever relay listens.
+pub async fn place(
+    db: &DatabaseConnection,
+    cmd: &PlaceOrder,
+    relay: Option<&Notify>,
+) -> Result<Placed, OrderError> {
     if cmd.pay_method == PayMethod::AdminGrant {
         return Err(OrderError::PayMethodNotAllowed(ADMIN_GRANT_ONLY));
     }
@@ -76,9 +85,12 @@ pub async fn place(db: &DatabaseConnection, cmd: &PlaceOrder) -> Result<Placed, 
         return Err(OrderError::PayMethodUnavailable(cmd.pay_method));
     }
     let txn = db.begin().await?;
-    match place_in(&txn, cmd).await {
+    match place_in(&txn, cmd, relay.is_none()).await {
         Ok(created @ Placed::Created(_)) => {
             txn.commit().await?;
+            if let Some(relay) = relay {
+                relay.notify_one();
+            }
             Ok(created)
         }
         other => {
@@ -92,9 +104,14 @@ pub async fn place(db: &DatabaseConnection, cmd: &PlaceOrder) -> Result<Placed, 
     }
 }
 
-async fn place_in(txn: &DatabaseTransaction, cmd: &PlaceOrder) -> Result<Placed, OrderError> {
+async fn place_in(
+    txn: &DatabaseTransaction,
+    cmd: &PlaceOrder,
+    notify: bool,
+) -> Result<Placed, OrderError> {
     let buyer = statements::lock(txn, cmd.buyer_id).await?;
-    let checked = statements::check(txn, cmd.buyer_id, cmd.plan_id, &cmd.idempotency_key).await?;
+    let checked =
+        statements::check(txn, cmd.buyer_id, cmd.plan_id, &cmd.idempotency_key, notify).await?;
     if let Some(stored) = checked.stored {
         return replay(stored, cmd.key_ref());
     }
@@ -144,10 +161,11 @@ async fn place_in(txn: &DatabaseTransaction, cmd: &PlaceOrder) -> Result<Placed,
     if !claimed {
         // Claimed meanwhile by a request that does not lock this buyer (an admin's request
         // under the same numeric id): its answer, and `place` rolls this purchase back.
-        let stored = statements::check(txn, cmd.buyer_id, cmd.plan_id, &cmd.idempotency_key)
-            .await?
-            .stored
-            .ok_or_else(|| anyhow::anyhow!("idempotency row vanished"))?;
+        let stored =
+            statements::check(txn, cmd.buyer_id, cmd.plan_id, &cmd.idempotency_key, notify)
+                .await?
+                .stored
+                .ok_or_else(|| anyhow::anyhow!("idempotency row vanished"))?;
         return replay(stored, cmd.key_ref());
     }
     Ok(Placed::Created(body))

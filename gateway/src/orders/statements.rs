@@ -5,7 +5,8 @@
 //!    that committed while this one waited, and the catalogue as it is now), the plan, the
 //!    level's discount, the counts the eligibility rules need, the idempotency key if it was
 //!    used before, and the order's id (a refused purchase leaves a gap in the ids, as a
-//!    sequence may anyway);
+//!    sequence may anyway); and, when the gateway embeds the relay, the transaction's opt-out of
+//!    the outbox NOTIFY (the relay is woken in-process after the commit instead);
 //! 3. [`write`]: every row at once, in one statement of data-modifying CTEs: the order, the
 //!    debit and its ledger entry, the status history, the outbox row, and the idempotency key
 //!    with the response a retry replays.
@@ -108,7 +109,8 @@ static CHECK_SQL: LazyLock<String> = LazyLock::new(|| {
                  WHERE u.id = $1) AS discount_percent, \
                 {PERMANENT_COUNT} AS permanent, {FREE_CLAIMS} AS free_claims, \
                 k.request_hash, k.status_code, k.response_body, k.order_id AS key_order_id, \
-                {NEXT_ORDER_ID} AS order_id \
+                {NEXT_ORDER_ID} AS order_id, \
+                set_config('memberline.outbox_notify', $4, true) AS outbox_notify \
          FROM (SELECT 1) one \
          LEFT JOIN plans p ON p.id = $2 \
          LEFT JOIN idempotency_keys k ON k.user_id = $1 AND k.key = $3",
@@ -117,18 +119,22 @@ static CHECK_SQL: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Everything a purchase decides on, read after the buyer's lock: buyer `$1`, plan `$2`,
-/// idempotency key `$3`.
+/// idempotency key `$3`. With `notify` false the transaction opts out of the outbox trigger's
+/// NOTIFY (`$4`, see `m20261125_000011_outbox_notify_opt_out`): the caller wakes its relay
+/// itself after the commit.
 pub(super) async fn check(
     txn: &DatabaseTransaction,
     buyer_id: i64,
     plan_id: i64,
     key: &str,
+    notify: bool,
 ) -> Result<Checked, OrderError> {
+    let notify = if notify { "on" } else { "off" };
     let row = txn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             CHECK_SQL.as_str(),
-            [buyer_id.into(), plan_id.into(), key.into()],
+            [buyer_id.into(), plan_id.into(), key.into(), notify.into()],
         ))
         .await?
         .ok_or_else(|| anyhow::anyhow!("the checks returned no row"))?;

@@ -63,6 +63,11 @@ impl MigratorTrait for Migrator {
                 up: include_str!("m20261124_000010_purchase_indexes.sql"),
                 down: include_str!("m20261124_000010_purchase_indexes.down.sql"),
             }),
+            Box::new(SqlMigration {
+                name: "m20261125_000011_outbox_notify_opt_out",
+                up: include_str!("m20261125_000011_outbox_notify_opt_out.sql"),
+                down: include_str!("m20261125_000011_outbox_notify_opt_out.down.sql"),
+            }),
         ]
     }
 }

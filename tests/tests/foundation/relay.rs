@@ -3,6 +3,7 @@
 use memberline_gateway::relay::Relay;
 use memberline_tests::proxy::TcpProxy;
 use memberline_tests::{Options, TestApp, eventually, spawn_app_with};
+use sea_orm::ConnectionTrait;
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -182,4 +183,68 @@ async fn a_relay_configured_with_another_retry_ladder_than_the_broker_holds_stil
     assert_eq!(tap.collect(2, Duration::from_secs(10)).await.len(), 2);
     shutdown.cancel();
     handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_embedded_relay_is_woken_by_purchases_without_a_notify_and_by_other_writers_through_one()
+{
+    // A ten-minute poll: only a wake-up can deliver an event in time.
+    let app = spawn_app_with(Options {
+        env: vec![("MEMBERLINE__RELAY__POLL_INTERVAL_MS", "600000".to_owned())],
+        ..Default::default()
+    })
+    .await;
+    let mut paid = app.tap("order.paid.v1").await;
+    let mut other = app.tap("membership.changed.v1").await;
+    let mut listener =
+        sea_orm::sqlx::postgres::PgListener::connect(app.settings.database.url.expose())
+            .await
+            .expect("listener");
+    listener
+        .listen(memberline_gateway::relay::NOTIFY_CHANNEL)
+        .await
+        .expect("LISTEN");
+    let buyer = app.create_user("Woken", 100_000, 0).await;
+
+    // A purchase: its event is published at once, and PostgreSQL sent no notification for it.
+    app.buy_passes(buyer, 1, "woken").await;
+    assert!(
+        paid.next(Duration::from_secs(5)).await.is_some(),
+        "the purchase's event arrived long before the poll interval"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), listener.recv())
+            .await
+            .is_err(),
+        "the purchase's commit notified nobody"
+    );
+
+    // A row another writer commits (a worker's follow-up event, an operator's SQL) still
+    // notifies, and the embedded relay publishes it on that notification.
+    let id = uuid::Uuid::new_v4();
+    app.db
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, routing_key, \
+             correlation_id, payload) \
+             VALUES ($1, 'user', $2, 'membership.changed', 'membership.changed.v1', \
+             gen_random_uuid(), $3)",
+            [
+                id.into(),
+                buyer.to_string().into(),
+                serde_json::json!({"event_id": id}).into(),
+            ],
+        ))
+        .await
+        .expect("a row written by another writer");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), listener.recv())
+            .await
+            .is_ok_and(|n| n.is_ok()),
+        "the other writer's commit notified the listeners"
+    );
+    assert!(
+        other.next(Duration::from_secs(5)).await.is_some(),
+        "the other writer's event arrived long before the poll interval"
+    );
 }

@@ -48,6 +48,12 @@ WITH o AS (
 )
 SELECT id FROM o";
 
+/// The buyer's lock of a purchase. Like the gateway with its embedded relay, the transaction
+/// opts out of the outbox trigger's NOTIFY (the relay is woken in-process), so that its commit
+/// does not queue behind every other notifying commit of the database.
+pub const PURCHASE_LOCK: &str = "SELECT balance_fen, \
+    set_config('memberline.outbox_notify', 'off', true) FROM users WHERE id = $1 FOR UPDATE";
+
 /// A JSON value of about `bytes` bytes, the size of our event or response.
 pub fn filler(bytes: usize) -> serde_json::Value {
     serde_json::json!({"filler": "x".repeat(bytes)})
@@ -100,7 +106,7 @@ pub async fn purchase_floor(
                 let txn = pool.begin().await.expect("begin");
                 txn.query_one_raw(Statement::from_sql_and_values(
                     DbBackend::Postgres,
-                    "SELECT balance_fen FROM users WHERE id = $1 FOR UPDATE",
+                    PURCHASE_LOCK,
                     [buyer.into()],
                 ))
                 .await

@@ -17,7 +17,7 @@
 //! floor leaves out is what the system adds on top: decoding, checks that find nothing wrong,
 //! and the broker.
 
-use crate::floors::{BUYERS, PURCHASE_ROWS, filler};
+use crate::floors::{BUYERS, PURCHASE_LOCK, PURCHASE_ROWS, filler};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
     TransactionTrait, Value,
@@ -155,7 +155,7 @@ pub async fn pipeline_floor(db_url: &str, conns: usize, secs: f64) -> f64 {
                 let (paid, extended) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
                 // 1. The purchase.
                 let txn = pool.begin().await.expect("begin");
-                lock(&txn, buyer).await;
+                run(&txn, PURCHASE_LOCK, vec![buyer.into()]).await;
                 let order: i64 = txn
                     .query_one_raw(Statement::from_sql_and_values(
                         DbBackend::Postgres,
