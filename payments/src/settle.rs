@@ -17,6 +17,7 @@ use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, FromQueryResult,
     Statement, TransactionTrait, Value,
 };
+use tokio::sync::Notify;
 
 /// How a payment came to our knowledge (recorded in the order's status history).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,16 +110,27 @@ pub enum Stored {
 /// stored before); one statement that moves the order to paid and writes its history, its
 /// `order.paid.v1` outbox row and the notification; COMMIT. A copy of a notification already
 /// stored writes nothing.
+///
+/// `relay`: the wake-up of a relay embedded in this process, if there is one. The transaction
+/// then opts out of the outbox trigger's NOTIFY (whose commits PostgreSQL serializes
+/// database-wide) and wakes that relay itself once committed.
 pub async fn notification(
     db: &DatabaseConnection,
     client: &dyn PaymentProvider,
     notification: &Notification<'_>,
     payment: Option<&Payment>,
+    relay: Option<&Notify>,
 ) -> Result<Stored, DbErr> {
     let txn = db.begin().await?;
     let (applied, first_copy) = match payment {
         Some(payment) => {
-            let locked = lock_order(&txn, &payment.out_trade_no, Some(notification)).await?;
+            let locked = lock_order(
+                &txn,
+                &payment.out_trade_no,
+                Some(notification),
+                relay.is_none(),
+            )
+            .await?;
             if locked.stored_before {
                 txn.rollback().await?;
                 return Ok(Stored::Duplicate);
@@ -147,6 +159,9 @@ pub async fn notification(
         return Ok(Stored::Duplicate);
     }
     txn.commit().await?;
+    if let Some(relay) = relay {
+        relay.notify_one();
+    }
     Ok(Stored::New(applied))
 }
 
@@ -186,7 +201,7 @@ pub async fn queried_payment(
     payment: &Payment,
 ) -> Result<Applied, DbErr> {
     let txn = db.begin().await?;
-    let locked = lock_order(&txn, &payment.out_trade_no, None).await?;
+    let locked = lock_order(&txn, &payment.out_trade_no, None, true).await?;
     let settled = apply_locked(&txn, client, payment, locked.order, Source::Query, None).await?;
     txn.commit().await?;
     Ok(settled.applied)
@@ -200,18 +215,21 @@ struct Locked {
 }
 
 /// Locks the order `$1` (when there is one) and looks the notification `$2`/`$3` up, in one
-/// statement. A lock taken in a CTE: `FOR UPDATE` cannot apply to the nullable side of the
-/// outer join that keeps the row when no order has the number.
+/// statement; `$4` 'off' opts the transaction out of the outbox trigger's NOTIFY (see
+/// [`notification`]). A lock taken in a CTE: `FOR UPDATE` cannot apply to the nullable side of
+/// the outer join that keeps the row when no order has the number.
 const LOCK_SQL: &str = "\
 WITH o AS (SELECT * FROM orders WHERE order_no = $1 FOR UPDATE)
 SELECT o.*, EXISTS (SELECT 1 FROM payment_notifications
-                    WHERE provider = $2 AND provider_event_id = $3) AS stored_before
+                    WHERE provider = $2 AND provider_event_id = $3) AS stored_before,
+       set_config('memberline.outbox_notify', $4, true) AS outbox_notify
 FROM (SELECT 1) one LEFT JOIN o ON true";
 
 async fn lock_order(
     txn: &DatabaseTransaction,
     out_trade_no: &str,
     notification: Option<&Notification<'_>>,
+    notify: bool,
 ) -> Result<Locked, DbErr> {
     let row = txn
         .query_one_raw(Statement::from_sql_and_values(
@@ -221,6 +239,7 @@ async fn lock_order(
                 out_trade_no.into(),
                 notification.map(|n| n.provider.as_str().to_owned()).into(),
                 notification.map(|n| n.event_id.to_owned()).into(),
+                if notify { "on" } else { "off" }.into(),
             ],
         ))
         .await?

@@ -66,7 +66,16 @@ async fn store(
 ) -> Result<(), ()> {
     let client = state.payments.get(provider).ok_or(())?;
     let label = provider.as_str();
-    match settle::notification(&state.db, client.as_ref(), &notification, payment.as_ref()).await {
+    let relay = state.relay_wake.as_deref();
+    match settle::notification(
+        &state.db,
+        client.as_ref(),
+        &notification,
+        payment.as_ref(),
+        relay,
+    )
+    .await
+    {
         Ok(Stored::Duplicate) => {
             state.metrics.payment_notification(label, "duplicate");
             tracing::info!(%provider, event_id = notification.event_id, "Notification already stored");

@@ -251,3 +251,42 @@ async fn a_probe_with_a_bad_signature_is_refused_and_the_genuine_copy_pays_the_o
     );
     assert_eq!(paid_events(&app, id).await, 1);
 }
+
+#[tokio::test]
+async fn a_notification_that_pays_wakes_the_embedded_relay_without_a_notify() {
+    // A ten-minute poll: only the in-process wake-up can publish the event in time.
+    let (app, emulator) =
+        memberline_tests::provider::spawn_app_with_provider(memberline_tests::Options {
+            env: vec![("MEMBERLINE__RELAY__POLL_INTERVAL_MS", "600000".to_owned())],
+            ..Default::default()
+        })
+        .await;
+    let buyer = app.create_user("Awake", 0, 0).await;
+    let token = app.user_token(buyer);
+    let (id, no) = ids(&qr_order(&app, &token, "awake", "wechat").await);
+    let mut tap = app.tap("order.paid.v1").await;
+    let mut listener =
+        sea_orm::sqlx::postgres::PgListener::connect(app.settings.database.url.expose())
+            .await
+            .expect("listener");
+    listener
+        .listen(memberline_gateway::relay::NOTIFY_CHANNEL)
+        .await
+        .expect("LISTEN");
+    paid_silently(&emulator, "wechat", &no).await;
+    let (_, reply) = emulator
+        .send(json!({"provider": "wechat", "out_trade_no": no, "event_id": "evt-awake"}))
+        .await;
+    assert_eq!(reply["status"], 204, "{reply}");
+    order_becomes(&app, &token, id, "paid").await;
+    assert!(
+        tap.next(std::time::Duration::from_secs(5)).await.is_some(),
+        "order.paid.v1 published long before the poll interval"
+    );
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), listener.recv())
+            .await
+            .is_err(),
+        "the payment's commit notified nobody"
+    );
+}
