@@ -213,8 +213,9 @@ impl Relay {
                 // failure we wait instead, so rows that keep failing cannot spin the loop.
                 continue;
             }
-            if taken > 0 && published == taken && self.settings.linger_ms > 0 {
-                // Commits are streaming in: let the next batch gather them.
+            if taken > 1 && published == taken && self.settings.linger_ms > 0 {
+                // Several rows since the last batch: commits are streaming in, so let the next
+                // batch gather them. A lone row (light load) is followed at once, as before.
                 tokio::select! {
                     _ = shutdown.cancelled() => {
                         broker::close(&conn, "relay shutting down").await;
