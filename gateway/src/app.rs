@@ -43,12 +43,21 @@ impl Application {
             .relay
             .embedded
             .then(|| Arc::new(tokio::sync::Notify::new()));
+        let metrics = Arc::new(Metrics::default());
+        let purchases = crate::orders::Purchases::start(
+            db.clone(),
+            relay_wake.clone(),
+            &settings.purchases,
+            settings.database.max_connections,
+            metrics.clone(),
+        );
         let state = AppState {
             db,
             relay_wake,
+            purchases,
             payments,
             keys: Keys::new(settings.auth.signing_secret()?),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             topology: settings.topology(),
             broker_probe: Arc::new(memberline_platform::broker::Probe::new(
                 settings.amqp.url.expose(),

@@ -25,6 +25,9 @@ pub struct AppState {
     /// Wakes the embedded relay (`relay.embedded`; `None` without one): a purchase that
     /// committed its event says so here instead of through PostgreSQL's NOTIFY.
     pub relay_wake: Option<Arc<tokio::sync::Notify>>,
+    /// The purchase lanes: balance, points and free purchases, sharing transactions when they
+    /// arrive together.
+    pub purchases: crate::orders::Purchases,
 }
 
 impl FromRef<AppState> for Keys {

@@ -23,6 +23,10 @@ pub async fn connect_with(
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
         .connect_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
+    match settings.ping_after_idle_ms {
+        0 => opts.test_before_acquire(true),
+        ms => opts.test_before_acquire_if_idle_for(Duration::from_millis(ms)),
+    };
     Database::connect(opts)
         .await
         .context("cannot connect to PostgreSQL (database.url)")

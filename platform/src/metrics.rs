@@ -86,6 +86,8 @@ pub struct Metrics {
     outbox_quarantined: Gauge<f64, AtomicU64>,
     worker_deliveries: Family<DeliveryLabels, Counter>,
     worker_batches: Family<DeliveryLabels, Counter>,
+    purchase_batches: Family<OutcomeLabels, Counter>,
+    purchases_waiting: Gauge,
     worker_handling: Latency<ConsumerLabels>,
     worker_event_to_effect: Latency<ConsumerLabels>,
     channel_deliveries: Family<OutcomeLabels, Counter>,
@@ -190,6 +192,19 @@ impl Default for Metrics {
              split: rolled back, each delivery then handled on its own).",
             Family::default(),
         );
+        let purchase_batches = registered(
+            r,
+            "memberline_purchase_batches",
+            "Transactions shared by several balance, points or free purchases, by outcome \
+             (committed; split: failed, each purchase then placed on its own).",
+            Family::default(),
+        );
+        let purchases_waiting = registered(
+            r,
+            "memberline_purchases_waiting",
+            "Balance, points and free purchases received and waiting for a purchase lane.",
+            Gauge::default(),
+        );
         let worker_handling = registered(
             r,
             "memberline_worker_handling_seconds",
@@ -221,6 +236,8 @@ impl Default for Metrics {
             outbox_quarantined,
             worker_deliveries,
             worker_batches,
+            purchase_batches,
+            purchases_waiting,
             worker_handling,
             worker_event_to_effect,
             channel_deliveries,
@@ -353,6 +370,26 @@ impl Metrics {
         self.worker_batches
             .get_or_create(&DeliveryLabels { consumer, outcome })
             .inc();
+    }
+
+    /// A transaction shared by several purchases ended in `outcome` (`committed`, `split`).
+    pub fn purchase_batch(&self, outcome: &'static str) {
+        self.purchase_batches
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Purchases that started (`1`) or stopped (`-1`) waiting for a purchase lane.
+    pub fn purchases_waiting(&self, change: i64) {
+        self.purchases_waiting.inc_by(change);
+    }
+
+    /// How many transactions shared by several purchases ended in `outcome` (tests and logs).
+    pub fn purchase_batches(&self, outcome: &'static str) -> u64 {
+        self.purchase_batches
+            .get(&OutcomeLabels { outcome })
+            .map(|c| c.get())
+            .unwrap_or(0)
     }
 
     /// How many shared transactions of `consumer` ended in `outcome` (tests and logs).

@@ -54,6 +54,18 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub payments: PaymentSettings,
     pub push: PushSettings,
+    pub purchases: PurchaseSettings,
+}
+
+/// How the gateway runs balance, points and free purchases.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseSettings {
+    /// Transactions of purchases that may run at once (each holds a pooled connection; the
+    /// gateway runs at most `database.max_connections`).
+    pub lanes: u16,
+    /// Purchases, of different buyers, that may share one transaction.
+    pub batch_max: u16,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -119,6 +131,9 @@ pub struct DatabaseSettings {
     pub url: Secret,
     pub max_connections: u32,
     pub acquire_timeout_secs: u64,
+    /// A pooled connection idle at least this long is pinged before it is handed out; 0 pings
+    /// every time.
+    pub ping_after_idle_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -306,6 +321,12 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be positive");
+        }
+        if !(1..=256).contains(&self.purchases.lanes) {
+            return invalid("purchases.lanes", "must be between 1 and 256");
+        }
+        if !(1..=256).contains(&self.purchases.batch_max) {
+            return invalid("purchases.batch_max", "must be between 1 and 256");
         }
         if self.amqp.retry_delays_ms.is_empty() || self.amqp.retry_delays_ms.contains(&0) {
             return invalid(
@@ -501,6 +522,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("workers.batch_max"), "{err}");
+        for (key, value, name) in [
+            ("MEMBERLINE__PURCHASES__LANES", "0", "purchases.lanes"),
+            (
+                "MEMBERLINE__PURCHASES__BATCH_MAX",
+                "0",
+                "purchases.batch_max",
+            ),
+            (
+                "MEMBERLINE__PURCHASES__BATCH_MAX",
+                "1000",
+                "purchases.batch_max",
+            ),
+        ] {
+            let err = load(&[(key, value)]).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use super::query::{self, ValidQuery};
 use super::{CorrelationId, JsonValue, typed};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::orders::{self, ExpectedPrice, OrderView, PlaceOrder, Placed, Timing, checkout, place};
+use crate::orders::{self, ExpectedPrice, OrderView, PlaceOrder, Placed, Timing, checkout};
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -140,7 +140,7 @@ pub async fn create(
         let timing = Timing::from(&state.settings.payments);
         checkout(&state.db, &state.payments, timing, &cmd).await
     } else {
-        place(&state.db, &cmd, state.relay_wake.as_deref()).await
+        state.purchases.place(cmd).await
     };
     let outcome = match &result {
         Ok(Placed::Created(_)) if req.pay_method.provider().is_some() => "pending_payment",

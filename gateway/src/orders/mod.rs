@@ -8,6 +8,7 @@
 pub mod cancel;
 pub mod checkout;
 pub mod grant;
+pub mod lanes;
 pub mod placement;
 pub mod refund;
 mod statements;
@@ -16,6 +17,7 @@ pub mod view;
 
 pub use cancel::cancel;
 pub use checkout::{Timing, checkout};
+pub use lanes::Purchases;
 pub use placement::{ExpectedPrice, PlaceOrder, Placed, place};
 pub use view::OrderView;
 

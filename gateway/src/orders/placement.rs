@@ -4,6 +4,9 @@
 //! the plan and the buyer's eligibility and funds, insert the order as paid, debit with a ledger
 //! entry, write its status history and its `order.paid.v1` outbox row, and store the response for
 //! replays. Either all of it commits or none of it does. It never talks to the broker.
+//! [`place_together`] does the same for purchases of several buyers in one transaction, with the
+//! same statements (`super::statements`): that is how the gateway's purchase lanes
+//! (`super::lanes`) spend one commit on purchases that arrive together.
 
 use super::statements::{self, StoredKey};
 use super::{OrderError, OrderView};
@@ -66,7 +69,23 @@ pub(super) struct Charge {
 /// Why a buyer cannot place an `admin_grant` order.
 const ADMIN_GRANT_ONLY: &str = "admin_grant is not a pay method buyers can use: admins grant with PUT /v1/admin/users/{id}/membership";
 
-/// Places an order paid with balance, points or a free plan. See the module docs.
+/// Why `cmd` is not a purchase [`place`] takes: admin grants and provider payments have paths
+/// of their own.
+pub(crate) fn refuse_other_methods(cmd: &PlaceOrder) -> Result<(), OrderError> {
+    if cmd.pay_method == PayMethod::AdminGrant {
+        return Err(OrderError::PayMethodNotAllowed(ADMIN_GRANT_ONLY));
+    }
+    if cmd.pay_method.provider().is_some() {
+        // Provider orders are placed by `checkout`, which calls the provider between two
+        // transactions.
+        return Err(OrderError::PayMethodUnavailable(cmd.pay_method));
+    }
+    Ok(())
+}
+
+/// Places an order paid with balance, points or a free plan, in a transaction of its own. See
+/// the module docs; the gateway's purchases go through `super::lanes`, which lets purchases
+/// that arrive together share one transaction.
 ///
 /// `relay`: the embedded relay's wake-up, if this gateway embeds one. The purchase then skips
 /// the outbox trigger's NOTIFY (whose commits PostgreSQL serializes database-wide) and wakes
@@ -76,61 +95,168 @@ pub async fn place(
     cmd: &PlaceOrder,
     relay: Option<&Notify>,
 ) -> Result<Placed, OrderError> {
-    if cmd.pay_method == PayMethod::AdminGrant {
-        return Err(OrderError::PayMethodNotAllowed(ADMIN_GRANT_ONLY));
-    }
-    if cmd.pay_method.provider().is_some() {
-        // Provider orders are placed by `checkout`, which calls the provider between two
-        // transactions.
-        return Err(OrderError::PayMethodUnavailable(cmd.pay_method));
-    }
+    refuse_other_methods(cmd)?;
+    place_together(db, &[cmd], relay)
+        .await?
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("a purchase without an answer"))?
+}
+
+/// Places purchases of different buyers in ONE transaction: one answer per purchase, in order.
+/// The refusals and replays among them write nothing; every other purchase commits with the
+/// transaction, or none does. `Err` when the transaction failed: with one purchase, that is
+/// its answer; with several, the caller places each again on its own (anything committed
+/// already is then found by its idempotency key and replayed, so nothing is applied twice).
+pub(crate) async fn place_together(
+    db: &DatabaseConnection,
+    cmds: &[&PlaceOrder],
+    relay: Option<&Notify>,
+) -> Result<Vec<Result<Placed, OrderError>>, OrderError> {
     let txn = db.begin().await?;
-    match place_in(&txn, cmd, relay.is_none()).await {
-        Ok(created @ Placed::Created(_)) => {
+    match decide_and_write(&txn, cmds, relay.is_none()).await {
+        Ok((answers, true)) => {
             txn.commit().await?;
             if let Some(relay) = relay {
                 relay.notify_one();
             }
-            Ok(created)
+            Ok(answers)
         }
         other => {
-            // A replay or a refusal writes nothing: the idempotency claim is released too, so
-            // the buyer can retry the same key once the cause (say, low funds) is fixed.
+            // Refusals and replays write nothing: the idempotency claims are released too,
+            // so a buyer can retry the same key once the cause (say, low funds) is fixed.
             if let Err(e) = txn.rollback().await {
                 tracing::warn!(error = %e, "rollback failed; the connection will be discarded");
             }
-            other
+            other.map(|(answers, _)| answers)
         }
     }
 }
 
-async fn place_in(
+/// A purchase the checks accepted, ready to write.
+struct Accepted {
+    at: usize,
+    order: order::Model,
+    charge: Charge,
+    history_reason: String,
+    outbox: outbox::Row,
+    body: serde_json::Value,
+}
+
+/// Locks the buyers, checks every purchase, writes the accepted ones; the answers, and
+/// whether anything was written (to commit).
+async fn decide_and_write(
     txn: &DatabaseTransaction,
-    cmd: &PlaceOrder,
+    cmds: &[&PlaceOrder],
     notify: bool,
-) -> Result<Placed, OrderError> {
-    let buyer = statements::lock(txn, cmd.buyer_id).await?;
-    let checked =
-        statements::check(txn, cmd.buyer_id, cmd.plan_id, &cmd.idempotency_key, notify).await?;
+) -> Result<(Vec<Result<Placed, OrderError>>, bool), OrderError> {
+    let mut buyer_ids: Vec<i64> = cmds.iter().map(|c| c.buyer_id).collect();
+    buyer_ids.sort_unstable();
+    buyer_ids.dedup();
+    if buyer_ids.len() != cmds.len() {
+        return Err(
+            anyhow::anyhow!("purchases sharing a transaction must have different buyers").into(),
+        );
+    }
+    let buyers = statements::lock(txn, &buyer_ids).await?;
+    let asked: Vec<statements::Asked<'_>> = cmds
+        .iter()
+        .map(|c| statements::Asked {
+            buyer_id: c.buyer_id,
+            plan_id: c.plan_id,
+            key: &c.idempotency_key,
+        })
+        .collect();
+    let checked = statements::check(txn, &asked, notify).await?;
+    let mut answers: Vec<Result<Placed, OrderError>> = Vec::with_capacity(cmds.len());
+    let mut accepted = Vec::new();
+    for (at, (cmd, checked)) in cmds.iter().zip(checked).enumerate() {
+        let buyer = buyers.iter().find(|b| b.id == cmd.buyer_id);
+        match decide(at, cmd, buyer, checked) {
+            Ok(Decision::Accept(a)) => {
+                // Replaced by the order once written.
+                answers.push(Err(anyhow::anyhow!("not written").into()));
+                accepted.push(*a);
+            }
+            Ok(Decision::Answer(placed)) => answers.push(Ok(placed)),
+            Err(e) => answers.push(Err(e)),
+        }
+    }
+    if accepted.is_empty() {
+        return Ok((answers, false));
+    }
+    let purchases: Vec<statements::Purchase<'_>> = accepted
+        .iter()
+        .map(|a| {
+            let cmd = cmds[a.at];
+            statements::Purchase {
+                buyer: buyers
+                    .iter()
+                    .find(|b| b.id == cmd.buyer_id)
+                    .expect("an accepted purchase has its buyer"),
+                order: &a.order,
+                charge: a.charge,
+                history_reason: &a.history_reason,
+                outbox: &a.outbox,
+                key: cmd.key_ref(),
+                response: &a.body,
+            }
+        })
+        .collect();
+    if !statements::write(txn, &purchases).await? {
+        let [cmd] = cmds else {
+            return Err(anyhow::anyhow!("an idempotency key was claimed meanwhile").into());
+        };
+        // Claimed meanwhile by a request that does not lock this buyer (an admin's request
+        // under the same numeric id): its answer, and the purchase is rolled back.
+        let asked = [statements::Asked {
+            buyer_id: cmd.buyer_id,
+            plan_id: cmd.plan_id,
+            key: &cmd.idempotency_key,
+        }];
+        let stored = statements::check(txn, &asked, notify)
+            .await?
+            .pop()
+            .and_then(|c| c.stored)
+            .ok_or_else(|| anyhow::anyhow!("idempotency row vanished"))?;
+        return Ok((vec![replay(stored, cmd.key_ref())], false));
+    }
+    for a in accepted {
+        answers[a.at] = Ok(Placed::Created(a.body));
+    }
+    Ok((answers, true))
+}
+
+/// What the checks decided for one purchase.
+enum Decision {
+    Accept(Box<Accepted>),
+    /// A replay: nothing to write.
+    Answer(Placed),
+}
+
+/// The rules, on what [`statements::check`] read for purchase `at`.
+fn decide(
+    at: usize,
+    cmd: &PlaceOrder,
+    buyer: Option<&user::Model>,
+    checked: statements::Checked,
+) -> Result<Decision, OrderError> {
+    let buyer = buyer.ok_or(OrderError::UnknownBuyer)?;
     if let Some(stored) = checked.stored {
-        return replay(stored, cmd.key_ref());
+        return replay(stored, cmd.key_ref()).map(Decision::Answer);
     }
     let plan = checked
         .plan
         .filter(|p| p.on_shelf)
         .ok_or(OrderError::PlanNotFound(cmd.plan_id))?;
     judge_eligibility(&plan, cmd.pay_method, checked.counts)?;
-    let charge = price_charge(
-        &buyer,
-        &plan,
-        checked.discount_percent,
-        cmd.pay_method,
-        cmd.expected,
-    )?;
+    let discount_percent = checked
+        .discount_percent
+        .ok_or_else(|| anyhow::anyhow!("the buyer's level is missing"))?;
+    let charge = price_charge(buyer, &plan, discount_percent, cmd.pay_method, cmd.expected)?;
 
     // Microseconds, as PostgreSQL keeps them: the response stored now is what reads show later.
     let now = Utc::now().trunc_subsecs(6);
-    let order = order_model(cmd, &buyer, &plan, charge, checked.order_id, now, None);
+    let order = order_model(cmd, buyer, &plan, charge, checked.order_id, now, None);
     let event = OrderPaid {
         order_id: order.id,
         order_no: order.order_no.clone(),
@@ -145,30 +271,14 @@ async fn place_in(
     };
     let outbox = outbox::Row::of(&Envelope::new(event, cmd.correlation_id, None))?;
     let body = serde_json::to_value(OrderView::from(order.clone())).map_err(anyhow::Error::from)?;
-    let claimed = statements::write(
-        txn,
-        statements::Purchase {
-            buyer: &buyer,
-            order: &order,
-            charge,
-            history_reason: &format!("paid_with_{}", cmd.pay_method),
-            outbox,
-            key: cmd.key_ref(),
-            response: &body,
-        },
-    )
-    .await?;
-    if !claimed {
-        // Claimed meanwhile by a request that does not lock this buyer (an admin's request
-        // under the same numeric id): its answer, and `place` rolls this purchase back.
-        let stored =
-            statements::check(txn, cmd.buyer_id, cmd.plan_id, &cmd.idempotency_key, notify)
-                .await?
-                .stored
-                .ok_or_else(|| anyhow::anyhow!("idempotency row vanished"))?;
-        return replay(stored, cmd.key_ref());
-    }
-    Ok(Placed::Created(body))
+    Ok(Decision::Accept(Box::new(Accepted {
+        at,
+        order,
+        charge,
+        history_reason: format!("paid_with_{}", cmd.pay_method),
+        outbox,
+        body,
+    })))
 }
 
 /// A purchase whose key was used before: the first answer, or why there is none.
@@ -313,8 +423,8 @@ pub(super) async fn check_eligibility(
             DbBackend::Postgres,
             format!(
                 "SELECT {} AS permanent, {} AS free_claims",
-                statements::PERMANENT_COUNT,
-                statements::FREE_CLAIMS
+                statements::permanent_count("$1"),
+                statements::free_claims("$1", "$2")
             ),
             [buyer.id.into(), plan.id.into()],
         ))

@@ -506,3 +506,277 @@ async fn a_second_membership_right_after_a_permanent_one_is_refused_before_any_w
         "charged once"
     );
 }
+
+/// The gateway's /metrics text.
+async fn metrics_text(app: &memberline_tests::TestApp) -> String {
+    app.client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics request")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of the sample `name` (with its labels) in `text`, if there is one.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Holds `blocked`'s row locked while its purchase reaches the only lane, lets `burst` queue up
+/// behind it (so that its purchases go to the lane together), then lets everything through.
+/// Returns the blocked purchase's answer and the burst's, in order.
+async fn burst_behind_a_busy_lane<
+    F: std::future::Future<Output = Vec<(u16, serde_json::Value)>>,
+>(
+    app: &memberline_tests::TestApp,
+    blocked: i64,
+    burst_len: usize,
+    burst: F,
+) -> ((u16, serde_json::Value), Vec<(u16, serde_json::Value)>) {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let monthly = app.plan_id("monthly").await;
+    let blocker = app.db.begin().await.unwrap();
+    blocker
+        .execute_unprepared(&format!(
+            "SELECT 1 FROM users WHERE id = {blocked} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let go = tokio::sync::Notify::new();
+    let token = app.user_token(blocked);
+    let (first, rest, ()) = tokio::join!(
+        app.order(
+            &token,
+            "blocked",
+            json!({"plan_id": monthly, "pay_method": "points"})
+        ),
+        async {
+            go.notified().await;
+            burst.await
+        },
+        async {
+            eventually(
+                "the lane waits for the locked buyer",
+                Duration::from_secs(10),
+                || async {
+                    (app.scalar(
+                        "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    )
+                    .await
+                        >= 1)
+                        .then_some(())
+                },
+            )
+            .await;
+            go.notify_one();
+            let waiting = format!("{burst_len}");
+            eventually(
+                "the burst waits for the lane",
+                Duration::from_secs(10),
+                || async {
+                    let text = metrics_text(app).await;
+                    (sample(&text, "memberline_purchases_waiting").map(|v| v.to_string())
+                        == Some(waiting.clone()))
+                    .then_some(())
+                },
+            )
+            .await;
+            blocker.rollback().await.unwrap();
+        }
+    );
+    (first, rest)
+}
+
+#[tokio::test]
+async fn purchases_that_arrive_together_share_a_transaction_and_each_is_answered_as_if_alone() {
+    let app = memberline_tests::spawn_app_with(memberline_tests::Options {
+        env: vec![
+            ("MEMBERLINE__PURCHASES__LANES", "1".to_owned()),
+            ("MEMBERLINE__PURCHASES__BATCH_MAX", "16".to_owned()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let monthly = app.plan_id("monthly").await;
+    let blocked = app.create_user("Blocked", 0, 10_000).await;
+    let mut buyers = Vec::new();
+    for i in 0..8 {
+        buyers.push(app.create_user(&format!("Buyer {i}"), 0, 10_000).await);
+    }
+    let twice = app.create_user("Buys twice", 0, 10_000).await;
+    let poor = app.create_user("No points", 0, 0).await;
+    let retried = app.create_user("Retries", 0, 10_000).await;
+    // (buyer, key): the same buyer twice, a buyer who cannot pay, one request sent twice.
+    let mut asks: Vec<(i64, String)> = buyers.iter().map(|b| (*b, format!("b-{b}"))).collect();
+    asks.extend([
+        (twice, "twice-1".to_owned()),
+        (twice, "twice-2".to_owned()),
+        (poor, "poor".to_owned()),
+        (retried, "retried".to_owned()),
+        (retried, "retried".to_owned()),
+    ]);
+    let burst = futures::future::join_all(asks.iter().map(|(buyer, key)| {
+        let token = app.user_token(*buyer);
+        let app = &app;
+        async move {
+            app.order(
+                &token,
+                key,
+                json!({"plan_id": monthly, "pay_method": "points"}),
+            )
+            .await
+        }
+    }));
+    let (first, answers) = burst_behind_a_busy_lane(&app, blocked, asks.len(), burst).await;
+
+    assert_eq!(first.0, 201, "{}", first.1);
+    for ((buyer, key), (status, body)) in asks.iter().zip(&answers) {
+        if *buyer == poor {
+            assert_eq!(*status, 422, "{body}");
+            assert_eq!(body["error"]["code"], "insufficient_points");
+        } else {
+            assert_eq!(*status, 201, "{key}: {body}");
+            assert!(body["id"].is_i64(), "{body}");
+            assert_eq!(body["status"], "paid");
+        }
+    }
+    // The request sent twice has one order, and both answers show it.
+    let retried_answers: Vec<_> = asks
+        .iter()
+        .zip(&answers)
+        .filter(|((b, _), _)| *b == retried)
+        .map(|(_, (_, body))| body.clone())
+        .collect();
+    assert_eq!(retried_answers[0], retried_answers[1]);
+    let orders_of = |buyer: i64| {
+        let app = &app;
+        async move {
+            app.scalar(&format!(
+                "SELECT count(*) FROM orders WHERE buyer_id = {buyer}"
+            ))
+            .await
+        }
+    };
+    for buyer in &buyers {
+        assert_eq!(orders_of(*buyer).await, 1);
+    }
+    assert_eq!(orders_of(twice).await, 2);
+    assert_eq!(orders_of(retried).await, 1);
+    assert_eq!(orders_of(poor).await, 0);
+    // Every buyer paid exactly what their orders say, with one ledger entry and one event each.
+    assert_eq!(
+        app.scalar(
+            "SELECT count(*) FROM users u WHERE u.points + (SELECT coalesce(sum(amount_points), 0) \
+             FROM orders WHERE buyer_id = u.id) <> (CASE WHEN u.name = 'No points' THEN 0 ELSE 10000 END)"
+        )
+        .await,
+        0
+    );
+    let orders = app.scalar("SELECT count(*) FROM orders").await;
+    assert_eq!(orders, 1 + 8 + 2 + 1);
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM point_ledger WHERE order_id IS NOT NULL")
+            .await,
+        orders
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM outbox WHERE event_type = 'order.paid'")
+            .await,
+        orders
+    );
+    let text = metrics_text(&app).await;
+    assert!(
+        sample(
+            &text,
+            "memberline_purchase_batches_total{outcome=\"committed\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "the burst shared a transaction:\n{text}"
+    );
+    assert_eq!(sample(&text, "memberline_purchases_waiting"), Some(0.0));
+}
+
+#[tokio::test]
+async fn a_purchase_the_database_refuses_fails_alone_and_the_others_of_its_transaction_are_placed_on_their_own()
+ {
+    use sea_orm::ConnectionTrait;
+    let app = memberline_tests::spawn_app_with(memberline_tests::Options {
+        env: vec![
+            ("MEMBERLINE__PURCHASES__LANES", "1".to_owned()),
+            ("MEMBERLINE__PURCHASES__BATCH_MAX", "16".to_owned()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let monthly = app.plan_id("monthly").await;
+    let blocked = app.create_user("Blocked", 0, 10_000).await;
+    let mut buyers = Vec::new();
+    for i in 0..6 {
+        buyers.push(app.create_user(&format!("Buyer {i}"), 0, 10_000).await);
+    }
+    let refused = buyers[3];
+    // A rule of the database the gateway does not know: this buyer's orders fail to insert.
+    app.db
+        .execute_unprepared(&format!(
+            "CREATE FUNCTION refuse_one_buyer() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.buyer_id = {refused} THEN RAISE EXCEPTION 'refused by the test'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_one_buyer BEFORE INSERT ON orders \
+             FOR EACH ROW EXECUTE FUNCTION refuse_one_buyer()"
+        ))
+        .await
+        .unwrap();
+    let burst = futures::future::join_all(buyers.iter().map(|buyer| {
+        let token = app.user_token(*buyer);
+        let app = &app;
+        async move {
+            app.order(
+                &token,
+                &format!("k-{buyer}"),
+                json!({"plan_id": monthly, "pay_method": "points"}),
+            )
+            .await
+        }
+    }));
+    let (first, answers) = burst_behind_a_busy_lane(&app, blocked, buyers.len(), burst).await;
+
+    assert_eq!(first.0, 201, "{}", first.1);
+    for (buyer, (status, body)) in buyers.iter().zip(&answers) {
+        if *buyer == refused {
+            assert_eq!(*status, 500, "{body}");
+        } else {
+            assert_eq!(*status, 201, "{body}");
+        }
+        let orders = app
+            .scalar(&format!(
+                "SELECT count(*) FROM orders WHERE buyer_id = {buyer}"
+            ))
+            .await;
+        assert_eq!(orders, i64::from(*buyer != refused));
+    }
+    assert_eq!(
+        app.scalar(&format!("SELECT points FROM users WHERE id = {refused}"))
+            .await,
+        10_000
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM outbox WHERE event_type = 'order.paid'")
+            .await,
+        1 + 5
+    );
+    let text = metrics_text(&app).await;
+    assert!(
+        sample(
+            &text,
+            "memberline_purchase_batches_total{outcome=\"split\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "the shared transaction was split:\n{text}"
+    );
+}

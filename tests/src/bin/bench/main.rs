@@ -257,8 +257,9 @@ async fn notify_only() {
     }
 }
 
-/// `BENCH_ONLY=checkout`: floor (a) at 4 connections, then checkout's closed loop at 8 in flight,
-/// with the CPU by component, for comparing two builds (or settings, with `BENCH_ENV`).
+/// `BENCH_ONLY=checkout`: floor (a) at 4 connections, then checkout's closed loop at 8 in flight
+/// (`BENCH_IN_FLIGHT`), with the CPU by component, for comparing two builds (or settings, with
+/// `BENCH_ENV`).
 async fn checkout_only() {
     let floor_db = TestDb::create().await;
     floors::seed_buyers(&floor_db.conn).await;
@@ -267,9 +268,18 @@ async fn checkout_only() {
     let system = System::start(false).await;
     system.shop("warm").closed_loop("warm-up", 8, 2.0).await;
     let before = cpu::snapshot();
+    // BENCH_IN_FLIGHT: requests in flight (8 unless set).
+    let in_flight: usize = std::env::var("BENCH_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
     let run = system
         .shop("closed")
-        .closed_loop("closed loop, 8 in flight", 8, WINDOW)
+        .closed_loop(
+            &format!("closed loop, {in_flight} in flight"),
+            in_flight,
+            WINDOW,
+        )
         .await;
     let used = cpu::between(
         &before,
