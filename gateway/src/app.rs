@@ -47,7 +47,15 @@ impl Application {
         let purchases = crate::orders::Purchases::start(
             db.clone(),
             relay_wake.clone(),
-            &settings.purchases,
+            &settings.lanes,
+            settings.database.max_connections,
+            metrics.clone(),
+        );
+        let notifications = crate::notifications::Notifications::start(
+            db.clone(),
+            payments.clone(),
+            relay_wake.clone(),
+            &settings.lanes,
             settings.database.max_connections,
             metrics.clone(),
         );
@@ -55,6 +63,7 @@ impl Application {
             db,
             relay_wake,
             purchases,
+            notifications,
             payments,
             keys: Keys::new(settings.auth.signing_secret()?),
             metrics,

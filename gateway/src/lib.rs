@@ -8,6 +8,8 @@ pub mod audit;
 pub mod auth;
 pub mod console_tail;
 pub mod error;
+pub mod lanes;
+pub mod notifications;
 pub mod orders;
 pub mod pages;
 pub mod pricing;

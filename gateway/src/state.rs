@@ -28,6 +28,9 @@ pub struct AppState {
     /// The purchase lanes: balance, points and free purchases, sharing transactions when they
     /// arrive together.
     pub purchases: crate::orders::Purchases,
+    /// The notification lanes: verified payment notifications, sharing transactions when they
+    /// arrive together.
+    pub notifications: crate::notifications::Notifications,
 }
 
 impl FromRef<AppState> for Keys {

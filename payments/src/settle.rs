@@ -102,42 +102,108 @@ pub enum Stored {
     Duplicate,
 }
 
-/// Stores a verified notification and, when it reports a payment, applies it — one
-/// transaction. `payment` is `None` for events that pay nothing (Alipay `TRADE_CLOSED`, say).
+/// A verified notification, its payment (if it reports one) and its provider's client.
+pub struct Incoming<'a> {
+    pub client: &'a dyn PaymentProvider,
+    pub notification: &'a Notification<'a>,
+    pub payment: Option<&'a Payment>,
+}
+
+/// What one notification did inside a shared transaction.
+enum InTransaction {
+    /// Stored (and applied): commits with the transaction.
+    New(Option<Applied>),
+    /// A copy of one stored before: nothing written.
+    Duplicate,
+    /// A copy was stored first, after this one may have written: the transaction must not
+    /// commit.
+    CopyStoredFirst,
+}
+
+/// Stores verified notifications and, for those that report a payment, applies it, in ONE
+/// transaction: one answer per notification, in order; one commit. The notifications are of
+/// different orders, locked in order-number order (`payment` is `None` for events that pay
+/// nothing, Alipay `TRADE_CLOSED`, say).
 ///
-/// The common case, the first copy of a notification that pays a pending order, takes four
-/// round trips: BEGIN; lock the order (the same statement says whether this notification was
-/// stored before); one statement that moves the order to paid and writes its history, its
-/// `order.paid.v1` outbox row and the notification; COMMIT. A copy of a notification already
-/// stored writes nothing.
+/// The common case, the first copy of a notification that pays a pending order, takes two
+/// round trips inside the transaction: lock the order (the same statement says whether this
+/// notification was stored before); one statement that moves the order to paid and writes its
+/// history, its `order.paid.v1` outbox row and the notification. A copy of a notification
+/// already stored writes nothing.
+///
+/// `Err` when the transaction failed, or when a copy of one of them was stored first by another
+/// request while it ran: with one notification, the first is its answer and the second a
+/// duplicate; with several, the caller stores each again on its own (what committed is then
+/// found stored, a duplicate).
 ///
 /// `relay`: the wake-up of a relay embedded in this process, if there is one. The transaction
 /// then opts out of the outbox trigger's NOTIFY (whose commits PostgreSQL serializes
 /// database-wide) and wakes that relay itself once committed.
-pub async fn notification(
+pub async fn notifications_together(
     db: &DatabaseConnection,
-    client: &dyn PaymentProvider,
-    notification: &Notification<'_>,
-    payment: Option<&Payment>,
+    incoming: &[Incoming<'_>],
     relay: Option<&Notify>,
-) -> Result<Stored, DbErr> {
+) -> Result<Vec<Stored>, DbErr> {
+    let mut by_order: Vec<usize> = (0..incoming.len()).collect();
+    by_order.sort_by_key(|i| incoming[*i].payment.map(|p| p.out_trade_no.as_str()));
     let txn = db.begin().await?;
-    let (applied, first_copy) = match payment {
-        Some(payment) => {
-            let locked = lock_order(
-                &txn,
-                &payment.out_trade_no,
-                Some(notification),
-                relay.is_none(),
-            )
-            .await?;
-            if locked.stored_before {
+    let mut answers = vec![Stored::Duplicate; incoming.len()];
+    let mut wrote = false;
+    for i in by_order {
+        let outcome = match one_in(&txn, &incoming[i], relay.is_none()).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
                 txn.rollback().await?;
-                return Ok(Stored::Duplicate);
+                return Err(e);
+            }
+        };
+        match outcome {
+            InTransaction::New(applied) => {
+                answers[i] = Stored::New(applied);
+                wrote = true;
+            }
+            InTransaction::Duplicate => {}
+            InTransaction::CopyStoredFirst => {
+                // Stored by an earlier copy: whatever this transaction did is undone (it found
+                // the order already paid anyway, as the first copy committed before our insert
+                // returned).
+                txn.rollback().await?;
+                return match incoming.len() {
+                    1 => Ok(vec![Stored::Duplicate]),
+                    _ => Err(DbErr::Custom(
+                        "a copy of a notification was stored first".into(),
+                    )),
+                };
+            }
+        }
+    }
+    if !wrote {
+        txn.rollback().await?;
+        return Ok(answers);
+    }
+    txn.commit().await?;
+    if let Some(relay) = relay {
+        relay.notify_one();
+    }
+    Ok(answers)
+}
+
+/// One notification inside the shared transaction.
+async fn one_in(
+    txn: &DatabaseTransaction,
+    incoming: &Incoming<'_>,
+    notify: bool,
+) -> Result<InTransaction, DbErr> {
+    let notification = incoming.notification;
+    let (applied, first_copy) = match incoming.payment {
+        Some(payment) => {
+            let locked = lock_order(txn, &payment.out_trade_no, Some(notification), notify).await?;
+            if locked.stored_before {
+                return Ok(InTransaction::Duplicate);
             }
             let settled = apply_locked(
-                &txn,
-                client,
+                txn,
+                incoming.client,
                 payment,
                 locked.order,
                 Source::Notify,
@@ -150,19 +216,14 @@ pub async fn notification(
     };
     let first_copy = match first_copy {
         Some(first) => first,
-        None => store_notification(&txn, notification, applied.as_ref()).await?,
+        None => store_notification(txn, notification, applied.as_ref()).await?,
     };
-    if !first_copy {
-        // Stored by an earlier copy: whatever this transaction did is undone (it found the
-        // order already paid anyway, as the first copy committed before our insert returned).
-        txn.rollback().await?;
-        return Ok(Stored::Duplicate);
-    }
-    txn.commit().await?;
-    if let Some(relay) = relay {
-        relay.notify_one();
-    }
-    Ok(Stored::New(applied))
+    Ok(match (first_copy, incoming.payment) {
+        (true, _) => InTransaction::New(applied),
+        // Nothing but the notification was tried, and it was not inserted.
+        (false, None) => InTransaction::Duplicate,
+        (false, Some(_)) => InTransaction::CopyStoredFirst,
+    })
 }
 
 /// Inserts the notification with `applied`'s outcome; `false` when a copy was stored first.

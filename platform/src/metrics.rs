@@ -69,6 +69,17 @@ pub struct LifecycleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabels {
+    pub lane: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneNameLabels {
+    pub lane: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -86,8 +97,8 @@ pub struct Metrics {
     outbox_quarantined: Gauge<f64, AtomicU64>,
     worker_deliveries: Family<DeliveryLabels, Counter>,
     worker_batches: Family<DeliveryLabels, Counter>,
-    purchase_batches: Family<OutcomeLabels, Counter>,
-    purchases_waiting: Gauge,
+    lane_batches: Family<LaneLabels, Counter>,
+    lane_waiting: Family<LaneNameLabels, Gauge>,
     worker_handling: Latency<ConsumerLabels>,
     worker_event_to_effect: Latency<ConsumerLabels>,
     channel_deliveries: Family<OutcomeLabels, Counter>,
@@ -192,18 +203,18 @@ impl Default for Metrics {
              split: rolled back, each delivery then handled on its own).",
             Family::default(),
         );
-        let purchase_batches = registered(
+        let lane_batches = registered(
             r,
-            "memberline_purchase_batches",
-            "Transactions shared by several balance, points or free purchases, by outcome \
-             (committed; split: failed, each purchase then placed on its own).",
+            "memberline_lane_batches",
+            "Transactions shared by several purchases or notifications, by lane (purchases, \
+             notifications) and outcome (committed; split: failed, each then run on its own).",
             Family::default(),
         );
-        let purchases_waiting = registered(
+        let lane_waiting = registered(
             r,
-            "memberline_purchases_waiting",
-            "Balance, points and free purchases received and waiting for a purchase lane.",
-            Gauge::default(),
+            "memberline_lane_waiting",
+            "Purchases or notifications received and waiting for a lane, by lane.",
+            Family::default(),
         );
         let worker_handling = registered(
             r,
@@ -236,8 +247,8 @@ impl Default for Metrics {
             outbox_quarantined,
             worker_deliveries,
             worker_batches,
-            purchase_batches,
-            purchases_waiting,
+            lane_batches,
+            lane_waiting,
             worker_handling,
             worker_event_to_effect,
             channel_deliveries,
@@ -372,24 +383,19 @@ impl Metrics {
             .inc();
     }
 
-    /// A transaction shared by several purchases ended in `outcome` (`committed`, `split`).
-    pub fn purchase_batch(&self, outcome: &'static str) {
-        self.purchase_batches
-            .get_or_create(&OutcomeLabels { outcome })
+    /// A transaction of `lane` shared by several jobs ended in `outcome` (`committed`,
+    /// `split`).
+    pub fn lane_batch(&self, lane: &'static str, outcome: &'static str) {
+        self.lane_batches
+            .get_or_create(&LaneLabels { lane, outcome })
             .inc();
     }
 
-    /// Purchases that started (`1`) or stopped (`-1`) waiting for a purchase lane.
-    pub fn purchases_waiting(&self, change: i64) {
-        self.purchases_waiting.inc_by(change);
-    }
-
-    /// How many transactions shared by several purchases ended in `outcome` (tests and logs).
-    pub fn purchase_batches(&self, outcome: &'static str) -> u64 {
-        self.purchase_batches
-            .get(&OutcomeLabels { outcome })
-            .map(|c| c.get())
-            .unwrap_or(0)
+    /// Jobs that started (`1`) or stopped (`-1`) waiting for one of `lane`'s lanes.
+    pub fn lane_waiting(&self, lane: &'static str, change: i64) {
+        self.lane_waiting
+            .get_or_create(&LaneNameLabels { lane })
+            .inc_by(change);
     }
 
     /// How many shared transactions of `consumer` ended in `outcome` (tests and logs).

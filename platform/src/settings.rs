@@ -54,17 +54,19 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub payments: PaymentSettings,
     pub push: PushSettings,
-    pub purchases: PurchaseSettings,
+    pub lanes: LaneSettings,
 }
 
-/// How the gateway runs balance, points and free purchases.
+/// How the gateway runs balance, points and free purchases, and payment notifications: each in
+/// its own lanes (`gateway/src/lanes.rs`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PurchaseSettings {
-    /// Transactions of purchases that may run at once (each holds a pooled connection; the
+pub struct LaneSettings {
+    /// Transactions of each kind that may run at once (each holds a pooled connection; the
     /// gateway runs at most `database.max_connections`).
-    pub lanes: u16,
-    /// Purchases, of different buyers, that may share one transaction.
+    pub count: u16,
+    /// Purchases of different buyers, or notifications of different orders, that may share one
+    /// transaction.
     pub batch_max: u16,
 }
 
@@ -322,11 +324,11 @@ impl Settings {
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be positive");
         }
-        if !(1..=256).contains(&self.purchases.lanes) {
-            return invalid("purchases.lanes", "must be between 1 and 256");
+        if !(1..=256).contains(&self.lanes.count) {
+            return invalid("lanes.count", "must be between 1 and 256");
         }
-        if !(1..=256).contains(&self.purchases.batch_max) {
-            return invalid("purchases.batch_max", "must be between 1 and 256");
+        if !(1..=256).contains(&self.lanes.batch_max) {
+            return invalid("lanes.batch_max", "must be between 1 and 256");
         }
         if self.amqp.retry_delays_ms.is_empty() || self.amqp.retry_delays_ms.contains(&0) {
             return invalid(
@@ -523,17 +525,9 @@ mod tests {
             .to_string();
         assert!(err.contains("workers.batch_max"), "{err}");
         for (key, value, name) in [
-            ("MEMBERLINE__PURCHASES__LANES", "0", "purchases.lanes"),
-            (
-                "MEMBERLINE__PURCHASES__BATCH_MAX",
-                "0",
-                "purchases.batch_max",
-            ),
-            (
-                "MEMBERLINE__PURCHASES__BATCH_MAX",
-                "1000",
-                "purchases.batch_max",
-            ),
+            ("MEMBERLINE__LANES__COUNT", "0", "lanes.count"),
+            ("MEMBERLINE__LANES__BATCH_MAX", "0", "lanes.batch_max"),
+            ("MEMBERLINE__LANES__BATCH_MAX", "1000", "lanes.batch_max"),
         ] {
             let err = load(&[(key, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");

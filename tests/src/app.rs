@@ -14,6 +14,7 @@ use memberline_schema::topology::{Topology, Worker};
 use memberline_workers::runtime::{Handler, WorkerContext};
 use sea_orm::DatabaseConnection;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -197,6 +198,74 @@ impl TestApp {
     /// The gateway's URL of `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// The value of the gateway's metric sample `name` (with its labels, as /metrics spells
+    /// them), if it has one.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Waits until `other_work` (jobs of `lane` sent meanwhile) has `jobs` waiting for the lane:
+    /// `hold` (a statement that takes a lock the lane's first job needs, in a transaction of
+    /// the test's) keeps the lane busy with `first` until then, and is rolled back after.
+    /// Returns the first job's result and the others'.
+    pub async fn behind_a_busy_lane<A, B>(
+        &self,
+        lane: &str,
+        hold: &str,
+        jobs: usize,
+        first: impl std::future::Future<Output = A>,
+        other_work: impl std::future::Future<Output = B>,
+    ) -> (A, B) {
+        use sea_orm::{ConnectionTrait, TransactionTrait};
+        let holder = self.db.begin().await.expect("begin");
+        holder.execute_unprepared(hold).await.expect("hold");
+        let go = tokio::sync::Notify::new();
+        let waiting = format!("memberline_lane_waiting{{lane=\"{lane}\"}}");
+        let (first, rest, ()) = tokio::join!(
+            first,
+            async {
+                go.notified().await;
+                other_work.await
+            },
+            async {
+                crate::eventually(
+                    "the lane waits for the held lock",
+                    Duration::from_secs(10),
+                    || async {
+                        (self
+                            .scalar(
+                                "SELECT count(*) FROM pg_stat_activity \
+                                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                            )
+                            .await
+                            >= 1)
+                            .then_some(())
+                    },
+                )
+                .await;
+                go.notify_one();
+                crate::eventually(
+                    "the jobs wait for the lane",
+                    Duration::from_secs(10),
+                    || async { (self.metric(&waiting).await == Some(jobs as f64)).then_some(()) },
+                )
+                .await;
+                holder.rollback().await.expect("rollback");
+            }
+        );
+        (first, rest)
     }
 
     /// Creates a buyer through the admin API and returns its id.

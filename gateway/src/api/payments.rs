@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use memberline_payments::refunds;
-use memberline_payments::settle::{self, Applied, Notification, Stored};
+use memberline_payments::settle::{Applied, Notification, Stored};
 use memberline_payments::wechat::{NotifyHeaders, WechatEvent};
 use memberline_payments::{NotifyError, Payment};
 use memberline_schema::entities::order;
@@ -64,18 +64,17 @@ async fn store(
     notification: Notification<'_>,
     payment: Option<Payment>,
 ) -> Result<(), ()> {
-    let client = state.payments.get(provider).ok_or(())?;
+    state.payments.get(provider).ok_or(())?;
     let label = provider.as_str();
-    let relay = state.relay_wake.as_deref();
-    match settle::notification(
-        &state.db,
-        client.as_ref(),
-        &notification,
-        payment.as_ref(),
-        relay,
-    )
-    .await
-    {
+    let verified = crate::notifications::Verified {
+        provider,
+        event_id: notification.event_id.to_owned(),
+        out_trade_no: notification.out_trade_no.map(str::to_owned),
+        headers: notification.headers.clone(),
+        raw_body: notification.raw_body.to_owned(),
+        payment,
+    };
+    match state.notifications.store(verified).await {
         Ok(Stored::Duplicate) => {
             state.metrics.payment_notification(label, "duplicate");
             tracing::info!(%provider, event_id = notification.event_id, "Notification already stored");

@@ -290,3 +290,70 @@ async fn a_notification_that_pays_wakes_the_embedded_relay_without_a_notify() {
         "the payment's commit notified nobody"
     );
 }
+
+#[tokio::test]
+async fn notifications_of_different_orders_that_arrive_together_share_a_transaction_and_each_pays_its_order_once()
+ {
+    let (app, emulator) =
+        memberline_tests::provider::spawn_app_with_provider(memberline_tests::Options {
+            env: vec![
+                ("MEMBERLINE__LANES__COUNT", "1".to_owned()),
+                ("MEMBERLINE__LANES__BATCH_MAX", "16".to_owned()),
+            ],
+            ..Default::default()
+        })
+        .await;
+    let buyer = app.create_user("Many orders", 0, 0).await;
+    let token = app.user_token(buyer);
+    let mut orders = Vec::new();
+    for i in 0..6 {
+        let (id, no) = ids(&qr_order(&app, &token, &format!("together-{i}"), "wechat").await);
+        paid_silently(&emulator, "wechat", &no).await;
+        orders.push((id, no));
+    }
+    let notify = |no: &str, event_id: String| {
+        emulator.send(json!({"provider": "wechat", "out_trade_no": no, "event_id": event_id}))
+    };
+    // The first order's notification waits for its locked row in the only lane; the others,
+    // and a second copy of one of them (the same order: it waits for the next transaction),
+    // queue behind it.
+    let (first_no, rest) = (orders[0].1.clone(), &orders[1..]);
+    let burst = futures::future::join_all(
+        rest.iter()
+            .map(|(_, no)| notify(no, format!("evt-{no}")))
+            .chain([notify(&rest[0].1, format!("evt-{}", rest[0].1))]),
+    );
+    let (first, replies) = app
+        .behind_a_busy_lane(
+            "notifications",
+            &format!("SELECT 1 FROM orders WHERE order_no = '{first_no}' FOR UPDATE"),
+            rest.len() + 1,
+            notify(&first_no, format!("evt-{first_no}")),
+            burst,
+        )
+        .await;
+
+    assert_eq!(first.1["status"], 204, "{}", first.1);
+    for (_, reply) in &replies {
+        assert_eq!(reply["status"], 204, "{reply}");
+    }
+    for (id, no) in &orders {
+        assert_eq!(order_status(&app, *id).await, "paid");
+        assert_eq!(paid_events(&app, *id).await, 1, "{no}: one order.paid.v1");
+        assert_eq!(
+            app.scalar(&format!(
+                "SELECT count(*) FROM payment_notifications WHERE out_trade_no = '{no}'"
+            ))
+            .await,
+            1,
+            "{no}: stored once"
+        );
+    }
+    assert!(
+        app.metric("memberline_lane_batches_total{lane=\"notifications\",outcome=\"committed\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0,
+        "the notifications shared a transaction"
+    );
+}
