@@ -16,7 +16,7 @@ use memberline_payments::{Payment, Payments};
 use memberline_platform::metrics::Metrics;
 use memberline_platform::settings::LaneSettings;
 use memberline_schema::states::Provider;
-use sea_orm::{DatabaseConnection, DbErr};
+use sea_orm::{ConnAcquireErr, DatabaseConnection, DbErr};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -127,12 +127,19 @@ impl Batch for NotificationBatch {
     async fn run(&self, jobs: &[Verified]) -> Vec<Self::Answer> {
         match self.together(jobs).await {
             Ok(answers) => {
-                if jobs.len() > 1 {
+                let wrote = answers.iter().any(|a| matches!(a, Stored::New(_)));
+                if jobs.len() > 1 && wrote {
                     self.metrics.lane_batch("notifications", "committed");
                 }
                 answers.into_iter().map(Ok).collect()
             }
             Err(e) if jobs.len() == 1 => vec![Err(e)],
+            // No connection within `database.acquire_timeout_secs`: the transaction never
+            // started, and each notification on its own would wait as long again.
+            Err(DbErr::ConnectionAcquire(_)) => jobs
+                .iter()
+                .map(|_| Err(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)))
+                .collect(),
             Err(e) => {
                 tracing::warn!(
                     error = %e,

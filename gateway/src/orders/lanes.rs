@@ -15,7 +15,7 @@ use super::placement::{PlaceOrder, Placed, place, place_together, refuse_other_m
 use crate::lanes::{Batch, Lanes};
 use memberline_platform::metrics::Metrics;
 use memberline_platform::settings::LaneSettings;
-use sea_orm::DatabaseConnection;
+use sea_orm::{ConnAcquireErr, DatabaseConnection, DbErr};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -72,12 +72,19 @@ impl Batch for PurchaseBatch {
         let cmds: Vec<&PlaceOrder> = jobs.iter().collect();
         match place_together(&self.db, &cmds, relay).await {
             Ok(answers) => {
-                if cmds.len() > 1 {
+                let wrote = answers.iter().any(|a| matches!(a, Ok(Placed::Created(_))));
+                if cmds.len() > 1 && wrote {
                     self.metrics.lane_batch("purchases", "committed");
                 }
                 answers
             }
             Err(e) if cmds.len() == 1 => vec![Err(e)],
+            // No connection within `database.acquire_timeout_secs`: the transaction never
+            // started, and each purchase on its own would wait as long again.
+            Err(OrderError::Database(DbErr::ConnectionAcquire(_))) => cmds
+                .iter()
+                .map(|_| Err(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout).into()))
+                .collect(),
             Err(e) => {
                 tracing::warn!(
                     error = %e,

@@ -553,7 +553,12 @@ async fn purchases_that_arrive_together_share_a_transaction_and_each_is_answered
     let twice = app.create_user("Buys twice", 0, 10_000).await;
     let poor = app.create_user("No points", 0, 0).await;
     let retried = app.create_user("Retries", 0, 10_000).await;
-    // (buyer, key): the same buyer twice, a buyer who cannot pay, one request sent twice.
+    let with_balance = [
+        app.create_user("Balance 1", 100_000, 10_000).await,
+        app.create_user("Balance 2", 100_000, 10_000).await,
+    ];
+    // (buyer, key): the same buyer twice, a buyer who cannot pay, one request sent twice, two
+    // paying with their balance.
     let mut asks: Vec<(i64, String)> = buyers.iter().map(|b| (*b, format!("b-{b}"))).collect();
     asks.extend([
         (twice, "twice-1".to_owned()),
@@ -562,14 +567,20 @@ async fn purchases_that_arrive_together_share_a_transaction_and_each_is_answered
         (retried, "retried".to_owned()),
         (retried, "retried".to_owned()),
     ]);
+    asks.extend(with_balance.iter().map(|b| (*b, format!("fen-{b}"))));
     let burst = futures::future::join_all(asks.iter().map(|(buyer, key)| {
         let token = app.user_token(*buyer);
+        let method = if with_balance.contains(buyer) {
+            "balance"
+        } else {
+            "points"
+        };
         let app = &app;
         async move {
             app.order(
                 &token,
                 key,
-                json!({"plan_id": monthly, "pay_method": "points"}),
+                json!({"plan_id": monthly, "pay_method": method}),
             )
             .await
         }
@@ -610,6 +621,20 @@ async fn purchases_that_arrive_together_share_a_transaction_and_each_is_answered
     assert_eq!(orders_of(twice).await, 2);
     assert_eq!(orders_of(retried).await, 1);
     assert_eq!(orders_of(poor).await, 0);
+    for buyer in with_balance {
+        assert_eq!(orders_of(buyer).await, 1);
+        // The debit's ledger entry says what the balance became, and it is what it is.
+        assert_eq!(
+            app.scalar(&format!(
+                "SELECT count(*) FROM balance_ledger l JOIN users u ON u.id = l.user_id \
+                 WHERE l.user_id = {buyer} AND l.order_id IS NOT NULL \
+                 AND l.balance_after = u.balance_fen AND u.balance_fen < 100000 \
+                 AND l.delta = -(SELECT amount_fen FROM orders WHERE buyer_id = {buyer})"
+            ))
+            .await,
+            1
+        );
+    }
     // Every buyer paid exactly what their orders say, with one ledger entry and one event each.
     assert_eq!(
         app.scalar(
@@ -620,11 +645,11 @@ async fn purchases_that_arrive_together_share_a_transaction_and_each_is_answered
         0
     );
     let orders = app.scalar("SELECT count(*) FROM orders").await;
-    assert_eq!(orders, 1 + 8 + 2 + 1);
+    assert_eq!(orders, 1 + 8 + 2 + 1 + 2);
     assert_eq!(
         app.scalar("SELECT count(*) FROM point_ledger WHERE order_id IS NOT NULL")
             .await,
-        orders
+        orders - 2
     );
     assert_eq!(
         app.scalar("SELECT count(*) FROM outbox WHERE event_type = 'order.paid'")
