@@ -59,6 +59,14 @@ pub async fn wait_until_settled(db: &TestDb, limit: Duration) {
     .await;
 }
 
+/// `VACUUM ANALYZE` of the whole database.
+pub async fn vacuum(db: &TestDb) {
+    db.conn
+        .execute_unprepared("VACUUM ANALYZE")
+        .await
+        .expect("vacuum");
+}
+
 /// Per order of `run`, milliseconds from its POST to the last of its four effects (sorted),
 /// and effects per second over the whole window.
 pub async fn end_to_end(db: &TestDb, run: &Run) -> (Vec<f64>, f64) {

@@ -214,6 +214,11 @@ async fn main() {
     let system = System::start(true).await;
     let over = end_to_end(&system, "end to end, 50 % of checkout", capacity * 0.5).await;
     let pipeline_capacity = over.effects_rate / 4.0;
+    // That run leaves the dead rows of tens of thousands of orders behind (the 64 buyers' rows
+    // alone were updated several times per order, the outbox marked published): vacuumed now,
+    // as autovacuum would over the next minutes, so that the half-load run measures the
+    // pipeline and not that clean-up.
+    e2e::vacuum(&system.db).await;
     let half = end_to_end(
         &system,
         "end to end, 50 % of the pipeline",
@@ -311,20 +316,38 @@ async fn checkout_only() {
 }
 
 /// `BENCH_ONLY=e2e`: floor (b) at 8 connections, then end to end offered 500 purchases/s
-/// (more than the pipeline carries here), for comparing two builds of the workers.
+/// (more than the pipeline carries here; `BENCH_E2E_RATE` sets it), for comparing two builds of
+/// the workers.
 async fn e2e_only() {
     let floor_db = TestDb::create().await;
     floors::seed_buyers(&floor_db.conn).await;
     let floor = pipeline::pipeline_floor(&floor_db.url, 8, WINDOW / 2.0).await * 4.0;
     drop(floor_db);
     let system = System::start(true).await;
-    let run = end_to_end(&system, "end to end, 500/s", 500.0).await;
+    // BENCH_E2E_RATE: purchases offered per second (500 unless set).
+    let rate: f64 = std::env::var("BENCH_E2E_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500.0);
+    let run = end_to_end(&system, &format!("end to end, {rate:.0}/s"), rate).await;
     let doubled = e2e::doubled_effects(&system.db).await;
     system.stop().await;
     println!(
         "{:.0} effects/s against floor (b) {floor:.0}/s: {:.2}",
         run.effects_rate,
         run.effects_rate / floor
+    );
+    let at = |q: f64| {
+        run.done_ms
+            .get(((run.done_ms.len() as f64 * q) as usize).min(run.done_ms.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "POST -> 4th effect: p50 {:.1} / p95 {:.1} / p99 {:.1} ms",
+        at(0.5),
+        at(0.95),
+        at(0.99)
     );
     println!("| component | share of a core | µs per effect |\n|---|---|---|");
     for (name, share, us) in &run.cpu {
