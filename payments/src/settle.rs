@@ -2,8 +2,9 @@
 //! (notifications, cancel) and the workers (expiry, reconciliation, late refunds), so a payment
 //! found by query goes through exactly the same transition as one that was notified.
 //!
-//! Every function here is one transaction that locks the order row first: a notification, a
-//! query and an expiry racing on one order are serialized, and every transition is a
+//! Every function here is one transaction that locks the order row first (several orders' rows,
+//! in order-number order, for notifications that share one): a notification, a query and an
+//! expiry racing on one order are serialized, and every transition is a
 //! conditional `WHERE status = from` update (here in [`PAID_SQL`], elsewhere
 //! [`crate::transitions::advance`]), so exactly one of them moves it.
 
