@@ -278,8 +278,8 @@ struct Locked {
 
 /// Locks the order `$1` (when there is one) and looks the notification `$2`/`$3` up, in one
 /// statement; `$4` 'off' opts the transaction out of the outbox trigger's NOTIFY (see
-/// [`notification`]). A lock taken in a CTE: `FOR UPDATE` cannot apply to the nullable side of
-/// the outer join that keeps the row when no order has the number.
+/// [`notifications_together`]). A lock taken in a CTE: `FOR UPDATE` cannot apply to the
+/// nullable side of the outer join that keeps the row when no order has the number.
 const LOCK_SQL: &str = "\
 WITH o AS (SELECT * FROM orders WHERE order_no = $1 FOR UPDATE)
 SELECT o.*, EXISTS (SELECT 1 FROM payment_notifications

@@ -23,6 +23,12 @@ pub async fn connect_with(
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
         .connect_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
+    if settings.lock_timeout_ms > 0 {
+        let lock_timeout = format!("{}ms", settings.lock_timeout_ms);
+        opts.map_sqlx_postgres_opts(move |pg| {
+            pg.options([("lock_timeout", lock_timeout.as_str())])
+        });
+    }
     match settings.ping_after_idle_ms {
         0 => opts.test_before_acquire(true),
         ms => opts.test_before_acquire_if_idle_for(Duration::from_millis(ms)),

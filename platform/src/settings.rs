@@ -136,6 +136,8 @@ pub struct DatabaseSettings {
     /// A pooled connection idle at least this long is pinged before it is handed out; 0 pings
     /// every time.
     pub ping_after_idle_ms: u64,
+    /// A statement waiting longer than this for a lock fails (retryable); 0 waits forever.
+    pub lock_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]

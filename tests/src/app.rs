@@ -30,6 +30,9 @@ pub struct Options {
     pub workers: bool,
     /// Extra `MEMBERLINE__…` settings.
     pub env: Vec<(&'static str, String)>,
+    /// The gateway opens its pool from its settings, as `memberline serve` does (with the
+    /// `database.*` options), instead of sharing the test's.
+    pub own_pool: bool,
 }
 
 impl Default for Options {
@@ -39,6 +42,7 @@ impl Default for Options {
             embedded_relay: true,
             workers: false,
             env: vec![],
+            own_pool: false,
         }
     }
 }
@@ -144,9 +148,12 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .expect("topology declares");
     assert!(drift.is_empty(), "a fresh prefix has no drift: {drift:?}");
 
-    let app = Application::build_with_db(settings.clone(), db.conn.clone())
-        .await
-        .expect("application builds");
+    let app = if options.own_pool {
+        Application::build(settings.clone()).await
+    } else {
+        Application::build_with_db(settings.clone(), db.conn.clone()).await
+    }
+    .expect("application builds");
     let base = format!("http://127.0.0.1:{}", app.port());
     let shutdown = CancellationToken::new();
     tokio::spawn(app.run_until(shutdown.clone()));

@@ -746,3 +746,61 @@ async fn a_purchase_the_database_refuses_fails_alone_and_the_others_of_its_trans
         "the shared transaction was split"
     );
 }
+
+#[tokio::test]
+async fn a_buyer_row_held_by_a_stuck_session_fails_only_that_buyers_purchase_after_the_lock_timeout()
+ {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let app = memberline_tests::spawn_app_with(memberline_tests::Options {
+        env: vec![
+            ("MEMBERLINE__LANES__COUNT", "1".to_owned()),
+            ("MEMBERLINE__DATABASE__LOCK_TIMEOUT_MS", "300".to_owned()),
+        ],
+        own_pool: true,
+        ..Default::default()
+    })
+    .await;
+    let monthly = app.plan_id("monthly").await;
+    let mut buyers = Vec::new();
+    for i in 0..6 {
+        buyers.push(app.create_user(&format!("Buyer {i}"), 0, 10_000).await);
+    }
+    let stuck = buyers[2];
+    // An operator's session that holds a buyer's row and does not let go.
+    let session = app.db.begin().await.unwrap();
+    session
+        .execute_unprepared(&format!(
+            "SELECT 1 FROM users WHERE id = {stuck} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let answers = futures::future::join_all(buyers.iter().map(|buyer| {
+        let token = app.user_token(*buyer);
+        let app = &app;
+        async move {
+            app.order(
+                &token,
+                &format!("k-{buyer}"),
+                json!({"plan_id": monthly, "pay_method": "points"}),
+            )
+            .await
+        }
+    }))
+    .await;
+    session.rollback().await.unwrap();
+
+    for (buyer, (status, body)) in buyers.iter().zip(&answers) {
+        if *buyer == stuck {
+            assert_eq!(*status, 503, "{body}");
+            assert_eq!(body["error"]["code"], "unavailable");
+        } else {
+            assert_eq!(*status, 201, "{body}");
+        }
+        let orders = app
+            .scalar(&format!(
+                "SELECT count(*) FROM orders WHERE buyer_id = {buyer}"
+            ))
+            .await;
+        assert_eq!(orders, i64::from(*buyer != stuck));
+    }
+}
