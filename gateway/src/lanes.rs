@@ -11,11 +11,17 @@
 //! they came and never share a batch: the second is held for the lane's next one, so each
 //! still sees the one before committed. A job whose handler gave up (its client left, its
 //! timeout) before its lane took it is not run; once taken, it is finished, and a retry is
-//! answered from what it committed. What a batch does and how it
-//! fails is the [`Batch`]'s: see the purchases (`crate::orders::lanes`) and the payment
-//! notifications (`crate::api::payments`).
+//! answered from what it committed.
+//!
+//! A batch runs in one transaction ([`Batch::together`]). If that fails, each of its jobs runs
+//! again on its own, so that a job the database refuses fails alone (one that committed after
+//! all is then found by its key and answered as it was). A batch that got no connection at all
+//! is answered unavailable instead: each job alone would wait as long again. What a job is and
+//! what its transaction does is the [`Batch`]'s: see the purchases (`crate::orders::lanes`)
+//! and the payment notifications (`crate::notifications`).
 
 use futures::FutureExt;
+use memberline_platform::metrics::Metrics;
 use std::collections::VecDeque;
 use std::collections::hash_map::DefaultHasher;
 use std::future::Future;
@@ -26,29 +32,42 @@ use tokio::sync::{mpsc, oneshot};
 
 /// What the lanes run.
 pub trait Batch: Send + Sync + 'static {
-    type Job: Send + 'static;
+    type Job: Send + Sync + 'static;
     type Answer: Send + 'static;
     type Key: Hash + PartialEq;
+    type Error: std::fmt::Display + Send;
+    /// The lanes' name in metrics and logs.
+    const NAME: &'static str;
     /// Jobs with equal keys go to the same lane, in the order they came, and never share a
     /// batch.
     fn key(job: &Self::Job) -> Self::Key;
-    /// Runs `jobs` (of different keys): one answer per job, in order.
-    fn run(&self, jobs: &[Self::Job]) -> impl Future<Output = Vec<Self::Answer>> + Send;
-    /// Jobs that started (`1`) or stopped (`-1`) waiting for a lane.
-    fn waiting(&self, change: i64);
+    /// Runs `jobs` (of different keys) in one transaction: one answer per job, in order, once
+    /// it committed (or rolled back having written nothing); `Err` when it failed.
+    fn together(
+        &self,
+        jobs: &[Self::Job],
+    ) -> impl Future<Output = Result<Vec<Self::Answer>, Self::Error>> + Send;
+    /// The answer of a job whose transaction failed with `error`.
+    fn failed(error: Self::Error) -> Self::Answer;
+    /// Whether `error` means the transaction never started (no pooled connection in time).
+    fn never_started(error: &Self::Error) -> bool;
+    /// The answer of a job that got no connection.
+    fn unavailable() -> Self::Answer;
+    /// Whether `answer` is of a job that wrote something.
+    fn wrote(answer: &Self::Answer) -> bool;
 }
 
 /// The way into the lanes; cheap to clone. The lanes stop once every clone is dropped.
 pub struct Lanes<B: Batch> {
     queues: Arc<[mpsc::Sender<Job<B>>]>,
-    batch: Arc<B>,
+    metrics: Arc<Metrics>,
 }
 
 impl<B: Batch> Clone for Lanes<B> {
     fn clone(&self) -> Self {
         Self {
             queues: self.queues.clone(),
-            batch: self.batch.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -68,20 +87,25 @@ impl<B: Batch> Lanes<B> {
     /// Starts `lanes` lanes (at least one) that run batches of at most `batch_max` jobs. A job
     /// goes to the lane its key hashes to: a busy key (one buyer's burst) keeps one lane busy,
     /// not all of them.
-    pub fn start(batch: B, lanes: usize, batch_max: usize) -> Self {
+    pub fn start(batch: B, lanes: usize, batch_max: usize, metrics: Arc<Metrics>) -> Self {
         let (lanes, batch_max) = (lanes.max(1), batch_max.max(1));
         let batch = Arc::new(batch);
         let queues: Vec<_> = (0..lanes)
             .map(|_| {
                 // Room for two full batches waiting.
                 let (queue, receiver) = mpsc::channel(2 * batch_max);
-                tokio::spawn(run_lane(batch.clone(), receiver, batch_max));
+                let lane = Lane {
+                    batch: batch.clone(),
+                    metrics: metrics.clone(),
+                    batch_max,
+                };
+                tokio::spawn(lane.run(receiver));
                 queue
             })
             .collect();
         Self {
             queues: queues.into(),
-            batch,
+            metrics,
         }
     }
 
@@ -93,66 +117,109 @@ impl<B: Batch> Lanes<B> {
         let queue = &self.queues[(hasher.finish() % self.queues.len() as u64) as usize];
         let permit = queue.reserve().await.map_err(|_| Stopped)?;
         let (answer, answered) = oneshot::channel();
-        self.batch.waiting(1);
+        self.metrics.lane_waiting(B::NAME, 1);
         permit.send(Job { job, answer });
         answered.await.map_err(|_| Stopped)
     }
 }
 
-async fn run_lane<B: Batch>(batch: Arc<B>, mut queue: mpsc::Receiver<Job<B>>, batch_max: usize) {
-    // Jobs taken from the queue whose key was already in the batch: they go first next time,
-    // in the order they came.
-    let mut held: VecDeque<Job<B>> = VecDeque::new();
-    loop {
-        let mut jobs: Vec<Job<B>> = Vec::new();
-        let mut still_held = VecDeque::new();
-        while let Some(job) = held.pop_front() {
-            if jobs.len() < batch_max && !has_key::<B>(&jobs, &job.job) {
-                jobs.push(job);
-            } else {
-                still_held.push_back(job);
+/// One lane: its batch runner, and where it reports.
+struct Lane<B: Batch> {
+    batch: Arc<B>,
+    metrics: Arc<Metrics>,
+    batch_max: usize,
+}
+
+impl<B: Batch> Lane<B> {
+    async fn run(self, mut queue: mpsc::Receiver<Job<B>>) {
+        let batch_max = self.batch_max;
+        let took = || self.metrics.lane_waiting(B::NAME, -1);
+        // Jobs taken from the queue whose key was already in the batch: they go first next
+        // time, in the order they came.
+        let mut held: VecDeque<Job<B>> = VecDeque::new();
+        loop {
+            let mut jobs: Vec<Job<B>> = Vec::new();
+            let mut still_held = VecDeque::new();
+            while let Some(job) = held.pop_front() {
+                if jobs.len() < batch_max && !has_key::<B>(&jobs, &job.job) {
+                    jobs.push(job);
+                } else {
+                    still_held.push_back(job);
+                }
             }
-        }
-        held = still_held;
-        if jobs.is_empty() {
-            match queue.recv().await {
-                Some(job) => {
-                    batch.waiting(-1);
+            held = still_held;
+            if jobs.is_empty() {
+                match queue.recv().await {
+                    Some(job) => {
+                        took();
+                        jobs.push(job);
+                    }
+                    // Every sender is gone and nothing is held: the gateway has stopped.
+                    None => return,
+                }
+            }
+            // Whatever else is waiting, as long as the held ones stay few.
+            while jobs.len() < batch_max && held.len() < batch_max {
+                let Ok(job) = queue.try_recv() else { break };
+                took();
+                if has_key::<B>(&jobs, &job.job) {
+                    held.push_back(job);
+                } else {
                     jobs.push(job);
                 }
-                // Every sender is gone and nothing is held: the gateway has stopped.
-                None => return,
+            }
+            // Nobody waits for these any more (the client left, the request timed out): not run.
+            jobs.retain(|j| !j.answer.is_closed());
+            if jobs.is_empty() {
+                continue;
+            }
+            let (inputs, answers): (Vec<B::Job>, Vec<oneshot::Sender<B::Answer>>) =
+                jobs.into_iter().map(|j| (j.job, j.answer)).unzip();
+            // A batch that panics answers nobody (each caller gets `Stopped`); the lane goes on.
+            let Ok(results) = AssertUnwindSafe(self.answer(&inputs)).catch_unwind().await else {
+                tracing::error!(
+                    lane = B::NAME,
+                    jobs = inputs.len(),
+                    "A batch panicked; its jobs are unanswered"
+                );
+                continue;
+            };
+            for (answer, result) in answers.into_iter().zip(results) {
+                // A handler that gave up meanwhile dropped its receiver; its job stands all the
+                // same, and a retry is answered from what it committed.
+                let _ = answer.send(result);
             }
         }
-        // Whatever else is waiting, as long as the held ones stay few.
-        while jobs.len() < batch_max && held.len() < batch_max {
-            let Ok(job) = queue.try_recv() else { break };
-            batch.waiting(-1);
-            if has_key::<B>(&jobs, &job.job) {
-                held.push_back(job);
-            } else {
-                jobs.push(job);
+    }
+
+    /// Runs `jobs` together, or each on its own if that fails: one answer per job.
+    async fn answer(&self, jobs: &[B::Job]) -> Vec<B::Answer> {
+        match self.batch.together(jobs).await {
+            Ok(answers) => {
+                if jobs.len() > 1 && answers.iter().any(B::wrote) {
+                    self.metrics.lane_batch(B::NAME, "committed");
+                }
+                answers
             }
-        }
-        // Nobody waits for these any more (the client left, the request timed out): not run.
-        jobs.retain(|j| !j.answer.is_closed());
-        if jobs.is_empty() {
-            continue;
-        }
-        let (inputs, answers): (Vec<B::Job>, Vec<oneshot::Sender<B::Answer>>) =
-            jobs.into_iter().map(|j| (j.job, j.answer)).unzip();
-        // A batch that panics answers nobody (each caller gets `Stopped`); the lane goes on.
-        let Ok(results) = AssertUnwindSafe(batch.run(&inputs)).catch_unwind().await else {
-            tracing::error!(
-                jobs = inputs.len(),
-                "A lane's batch panicked; its jobs are unanswered"
-            );
-            continue;
-        };
-        for (answer, result) in answers.into_iter().zip(results) {
-            // A handler that gave up meanwhile dropped its receiver; its job stands all the
-            // same, and a retry is answered from what it committed.
-            let _ = answer.send(result);
+            Err(e) if jobs.len() == 1 => vec![B::failed(e)],
+            Err(e) if B::never_started(&e) => jobs.iter().map(|_| B::unavailable()).collect(),
+            Err(e) => {
+                tracing::warn!(
+                    lane = B::NAME,
+                    error = %e,
+                    jobs = jobs.len(),
+                    "A transaction shared by several jobs failed; running each on its own"
+                );
+                self.metrics.lane_batch(B::NAME, "split");
+                let mut answers = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    answers.push(match self.batch.together(std::slice::from_ref(job)).await {
+                        Ok(one) => one.into_iter().next().unwrap_or_else(B::unavailable),
+                        Err(e) => B::failed(e),
+                    });
+                }
+                answers
+            }
         }
     }
 }

@@ -54,7 +54,6 @@ struct NotificationBatch {
     db: DatabaseConnection,
     payments: Payments,
     relay: Option<Arc<Notify>>,
-    metrics: Arc<Metrics>,
 }
 
 impl Notifications {
@@ -73,10 +72,9 @@ impl Notifications {
             db,
             payments,
             relay,
-            metrics,
         };
         Self {
-            lanes: Lanes::start(batch, lanes, usize::from(settings.batch_max)),
+            lanes: Lanes::start(batch, lanes, usize::from(settings.batch_max), metrics),
         }
     }
 
@@ -89,9 +87,18 @@ impl Notifications {
     }
 }
 
-impl NotificationBatch {
-    /// `jobs` in one transaction; `Err` as [`settle::notifications_together`].
-    async fn together(&self, jobs: &[Verified]) -> Result<Vec<Stored>, DbErr> {
+impl Batch for NotificationBatch {
+    type Job = Verified;
+    type Answer = Result<Stored, DbErr>;
+    type Key = Option<String>;
+    type Error = DbErr;
+    const NAME: &'static str = "notifications";
+
+    fn key(job: &Verified) -> Option<String> {
+        job.payment.as_ref().map(|p| p.out_trade_no.clone())
+    }
+
+    async fn together(&self, jobs: &[Verified]) -> Result<Vec<Self::Answer>, DbErr> {
         let mut clients = Vec::with_capacity(jobs.len());
         for job in jobs {
             let client = self.payments.get(job.provider).ok_or_else(|| {
@@ -111,54 +118,24 @@ impl NotificationBatch {
                 payment: job.payment.as_ref(),
             })
             .collect();
-        settle::notifications_together(&self.db, &incoming, self.relay.as_deref()).await
-    }
-}
-
-impl Batch for NotificationBatch {
-    type Job = Verified;
-    type Answer = Result<Stored, DbErr>;
-    type Key = Option<String>;
-
-    fn key(job: &Verified) -> Option<String> {
-        job.payment.as_ref().map(|p| p.out_trade_no.clone())
+        let stored =
+            settle::notifications_together(&self.db, &incoming, self.relay.as_deref()).await?;
+        Ok(stored.into_iter().map(Ok).collect())
     }
 
-    async fn run(&self, jobs: &[Verified]) -> Vec<Self::Answer> {
-        match self.together(jobs).await {
-            Ok(answers) => {
-                let wrote = answers.iter().any(|a| matches!(a, Stored::New(_)));
-                if jobs.len() > 1 && wrote {
-                    self.metrics.lane_batch("notifications", "committed");
-                }
-                answers.into_iter().map(Ok).collect()
-            }
-            Err(e) if jobs.len() == 1 => vec![Err(e)],
-            // No connection within `database.acquire_timeout_secs`: the transaction never
-            // started, and each notification on its own would wait as long again.
-            Err(DbErr::ConnectionAcquire(_)) => jobs
-                .iter()
-                .map(|_| Err(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)))
-                .collect(),
-            Err(e) => {
-                tracing::warn!(
-                    error = %e,
-                    notifications = jobs.len(),
-                    "A transaction shared by several notifications failed; storing each on its own"
-                );
-                self.metrics.lane_batch("notifications", "split");
-                let mut answers = Vec::with_capacity(jobs.len());
-                for job in jobs {
-                    answers.push(self.together(std::slice::from_ref(job)).await.and_then(
-                        |mut one| one.pop().ok_or_else(|| DbErr::Custom("no answer".into())),
-                    ));
-                }
-                answers
-            }
-        }
+    fn failed(error: DbErr) -> Self::Answer {
+        Err(error)
     }
 
-    fn waiting(&self, change: i64) {
-        self.metrics.lane_waiting("notifications", change);
+    fn never_started(error: &DbErr) -> bool {
+        matches!(error, DbErr::ConnectionAcquire(_))
+    }
+
+    fn unavailable() -> Self::Answer {
+        Err(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))
+    }
+
+    fn wrote(answer: &Self::Answer) -> bool {
+        matches!(answer, Ok(Stored::New(_)))
     }
 }

@@ -13,9 +13,8 @@
 //! provider again for the SAME `out_trade_no` and parameters, which returns the same code: there
 //! is never a second provider order.
 
-use super::placement::{
-    Claim, Pending, charge, check_eligibility, claim_key, insert_order, lock_buyer, store_response,
-};
+use super::idempotency::{Claim, claim_key, store_response};
+use super::placement::{Pending, charge, check_eligibility, insert_order, lock_buyer};
 use super::{OrderError, OrderView, PlaceOrder, Placed, transitions};
 use chrono::{Duration, Utc};
 use memberline_payments::{Payments, QrRequest};

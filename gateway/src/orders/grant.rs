@@ -4,10 +4,8 @@
 //! a revocation is `membership.revoked.v1`, applied by the membership worker. Each writes its
 //! audit entry in the same transaction, and each is idempotent per Idempotency-Key.
 
-use super::placement::{
-    Charge, Claim, KeyRef, PlaceOrder, check_eligibility, claim_key, insert_order, lock_buyer,
-    store_response,
-};
+use super::idempotency::{Claim, KeyRef, claim_key, store_response};
+use super::placement::{Charge, PlaceOrder, check_eligibility, insert_order, lock_buyer};
 use super::refund::Answer;
 use super::{ExpectedPrice, OrderError, OrderView, Placed, transitions};
 use crate::audit;

@@ -11,7 +11,7 @@
 //! applied twice and nothing is lost.
 
 use super::OrderError;
-use super::placement::{PlaceOrder, Placed, place, place_together, refuse_other_methods};
+use super::placement::{PlaceOrder, Placed, place_together, refuse_other_methods};
 use crate::lanes::{Batch, Lanes};
 use memberline_platform::metrics::Metrics;
 use memberline_platform::settings::LaneSettings;
@@ -28,12 +28,11 @@ pub struct Purchases {
 struct PurchaseBatch {
     db: DatabaseConnection,
     relay: Option<Arc<Notify>>,
-    metrics: Arc<Metrics>,
 }
 
 impl Purchases {
     /// Starts the lanes on `db` (at most `max_connections` of them); `relay` is the embedded
-    /// relay's wake-up, if this gateway embeds one (see [`super::placement::place`]).
+    /// relay's wake-up, if this gateway embeds one (see [`place_together`]).
     pub fn start(
         db: DatabaseConnection,
         relay: Option<Arc<Notify>>,
@@ -42,13 +41,14 @@ impl Purchases {
         metrics: Arc<Metrics>,
     ) -> Self {
         let lanes = u32::from(settings.count).min(max_connections) as usize;
-        let batch = PurchaseBatch { db, relay, metrics };
+        let batch = PurchaseBatch { db, relay };
         Self {
-            lanes: Lanes::start(batch, lanes, usize::from(settings.batch_max)),
+            lanes: Lanes::start(batch, lanes, usize::from(settings.batch_max), metrics),
         }
     }
 
-    /// Places a balance, points or free purchase: the answer [`super::place`] would give.
+    /// Places a balance, points or free purchase: the order, the replay of an earlier answer
+    /// under the same key, or why not.
     pub async fn place(&self, cmd: PlaceOrder) -> Result<Placed, OrderError> {
         refuse_other_methods(&cmd)?;
         self.lanes
@@ -62,46 +62,31 @@ impl Batch for PurchaseBatch {
     type Job = PlaceOrder;
     type Answer = Result<Placed, OrderError>;
     type Key = i64;
+    type Error = OrderError;
+    const NAME: &'static str = "purchases";
 
     fn key(job: &PlaceOrder) -> i64 {
         job.buyer_id
     }
 
-    async fn run(&self, jobs: &[PlaceOrder]) -> Vec<Self::Answer> {
-        let relay = self.relay.as_deref();
+    async fn together(&self, jobs: &[PlaceOrder]) -> Result<Vec<Self::Answer>, OrderError> {
         let cmds: Vec<&PlaceOrder> = jobs.iter().collect();
-        match place_together(&self.db, &cmds, relay).await {
-            Ok(answers) => {
-                let wrote = answers.iter().any(|a| matches!(a, Ok(Placed::Created(_))));
-                if cmds.len() > 1 && wrote {
-                    self.metrics.lane_batch("purchases", "committed");
-                }
-                answers
-            }
-            Err(e) if cmds.len() == 1 => vec![Err(e)],
-            // No connection within `database.acquire_timeout_secs`: the transaction never
-            // started, and each purchase on its own would wait as long again.
-            Err(OrderError::Database(DbErr::ConnectionAcquire(_))) => cmds
-                .iter()
-                .map(|_| Err(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout).into()))
-                .collect(),
-            Err(e) => {
-                tracing::warn!(
-                    error = %e,
-                    purchases = cmds.len(),
-                    "A transaction shared by several purchases failed; placing each on its own"
-                );
-                self.metrics.lane_batch("purchases", "split");
-                let mut answers = Vec::with_capacity(cmds.len());
-                for cmd in cmds {
-                    answers.push(place(&self.db, cmd, relay).await);
-                }
-                answers
-            }
-        }
+        place_together(&self.db, &cmds, self.relay.as_deref()).await
     }
 
-    fn waiting(&self, change: i64) {
-        self.metrics.lane_waiting("purchases", change);
+    fn failed(error: OrderError) -> Self::Answer {
+        Err(error)
+    }
+
+    fn never_started(error: &OrderError) -> bool {
+        matches!(error, OrderError::Database(DbErr::ConnectionAcquire(_)))
+    }
+
+    fn unavailable() -> Self::Answer {
+        Err(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout).into())
+    }
+
+    fn wrote(answer: &Self::Answer) -> bool {
+        matches!(answer, Ok(Placed::Created(_)))
     }
 }

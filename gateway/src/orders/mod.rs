@@ -8,6 +8,7 @@
 pub mod cancel;
 pub mod checkout;
 pub mod grant;
+mod idempotency;
 pub mod lanes;
 pub mod placement;
 pub mod refund;
@@ -18,7 +19,7 @@ pub mod view;
 pub use cancel::cancel;
 pub use checkout::{Timing, checkout};
 pub use lanes::Purchases;
-pub use placement::{ExpectedPrice, PlaceOrder, Placed, place};
+pub use placement::{ExpectedPrice, PlaceOrder, Placed};
 pub use view::OrderView;
 
 /// Why an order could not be placed. Each variant is something the buyer can act on, except

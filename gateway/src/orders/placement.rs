@@ -1,13 +1,14 @@
 //! Placing an order paid with balance, points or a free plan.
 //!
-//! [`place`] does everything in ONE transaction: lock the buyer, claim the idempotency key, check
-//! the plan and the buyer's eligibility and funds, insert the order as paid, debit with a ledger
-//! entry, write its status history and its `order.paid.v1` outbox row, and store the response for
-//! replays. Either all of it commits or none of it does. It never talks to the broker.
-//! [`place_together`] does the same for purchases of several buyers in one transaction, with the
+//! [`place_together`] does everything for a purchase in ONE transaction: lock the buyer, claim
+//! the idempotency key, check the plan and the buyer's eligibility and funds, insert the order
+//! as paid, debit with a ledger entry, write its status history and its `order.paid.v1` outbox
+//! row, and store the response for replays. Either all of it commits or none of it does. It
+//! never talks to the broker. It takes several purchases of different buyers at once, with the
 //! same statements (`super::statements`): that is how the gateway's purchase lanes
 //! (`super::lanes`) spend one commit on purchases that arrive together.
 
+use super::idempotency::{Claim, KeyRef};
 use super::statements::{self, StoredKey};
 use super::{OrderError, OrderView};
 use crate::pricing::buyer_price_at;
@@ -47,7 +48,7 @@ pub struct ExpectedPrice {
     pub points: Option<i64>,
 }
 
-/// What [`place`] did.
+/// What placing an order did.
 #[derive(Debug)]
 pub enum Placed {
     /// A new order was created and paid; the body is what was stored for replays.
@@ -69,8 +70,8 @@ pub(super) struct Charge {
 /// Why a buyer cannot place an `admin_grant` order.
 const ADMIN_GRANT_ONLY: &str = "admin_grant is not a pay method buyers can use: admins grant with PUT /v1/admin/users/{id}/membership";
 
-/// Why `cmd` is not a purchase [`place`] takes: admin grants and provider payments have paths
-/// of their own.
+/// Why `cmd` is not a purchase [`place_together`] takes: admin grants and provider payments
+/// have paths of their own.
 pub(crate) fn refuse_other_methods(cmd: &PlaceOrder) -> Result<(), OrderError> {
     if cmd.pay_method == PayMethod::AdminGrant {
         return Err(OrderError::PayMethodNotAllowed(ADMIN_GRANT_ONLY));
@@ -83,26 +84,15 @@ pub(crate) fn refuse_other_methods(cmd: &PlaceOrder) -> Result<(), OrderError> {
     Ok(())
 }
 
-/// Places an order paid with balance, points or a free plan, in a transaction of its own. See
-/// the module docs; the gateway's purchases go through `super::lanes`, which lets purchases
-/// that arrive together share one transaction.
+/// Places orders paid with balance, points or a free plan, of different buyers, in ONE
+/// transaction: one answer per purchase, in order. The gateway's purchases come here through
+/// `super::lanes`, which gives purchases that arrive together one transaction.
 ///
-/// `relay`: the embedded relay's wake-up, if this gateway embeds one. The purchase then skips
-/// the outbox trigger's NOTIFY (whose commits PostgreSQL serializes database-wide) and wakes
-/// the relay itself once committed; without one, the trigger wakes whichever relay listens.
-pub async fn place(
-    db: &DatabaseConnection,
-    cmd: &PlaceOrder,
-    relay: Option<&Notify>,
-) -> Result<Placed, OrderError> {
-    refuse_other_methods(cmd)?;
-    place_together(db, &[cmd], relay)
-        .await?
-        .pop()
-        .ok_or_else(|| anyhow::anyhow!("a purchase without an answer"))?
-}
-
-/// Places purchases of different buyers in ONE transaction: one answer per purchase, in order.
+/// `relay`: the embedded relay's wake-up, if this gateway embeds one. The transaction then
+/// skips the outbox trigger's NOTIFY (whose commits PostgreSQL serializes database-wide) and
+/// wakes the relay itself once committed; without one, the trigger wakes whichever relay
+/// listens.
+///
 /// The refusals and replays among them write nothing; every other purchase commits with the
 /// transaction, or none does. `Err` when the transaction failed: with one purchase, that is
 /// its answer; with several, the caller places each again on its own (anything committed
@@ -304,15 +294,6 @@ pub(super) async fn lock_buyer(
         .ok_or(OrderError::UnknownBuyer)
 }
 
-/// An idempotency key and the request it was sent with (hashed), per user: a buyer's order, an
-/// admin's refund or grant.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct KeyRef<'a> {
-    pub user_id: i64,
-    pub key: &'a str,
-    pub request_hash: &'a str,
-}
-
 impl PlaceOrder {
     pub(crate) fn key_ref(&self) -> KeyRef<'_> {
         KeyRef {
@@ -321,93 +302,6 @@ impl PlaceOrder {
             request_hash: &self.request_hash,
         }
     }
-}
-
-/// What claiming an idempotency key found.
-pub(crate) enum Claim {
-    /// The key is ours: go on.
-    Claimed,
-    /// An earlier request with the same key and body answered this; replay it.
-    Replay(Placed),
-    /// An earlier request with the same key committed its order but stored no answer yet (a
-    /// provider checkout between its two transactions, or one that crashed there).
-    InFlight { order_id: Option<i64> },
-}
-
-/// Claims the idempotency key inside the transaction; a different body under a used key is
-/// refused.
-pub(crate) async fn claim_key(
-    txn: &DatabaseTransaction,
-    cmd: KeyRef<'_>,
-) -> Result<Claim, OrderError> {
-    let claimed = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING RETURNING user_id",
-            [cmd.user_id.into(), cmd.key.into(), cmd.request_hash.into()],
-        ))
-        .await?;
-    if claimed.is_some() {
-        return Ok(Claim::Claimed);
-    }
-    // A committed row under the same key: this is a retry.
-    let first = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT request_hash, status_code, response_body, order_id FROM idempotency_keys \
-             WHERE user_id = $1 AND key = $2",
-            [cmd.user_id.into(), cmd.key.into()],
-        ))
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("idempotency row vanished"))?;
-    StoredKey {
-        request_hash: first.try_get("", "request_hash")?,
-        status_code: first.try_get("", "status_code")?,
-        response_body: first.try_get("", "response_body")?,
-        order_id: first.try_get("", "order_id")?,
-    }
-    .into_claim(cmd)
-}
-
-impl StoredKey {
-    /// What a request under this key gets: the first answer, or 422 for another body.
-    pub(crate) fn into_claim(self, cmd: KeyRef<'_>) -> Result<Claim, OrderError> {
-        if self.request_hash != cmd.request_hash {
-            return Err(OrderError::IdempotencyKeyReused);
-        }
-        match (self.status_code, self.response_body) {
-            (Some(status), Some(body)) => Ok(Claim::Replay(Placed::Replayed {
-                status: status as u16,
-                body,
-            })),
-            _ => Ok(Claim::InFlight {
-                order_id: self.order_id,
-            }),
-        }
-    }
-}
-
-/// Stores the response an idempotent retry will replay.
-pub(crate) async fn store_response<C: ConnectionTrait>(
-    txn: &C,
-    cmd: KeyRef<'_>,
-    status: i16,
-    body: &serde_json::Value,
-) -> Result<(), OrderError> {
-    txn.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "UPDATE idempotency_keys SET status_code = $3, response_body = $4 \
-         WHERE user_id = $1 AND key = $2",
-        [
-            cmd.user_id.into(),
-            cmd.key.into(),
-            status.into(),
-            body.clone().into(),
-        ],
-    ))
-    .await?;
-    Ok(())
 }
 
 /// The rules of who may buy what with which method: one permanent membership per buyer, free

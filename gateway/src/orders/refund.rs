@@ -4,7 +4,7 @@
 //! the provider outside any transaction (see [`memberline_payments::refunds`]). Every refund is
 //! in the audit log, written in the transaction that starts it.
 
-use super::placement::{Claim, KeyRef, claim_key, store_response};
+use super::idempotency::{Claim, KeyRef, claim_key, store_response};
 use super::{OrderError, OrderView};
 use crate::audit;
 use memberline_payments::Payments;

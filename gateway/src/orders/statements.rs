@@ -23,7 +23,8 @@
 //! scan, never a join the planner could turn into a scan of every user.
 
 use super::OrderError;
-use super::placement::{Charge, KeyRef};
+use super::idempotency::KeyRef;
+use super::placement::Charge;
 use memberline_platform::db::violated_constraint;
 use memberline_platform::outbox;
 use memberline_schema::entities::{order, plan, user};

@@ -507,6 +507,14 @@ async fn a_second_membership_right_after_a_permanent_one_is_refused_before_any_w
     );
 }
 
+/// A gateway with one purchase lane (batches of the default 16), as `options` says otherwise.
+async fn one_lane(mut options: memberline_tests::Options) -> memberline_tests::TestApp {
+    options
+        .env
+        .push(("MEMBERLINE__LANES__COUNT", "1".to_owned()));
+    memberline_tests::spawn_app_with(options).await
+}
+
 /// Holds `blocked`'s row locked while its purchase reaches the only lane, lets `burst` queue up
 /// behind it (so that its purchases go to the lane together), then lets everything through.
 /// Returns the blocked purchase's answer and the burst's, in order.
@@ -536,14 +544,7 @@ async fn burst_behind_a_busy_lane<
 
 #[tokio::test]
 async fn purchases_that_arrive_together_share_a_transaction_and_each_is_answered_as_if_alone() {
-    let app = memberline_tests::spawn_app_with(memberline_tests::Options {
-        env: vec![
-            ("MEMBERLINE__LANES__COUNT", "1".to_owned()),
-            ("MEMBERLINE__LANES__BATCH_MAX", "16".to_owned()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let app = one_lane(Default::default()).await;
     let monthly = app.plan_id("monthly").await;
     let blocked = app.create_user("Blocked", 0, 10_000).await;
     let mut buyers = Vec::new();
@@ -674,14 +675,7 @@ async fn purchases_that_arrive_together_share_a_transaction_and_each_is_answered
 async fn a_purchase_the_database_refuses_fails_alone_and_the_others_of_its_transaction_are_placed_on_their_own()
  {
     use sea_orm::ConnectionTrait;
-    let app = memberline_tests::spawn_app_with(memberline_tests::Options {
-        env: vec![
-            ("MEMBERLINE__LANES__COUNT", "1".to_owned()),
-            ("MEMBERLINE__LANES__BATCH_MAX", "16".to_owned()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let app = one_lane(Default::default()).await;
     let monthly = app.plan_id("monthly").await;
     let blocked = app.create_user("Blocked", 0, 10_000).await;
     let mut buyers = Vec::new();
@@ -751,11 +745,8 @@ async fn a_purchase_the_database_refuses_fails_alone_and_the_others_of_its_trans
 async fn a_buyer_row_held_by_a_stuck_session_fails_only_that_buyers_purchase_after_the_lock_timeout()
  {
     use sea_orm::{ConnectionTrait, TransactionTrait};
-    let app = memberline_tests::spawn_app_with(memberline_tests::Options {
-        env: vec![
-            ("MEMBERLINE__LANES__COUNT", "1".to_owned()),
-            ("MEMBERLINE__DATABASE__LOCK_TIMEOUT_MS", "300".to_owned()),
-        ],
+    let app = one_lane(memberline_tests::Options {
+        env: vec![("MEMBERLINE__DATABASE__LOCK_TIMEOUT_MS", "300".to_owned())],
         own_pool: true,
         ..Default::default()
     })
