@@ -1,12 +1,13 @@
 //! Building and running the gateway. `main` and the tests use exactly this code path.
 
-use crate::api;
-use crate::auth::Keys;
-use crate::relay::Relay;
+use crate::http;
+use crate::http::auth::Keys;
 use crate::state::AppState;
 use anyhow::Context;
 use memberline_platform::Settings;
 use memberline_platform::metrics::Metrics;
+use memberline_platform::outbox::Wake;
+use memberline_platform::outbox::relay::Relay;
 use sea_orm::DatabaseConnection;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,33 +36,34 @@ impl Application {
         let listener = TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (http.host, http.port)"))?;
-        let payments = memberline_payments::Payments::from_settings(
+        let payments = memberline_orders::providers::Payments::from_settings(
             &settings.payments,
             &settings.environment,
         )?;
-        let relay_wake = settings
-            .relay
-            .embedded
-            .then(|| Arc::new(tokio::sync::Notify::new()));
+        let wake = if settings.relay.embedded {
+            Wake::in_process()
+        } else {
+            Wake::by_notify()
+        };
         let metrics = Arc::new(Metrics::default());
-        let purchases = crate::orders::Purchases::start(
+        let purchases = memberline_orders::Purchases::start(
             db.clone(),
-            relay_wake.clone(),
+            wake.clone(),
             &settings.lanes,
             settings.database.max_connections,
             metrics.clone(),
         );
-        let notifications = crate::notifications::Notifications::start(
+        let notifications = memberline_orders::notifications::Notifications::start(
             db.clone(),
             payments.clone(),
-            relay_wake.clone(),
+            wake.clone(),
             &settings.lanes,
             settings.database.max_connections,
             metrics.clone(),
         );
         let state = AppState {
             db,
-            relay_wake,
+            wake,
             purchases,
             notifications,
             payments,
@@ -73,7 +75,7 @@ impl Application {
                 format!("{}.gateway.readiness", settings.amqp.prefix),
             )),
             settings: Arc::new(settings),
-            push_hub: crate::push::Hub::new(),
+            push_hub: crate::hub::Hub::new(),
         };
         Ok(Self { listener, state })
     }
@@ -91,17 +93,14 @@ impl Application {
 
     /// The relay this gateway embeds, on `db`.
     fn relay(&self, db: DatabaseConnection) -> Relay {
-        let relay = Relay::new(
+        Relay::new(
             db,
             self.state.settings.amqp.url.expose().to_owned(),
             self.state.topology.clone(),
             self.state.settings.relay.clone(),
             self.state.metrics.clone(),
-        );
-        match &self.state.relay_wake {
-            Some(wake) => relay.woken_by(wake.clone()),
-            None => relay,
-        }
+        )
+        .woken_by(&self.state.wake)
     }
 
     /// Serves until `shutdown` fires, then stops accepting, lets in-flight requests finish and
@@ -139,7 +138,7 @@ impl Application {
                 closing.cancel();
             });
         }
-        let router = api::router(self.state.clone());
+        let router = http::router(self.state.clone());
         tracing::info!(port = self.port(), "Gateway listening");
         axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())

@@ -1,20 +1,13 @@
-//! The Memberline gateway: the REST API, bearer auth, order placement with its transactional
-//! outbox, the outbox relay (embeddable or standalone), health, metrics and the OpenAPI
-//! document. Consumers of the events live in `memberline-workers`.
+//! The Memberline gateway: the HTTP surface ([`http`]: the REST API, provider callbacks, the
+//! WebSocket endpoints and the pages) over the order domain (`memberline-orders`), this
+//! instance's push fan-out ([`hub`]), the buyer's membership as read ([`membership`]), and the
+//! process that runs them ([`app`]). Consumers of the events live in `memberline-workers`.
 
-pub mod api;
 pub mod app;
-pub mod audit;
-pub mod auth;
 pub mod console_tail;
-pub mod error;
-pub mod lanes;
-pub mod notifications;
-pub mod orders;
-pub mod pages;
-pub mod pricing;
-pub mod push;
-pub mod relay;
+pub mod http;
+pub mod hub;
+pub mod membership;
 pub mod seed;
 pub mod state;
 

@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use memberline_gateway::auth::{Keys, Role};
-use memberline_gateway::{Application, relay, seed};
+use memberline_gateway::http::auth::{Keys, Role};
+use memberline_gateway::{Application, seed};
 use memberline_platform::{Settings, db, shutdown, telemetry};
 use memberline_schema::Migrator;
 use sea_orm_migration::MigratorTrait;
@@ -91,7 +91,10 @@ async fn main() -> anyhow::Result<()> {
             let application = Application::build(settings).await?;
             application.run_until(shutdown::on_signals()).await
         }
-        Command::Relay => relay::run_standalone(settings, shutdown::on_signals()).await,
+        Command::Relay => {
+            memberline_platform::outbox::relay::run_standalone(settings, shutdown::on_signals())
+                .await
+        }
         Command::Migrate { direction, steps } => {
             let db = db::connect(&settings.database).await?;
             match direction {
@@ -123,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Openapi => {
             use utoipa::OpenApi;
-            let doc = memberline_gateway::api::docs::ApiDoc::openapi();
+            let doc = memberline_gateway::http::docs::ApiDoc::openapi();
             println!("{}", doc.to_pretty_json()?);
             Ok(())
         }

@@ -1,6 +1,6 @@
 //! What every handler shares.
 
-use crate::auth::Keys;
+use crate::http::auth::Keys;
 use axum::extract::FromRef;
 use memberline_platform::Settings;
 use memberline_platform::broker::Probe;
@@ -17,20 +17,20 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub topology: Topology,
     /// The enabled payment providers.
-    pub payments: memberline_payments::Payments,
+    pub payments: memberline_orders::providers::Payments,
     /// The readiness probe's kept broker connection.
     pub broker_probe: Arc<Probe>,
     /// This instance's fan-out of the push exchange to its WebSockets.
-    pub push_hub: crate::push::Hub,
-    /// Wakes the embedded relay (`relay.embedded`; `None` without one): a purchase that
-    /// committed its event says so here instead of through PostgreSQL's NOTIFY.
-    pub relay_wake: Option<Arc<tokio::sync::Notify>>,
+    pub push_hub: crate::hub::Hub,
+    /// How writers wake the relay after a commit: in-process when this gateway embeds it
+    /// (`relay.embedded`), otherwise through PostgreSQL's NOTIFY.
+    pub wake: memberline_platform::outbox::Wake,
     /// The purchase lanes: balance, points and free purchases, sharing transactions when they
     /// arrive together.
-    pub purchases: crate::orders::Purchases,
+    pub purchases: memberline_orders::Purchases,
     /// The notification lanes: verified payment notifications, sharing transactions when they
     /// arrive together.
-    pub notifications: crate::notifications::Notifications,
+    pub notifications: memberline_orders::notifications::Notifications,
 }
 
 impl FromRef<AppState> for Keys {

@@ -57,8 +57,8 @@ pub struct DeadLetter {
     pub last_error: Option<String>,
     pub original_routing_key: Option<String>,
     pub dead_lettered_at: Option<String>,
-    /// The message body: JSON when it parses, otherwise the text (lossy).
-    #[schema(value_type = Object)]
+    /// The message body: any JSON value when it parses as JSON, otherwise its text as a string
+    /// (invalid UTF-8 replaced).
     pub body: serde_json::Value,
 }
 

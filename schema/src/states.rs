@@ -63,8 +63,8 @@ macro_rules! text_enum {
 }
 
 text_enum! {
-    /// Where an order is in its life. Only the transitions in `gateway::orders::transitions` (and
-    /// the initial insert) change it.
+    /// Where an order is in its life. After its insert it changes only along
+    /// [`OrderStatus::TRANSITIONS`] (`memberline_orders::transitions`).
     pub enum OrderStatus {
         /// Created for a provider payment, waiting for the buyer to pay before `expires_at`.
         PendingPayment = "pending_payment",
@@ -239,10 +239,55 @@ impl PayMethod {
     }
 }
 
+impl OrderStatus {
+    /// Every change of status an order can make after its insert, as (from, to). Anything else
+    /// is refused.
+    pub const TRANSITIONS: &'static [(OrderStatus, OrderStatus)] = &[
+        // A verified notification or our query confirms the payment.
+        (OrderStatus::PendingPayment, OrderStatus::Paid),
+        // Expired, cancelled by its buyer, or the provider failed at checkout.
+        (OrderStatus::PendingPayment, OrderStatus::Closed),
+        // A provider refund is asked for.
+        (OrderStatus::Paid, OrderStatus::RefundPending),
+        // A balance, points, free or granted order is refunded at once; or a provider's late
+        // success for a refund recorded as failed.
+        (OrderStatus::Paid, OrderStatus::Refunded),
+        // The provider confirms the refund.
+        (OrderStatus::RefundPending, OrderStatus::Refunded),
+        // The provider's refund ended without the money going back.
+        (OrderStatus::RefundPending, OrderStatus::Paid),
+    ];
+
+    /// Whether an order may go from `self` to `to`.
+    pub fn may_become(self, to: OrderStatus) -> bool {
+        Self::TRANSITIONS.contains(&(self, to))
+    }
+
+    /// Whether an order in this status never changes again (closed, refunded).
+    pub fn is_final(self) -> bool {
+        !Self::TRANSITIONS.iter().any(|(from, _)| *from == self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use sea_orm::ActiveEnum;
+
+    #[test]
+    fn only_the_listed_transitions_are_allowed() {
+        assert!(OrderStatus::PendingPayment.may_become(OrderStatus::Paid));
+        assert!(OrderStatus::RefundPending.may_become(OrderStatus::Paid));
+        // A closed or refunded order never changes again; nothing goes back to pending.
+        for to in OrderStatus::ALL {
+            assert!(!OrderStatus::Closed.may_become(*to));
+            assert!(!OrderStatus::Refunded.may_become(*to));
+            assert!(!to.may_become(OrderStatus::PendingPayment));
+        }
+        assert!(!OrderStatus::Paid.may_become(OrderStatus::Closed));
+        let finals: Vec<_> = OrderStatus::ALL.iter().filter(|s| s.is_final()).collect();
+        assert_eq!(finals, [&OrderStatus::Closed, &OrderStatus::Refunded]);
+    }
 
     #[test]
     fn every_value_has_the_same_text_in_the_database_in_json_and_in_as_str() {

@@ -7,7 +7,7 @@
 use crate::broker::{amqp_url, broker_connection, delete_topology};
 use crate::database::TestDb;
 use memberline_gateway::Application;
-use memberline_gateway::auth::{Keys, Role};
+use memberline_gateway::http::auth::{Keys, Role};
 use memberline_platform::Settings;
 use memberline_platform::metrics::Metrics;
 use memberline_schema::topology::{Topology, Worker};

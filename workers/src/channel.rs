@@ -3,7 +3,7 @@
 //! `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256(id.timestamp.body)>`).
 //!
 //! One [`Channel::send`] is one attempt (one HTTP call, bounded by `workers.webhook_timeout_ms`).
-//! Only the channel sender ([`crate::sender`]) calls it, outside any transaction; attempts,
+//! Only the channel sender (`sender`) calls it, outside any transaction; attempts,
 //! backoff and giving up are its business. Receivers deduplicate on `webhook-id`.
 
 use anyhow::Context;

@@ -71,8 +71,10 @@ pub fn start(
         checks.push((worker.as_str(), ctx.ready.clone()));
         tasks.spawn(runtime::run(handler, ctx, shutdown.child_token()));
     }
-    let payments =
-        memberline_payments::Payments::from_settings(&settings.payments, &settings.environment)?;
+    let payments = memberline_orders::providers::Payments::from_settings(
+        &settings.payments,
+        &settings.environment,
+    )?;
     if payments.any() {
         let job = lifecycle::Lifecycle::new(
             db.clone(),

@@ -18,9 +18,10 @@
 //! `reconcile_after_secs`, doubled for each failure in a row (at most an hour apart).
 
 use chrono::{DateTime, Duration, Utc};
-use memberline_payments::lifecycle::{self, Closing, LateRefund, LifecycleError, Reconciled};
-use memberline_payments::settle::Applied;
-use memberline_payments::{PaymentProvider, Payments, refunds};
+use memberline_orders::lifecycle::{self, Closing, LateRefund, LifecycleError, Reconciled};
+use memberline_orders::providers::{PaymentProvider, Payments};
+use memberline_orders::refunds;
+use memberline_orders::settle::Applied;
 use memberline_platform::metrics::Metrics;
 use memberline_platform::settings::PaymentSettings;
 use memberline_schema::entities::order;

@@ -1,4 +1,4 @@
-//! `payments.*`: the provider clients (built by `memberline-payments`) and the pending-order
+//! `payments.*`: the provider clients (built by `memberline-orders`) and the pending-order
 //! lifecycle run by the workers; split from `settings.rs` only to keep each file readable.
 
 use super::{Secret, SettingsError};

@@ -1,6 +1,6 @@
 //! Authentication and authorization: missing, malformed, expired and foreign tokens, roles.
 
-use memberline_gateway::auth::Role;
+use memberline_gateway::http::auth::Role;
 use memberline_tests::spawn_app;
 use serde_json::json;
 
@@ -26,8 +26,10 @@ async fn requests_without_a_token_are_unauthorized() {
 #[tokio::test]
 async fn malformed_and_foreign_tokens_are_unauthorized() {
     let app = spawn_app().await;
-    let foreign = memberline_gateway::auth::Keys::new("someone-elses-secret-0123456789abcdef")
-        .issue(1, Role::User, 600);
+    let foreign = memberline_gateway::http::auth::Keys::new(
+        "someone-elses-secret-0123456789abcdef",
+    )
+    .issue(1, Role::User, 600);
     for auth in [
         "Bearer not-a-jwt".to_owned(),
         "Basic dXNlcjpwYXNz".to_owned(),

@@ -2,7 +2,7 @@
 //! with its own metrics and readiness, the gateway's readiness probe, and the dead-letter list
 //! across every worker.
 
-use memberline_gateway::auth::Role;
+use memberline_gateway::http::auth::Role;
 use memberline_schema::topology::Worker;
 use memberline_tests::process::{free_port, spawn_relay};
 use memberline_tests::{Options, eventually, spawn_app_with};
@@ -43,12 +43,24 @@ fn workspace_dependencies(package: &str) -> BTreeSet<String> {
 }
 
 #[test]
-fn the_gateway_and_the_workers_stand_on_shared_crates_and_never_on_each_other() {
+fn the_gateway_and_the_workers_stand_on_the_order_domain_and_shared_crates_and_never_on_each_other()
+{
     let workers = workspace_dependencies("memberline-workers");
     assert!(!workers.contains("memberline-gateway"), "{workers:?}");
     assert!(workers.contains("memberline-platform"), "{workers:?}");
     let gateway = workspace_dependencies("memberline-gateway");
     assert!(!gateway.contains("memberline-workers"), "{gateway:?}");
+    let orders = workspace_dependencies("memberline-orders");
+    assert_eq!(
+        orders,
+        BTreeSet::from([
+            "memberline-platform".to_owned(),
+            "memberline-schema".to_owned()
+        ]),
+        "the order domain stands on the platform and the contracts only"
+    );
+    assert!(gateway.contains("memberline-orders"), "{gateway:?}");
+    assert!(workers.contains("memberline-orders"), "{workers:?}");
     let platform = workspace_dependencies("memberline-platform");
     assert_eq!(
         platform,

@@ -1,6 +1,6 @@
 //! The outbox relay: broker outages, several relays at once, commit wake-ups, a drifted topology.
 
-use memberline_gateway::relay::Relay;
+use memberline_platform::outbox::relay::Relay;
 use memberline_tests::proxy::TcpProxy;
 use memberline_tests::{Options, TestApp, eventually, spawn_app_with};
 use sea_orm::ConnectionTrait;
@@ -201,7 +201,7 @@ async fn an_embedded_relay_is_woken_by_purchases_without_a_notify_and_by_other_w
             .await
             .expect("listener");
     listener
-        .listen(memberline_gateway::relay::NOTIFY_CHANNEL)
+        .listen(memberline_platform::outbox::NOTIFY_CHANNEL)
         .await
         .expect("LISTEN");
     let buyer = app.create_user("Woken", 100_000, 0).await;

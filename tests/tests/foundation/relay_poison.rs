@@ -2,7 +2,7 @@
 //! without holding up the events around it; operators list and release it through the admin API.
 
 use chrono::{DateTime, Utc};
-use memberline_gateway::auth::Role;
+use memberline_gateway::http::auth::Role;
 use memberline_tests::{Options, TestApp, eventually, spawn_app_with};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::json;

@@ -4,8 +4,8 @@
 //! the provider notified is paid on the provider's next retry.
 
 use super::checkout::{order_becomes, qr_order};
-use memberline_payments::Payments;
-use memberline_payments::lifecycle::{self, LateRefund};
+use memberline_orders::lifecycle::{self, LateRefund};
+use memberline_orders::providers::Payments;
 use memberline_schema::entities::order;
 use memberline_schema::states::Provider;
 use memberline_tests::process::free_port;

@@ -270,7 +270,7 @@ async fn a_notification_that_pays_wakes_the_embedded_relay_without_a_notify() {
             .await
             .expect("listener");
     listener
-        .listen(memberline_gateway::relay::NOTIFY_CHANNEL)
+        .listen(memberline_platform::outbox::NOTIFY_CHANNEL)
         .await
         .expect("LISTEN");
     paid_silently(&emulator, "wechat", &no).await;

@@ -2,7 +2,7 @@
 //! follows goes away and comes back, without missing or repeating an entry.
 
 use memberline_gateway::app::Application;
-use memberline_gateway::auth::Role;
+use memberline_gateway::http::auth::Role;
 use memberline_tests::process::{Process, app_env, binary, free_port};
 use memberline_tests::{Options, TestApp, spawn_app_with};
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! `GET /v1/merchant/stream`, driven with tokio-tungstenite.
 
 use futures::{SinkExt, StreamExt};
-use memberline_gateway::auth::Role;
+use memberline_gateway::http::auth::Role;
 use memberline_tests::{Options, TestApp, eventually, spawn_app_with};
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};

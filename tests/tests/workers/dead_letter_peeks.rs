@@ -5,7 +5,7 @@
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use memberline_gateway::auth::Role;
+use memberline_gateway::http::auth::Role;
 use memberline_schema::topology::Worker;
 use memberline_tests::{Options, broker_channel, eventually, spawn_app_with};
 use std::time::Duration;

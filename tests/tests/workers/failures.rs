@@ -1,6 +1,6 @@
 //! Worker failures: retry ladder, dead letters and replay, poison messages, panics, webhooks.
 
-use memberline_gateway::auth::Role;
+use memberline_gateway::http::auth::Role;
 use memberline_schema::topology::Worker;
 use memberline_tests::{Options, eventually, spawn_app_with, start_worker};
 use memberline_workers::decide::HandlerError;
@@ -346,6 +346,24 @@ async fn a_poison_message_does_not_delay_the_healthy_messages_behind_it() {
             "{d}"
         );
     }
+    // A body that is not JSON is listed as its text, and the API document says a body can be
+    // any JSON value, a string included.
+    let texts: Vec<&serde_json::Value> = list["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["body"])
+        .filter(|b| b.is_string())
+        .collect();
+    assert_eq!(texts.len(), 1, "{list}");
+    assert!(texts[0].as_str().unwrap().contains("this is not an event"));
+    let (_, doc) = app.get(None, "/openapi.json").await;
+    let body = &doc["components"]["schemas"]["DeadLetter"]["properties"]["body"];
+    assert!(body.is_object(), "{body}");
+    assert!(
+        body.get("type").is_none(),
+        "body is documented as one type: {body}"
+    );
 }
 
 #[tokio::test]

@@ -2,8 +2,8 @@
 //! side by side still lay their periods end to end, with no overlap and no gap.
 
 use chrono::{DateTime, Utc};
-use memberline_gateway::relay::Relay;
 use memberline_platform::metrics::Metrics;
+use memberline_platform::outbox::relay::Relay;
 use memberline_schema::topology::Worker;
 use memberline_tests::{Options, TestApp, eventually, spawn_app_with, start_worker};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};

@@ -21,27 +21,13 @@ use memberline_schema::events::{
     MembershipExtended, OrderClosed, OrderRefunded, OrderReminded, PayMethod, Provider,
 };
 use memberline_schema::money::fen_to_yuan;
+use memberline_schema::push::{BuyerPush, ConsolePush, PaidEntry, RefundedEntry, RemindedEntry};
 use memberline_schema::states::NotificationKind;
 use memberline_schema::states::OrderStatus;
 use memberline_schema::topology::Worker;
 use sea_orm::DatabaseTransaction;
-use serde_json::json;
 
 pub struct Notifier;
-
-/// Routing key of console pushes on the push exchange.
-pub const CONSOLE_KEY: &str = "console.order_paid";
-
-/// Routing key of console pushes of buyers' reminders on the push exchange.
-pub const CONSOLE_REMINDER_KEY: &str = "console.order_reminded";
-
-/// Routing key of console pushes of refunded orders on the push exchange.
-pub const CONSOLE_REFUND_KEY: &str = "console.order_refunded";
-
-/// Routing key of a buyer's pushes on the push exchange.
-pub fn buyer_key(user_id: i64) -> String {
-    format!("buyer.{user_id}")
-}
 
 #[async_trait::async_trait]
 impl Handler for Notifier {
@@ -126,32 +112,24 @@ impl Notifier {
         if !inbox_and_message(txn, note).await? {
             return Ok(Effects::already_applied());
         }
-        let feed = json!({
-            "order_id": e.order_id,
-            "order_no": e.order_no,
-            "buyer_id": e.buyer_id,
-            "plan_name": e.plan.plan_name,
-            "pay_method": e.pay_method,
-            "amount_fen": e.amount_fen,
-            "amount_points": e.amount_points,
-            "paid_at": e.paid_at,
-        });
+        let entry = PaidEntry {
+            order_id: e.order_id,
+            order_no: e.order_no.clone(),
+            buyer_id: e.buyer_id,
+            plan_name: e.plan.plan_name.clone(),
+            pay_method: e.pay_method,
+            amount_fen: e.amount_fen,
+            amount_points: e.amount_points,
+            paid_at: e.paid_at,
+        };
         // Numbered last, from a counter row locked until commit, so feed numbers become
         // visible in order (see the console_feed_counter migration).
-        let seq = console_feed::append(txn, env.event_id, kind, feed.clone())
-            .await?
-            .ok_or_else(|| HandlerError::transient(anyhow::anyhow!("console feed insert")))?;
-        Ok(Effects::pushing(vec![
-            Push {
-                routing_key: CONSOLE_KEY.into(),
-                body: json!({"type": kind, "seq": seq, "at": chrono::Utc::now(), "order": feed}),
-            },
-            Push {
-                routing_key: buyer_key(e.buyer_id),
-                body: json!({"type": kind, "order_id": e.order_id, "order_no": e.order_no}),
-            },
-        ])
-        .with_outgoing())
+        let console = feed(txn, env.event_id, kind, &entry, chrono::Utc::now()).await?;
+        let buyer = BuyerPush::OrderPaid {
+            order_id: e.order_id,
+            order_no: e.order_no.clone(),
+        };
+        Ok(Effects::pushing(vec![console, Push::buyer(e.buyer_id, &buyer)]).with_outgoing())
     }
 
     async fn membership_extended(
@@ -188,14 +166,13 @@ impl Notifier {
             body: &body,
             order_id: Some(e.order_id),
         };
-        let push = json!({
-            "type": "membership_active",
-            "order_id": e.order_id,
-            "permanent": e.permanent,
-            "until": e.ends_at,
-            "message": body,
-        });
-        inbox_then_push(txn, note, push).await
+        let push = BuyerPush::MembershipActive {
+            order_id: e.order_id,
+            permanent: e.permanent,
+            until: e.ends_at,
+            message: body.clone(),
+        };
+        inbox_then_push(txn, note, &push).await
     }
 
     async fn level_changed(
@@ -217,8 +194,11 @@ impl Notifier {
             body: &body,
             order_id: Some(e.order_id),
         };
-        let push = json!({"type": note.kind, "level": name, "message": body});
-        inbox_then_push(txn, note, push).await
+        let push = BuyerPush::LevelChanged {
+            level: name,
+            message: body.clone(),
+        };
+        inbox_then_push(txn, note, &push).await
     }
 }
 
@@ -246,14 +226,13 @@ impl Notifier {
             body: &body,
             order_id: Some(e.order_id),
         };
-        let push = json!({
-            "type": note.kind,
-            "order_id": e.order_id,
-            "order_no": e.order_no,
-            "reason": e.reason,
-            "message": body,
-        });
-        inbox_then_push(txn, note, push).await
+        let push = BuyerPush::OrderClosed {
+            order_id: e.order_id,
+            order_no: e.order_no.clone(),
+            reason: e.reason,
+            message: body.clone(),
+        };
+        inbox_then_push(txn, note, &push).await
     }
 
     /// Money came back to the buyer: inbox, push, and a template/SMS message too.
@@ -286,17 +265,13 @@ impl Notifier {
         if !inbox_and_message(txn, note).await? {
             return Ok(Effects::already_applied());
         }
-        Ok(Effects::pushing(vec![Push {
-            routing_key: buyer_key(e.buyer_id),
-            body: json!({
-                "type": kind,
-                "order_id": e.order_id,
-                "order_no": e.order_no,
-                "amount_fen": e.amount_fen,
-                "message": body,
-            }),
-        }])
-        .with_outgoing())
+        let push = BuyerPush::LatePaymentRefunded {
+            order_id: e.order_id,
+            order_no: e.order_no.clone(),
+            amount_fen: e.amount_fen,
+            message: body.clone(),
+        };
+        Ok(Effects::pushing(vec![Push::buyer(e.buyer_id, &push)]).with_outgoing())
     }
 }
 
@@ -334,31 +309,23 @@ impl Notifier {
         if !inbox_and_message(txn, note).await? {
             return Ok(Effects::already_applied());
         }
-        let feed = json!({
-            "order_id": e.order_id,
-            "order_no": e.order_no,
-            "buyer_id": e.buyer_id,
-            "plan_name": e.plan.plan_name,
-            "pay_method": e.pay_method,
-            "refund_fen": e.refund_fen,
-            "refund_points": e.refund_points,
-            "reason": e.reason,
-            "refunded_at": e.refunded_at,
-        });
-        let seq = console_feed::append(txn, env.event_id, kind, feed.clone())
-            .await?
-            .ok_or_else(|| HandlerError::transient(anyhow::anyhow!("console feed insert")))?;
-        Ok(Effects::pushing(vec![
-            Push {
-                routing_key: CONSOLE_REFUND_KEY.into(),
-                body: json!({"type": kind, "seq": seq, "at": e.refunded_at, "order": feed}),
-            },
-            Push {
-                routing_key: buyer_key(e.buyer_id),
-                body: json!({"type": kind, "order_id": e.order_id, "message": body}),
-            },
-        ])
-        .with_outgoing())
+        let entry = RefundedEntry {
+            order_id: e.order_id,
+            order_no: e.order_no.clone(),
+            buyer_id: e.buyer_id,
+            plan_name: e.plan.plan_name.clone(),
+            pay_method: e.pay_method,
+            refund_fen: e.refund_fen,
+            refund_points: e.refund_points,
+            reason: e.reason.clone(),
+            refunded_at: e.refunded_at,
+        };
+        let console = feed(txn, env.event_id, kind, &entry, e.refunded_at).await?;
+        let buyer = BuyerPush::OrderRefunded {
+            order_id: e.order_id,
+            message: body.clone(),
+        };
+        Ok(Effects::pushing(vec![console, Push::buyer(e.buyer_id, &buyer)]).with_outgoing())
     }
 
     /// A buyer's reminder: a console-feed entry ("customer reminder") and a console push (the
@@ -371,20 +338,15 @@ impl Notifier {
         let env = decode::<OrderReminded>(msg)?;
         let e = &env.payload;
         let kind = NotificationKind::OrderReminded;
-        let feed = json!({
-            "order_id": e.order_id,
-            "order_no": e.order_no,
-            "buyer_id": e.buyer_id,
-            "plan_name": e.plan_name,
-            "reminded_at": e.reminded_at,
-        });
-        let seq = console_feed::append(txn, env.event_id, kind, feed.clone())
-            .await?
-            .ok_or_else(|| HandlerError::transient(anyhow::anyhow!("console feed insert")))?;
-        Ok(Effects::pushing(vec![Push {
-            routing_key: CONSOLE_REMINDER_KEY.into(),
-            body: json!({"type": kind, "seq": seq, "at": e.reminded_at, "order": feed}),
-        }]))
+        let entry = RemindedEntry {
+            order_id: e.order_id,
+            order_no: e.order_no.clone(),
+            buyer_id: e.buyer_id,
+            plan_name: e.plan_name.clone(),
+            reminded_at: e.reminded_at,
+        };
+        let console = feed(txn, env.event_id, kind, &entry, e.reminded_at).await?;
+        Ok(Effects::pushing(vec![console]))
     }
 
     /// A shortened membership: an inbox message when an admin revoked it (a refund already has
@@ -407,14 +369,13 @@ impl Notifier {
                 _ => "You have no active membership.".to_owned(),
             }
         };
-        let push = json!({
-            "type": NotificationKind::MembershipChanged,
-            "change": e.change,
-            "order_id": e.order_id,
-            "permanent": e.permanent,
-            "until": e.ends_at,
-            "message": now,
-        });
+        let push = BuyerPush::MembershipChanged {
+            change: e.change,
+            order_id: e.order_id,
+            permanent: e.permanent,
+            until: e.ends_at,
+            message: now.clone(),
+        };
         if e.change == MembershipChange::Revoke {
             let body = format!("Your membership was ended by the shop. {now}");
             let note = Note {
@@ -425,12 +386,9 @@ impl Notifier {
                 body: &body,
                 order_id: None,
             };
-            return inbox_then_push(txn, note, push).await;
+            return inbox_then_push(txn, note, &push).await;
         }
-        Ok(Effects::pushing(vec![Push {
-            routing_key: buyer_key(e.user_id),
-            body: push,
-        }]))
+        Ok(Effects::pushing(vec![Push::buyer(e.user_id, &push)]))
     }
 }
 
@@ -457,13 +415,31 @@ async fn inbox_and_message(
 async fn inbox_then_push(
     txn: &DatabaseTransaction,
     note: Note<'_>,
-    push: serde_json::Value,
+    push: &BuyerPush,
 ) -> Result<Effects, HandlerError> {
     if !notifications::add(txn, note).await? {
         return Ok(Effects::already_applied());
     }
-    Ok(Effects::pushing(vec![Push {
-        routing_key: buyer_key(note.user_id),
-        body: push,
-    }]))
+    Ok(Effects::pushing(vec![Push::buyer(note.user_id, push)]))
+}
+
+/// Appends `entry` to the console feed as a `kind` entry made at `at`: its console push.
+async fn feed<E: serde::Serialize>(
+    txn: &DatabaseTransaction,
+    event_id: uuid::Uuid,
+    kind: NotificationKind,
+    entry: &E,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Push, HandlerError> {
+    let order = serde_json::to_value(entry)
+        .map_err(|e| HandlerError::permanent(anyhow::anyhow!("console entry: {e}")))?;
+    let seq = console_feed::append(txn, event_id, kind, order.clone())
+        .await?
+        .ok_or_else(|| HandlerError::transient(anyhow::anyhow!("console feed insert")))?;
+    Ok(Push::console(&ConsolePush {
+        kind,
+        seq,
+        at,
+        order,
+    }))
 }

@@ -12,6 +12,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
+use memberline_platform::batch::{Ran, together_else_alone};
 use memberline_platform::broker;
 use memberline_platform::dead_letters::{header_i64, header_str, headers};
 use memberline_schema::events::EnvelopeHead;
@@ -44,10 +45,10 @@ pub async fn process(
     handler: &dyn Handler,
     ctx: &WorkerContext,
     channels: &Channels,
-    delivery: Delivery,
+    delivery: &Delivery,
 ) {
     let started = Instant::now();
-    let counts = counts(&delivery);
+    let counts = counts(delivery);
     let handled = match decode(&delivery.data, counts.0).map(|mut msg| {
         msg.claimed = !handler.claims_itself(&msg);
         msg
@@ -66,7 +67,7 @@ pub async fn process(
         ctx,
         handler,
         &channels.consume,
-        &delivery,
+        delivery,
         counts,
         &handled,
         started,
@@ -106,7 +107,7 @@ pub async fn process_batch(
     }
     let singles = futures::future::join_all(
         single
-            .into_iter()
+            .iter()
             .map(|delivery| process(handler, ctx, channels, delivery)),
     );
     futures::join!(singles, shared(handler, ctx, channels, keyed, started));
@@ -125,20 +126,28 @@ async fn shared(
     }
     keyed.sort_by_key(|(key, ..)| *key);
     let msgs: Vec<&Incoming> = keyed.iter().map(|(_, msg, ..)| msg).collect();
-    let applied = AssertUnwindSafe(together(handler, ctx, &msgs))
-        .catch_unwind()
-        .await
-        .unwrap_or(None);
-    let Some(effects) = applied else {
-        ctx.metrics.batch(handler.worker().as_str(), "split");
-        debug!(
-            consumer = handler.worker().as_str(),
-            deliveries = keyed.len(),
-            "Shared transaction not committed: each delivery handled on its own"
-        );
-        for (_, _, delivery, _) in keyed {
-            process(handler, ctx, channels, delivery).await;
-        }
+    let ran = together_else_alone(
+        keyed.len(),
+        async {
+            AssertUnwindSafe(together(handler, ctx, &msgs))
+                .catch_unwind()
+                .await
+                .unwrap_or(None)
+                .ok_or(())
+        },
+        |at| process(handler, ctx, channels, &keyed[at].2),
+        |_| {
+            ctx.metrics.batch(handler.worker().as_str(), "split");
+            debug!(
+                consumer = handler.worker().as_str(),
+                deliveries = keyed.len(),
+                "Shared transaction not committed: each delivery handled on its own"
+            );
+            true
+        },
+    )
+    .await;
+    let Ok(Ran::Together(effects)) = ran else {
         return;
     };
     ctx.metrics.batch(handler.worker().as_str(), "committed");
@@ -480,7 +489,7 @@ async fn publish_pushes(ctx: &WorkerContext, channel: &Channel, pushes: &[Push])
             broker::OP_TIMEOUT,
             channel.basic_publish(
                 ctx.topology.push_exchange().as_str().into(),
-                push.routing_key.as_str().into(),
+                push.route.routing_key().as_str().into(),
                 BasicPublishOptions::default(),
                 body.as_bytes(),
                 props,
@@ -490,18 +499,18 @@ async fn publish_pushes(ctx: &WorkerContext, channel: &Channel, pushes: &[Push])
         let confirmed = match published {
             Ok(Ok(confirm)) => tokio::time::timeout(broker::OP_TIMEOUT, confirm).await,
             Ok(Err(e)) => {
-                warn!(error = %e, key = %push.routing_key, "Push not published");
+                warn!(error = %e, route = ?push.route, "Push not published");
                 continue;
             }
             Err(_) => {
-                warn!(key = %push.routing_key, "Push publish timed out");
+                warn!(route = ?push.route, "Push publish timed out");
                 continue;
             }
         };
         match confirmed {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => warn!(error = %e, key = %push.routing_key, "Push not confirmed"),
-            Err(_) => warn!(key = %push.routing_key, "Push confirm timed out"),
+            Ok(Err(e)) => warn!(error = %e, route = ?push.route, "Push not confirmed"),
+            Err(_) => warn!(route = ?push.route, "Push confirm timed out"),
         }
     }
 }

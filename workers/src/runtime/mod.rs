@@ -22,6 +22,7 @@ use crate::decide::HandlerError;
 use memberline_platform::Settings;
 use memberline_platform::metrics::Metrics;
 use memberline_schema::events::EnvelopeHead;
+use memberline_schema::push::{BuyerPush, ConsolePush, Route};
 use memberline_schema::topology::{Topology, Worker};
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use std::sync::Arc;
@@ -44,11 +45,30 @@ pub struct Incoming {
     pub claimed: bool,
 }
 
-/// A message to publish to the push exchange after the effect committed.
+/// A message to publish to the push exchange after the effect committed (the contract:
+/// `memberline_schema::push`).
 #[derive(Debug, Clone)]
 pub struct Push {
-    pub routing_key: String,
+    pub route: Route,
     pub body: serde_json::Value,
+}
+
+impl Push {
+    /// A console-feed entry for every merchant console.
+    pub fn console(push: &ConsolePush) -> Self {
+        Self {
+            route: Route::Console(push.kind),
+            body: serde_json::to_value(push).unwrap_or_default(),
+        }
+    }
+
+    /// A push for buyer `buyer_id`'s sockets.
+    pub fn buyer(buyer_id: i64, push: &BuyerPush) -> Self {
+        Self {
+            route: Route::Buyer(buyer_id),
+            body: serde_json::to_value(push).unwrap_or_default(),
+        }
+    }
 }
 
 /// What a handler did inside the transaction.

@@ -170,7 +170,7 @@ fn spawn(
     in_flight.spawn(async move {
         if batch.len() == 1 {
             let message = batch.pop().expect("one delivery");
-            delivery::process(&*handler, &ctx, &channels, message).await;
+            delivery::process(&*handler, &ctx, &channels, &message).await;
         } else {
             delivery::process_batch(&*handler, &ctx, &channels, batch).await;
         }

@@ -1,7 +1,7 @@
 //! `channel_deliveries`: template/SMS/webhook messages waiting to leave, one per message id
 //! (`UNIQUE (message_id)`: event id and kind). The notifier records a message in its effect
 //! transaction, with the inbox note it repeats (`notifications::add_with_message`); the channel
-//! sender ([`crate::sender`]) claims due ones, sends them outside any transaction and records
+//! sender (`sender`) claims due ones, sends them outside any transaction and records
 //! how each attempt went. Each of the sender's statements runs on its
 //! own (a short transaction), so no row lock outlives a statement.
 

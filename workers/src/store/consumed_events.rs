@@ -1,5 +1,5 @@
 //! `consumed_events`: the workers' inbox, one row per (consumer, event id), written in the same
-//! transaction as the effect (see [`crate::runtime::inbox`]).
+//! transaction as the effect (see the runtime's `inbox`).
 
 use super::insert_once;
 use sea_orm::{DatabaseTransaction, DbErr};

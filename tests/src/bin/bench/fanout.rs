@@ -115,9 +115,11 @@ async fn console(
 pub async fn run(sockets: usize) -> Outcome {
     let system = System::start(true).await;
     let rss_idle = rss_mib(system.gateway_pid());
-    let token = system
-        .keys
-        .issue(9_000_001, memberline_gateway::auth::Role::Merchant, 7200);
+    let token = system.keys.issue(
+        9_000_001,
+        memberline_gateway::http::auth::Role::Merchant,
+        7200,
+    );
     let url = format!(
         "{}/v1/merchant/stream",
         system.base.replacen("http", "ws", 1)

@@ -19,7 +19,7 @@ pub struct System {
     tokens: Vec<String>,
     pub plan_id: i64,
     /// Signs tokens for any role.
-    pub keys: memberline_gateway::auth::Keys,
+    pub keys: memberline_gateway::http::auth::Keys,
 }
 
 fn spawn(bin: &str, env: &[(&str, String)]) -> Child {
@@ -86,7 +86,7 @@ impl System {
         };
         let settings = memberline_tests::test_settings(&db.url, &amqp_url(), &prefix, false, &[]);
         let secret = settings.auth.jwt_secret.expose().to_owned();
-        let keys = memberline_gateway::auth::Keys::new(&secret);
+        let keys = memberline_gateway::http::auth::Keys::new(&secret);
         let mut env = vec![
             ("MEMBERLINE__DATABASE__URL", db.url.clone()),
             ("MEMBERLINE__AMQP__URL", amqp_url()),
@@ -130,7 +130,7 @@ impl System {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let admin = keys.issue(0, memberline_gateway::auth::Role::Admin, 7200);
+        let admin = keys.issue(0, memberline_gateway::http::auth::Role::Admin, 7200);
         let mut tokens = Vec::new();
         for i in 0..BUYERS {
             let res: serde_json::Value = http
@@ -146,7 +146,7 @@ impl System {
                 .unwrap();
             tokens.push(keys.issue(
                 res["id"].as_i64().unwrap(),
-                memberline_gateway::auth::Role::User,
+                memberline_gateway::http::auth::Role::User,
                 7200,
             ));
         }

@@ -1,0 +1,337 @@
+//! The caller's own account: profile, membership, passes, savings and ledgers.
+
+use super::query::{self, ValidQuery};
+use crate::http::auth::Caller;
+use crate::http::error::ApiError;
+use crate::membership::{MembershipView, membership_at};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use memberline_schema::entities::{
+    balance_ledger, level, membership_period, notification, point_ledger, user, user_pass,
+};
+use memberline_schema::states::{LedgerKind, LedgerReason, NotificationKind};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Statement, TransactionTrait,
+};
+use serde::{Deserialize, Serialize};
+
+/// A read-only transaction whose reads all see the same instant.
+async fn snapshot(state: &AppState) -> Result<sea_orm::DatabaseTransaction, ApiError> {
+    Ok(state
+        .db
+        .begin_with_config(
+            Some(sea_orm::IsolationLevel::RepeatableRead),
+            Some(sea_orm::AccessMode::ReadOnly),
+        )
+        .await?)
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Me {
+    pub user_id: i64,
+    pub name: String,
+    pub level: LevelView,
+    pub growth: i64,
+    pub points: i64,
+    pub balance_fen: i64,
+    pub membership: MembershipView,
+    pub passes: Vec<PassView>,
+    pub purchase_count: i32,
+    pub total_saved_fen: i64,
+    pub total_saved_points: i64,
+    pub is_promoter: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LevelView {
+    pub id: i16,
+    pub name: String,
+    /// Percentage of the catalogue price this level pays (100 = no discount).
+    pub discount_percent: i16,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PassView {
+    pub id: i64,
+    pub plan_id: i64,
+    pub plan_name: String,
+    pub uses_total: i32,
+    pub uses_left: i32,
+}
+
+/// The caller's profile.
+#[utoipa::path(get, path = "/v1/me", tag = "me", security(("bearer" = [])),
+    responses(
+        (status = 200, body = Me),
+        (status = 401, description = "Missing, malformed or expired token (`missing_token`, `invalid_token`, `token_expired`), or `unknown_user`", body = crate::http::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
+    ))]
+pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
+    // One snapshot: the profile, membership and passes are read as of the same instant.
+    let txn = snapshot(&state).await?;
+    let u = user::Entity::find_by_id(caller.user_id)
+        .one(&txn)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("unknown_user", "the token's user does not exist"))?;
+    let lvl = level::Entity::find_by_id(u.level_id)
+        .one(&txn)
+        .await?
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("level {} missing", u.level_id)))?;
+    let periods = membership_period::Entity::find()
+        .filter(membership_period::Column::UserId.eq(u.id))
+        .filter(membership_period::Column::RemovedAt.is_null())
+        .all(&txn)
+        .await?;
+    let passes = user_pass::Entity::find()
+        .filter(user_pass::Column::UserId.eq(u.id))
+        .filter(user_pass::Column::UsesLeft.gt(0))
+        .order_by_asc(user_pass::Column::Id)
+        .all(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(Json(Me {
+        user_id: u.id,
+        name: u.name,
+        level: LevelView {
+            id: lvl.id,
+            name: lvl.name,
+            discount_percent: lvl.discount_percent,
+        },
+        growth: u.growth,
+        points: u.points,
+        balance_fen: u.balance_fen,
+        membership: membership_at(&periods, Utc::now()),
+        passes: passes
+            .into_iter()
+            .map(|p| PassView {
+                id: p.id,
+                plan_id: p.plan_id,
+                plan_name: p.plan_name,
+                uses_total: p.uses_total,
+                uses_left: p.uses_left,
+            })
+            .collect(),
+        purchase_count: u.purchase_count,
+        total_saved_fen: u.total_saved_fen,
+        total_saved_points: u.total_saved_points,
+        is_promoter: u.is_promoter,
+    }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LedgerQuery {
+    /// Which ledger; both when absent.
+    pub kind: Option<LedgerKind>,
+    /// At most this many entries of each kind (1–200, default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<u64>,
+}
+
+/// One signed ledger movement.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LedgerEntry {
+    pub id: i64,
+    /// `points` (amounts in points) or `balance` (amounts in fen).
+    pub kind: LedgerKind,
+    pub reason: LedgerReason,
+    pub delta: i64,
+    pub balance_after: i64,
+    /// For a `reward_reversal`: reward points the buyer had already spent, which could not be
+    /// taken back (the balance never goes below zero). 0 otherwise.
+    pub shortfall: i64,
+    pub order_id: Option<i64>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Ledger {
+    /// Newest first.
+    pub entries: Vec<LedgerEntry>,
+}
+
+/// The caller's point and balance ledgers, newest first.
+#[utoipa::path(get, path = "/v1/me/ledger", tag = "me", security(("bearer" = [])), params(LedgerQuery),
+    responses(
+        (status = 200, body = Ledger),
+        (status = 400, description = "`invalid_query`: a bad query parameter", body = crate::http::error::ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::http::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
+    ))]
+pub async fn ledger(
+    State(state): State<AppState>,
+    caller: Caller,
+    ValidQuery(q): ValidQuery<LedgerQuery>,
+) -> Result<Json<Ledger>, ApiError> {
+    let limit = query::limit(q.limit, 50, 200)?;
+    let points = q.kind.is_none_or(|k| k == LedgerKind::Points);
+    let balance = q.kind.is_none_or(|k| k == LedgerKind::Balance);
+    let mut entries = Vec::new();
+    if points {
+        let rows = point_ledger::Entity::find()
+            .filter(point_ledger::Column::UserId.eq(caller.user_id))
+            .order_by_desc(point_ledger::Column::Id)
+            .limit(limit)
+            .all(&state.db)
+            .await?;
+        entries.extend(rows.into_iter().map(|r| LedgerEntry {
+            id: r.id,
+            kind: LedgerKind::Points,
+            reason: r.reason,
+            delta: r.delta,
+            balance_after: r.balance_after,
+            shortfall: r.shortfall,
+            order_id: r.order_id,
+            created_at: r.created_at,
+        }));
+    }
+    if balance {
+        let rows = balance_ledger::Entity::find()
+            .filter(balance_ledger::Column::UserId.eq(caller.user_id))
+            .order_by_desc(balance_ledger::Column::Id)
+            .limit(limit)
+            .all(&state.db)
+            .await?;
+        entries.extend(rows.into_iter().map(|r| LedgerEntry {
+            id: r.id,
+            kind: LedgerKind::Balance,
+            reason: r.reason,
+            delta: r.delta,
+            balance_after: r.balance_after,
+            shortfall: 0,
+            order_id: r.order_id,
+            created_at: r.created_at,
+        }));
+    }
+    entries.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    Ok(Json(Ledger { entries }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NotificationQuery {
+    /// Only unread messages.
+    pub unread: Option<bool>,
+    /// At most this many (1-200, default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<u64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct NotificationView {
+    pub id: i64,
+    pub kind: NotificationKind,
+    pub title: String,
+    pub body: String,
+    pub order_id: Option<i64>,
+    pub read_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<notification::Model> for NotificationView {
+    fn from(n: notification::Model) -> Self {
+        Self {
+            id: n.id,
+            kind: n.kind,
+            title: n.title,
+            body: n.body,
+            order_id: n.order_id,
+            read_at: n.read_at,
+            created_at: n.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Inbox {
+    /// Newest first.
+    pub notifications: Vec<NotificationView>,
+    pub unread: u64,
+}
+
+/// The caller's inbox, newest first.
+#[utoipa::path(get, path = "/v1/me/notifications", tag = "me", security(("bearer" = [])),
+    params(NotificationQuery),
+    responses(
+        (status = 200, body = Inbox),
+        (status = 400, description = "`invalid_query`: a bad query parameter", body = crate::http::error::ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::http::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
+    ))]
+pub async fn notifications(
+    State(state): State<AppState>,
+    caller: Caller,
+    ValidQuery(q): ValidQuery<NotificationQuery>,
+) -> Result<Json<Inbox>, ApiError> {
+    let limit = query::limit(q.limit, 50, 200)?;
+    let mut select = notification::Entity::find()
+        .filter(notification::Column::UserId.eq(caller.user_id))
+        .order_by_desc(notification::Column::Id)
+        .limit(limit);
+    if q.unread == Some(true) {
+        select = select.filter(notification::Column::ReadAt.is_null());
+    }
+    // One snapshot for the list and the count, so they never disagree while the notifier writes.
+    let txn = snapshot(&state).await?;
+    let rows = select.all(&txn).await?;
+    let unread = notification::Entity::find()
+        .filter(notification::Column::UserId.eq(caller.user_id))
+        .filter(notification::Column::ReadAt.is_null())
+        .count(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(Json(Inbox {
+        notifications: rows.into_iter().map(NotificationView::from).collect(),
+        unread,
+    }))
+}
+
+/// Marks one of the caller's messages read (idempotent). Someone else's is 404.
+#[utoipa::path(post, path = "/v1/me/notifications/{id}/read", tag = "me", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Notification id")),
+    responses(
+        (status = 200, body = NotificationView),
+        (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::http::error::ErrorBody),
+        (status = 404, description = "`notification_not_found` (also for an id that is not a number)", body = crate::http::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
+    ))]
+pub async fn mark_read(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<axum::extract::Path<i64>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<NotificationView>, ApiError> {
+    let not_found = || ApiError::not_found("notification_not_found", "no such notification");
+    let axum::extract::Path(id) = path.map_err(|_| not_found())?;
+    let row = state
+        .db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE notifications SET read_at = COALESCE(read_at, now()) \
+             WHERE id = $1 AND user_id = $2 RETURNING id",
+            [id.into(), caller.user_id.into()],
+        ))
+        .await?;
+    if row.is_none() {
+        return Err(not_found());
+    }
+    let n = notification::Entity::find_by_id(id)
+        .one(&state.db)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(n.into()))
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/me", get(me))
+        .route("/v1/me/ledger", get(ledger))
+        .route("/v1/me/notifications", get(notifications))
+        .route(
+            "/v1/me/notifications/{id}/read",
+            axum::routing::post(mark_read),
+        )
+}

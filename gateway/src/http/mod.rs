@@ -1,0 +1,264 @@
+//! Everything HTTP: one module per resource, each ending in `router()`, assembled here with the
+//! cross-cutting layers (request id, correlation id, tracing, metrics, body limit, timeout).
+//! Handlers parse, call the domain (`memberline_orders`) and map its answer; bearer tokens
+//! ([`auth`]) and the error body ([`error`]) live here too.
+
+pub mod admin;
+pub mod admin_actions;
+pub mod auth;
+pub mod docs;
+pub mod error;
+pub mod health;
+pub mod idempotency;
+pub mod me;
+pub mod merchant;
+pub mod orders;
+pub mod outbox;
+pub mod pages;
+pub mod payments;
+pub mod plans;
+pub mod push;
+pub mod query;
+
+use crate::http::error::ApiError;
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::{FromRequest, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use std::time::{Duration, Instant};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+
+/// The correlation id of the current request: taken from `X-Correlation-Id` when it is a UUID,
+/// otherwise a new UUID v7. It is echoed in the response and carried into every event envelope.
+#[derive(Clone, Copy, Debug)]
+pub struct CorrelationId(pub Uuid);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CorrelationId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<CorrelationId>()
+            .copied()
+            .unwrap_or_else(|| CorrelationId(Uuid::now_v7())))
+    }
+}
+
+/// The whole application router.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.http.body_limit_bytes;
+    let timeout = Duration::from_secs(state.settings.http.request_timeout_secs);
+    Router::new()
+        .merge(plans::router())
+        .merge(me::router())
+        .merge(orders::router())
+        .merge(payments::router())
+        .merge(admin::router())
+        .merge(admin_actions::router())
+        .merge(merchant::router())
+        .merge(crate::http::push::router())
+        .merge(crate::http::pages::router())
+        .merge(outbox::router())
+        .merge(health::router())
+        .merge(docs::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let request_id = req
+                .headers()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            let correlation_id = req
+                .extensions()
+                .get::<CorrelationId>()
+                .map(|c| c.0.to_string())
+                .unwrap_or_default();
+            tracing::info_span!(
+                "request",
+                method = %req.method(),
+                uri = %req.uri().path(),
+                request_id,
+                correlation_id,
+            )
+        }))
+        .layer(middleware::from_fn(correlation))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn correlation(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&CORRELATION_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Uuid::parse_str(v.trim()).ok())
+        .unwrap_or_else(Uuid::now_v7);
+    req.extensions_mut().insert(CorrelationId(id));
+    let mut res = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+        res.headers_mut().insert(CORRELATION_ID, v);
+    }
+    res
+}
+
+async fn record_metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    // Only route templates and known methods become labels: a path or method a client made up
+    // is recorded as `other`, so nobody can grow the label set.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "other".to_owned());
+    let method = req.method().clone();
+    let res = next.run(req).await;
+    state.metrics.http_request(
+        method.as_str(),
+        &route,
+        res.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    res
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route_not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method",
+    )
+}
+
+/// A JSON body extractor whose rejections come back in our error format: malformed JSON is 400
+/// `malformed_json`, a body over the limit is 413 `payload_too_large`, a wrong content type is
+/// 415 `unsupported_media_type`. It yields a `serde_json::Value` so that handlers can inspect
+/// fields before deserializing the typed request.
+///
+/// Numbers with no fractional part (`924.0`, `1e3`) are turned into integers first: JSON Schema,
+/// and so the OpenAPI document, counts them as integers, so a field documented as `integer`
+/// accepts them, and the idempotency hash sees `924.0` and `924` as the same request.
+pub struct JsonValue(pub serde_json::Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonValue {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::rejection::JsonRejection;
+        match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(mut v)) => {
+                integral_numbers_as_integers(&mut v);
+                Ok(JsonValue(v))
+            }
+            Err(rejection) => Err(match rejection {
+                JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "send the body as application/json",
+                ),
+                r if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than the limit",
+                ),
+                r => ApiError::bad_request("malformed_json", r.body_text()),
+            }),
+        }
+    }
+}
+
+/// Rewrites every float without a fractional part that fits an `i64` or a `u64` as that integer,
+/// everywhere in `value`. Other floats (`1.5`, `1e30`) stay floats, so an integer field still
+/// refuses them.
+fn integral_numbers_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    // 2^63 and 2^64 are exact in an f64; the casts below are exact inside these bounds.
+    const I64_END: f64 = 9_223_372_036_854_775_808.0;
+    const U64_END: f64 = 18_446_744_073_709_551_616.0;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let Some(f) = n.as_f64() else { return };
+            if f.fract() != 0.0 {
+                return;
+            }
+            if (-I64_END..I64_END).contains(&f) {
+                *value = Value::from(f as i64);
+            } else if (0.0..U64_END).contains(&f) {
+                *value = Value::from(f as u64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers_as_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_numbers_as_integers),
+        _ => {}
+    }
+}
+
+/// Deserializes a typed request from a JSON value; a wrong shape is 422 `invalid_body` naming
+/// the field.
+pub fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::unprocessable("invalid_body", format!("invalid request body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn integral_floats_become_integers_and_other_numbers_stay() {
+        let mut body = json!({
+            "plan_id": 924.0,
+            "negative": -3502896089371.0,
+            "big": 1e19,
+            "nested": [{"n": 2.0}],
+            "half": 1.5,
+            "huge": 1e30,
+            "int": 7,
+        });
+        integral_numbers_as_integers(&mut body);
+        assert_eq!(
+            body,
+            json!({
+                "plan_id": 924,
+                "negative": -3502896089371_i64,
+                "big": 10_000_000_000_000_000_000_u64,
+                "nested": [{"n": 2}],
+                "half": 1.5,
+                "huge": 1e30,
+                "int": 7,
+            })
+        );
+        assert!(body["plan_id"].is_i64());
+    }
+}

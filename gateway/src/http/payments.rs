@@ -1,0 +1,324 @@
+//! The providers' notification endpoints and the QR image of a pending order.
+//!
+//! Notifications are verified before anything reads them (WeChat: the signature over the raw
+//! body with the platform key named by `Wechatpay-Serial`, the timestamp within five minutes,
+//! then decryption; Alipay: the signature over every parameter but `sign` and `sign_type`), then
+//! stored raw and applied in one transaction (`memberline_orders::settle`).
+//!
+//! Replies follow the providers' rules, so they retry exactly when we failed to verify or store:
+//! WeChat gets 204 for every notification we stored (copies and flagged ones included) and
+//! 4xx/5xx with `{"code": "FAIL", "message": …}` otherwise, never 200 with FAIL; Alipay gets
+//! exactly `success` for every genuine notification we stored and `fail` otherwise.
+//!
+//! They are provider protocol endpoints, not part of our OpenAPI document.
+
+use crate::http::auth::Caller;
+use crate::http::error::ApiError;
+use crate::state::AppState;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use memberline_orders::providers::wechat::{NotifyHeaders, WechatEvent};
+use memberline_orders::providers::{NotifyError, Payment};
+use memberline_orders::refunds;
+use memberline_orders::settle::{Applied, Notification, Stored};
+use memberline_schema::entities::order;
+use memberline_schema::states::Provider;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::json;
+
+/// The metric outcome of a rejected notification.
+fn rejected(e: &NotifyError) -> &'static str {
+    match e.kind() {
+        "missing_header" => "rejected_missing_header",
+        "unknown_serial" => "rejected_unknown_serial",
+        "stale" => "rejected_stale",
+        "bad_signature" => "rejected_bad_signature",
+        "decrypt" => "rejected_decrypt",
+        _ => "rejected_malformed",
+    }
+}
+
+fn wechat_fail(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(json!({ "code": "FAIL", "message": message.into() })),
+    )
+        .into_response()
+}
+
+fn alipay_reply(ok: bool) -> Response {
+    let body = if ok { "success" } else { "fail" };
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+/// Stores a verified notification and applies its payment; logs and counts what happened.
+/// `Err` only when it could not be stored.
+async fn store(
+    state: &AppState,
+    provider: Provider,
+    notification: Notification<'_>,
+    payment: Option<Payment>,
+) -> Result<(), ()> {
+    state.payments.get(provider).ok_or(())?;
+    let label = provider.as_str();
+    let verified = memberline_orders::notifications::Verified {
+        provider,
+        event_id: notification.event_id.to_owned(),
+        out_trade_no: notification.out_trade_no.map(str::to_owned),
+        headers: notification.headers.clone(),
+        raw_body: notification.raw_body.to_owned(),
+        payment,
+    };
+    match state.notifications.store(verified).await {
+        Ok(Stored::Duplicate) => {
+            state.metrics.payment_notification(label, "duplicate");
+            tracing::info!(%provider, event_id = notification.event_id, "Notification already stored");
+            Ok(())
+        }
+        Ok(Stored::New(applied)) => {
+            let outcome = applied.as_ref().map_or("ignored", Applied::outcome);
+            state.metrics.payment_notification(label, outcome);
+            match &applied {
+                Some(Applied::Flagged { order_id, flag }) => tracing::error!(
+                    %provider, event_id = notification.event_id, order_id, flag,
+                    "Genuine payment notification NOT applied; an operator must look at it"
+                ),
+                Some(Applied::LatePayment { order_id }) => tracing::warn!(
+                    %provider, order_id, "Payment for a closed order; it will be refunded"
+                ),
+                _ => {
+                    tracing::info!(%provider, event_id = notification.event_id, outcome, "Notification stored")
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(%provider, error = %e, "Could not store a verified notification; the provider will retry");
+            Err(())
+        }
+    }
+}
+
+/// `POST /v1/payments/wechat/notify`: 204 when stored, 401 when it does not verify, 500 when it
+/// could not be stored (WeChat retries both failures).
+async fn wechat_notify(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(client) = state.payments.wechat() else {
+        return wechat_fail(StatusCode::NOT_FOUND, "WeChat Pay is not enabled");
+    };
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let signed = NotifyHeaders {
+        timestamp: get("wechatpay-timestamp"),
+        nonce: get("wechatpay-nonce"),
+        signature: get("wechatpay-signature"),
+        serial: get("wechatpay-serial"),
+    };
+    let notification = match client.verify_notification(signed, &body, Utc::now()) {
+        Ok(n) => n,
+        Err(e) => {
+            state.metrics.payment_notification("wechat", rejected(&e));
+            tracing::warn!(error = %e, "Rejected a WeChat notification that does not verify");
+            return wechat_fail(StatusCode::UNAUTHORIZED, e.to_string());
+        }
+    };
+    let payment = match notification.event.payment().transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            state
+                .metrics
+                .payment_notification("wechat", "rejected_malformed");
+            return wechat_fail(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    // A refund's outcome is applied before the notification is stored: applying is idempotent
+    // (a refund that is not pending any more is left alone), so a crash in between only means
+    // WeChat's next copy stores it.
+    if let WechatEvent::Refund {
+        out_refund_no,
+        refund_status,
+        refund_id,
+        ..
+    } = &notification.event
+    {
+        let applied = match refund_status.as_str() {
+            "SUCCESS" => refunds::complete(&state.db, out_refund_no, refund_id.clone()).await,
+            "ABNORMAL" | "CLOSED" => {
+                let why = format!("WeChat REFUND.{refund_status}");
+                refunds::fail(&state.db, out_refund_no, &why).await
+            }
+            _ => Ok(false),
+        };
+        match applied {
+            Ok(true) => state
+                .metrics
+                .payment_notification("wechat", "refund_applied"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, out_refund_no, "Could not apply a refund notification; WeChat will retry");
+                return wechat_fail(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "could not apply the refund",
+                );
+            }
+        }
+    }
+    let raw = String::from_utf8_lossy(&body);
+    let stored = store(
+        &state,
+        Provider::Wechat,
+        Notification {
+            provider: Provider::Wechat,
+            event_id: &notification.id,
+            out_trade_no: Some(notification.event.out_trade_no()),
+            headers: json!({
+                "Wechatpay-Timestamp": signed.timestamp,
+                "Wechatpay-Nonce": signed.nonce,
+                "Wechatpay-Serial": signed.serial,
+                "Wechatpay-Signature": signed.signature,
+                "event_type": notification.event_type,
+            }),
+            raw_body: &raw,
+        },
+        payment,
+    )
+    .await;
+    match stored {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(()) => wechat_fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not store the notification",
+        ),
+    }
+}
+
+/// `POST /v1/payments/alipay/notify`: `success` when stored, `fail` otherwise.
+async fn alipay_notify(State(state): State<AppState>, body: Bytes) -> Response {
+    let Some(client) = state.payments.alipay() else {
+        return (StatusCode::NOT_FOUND, "fail").into_response();
+    };
+    let notification = match client.verify_notification(&body) {
+        Ok(n) => n,
+        Err(e) => {
+            state.metrics.payment_notification("alipay", rejected(&e));
+            tracing::warn!(error = %e, "Rejected an Alipay notification that does not verify");
+            return alipay_reply(false);
+        }
+    };
+    let payment = match notification.payment().transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            state
+                .metrics
+                .payment_notification("alipay", "rejected_malformed");
+            tracing::warn!(error = %e, "Rejected an Alipay notification it cannot read");
+            return alipay_reply(false);
+        }
+    };
+    let raw = String::from_utf8_lossy(&body);
+    let stored = store(
+        &state,
+        Provider::Alipay,
+        Notification {
+            provider: Provider::Alipay,
+            event_id: notification.notify_id().unwrap_or_default(),
+            out_trade_no: notification.out_trade_no(),
+            headers: json!({ "trade_status": notification.trade_status() }),
+            raw_body: &raw,
+        },
+        payment,
+    )
+    .await;
+    alipay_reply(stored.is_ok())
+}
+
+/// The caller's pending WeChat / Alipay order's code (`payment.code_url`) as a PNG QR image, to
+/// show the buyer; rendered on the server.
+#[utoipa::path(get, path = "/v1/orders/{id}/qr.png", tag = "orders", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The QR code", content_type = "image/png", body = PngImage),
+        (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::http::error::ErrorBody),
+        (status = 404, description = "`qr_not_available`: no such order of yours, or it is not a pending provider order", body = crate::http::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
+    ))]
+pub async fn qr_png(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, ApiError> {
+    let not_available =
+        || ApiError::not_found("qr_not_available", "no pending payment code for this order");
+    let Path(id) = path.map_err(|_| not_available())?;
+    let found = order::Entity::find_by_id(id)
+        .filter(order::Column::BuyerId.eq(caller.user_id))
+        .one(&state.db)
+        .await?
+        .ok_or_else(not_available)?;
+    let payment = memberline_orders::view::PaymentView::of(&found).ok_or_else(not_available)?;
+    let png = qr::png(&payment.code_url).map_err(ApiError::internal)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/png"),
+            (header::CACHE_CONTROL, "private, max-age=60"),
+        ],
+        png,
+    )
+        .into_response())
+}
+
+/// A PNG image (binary), for the OpenAPI document.
+pub struct PngImage;
+
+impl utoipa::PartialSchema for PngImage {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PngImage {}
+
+pub mod qr {
+    //! A QR code as a PNG image: the `qrcode` crate encodes, the `png` crate writes; we only
+    //! scale the modules to pixels and add the quiet zone.
+
+    /// Pixels per module, and the quiet zone in modules (the standard asks for four).
+    const SCALE: usize = 8;
+    const QUIET: usize = 4;
+
+    pub fn png(text: &str) -> anyhow::Result<Vec<u8>> {
+        let code = qrcode::QrCode::new(text.as_bytes())?;
+        let modules = code.width();
+        let colors = code.to_colors();
+        let side = (modules + 2 * QUIET) * SCALE;
+        let mut pixels = vec![255u8; side * side];
+        for (i, color) in colors.iter().enumerate() {
+            if *color == qrcode::Color::Dark {
+                let (x, y) = ((i % modules + QUIET) * SCALE, (i / modules + QUIET) * SCALE);
+                for row in y..y + SCALE {
+                    pixels[row * side + x..row * side + x + SCALE].fill(0);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, side as u32, side as u32);
+        encoder.set_color(png::ColorType::Grayscale);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder.write_header()?.write_image_data(&pixels)?;
+        Ok(out)
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/payments/wechat/notify", post(wechat_notify))
+        .route("/v1/payments/alipay/notify", post(alipay_notify))
+        .route("/v1/orders/{id}/qr.png", get(qr_png))
+}

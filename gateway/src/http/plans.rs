@@ -1,0 +1,118 @@
+//! The catalogue as buyers see it.
+
+use crate::http::auth::MaybeCaller;
+use crate::http::error::ApiError;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use memberline_orders::rules;
+use memberline_schema::entities::{level, plan, user};
+use memberline_schema::states::{PayMethod, PlanKind};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use serde::Serialize;
+
+/// A plan on the shelf. Prices are integers: fen and points.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PlanView {
+    pub id: i64,
+    pub code: String,
+    pub name: String,
+    pub kind: PlanKind,
+    /// Days of membership (membership plans only).
+    pub duration_days: Option<i32>,
+    /// Number of uses (passes only).
+    pub uses: Option<i32>,
+    pub original_price_fen: i64,
+    pub price_fen: i64,
+    /// `null` when the plan cannot be bought with points.
+    pub price_points: Option<i64>,
+    /// Taken with pay_method `free`, once per buyer.
+    pub is_free: bool,
+    pub image_url: Option<String>,
+    /// What the caller pays after their level discount (only with a token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buyer_price_fen: Option<i64>,
+    /// What the caller pays in points after their level discount (only with a token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buyer_price_points: Option<i64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PlanList {
+    pub plans: Vec<PlanView>,
+    /// The pay methods this shop takes: `balance`, `points`, `free`, and each payment provider
+    /// it has enabled (`wechat`, `alipay`).
+    #[schema(value_type = Vec<super::orders::OrderPayMethod>)]
+    pub pay_methods: Vec<PayMethod>,
+}
+
+/// Lists on-shelf plans in display order.
+#[utoipa::path(get, path = "/v1/plans", tag = "plans",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Plans in display order; buyer prices when a token is sent", body = PlanList),
+        (status = 401, description = "A token was sent but is invalid or expired (`invalid_token`, `token_expired`), or names no user (`unknown_user`)", body = crate::http::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    MaybeCaller(caller): MaybeCaller,
+) -> Result<Json<PlanList>, ApiError> {
+    let buyer_level = match caller {
+        Some(c) => {
+            let buyer = user::Entity::find_by_id(c.user_id)
+                .one(&state.db)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::unauthorized("unknown_user", "the token's user does not exist")
+                })?;
+            level::Entity::find_by_id(buyer.level_id)
+                .one(&state.db)
+                .await?
+        }
+        None => None,
+    };
+    let plans = plan::Entity::find()
+        .filter(plan::Column::OnShelf.eq(true))
+        .order_by_asc(plan::Column::Sort)
+        .order_by_asc(plan::Column::Id)
+        .all(&state.db)
+        .await?;
+    let plans = plans
+        .into_iter()
+        .map(|p| {
+            let price = buyer_level
+                .as_ref()
+                .map(|l| rules::price(&p, l.discount_percent));
+            PlanView {
+                buyer_price_fen: price.map(|x| x.fen),
+                buyer_price_points: price.and_then(|x| x.points),
+                id: p.id,
+                code: p.code,
+                name: p.name,
+                kind: p.kind,
+                duration_days: p.duration_days,
+                uses: p.uses,
+                original_price_fen: p.original_price_fen,
+                price_fen: p.price_fen,
+                price_points: p.price_points,
+                is_free: p.is_free,
+                image_url: p.image_url,
+            }
+        })
+        .collect();
+    let pay_methods = PayMethod::ALL
+        .iter()
+        .copied()
+        .filter(|m| match m.provider() {
+            Some(provider) => state.payments.get(provider).is_some(),
+            None => *m != PayMethod::AdminGrant,
+        })
+        .collect();
+    Ok(Json(PlanList { plans, pay_methods }))
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/plans", get(list))
+}

@@ -1,0 +1,472 @@
+//! Refunds of paid orders (full today; a `refunds` row carries its amounts, so partial refunds
+//! can come later). Shared by the gateway (an admin's refund, WeChat refund notifications) and
+//! the workers' lifecycle job (provider refunds still waiting for an answer).
+//!
+//! - Balance, points, free and granted orders are refunded in one transaction ([`begin`]): the
+//!   money or points go back with a ledger entry, the order becomes `refunded` with its history,
+//!   the refund row is `succeeded`, and `order.refunded.v1` is in the outbox.
+//! - WeChat / Alipay orders: [`begin`] records the refund (`pending`, number
+//!   `<order_no>R<attempt>`) and moves the order to `refund_pending`; [`at_provider`] then asks
+//!   the provider, outside any transaction. A success [`complete`]s it (the same one transaction
+//!   as above, minus the ledger); a refund the provider says ended without the money going back
+//!   (WeChat `ABNORMAL` / `CLOSED`) [`fail`]s it (the order is `paid` again, with a
+//!   `refund_flag` for an operator). Anything else (processing, a timeout, an error answer)
+//!   leaves it pending for the provider's notification or the lifecycle job, which asks again
+//!   with the same number: the provider refunds once. A success that comes after all for a
+//!   refund recorded as failed still completes it: the provider's word wins.
+
+use crate::providers::{PaymentError, PaymentProvider, RefundRequest, RefundState};
+use crate::transitions;
+use chrono::Utc;
+use memberline_platform::outbox;
+use memberline_schema::entities::{order, refund};
+use memberline_schema::events::{Envelope, OrderRefunded, PlanSold};
+use memberline_schema::states::{LedgerReason, OrderStatus, PayMethod, RefundStatus};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement,
+    TransactionTrait,
+};
+
+/// Why a refund cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum RefundError {
+    #[error("no order {0}")]
+    OrderNotFound(i64),
+    #[error("the order is {0}; only a paid order can be refunded")]
+    NotRefundable(OrderStatus),
+    #[error("{0} is not enabled, so its orders cannot be refunded now")]
+    ProviderDisabled(memberline_schema::states::Provider),
+    #[error(transparent)]
+    Database(#[from] DbErr),
+}
+
+/// What [`begin`] did.
+#[derive(Debug)]
+pub enum Begun {
+    /// Refunded in this transaction (no provider involved).
+    Refunded {
+        order: Box<order::Model>,
+        refund: refund::Model,
+    },
+    /// Recorded; the provider must be asked ([`at_provider`]) once this transaction committed.
+    AtProvider {
+        order: Box<order::Model>,
+        refund: refund::Model,
+    },
+}
+
+/// The refund number of attempt `attempt` of an order: derived, so a retry refunds once.
+pub fn refund_no(order_no: &str, attempt: i32) -> String {
+    format!("{order_no}R{attempt}")
+}
+
+/// Starts a full refund of `order_id` inside `txn` (see the module docs). The caller writes
+/// its audit entry in the same transaction.
+/// `recheck_after`: when the lifecycle job asks the provider again should the caller's own
+/// request get no final answer (`payments.reconcile_after_secs`).
+pub async fn begin(
+    txn: &DatabaseTransaction,
+    order_id: i64,
+    actor_id: i64,
+    reason: &str,
+    recheck_after: chrono::Duration,
+) -> Result<Begun, RefundError> {
+    let order = order::Entity::find_by_id(order_id)
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or(RefundError::OrderNotFound(order_id))?;
+    if order.status != OrderStatus::Paid {
+        return Err(RefundError::NotRefundable(order.status));
+    }
+    let attempt = 1 + refund::Entity::find()
+        .filter(refund::Column::OrderId.eq(order.id))
+        .order_by_desc(refund::Column::Attempt)
+        .one(txn)
+        .await?
+        .map_or(0, |r| r.attempt);
+    let now = Utc::now();
+    let refund = refund::ActiveModel {
+        order_id: Set(order.id),
+        attempt: Set(attempt),
+        out_refund_no: Set(refund_no(&order.order_no, attempt)),
+        amount_fen: Set(order.amount_fen),
+        amount_points: Set(order.amount_points),
+        reason: Set(reason.to_owned()),
+        status: Set(RefundStatus::Pending),
+        provider_refund_id: Set(None),
+        failure: Set(None),
+        requested_by: Set(actor_id),
+        created_at: Set(now),
+        completed_at: Set(None),
+        ..Default::default()
+    }
+    .insert(txn)
+    .await?;
+    if order.provider.is_some() {
+        advance(
+            txn,
+            &order,
+            OrderStatus::Paid,
+            OrderStatus::RefundPending,
+            "refund_requested",
+        )
+        .await?;
+        // The caller asks the provider at once; should it get no final answer, the lifecycle
+        // job asks again (same refund number) `recheck_after` later.
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE orders SET payment_check_at = now() + make_interval(secs => $3), \
+             payment_check_attempts = 0, refund_reason = $2 WHERE id = $1",
+            [
+                order.id.into(),
+                reason.into(),
+                (recheck_after.num_milliseconds() as f64 / 1000.0).into(),
+            ],
+        ))
+        .await?;
+        let order = reload(txn, order.id).await?;
+        return Ok(Begun::AtProvider {
+            order: Box::new(order),
+            refund,
+        });
+    }
+    give_back(txn, &order, now).await?;
+    let (order, refund) = finish(txn, order, refund, OrderStatus::Paid, None).await?;
+    Ok(Begun::Refunded {
+        order: Box::new(order),
+        refund,
+    })
+}
+
+/// What asking the provider came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtProvider {
+    /// Refunded: `order.refunded.v1` is in the outbox.
+    Refunded,
+    /// Not final yet: the provider's notification or the lifecycle job finishes it. `refused`
+    /// carries an answer that was an error rather than a refund state (a refusal, an answer
+    /// that did not verify): it is NOT taken as "no refund" — the provider may well have
+    /// refunded — so the refund stays pending and is asked again, and only a run of such
+    /// answers makes the lifecycle job give up ([`fail`]).
+    Pending { refused: Option<String> },
+    /// The provider said the refund ended without the money going back (WeChat `ABNORMAL` /
+    /// `CLOSED`); the order is paid again, flagged for an operator.
+    Failed(String),
+}
+
+/// Asks the provider to refund `refund` of `order` (outside any transaction) and records a
+/// final answer.
+pub async fn at_provider(
+    db: &DatabaseConnection,
+    client: &dyn PaymentProvider,
+    order: &order::Model,
+    refund: &refund::Model,
+) -> Result<AtProvider, DbErr> {
+    let request = RefundRequest {
+        out_trade_no: order.order_no.clone(),
+        out_refund_no: refund.out_refund_no.clone(),
+        refund_fen: refund.amount_fen,
+        total_fen: order.amount_fen,
+        reason: refund.reason.clone(),
+    };
+    match client.refund(&request).await {
+        Ok(RefundState::Succeeded { refund_id }) => {
+            complete(db, &refund.out_refund_no, refund_id).await?;
+            Ok(AtProvider::Refunded)
+        }
+        Ok(RefundState::Processing) => Ok(AtProvider::Pending { refused: None }),
+        Ok(state @ (RefundState::Abnormal | RefundState::Closed)) => {
+            let why = format!("{} answered the refund with {state:?}", client.provider());
+            fail(db, &refund.out_refund_no, &why).await?;
+            Ok(AtProvider::Failed(why))
+        }
+        Ok(RefundState::NotFound) => Ok(AtProvider::Pending {
+            refused: Some(format!(
+                "{} answered a refund request with no refund",
+                client.provider()
+            )),
+        }),
+        Err(e) if e.is_transient() => {
+            tracing::warn!(
+                order_id = order.id, out_refund_no = %refund.out_refund_no, error = %e,
+                "Refund request got no answer; it is asked again with the same number"
+            );
+            Ok(AtProvider::Pending { refused: None })
+        }
+        Err(e) => {
+            tracing::error!(
+                order_id = order.id, out_refund_no = %refund.out_refund_no, error = %e,
+                "The provider refused a refund request; it stays pending and is asked again"
+            );
+            Ok(AtProvider::Pending {
+                refused: Some(refused(client, &e)),
+            })
+        }
+    }
+}
+
+fn refused(client: &dyn PaymentProvider, e: &PaymentError) -> String {
+    format!("{} refused the refund: {e}", client.provider())
+}
+
+/// The pending refund of a `refund_pending` order (the newest attempt).
+pub async fn pending_of<C: ConnectionTrait>(
+    conn: &C,
+    order_id: i64,
+) -> Result<Option<refund::Model>, DbErr> {
+    refund::Entity::find()
+        .filter(refund::Column::OrderId.eq(order_id))
+        .filter(refund::Column::Status.eq(RefundStatus::Pending))
+        .order_by_desc(refund::Column::Attempt)
+        .one(conn)
+        .await
+}
+
+/// The provider confirmed refund `out_refund_no`: the order becomes `refunded` with
+/// `order.refunded.v1`. `false` when it was done before (a copy of the notification).
+///
+/// The provider's word wins over ours: a refund we had given up as failed (WeChat completes an
+/// ABNORMAL one once the merchant sorts the buyer's account out) whose order is still `paid` is
+/// completed too, with a warning.
+pub async fn complete(
+    db: &DatabaseConnection,
+    out_refund_no: &str,
+    provider_refund_id: Option<String>,
+) -> Result<bool, DbErr> {
+    let txn = db.begin().await?;
+    if let Some((order, refund)) = lock_pending(&txn, out_refund_no).await? {
+        finish(
+            &txn,
+            order,
+            refund,
+            OrderStatus::RefundPending,
+            provider_refund_id,
+        )
+        .await?;
+        txn.commit().await?;
+        return Ok(true);
+    }
+    let Some((order, refund)) = lock_failed_of_paid(&txn, out_refund_no).await? else {
+        txn.rollback().await?;
+        return Ok(false);
+    };
+    tracing::warn!(
+        order_id = order.id,
+        out_refund_no,
+        "The provider completed a refund recorded as failed; the order is refunded after all"
+    );
+    finish(&txn, order, refund, OrderStatus::Paid, provider_refund_id).await?;
+    txn.commit().await?;
+    Ok(true)
+}
+
+/// The newest refund of a `paid` order, when it is `out_refund_no` and failed.
+async fn lock_failed_of_paid(
+    txn: &DatabaseTransaction,
+    out_refund_no: &str,
+) -> Result<Option<(order::Model, refund::Model)>, DbErr> {
+    let Some(refund) = refund::Entity::find()
+        .filter(refund::Column::OutRefundNo.eq(out_refund_no))
+        .one(txn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(order) = order::Entity::find_by_id(refund.order_id)
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .filter(|o| o.status == OrderStatus::Paid)
+    else {
+        return Ok(None);
+    };
+    let newest = refund::Entity::find()
+        .filter(refund::Column::OrderId.eq(order.id))
+        .order_by_desc(refund::Column::Attempt)
+        .one(txn)
+        .await?;
+    Ok(newest
+        .filter(|r| r.id == refund.id && r.status == RefundStatus::Failed)
+        .map(|r| (order, r)))
+}
+
+/// The provider did not refund `out_refund_no` (WeChat `REFUND.ABNORMAL` / `REFUND.CLOSED`, a
+/// refusal): the order is `paid` again with `refund_flag = why`, and an ERROR for an operator.
+/// `false` when the refund was not pending any more.
+pub async fn fail(db: &DatabaseConnection, out_refund_no: &str, why: &str) -> Result<bool, DbErr> {
+    let txn = db.begin().await?;
+    let Some((order, refund)) = lock_pending(&txn, out_refund_no).await? else {
+        txn.rollback().await?;
+        return Ok(false);
+    };
+    let now = Utc::now();
+    refund::Entity::update_many()
+        .col_expr(refund::Column::Status, RefundStatus::Failed.as_str().into())
+        .col_expr(refund::Column::Failure, why.into())
+        .col_expr(refund::Column::CompletedAt, now.into())
+        .filter(refund::Column::Id.eq(refund.id))
+        .exec(&txn)
+        .await?;
+    advance(
+        &txn,
+        &order,
+        OrderStatus::RefundPending,
+        OrderStatus::Paid,
+        "refund_failed",
+    )
+    .await?;
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE orders SET refund_flag = $2, refund_reason = NULL WHERE id = $1",
+        [order.id.into(), why.into()],
+    ))
+    .await?;
+    txn.commit().await?;
+    tracing::error!(
+        order_id = order.id,
+        out_refund_no,
+        why,
+        "Refund failed at the provider; the order is paid again and waits for an operator"
+    );
+    Ok(true)
+}
+
+/// Locks the order of a pending refund and the refund; `None` when the refund is not pending
+/// (or unknown).
+async fn lock_pending(
+    txn: &DatabaseTransaction,
+    out_refund_no: &str,
+) -> Result<Option<(order::Model, refund::Model)>, DbErr> {
+    let Some(refund) = refund::Entity::find()
+        .filter(refund::Column::OutRefundNo.eq(out_refund_no))
+        .one(txn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let order = order::Entity::find_by_id(refund.order_id)
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("order {}", refund.order_id)))?;
+    // Re-read under the order lock: a concurrent completion may have finished it.
+    let refund = refund::Entity::find_by_id(refund.id)
+        .one(txn)
+        .await?
+        .filter(|r| r.status == RefundStatus::Pending);
+    Ok(refund.map(|r| (order, r)))
+}
+
+/// Gives the buyer back what a balance or points order took, with its ledger entry.
+async fn give_back(
+    txn: &DatabaseTransaction,
+    order: &order::Model,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let (column, ledger, amount) = match order.pay_method {
+        PayMethod::Balance => ("balance_fen", "balance_ledger", order.amount_fen),
+        PayMethod::Points => ("points", "point_ledger", order.amount_points),
+        PayMethod::Free | PayMethod::AdminGrant => return Ok(()),
+        PayMethod::Wechat | PayMethod::Alipay => {
+            return Err(DbErr::Custom(
+                "a provider order is refunded by its provider".into(),
+            ));
+        }
+    };
+    if amount == 0 {
+        return Ok(());
+    }
+    // Constants above, never input.
+    let sql = format!(
+        "WITH credited AS (UPDATE users SET {column} = {column} + $2, updated_at = now() \
+         WHERE id = $1 RETURNING {column} AS after) \
+         INSERT INTO {ledger} (user_id, order_id, reason, delta, balance_after, created_at) \
+         SELECT $1, $3, $4, $2, after, $5 FROM credited"
+    );
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        [
+            order.buyer_id.into(),
+            amount.into(),
+            order.id.into(),
+            LedgerReason::OrderRefund.as_str().into(),
+            now.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Marks the refund succeeded and the order refunded (from `from`), with its history and
+/// `order.refunded.v1`.
+async fn finish(
+    txn: &DatabaseTransaction,
+    order: order::Model,
+    refund: refund::Model,
+    from: OrderStatus,
+    provider_refund_id: Option<String>,
+) -> Result<(order::Model, refund::Model), DbErr> {
+    let now = Utc::now();
+    refund::Entity::update_many()
+        .col_expr(
+            refund::Column::Status,
+            RefundStatus::Succeeded.as_str().into(),
+        )
+        .col_expr(refund::Column::ProviderRefundId, provider_refund_id.into())
+        .col_expr(refund::Column::CompletedAt, now.into())
+        .filter(refund::Column::Id.eq(refund.id))
+        .exec(txn)
+        .await?;
+    advance(txn, &order, from, OrderStatus::Refunded, "refunded").await?;
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE orders SET refund_reason = $2, refund_flag = NULL WHERE id = $1",
+        [order.id.into(), refund.reason.clone().into()],
+    ))
+    .await?;
+    let event = OrderRefunded {
+        order_id: order.id,
+        order_no: order.order_no.clone(),
+        buyer_id: order.buyer_id,
+        plan: PlanSold::of_order(&order),
+        pay_method: order.pay_method,
+        refund_fen: refund.amount_fen,
+        refund_points: refund.amount_points,
+        refund_id: refund.id,
+        reason: refund.reason.clone(),
+        refunded_at: now,
+    };
+    outbox::enqueue(txn, &Envelope::new(event, order.correlation_id, None)).await?;
+    let order = reload(txn, order.id).await?;
+    let refund = refund::Entity::find_by_id(refund.id)
+        .one(txn)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("refund {}", refund.id)))?;
+    Ok((order, refund))
+}
+
+async fn advance(
+    txn: &DatabaseTransaction,
+    order: &order::Model,
+    from: OrderStatus,
+    to: OrderStatus,
+    reason: &str,
+) -> Result<(), DbErr> {
+    if !transitions::advance(txn, order.id, from, to, reason, Utc::now()).await? {
+        return Err(DbErr::Custom(format!(
+            "locked order {} was not {from}",
+            order.id
+        )));
+    }
+    Ok(())
+}
+
+async fn reload(txn: &DatabaseTransaction, order_id: i64) -> Result<order::Model, DbErr> {
+    order::Entity::find_by_id(order_id)
+        .one(txn)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("order {order_id}")))
+}
