@@ -1,5 +1,5 @@
 //! The order domain's one error: what a buyer or an admin can act on, or an internal failure.
-//! It speaks no HTTP: the gateway maps it to a response once (`memberline_gateway::error`).
+//! It speaks no HTTP: the gateway maps it to a response once (`memberline_gateway::http::error`).
 
 /// Why an order could not be placed. Each variant is something the buyer can act on, except
 /// [`OrderError::Database`] and [`OrderError::Internal`].

@@ -10,7 +10,7 @@
 use crate::providers::{
     CloseOutcome, PaymentError, PaymentProvider, RefundRequest, RefundState, TradeState,
 };
-use crate::settle::{self, Applied};
+use crate::settle::{self, Applied, Flag};
 use crate::transitions;
 use chrono::{DateTime, Duration, Utc};
 use memberline_platform::outbox;
@@ -98,11 +98,7 @@ async fn found(
         TradeState::Paid(payment) => settle::queried_payment(db, client, &payment).await?,
         TradeState::Refunded(payment) => Applied::Flagged {
             order_id: None,
-            flag: format!(
-                "refunded at {} (transaction {}) before it was applied here",
-                client.provider(),
-                payment.transaction_id
-            ),
+            flag: Flag::refunded_first(client.provider(), &payment.transaction_id),
         },
         TradeState::Closed => return Ok(Found::Closed),
         // WeChat's "order does not exist": nothing was created there, nothing can be paid.
@@ -114,7 +110,7 @@ async fn found(
         TradeState::NotPaid | TradeState::NotFound => return Ok(Found::Unpaid),
     };
     if let Applied::Flagged { flag, .. } = &applied {
-        flag_order(db, order_no, flag).await?;
+        flag_order(db, order_no, &flag.text).await?;
     }
     Ok(Found::Payment(applied))
 }

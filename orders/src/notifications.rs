@@ -1,6 +1,6 @@
 //! Notification lanes: verified WeChat Pay and Alipay notifications are stored (and their
-//! payments applied) in [`crate::lanes`], and those of different orders that arrive together
-//! share one transaction.
+//! payments applied) in lanes (`memberline_platform::batch`), and those of different orders that
+//! arrive together share one transaction.
 //!
 //! A batch is run with [`settle::notifications_together`]: the orders locked in order-number
 //! order, each notification's statements as alone, one commit. A batch never holds two

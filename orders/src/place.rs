@@ -5,8 +5,8 @@
 //! as paid, debit with a ledger entry, write its status history and its `order.paid.v1` outbox
 //! row, and store the response for replays. Either all of it commits or none of it does. It
 //! never talks to the broker. It takes several purchases of different buyers at once, with the
-//! same statements (`super::statements`): that is how the gateway's purchase lanes
-//! (`super::lanes`) spend one commit on purchases that arrive together.
+//! same statements (`crate::store::purchase`): that is how the purchase lanes
+//! (`crate::purchases`) spend one commit on purchases that arrive together.
 
 use crate::rules::{self, Charge, ExpectedPrice};
 use crate::store::purchase as statements;
@@ -54,12 +54,10 @@ pub(crate) fn refuse_other_methods(cmd: &PlaceOrder) -> Result<(), OrderError> {
 
 /// Places orders paid with balance, points or a free plan, of different buyers, in ONE
 /// transaction: one answer per purchase, in order. The gateway's purchases come here through
-/// `super::lanes`, which gives purchases that arrive together one transaction.
+/// [`crate::purchases`], which gives purchases that arrive together one transaction.
 ///
-/// `relay`: the embedded relay's wake-up, if this gateway embeds one. The transaction then
-/// skips the outbox trigger's NOTIFY (whose commits PostgreSQL serializes database-wide) and
-/// wakes the relay itself once committed; without one, the trigger wakes whichever relay
-/// listens.
+/// `wake`: how the commit wakes the relay ([`Wake`]: in-process, the transaction opting out of
+/// the outbox trigger's NOTIFY, or by that NOTIFY).
 ///
 /// The refusals and replays among them write nothing; every other purchase commits with the
 /// transaction, or none does. `Err` when the transaction failed: with one purchase, that is

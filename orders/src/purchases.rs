@@ -1,5 +1,6 @@
-//! Purchase lanes: the gateway's balance, points and free purchases run in [`crate::lanes`], and
-//! those of different buyers that arrive together share one transaction.
+//! Purchase lanes: the gateway's balance, points and free purchases run in lanes
+//! (`memberline_platform::batch`), and those of different buyers that arrive together share
+//! one transaction.
 //!
 //! A batch is placed with [`place_together`]: buyers locked in id order, the same five
 //! statements whatever the number of purchases, one commit. The guarantees are those of a

@@ -14,7 +14,7 @@ use chrono::Utc;
 use memberline_platform::outbox::{self, Wake};
 use memberline_schema::entities::order;
 use memberline_schema::events::{Envelope, OrderPaid, PlanSold};
-use memberline_schema::states::{OrderStatus, Provider};
+use memberline_schema::states::{NotificationOutcome, OrderStatus, Provider};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, FromQueryResult,
     Statement, TransactionTrait, Value,
@@ -39,8 +39,8 @@ impl Source {
     }
 }
 
-/// What applying a verified payment did. The `&'static str` of [`Applied::outcome`] is what is
-/// stored with a notification and counted in the notifications metric.
+/// What applying a verified payment did. Its [`Applied::outcome`] is what is stored with a
+/// notification and counted in the notifications metric.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
     /// `pending_payment → paid`, with its history and `order.paid.v1` in the outbox.
@@ -51,25 +51,71 @@ pub enum Applied {
     /// The order was closed before the money came: not paid; an automatic refund is due.
     LatePayment { order_id: i64 },
     /// Genuine, but not for this order as we know it: flagged, not applied.
-    Flagged { order_id: Option<i64>, flag: String },
+    Flagged { order_id: Option<i64>, flag: Flag },
+}
+
+/// Why a genuine payment was not applied, for an operator: what kind of mismatch, and the
+/// text kept on the order (`payment_flag`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flag {
+    pub kind: NotificationOutcome,
+    pub text: String,
+}
+
+impl Flag {
+    /// No order has the payment's number.
+    pub fn unknown_order(out_trade_no: &str) -> Self {
+        Self {
+            kind: NotificationOutcome::FlaggedUnknownOrder,
+            text: format!("unknown order {out_trade_no}"),
+        }
+    }
+
+    /// The payment does not match the order it names.
+    pub fn mismatch(mismatch: &Mismatch) -> Self {
+        let (kind, what) = match mismatch {
+            Mismatch::Amount { .. } => (NotificationOutcome::FlaggedAmount, "amount"),
+            Mismatch::Merchant { .. } => (NotificationOutcome::FlaggedMerchant, "merchant"),
+            Mismatch::Currency(_) => (NotificationOutcome::FlaggedCurrency, "currency"),
+        };
+        Self {
+            kind,
+            text: format!("{what}: {mismatch}"),
+        }
+    }
+
+    /// The order is paid with another provider.
+    pub fn other_provider(provider: Provider) -> Self {
+        Self {
+            kind: NotificationOutcome::FlaggedMerchant,
+            text: format!("merchant: the order is not paid with {provider}"),
+        }
+    }
+
+    /// The provider refunded the payment before it was applied here.
+    pub fn refunded_first(provider: Provider, transaction_id: &str) -> Self {
+        Self {
+            kind: NotificationOutcome::FlaggedRefunded,
+            text: format!(
+                "refunded at {provider} (transaction {transaction_id}) before it was applied here"
+            ),
+        }
+    }
 }
 
 impl Applied {
-    pub fn outcome(&self) -> &'static str {
+    pub fn outcome(&self) -> NotificationOutcome {
         match self {
-            Applied::Paid { .. } => "applied",
-            Applied::AlreadyPaid { .. } => "duplicate",
-            Applied::LatePayment { .. } => "late_payment",
-            Applied::Flagged { flag, .. } if flag.starts_with("amount") => "flagged_amount",
-            Applied::Flagged { flag, .. } if flag.starts_with("merchant") => "flagged_merchant",
-            Applied::Flagged { flag, .. } if flag.starts_with("currency") => "flagged_currency",
-            Applied::Flagged { .. } => "flagged_unknown_order",
+            Applied::Paid { .. } => NotificationOutcome::Applied,
+            Applied::AlreadyPaid { .. } => NotificationOutcome::Duplicate,
+            Applied::LatePayment { .. } => NotificationOutcome::LatePayment,
+            Applied::Flagged { flag, .. } => flag.kind,
         }
     }
 
     fn flag(&self) -> Option<&str> {
         match self {
-            Applied::Flagged { flag, .. } => Some(flag),
+            Applied::Flagged { flag, .. } => Some(&flag.text),
             _ => None,
         }
     }
@@ -245,7 +291,10 @@ async fn store_notification(
                 notification.out_trade_no.map(str::to_owned).into(),
                 notification.headers.clone().into(),
                 notification.raw_body.into(),
-                applied.map_or("ignored", Applied::outcome).into(),
+                applied
+                    .map_or(NotificationOutcome::Ignored, Applied::outcome)
+                    .as_str()
+                    .into(),
                 applied.and_then(Applied::order_id).into(),
                 applied.and_then(Applied::flag).map(str::to_owned).into(),
             ],
@@ -376,24 +425,19 @@ async fn apply_locked(
     let Some(order) = order else {
         return Ok(applied(Applied::Flagged {
             order_id: None,
-            flag: format!("unknown order {}", payment.out_trade_no),
+            flag: Flag::unknown_order(&payment.out_trade_no),
         }));
     };
     if order.provider != Some(provider) {
         return Ok(applied(Applied::Flagged {
             order_id: Some(order.id),
-            flag: format!("merchant: the order is not paid with {provider}"),
+            flag: Flag::other_provider(provider),
         }));
     }
     if let Err(mismatch) = client.check(payment, order.amount_fen) {
-        let flag = match &mismatch {
-            Mismatch::Amount { .. } => format!("amount: {mismatch}"),
-            Mismatch::Merchant { .. } => format!("merchant: {mismatch}"),
-            Mismatch::Currency(_) => format!("currency: {mismatch}"),
-        };
         return Ok(applied(Applied::Flagged {
             order_id: Some(order.id),
-            flag,
+            flag: Flag::mismatch(&mismatch),
         }));
     }
     match order.status {

@@ -22,7 +22,7 @@
 //! transaction does is the [`Batch`]'s: see the purchases (`memberline_orders::purchases`) and
 //! the payment notifications (`memberline_orders::notifications`).
 
-use crate::metrics::Metrics;
+use crate::metrics::{BatchOutcome, Metrics};
 use futures::FutureExt;
 use std::collections::VecDeque;
 use std::collections::hash_map::DefaultHasher;
@@ -217,7 +217,7 @@ impl<B: Batch> Lane<B> {
                         jobs = jobs.len(),
                         "A transaction shared by several jobs failed; running each on its own"
                     );
-                    self.metrics.lane_batch(B::NAME, "split");
+                    self.metrics.lane_batch(B::NAME, BatchOutcome::Split);
                 }
                 split
             },
@@ -226,7 +226,7 @@ impl<B: Batch> Lane<B> {
         match ran {
             Ok(Ran::Together(answers)) => {
                 if jobs.len() > 1 && answers.iter().any(B::wrote) {
-                    self.metrics.lane_batch(B::NAME, "committed");
+                    self.metrics.lane_batch(B::NAME, BatchOutcome::Committed);
                 }
                 answers
             }

@@ -9,6 +9,7 @@
 //! Names are those dashboards already use: counters render with the `_total` suffix
 //! (`memberline_orders_total`), histograms with `_bucket`, `_sum` and `_count`.
 
+use memberline_schema::states::{NotificationOutcome, PayMethod, Provider};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -16,6 +17,120 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
+
+/// Declares a closed set of metric label values, each with its text once.
+macro_rules! outcomes {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+ }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $( $(#[$vmeta])* $variant, )+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The label value.
+            pub const fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+    };
+}
+
+outcomes! {
+    /// How a transaction shared by several jobs (lanes) or deliveries (workers) ended.
+    pub enum BatchOutcome {
+        /// It committed with every one applied.
+        Committed = "committed",
+        /// It failed; each was run on its own.
+        Split = "split",
+    }
+}
+
+outcomes! {
+    /// What became of one settled delivery.
+    pub enum DeliveryOutcome {
+        Applied = "applied",
+        /// Applied before: acked without effect.
+        Duplicate = "duplicate",
+        /// Sent to a retry tier.
+        Retried = "retried",
+        /// Given back without costing an attempt (no connection permit in time).
+        Deferred = "deferred",
+        DeadLettered = "dead_lettered",
+    }
+}
+
+outcomes! {
+    /// One channel message send attempt.
+    pub enum ChannelOutcome {
+        Delivered = "delivered",
+        /// Failed; tried again later.
+        Retried = "retried",
+        /// Failed for the last time.
+        Failed = "failed",
+    }
+}
+
+outcomes! {
+    /// What the payment lifecycle job set out to do with an order.
+    pub enum LifecycleAction {
+        /// Close an expired pending order.
+        Expire = "expire",
+        /// Ask the provider about a pending order.
+        Reconcile = "reconcile",
+        /// Ask again about a refund an admin asked for.
+        Refund = "refund",
+        /// Refund a payment that came after its order was closed.
+        LateRefund = "late_refund",
+    }
+}
+
+outcomes! {
+    /// What one step of the payment lifecycle came to.
+    pub enum LifecycleOutcome {
+        Closed = "closed",
+        NotPending = "not_pending",
+        Paid = "paid",
+        AlreadyPaid = "already_paid",
+        LatePayment = "late_payment",
+        Flagged = "flagged",
+        Unpaid = "unpaid",
+        Refunded = "refunded",
+        Processing = "processing",
+        Failed = "failed",
+        Refused = "refused",
+        Error = "error",
+    }
+}
+
+/// What became of one order placement attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderOutcome {
+    /// Paid in the same transaction (balance, points, free).
+    Paid,
+    /// Created for a provider payment.
+    PendingPayment,
+    /// The answer of an earlier request under the same key.
+    Replayed,
+    /// Refused, with this error code.
+    Refused(&'static str),
+}
+
+impl OrderOutcome {
+    /// The label value: the outcome, or the refusal's code.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OrderOutcome::Paid => "paid",
+            OrderOutcome::PendingPayment => "pending_payment",
+            OrderOutcome::Replayed => "replayed",
+            OrderOutcome::Refused(code) => code,
+        }
+    }
+}
 
 /// Fixed buckets in seconds, suited to request and delivery latencies.
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
@@ -290,58 +405,38 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// One provider notification and what became of it (a closed set of outcomes).
-    pub fn payment_notification(&self, provider: &'static str, outcome: &'static str) {
+    /// One provider notification and what became of it.
+    pub fn payment_notification(&self, provider: Provider, outcome: NotificationOutcome) {
         self.payment_notifications
-            .get_or_create(&NotificationLabels { provider, outcome })
+            .get_or_create(&NotificationLabels {
+                provider: provider.as_str(),
+                outcome: outcome.as_str(),
+            })
             .inc();
     }
 
-    /// Notifications counted so far with this provider and outcome.
-    pub fn payment_notifications(&self, provider: &'static str, outcome: &'static str) -> u64 {
-        self.payment_notifications
-            .get_or_create(&NotificationLabels { provider, outcome })
-            .get()
-    }
-
-    /// One step of the payment lifecycle (a closed set of actions and outcomes).
+    /// One step of the payment lifecycle.
     pub fn payment_lifecycle(
         &self,
-        provider: &'static str,
-        action: &'static str,
-        outcome: &'static str,
+        provider: Provider,
+        action: LifecycleAction,
+        outcome: LifecycleOutcome,
     ) {
         self.payment_lifecycle
             .get_or_create(&LifecycleLabels {
-                provider,
-                action,
-                outcome,
+                provider: provider.as_str(),
+                action: action.as_str(),
+                outcome: outcome.as_str(),
             })
             .inc();
     }
 
-    /// Lifecycle steps counted so far with these labels.
-    pub fn payment_lifecycle_steps(
-        &self,
-        provider: &'static str,
-        action: &'static str,
-        outcome: &'static str,
-    ) -> u64 {
-        self.payment_lifecycle
-            .get_or_create(&LifecycleLabels {
-                provider,
-                action,
-                outcome,
-            })
-            .get()
-    }
-
-    /// One order placement attempt and its outcome (`paid`, `replayed` or an error code).
-    pub fn order(&self, pay_method: &'static str, outcome: &'static str) {
+    /// One order placement attempt and its outcome.
+    pub fn order(&self, pay_method: PayMethod, outcome: OrderOutcome) {
         self.orders
             .get_or_create(&OrderLabels {
-                pay_method,
-                outcome,
+                pay_method: pay_method.as_str(),
+                outcome: outcome.as_str(),
             })
             .inc();
     }
@@ -360,9 +455,17 @@ impl Metrics {
     }
 
     /// One settled delivery of `consumer`.
-    pub fn delivery(&self, consumer: &'static str, outcome: &'static str, handling_seconds: f64) {
+    pub fn delivery(
+        &self,
+        consumer: &'static str,
+        outcome: DeliveryOutcome,
+        handling_seconds: f64,
+    ) {
         self.worker_deliveries
-            .get_or_create(&DeliveryLabels { consumer, outcome })
+            .get_or_create(&DeliveryLabels {
+                consumer,
+                outcome: outcome.as_str(),
+            })
             .inc();
         self.worker_handling
             .get_or_create(&ConsumerLabels { consumer })
@@ -376,18 +479,23 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// One shared transaction of `consumer`: `committed` or `split`.
-    pub fn batch(&self, consumer: &'static str, outcome: &'static str) {
+    /// One shared transaction of `consumer`.
+    pub fn batch(&self, consumer: &'static str, outcome: BatchOutcome) {
         self.worker_batches
-            .get_or_create(&DeliveryLabels { consumer, outcome })
+            .get_or_create(&DeliveryLabels {
+                consumer,
+                outcome: outcome.as_str(),
+            })
             .inc();
     }
 
-    /// A transaction of `lane` shared by several jobs ended in `outcome` (`committed`,
-    /// `split`).
-    pub fn lane_batch(&self, lane: &'static str, outcome: &'static str) {
+    /// A transaction of `lane` shared by several jobs ended in `outcome`.
+    pub fn lane_batch(&self, lane: &'static str, outcome: BatchOutcome) {
         self.lane_batches
-            .get_or_create(&LaneLabels { lane, outcome })
+            .get_or_create(&LaneLabels {
+                lane,
+                outcome: outcome.as_str(),
+            })
             .inc();
     }
 
@@ -399,32 +507,42 @@ impl Metrics {
     }
 
     /// How many shared transactions of `consumer` ended in `outcome` (tests and logs).
-    pub fn batches(&self, consumer: &'static str, outcome: &'static str) -> u64 {
+    pub fn batches(&self, consumer: &'static str, outcome: BatchOutcome) -> u64 {
         self.worker_batches
-            .get(&DeliveryLabels { consumer, outcome })
+            .get(&DeliveryLabels {
+                consumer,
+                outcome: outcome.as_str(),
+            })
             .map(|c| c.get())
             .unwrap_or(0)
     }
 
     /// How many deliveries of `consumer` ended in `outcome` (tests and logs).
-    pub fn deliveries(&self, consumer: &'static str, outcome: &'static str) -> u64 {
+    pub fn deliveries(&self, consumer: &'static str, outcome: DeliveryOutcome) -> u64 {
         self.worker_deliveries
-            .get(&DeliveryLabels { consumer, outcome })
+            .get(&DeliveryLabels {
+                consumer,
+                outcome: outcome.as_str(),
+            })
             .map(|c| c.get())
             .unwrap_or(0)
     }
 
-    /// One channel message send attempt: `delivered`, `retried` or `failed`.
-    pub fn channel_delivery(&self, outcome: &'static str) {
+    /// One channel message send attempt.
+    pub fn channel_delivery(&self, outcome: ChannelOutcome) {
         self.channel_deliveries
-            .get_or_create(&OutcomeLabels { outcome })
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
             .inc();
     }
 
     /// How many channel message send attempts ended in `outcome` (tests and logs).
-    pub fn channel_deliveries(&self, outcome: &'static str) -> u64 {
+    pub fn channel_deliveries(&self, outcome: ChannelOutcome) -> u64 {
         self.channel_deliveries
-            .get(&OutcomeLabels { outcome })
+            .get(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
             .map(|c| c.get())
             .unwrap_or(0)
     }
@@ -453,8 +571,8 @@ mod tests {
     #[test]
     fn counters_render_with_labels_help_and_the_total_suffix() {
         let m = Metrics::default();
-        m.order("points", "paid");
-        m.order("points", "paid");
+        m.order(PayMethod::Points, OrderOutcome::Paid);
+        m.order(PayMethod::Points, OrderOutcome::Paid);
         m.set_outbox_lag(crate::outbox::Lag {
             waiting: 3.0,
             oldest_age_seconds: 1.5,

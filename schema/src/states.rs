@@ -184,6 +184,45 @@ text_enum! {
 }
 
 text_enum! {
+    /// What became of a provider notification: stored with it (the outcomes of a verified one)
+    /// and counted (all of them).
+    pub enum NotificationOutcome {
+        /// It paid its order.
+        Applied = "applied",
+        /// Already applied: a copy, or a payment the order already had.
+        Duplicate = "duplicate",
+        /// The order was closed before the money came: a refund is due.
+        LatePayment = "late_payment",
+        /// Genuine, flagged for an operator: the amount differs from the order's.
+        FlaggedAmount = "flagged_amount",
+        /// Genuine, flagged: another merchant, app or provider than the order's.
+        FlaggedMerchant = "flagged_merchant",
+        /// Genuine, flagged: not in CNY.
+        FlaggedCurrency = "flagged_currency",
+        /// Genuine, flagged: no order has its number.
+        FlaggedUnknownOrder = "flagged_unknown_order",
+        /// Genuine, flagged: the provider refunded it before it was applied here.
+        FlaggedRefunded = "flagged_refunded",
+        /// Verified, and reports nothing to apply (a closed trade, say).
+        Ignored = "ignored",
+        /// A refund's outcome, applied.
+        RefundApplied = "refund_applied",
+        /// Refused before it was read: a header missing.
+        RejectedMissingHeader = "rejected_missing_header",
+        /// Refused: signed with a key we do not know.
+        RejectedUnknownSerial = "rejected_unknown_serial",
+        /// Refused: its timestamp is too far from now.
+        RejectedStale = "rejected_stale",
+        /// Refused: the signature does not verify.
+        RejectedBadSignature = "rejected_bad_signature",
+        /// Refused: it does not decrypt.
+        RejectedDecrypt = "rejected_decrypt",
+        /// Refused: it cannot be read.
+        RejectedMalformed = "rejected_malformed",
+    }
+}
+
+text_enum! {
     /// Where one refund request is.
     pub enum RefundStatus {
         /// Asked of the provider, not confirmed yet.

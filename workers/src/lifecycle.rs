@@ -23,6 +23,7 @@ use memberline_orders::providers::{PaymentProvider, Payments};
 use memberline_orders::refunds;
 use memberline_orders::settle::Applied;
 use memberline_platform::metrics::Metrics;
+use memberline_platform::metrics::{LifecycleAction, LifecycleOutcome};
 use memberline_platform::settings::PaymentSettings;
 use memberline_schema::entities::order;
 use memberline_schema::states::{CloseReason, LateRefundStatus, OrderStatus, Provider};
@@ -146,14 +147,23 @@ impl Lifecycle {
         let client = client.as_ref();
         let (action, result) = if order.status == OrderStatus::PendingPayment {
             if order.expires_at.is_none_or(|at| at <= now) {
-                ("expire", self.expire(client, order).await)
+                (LifecycleAction::Expire, self.expire(client, order).await)
             } else {
-                ("reconcile", self.reconcile(client, order, now).await)
+                (
+                    LifecycleAction::Reconcile,
+                    self.reconcile(client, order, now).await,
+                )
             }
         } else if order.status == OrderStatus::RefundPending {
-            ("refund", self.refund_pending(client, order).await)
+            (
+                LifecycleAction::Refund,
+                self.refund_pending(client, order).await,
+            )
         } else if order.late_refund_status == Some(LateRefundStatus::Pending) {
-            ("late_refund", self.refund(client, order).await)
+            (
+                LifecycleAction::LateRefund,
+                self.refund(client, order).await,
+            )
         } else {
             return;
         };
@@ -161,11 +171,10 @@ impl Lifecycle {
             Ok(outcome) => outcome,
             Err(e) => {
                 self.failed(order, provider, action, &e).await;
-                "error"
+                LifecycleOutcome::Error
             }
         };
-        self.metrics
-            .payment_lifecycle(provider.as_str(), action, outcome);
+        self.metrics.payment_lifecycle(provider, action, outcome);
     }
 
     /// A step without an answer: logged (ERROR when only an operator can fix it), and tried
@@ -174,7 +183,7 @@ impl Lifecycle {
         &self,
         order: &order::Model,
         provider: Provider,
-        action: &'static str,
+        action: LifecycleAction,
         e: &LifecycleError,
     ) {
         let attempts = self.retry_later(order.id, self.reconcile_after()).await;
@@ -185,16 +194,18 @@ impl Lifecycle {
         };
         if !needs_operator {
             warn!(
-                order_id = order.id, order_no = %order.order_no, provider = %provider, action,
-                attempts, error = %e, "Payment lifecycle step failed; trying again later"
+                order_id = order.id, order_no = %order.order_no, provider = %provider,
+                action = action.as_str(), attempts, error = %e,
+                "Payment lifecycle step failed; trying again later"
             );
             return;
         }
         error!(
-            order_id = order.id, order_no = %order.order_no, provider = %provider, action,
-            attempts, error = %e, "The provider refused a payment lifecycle step"
+            order_id = order.id, order_no = %order.order_no, provider = %provider,
+            action = action.as_str(), attempts, error = %e,
+            "The provider refused a payment lifecycle step"
         );
-        if action == "late_refund" && attempts >= GIVE_UP_REFUSED_REFUND_AFTER {
+        if action == LifecycleAction::LateRefund && attempts >= GIVE_UP_REFUSED_REFUND_AFTER {
             match lifecycle::give_up_late_refund(&self.db, order.id).await {
                 Ok(()) => error!(
                     order_id = order.id, order_no = %order.order_no, attempts,
@@ -211,16 +222,16 @@ impl Lifecycle {
         &self,
         client: &dyn PaymentProvider,
         order: &order::Model,
-    ) -> Result<&'static str, LifecycleError> {
+    ) -> Result<LifecycleOutcome, LifecycleError> {
         let closing =
             lifecycle::close(&self.db, client, &order.order_no, CloseReason::Expired).await?;
         let outcome = match closing {
             Closing::Closed => {
                 info!(order_id = order.id, order_no = %order.order_no, "Expired order closed at the provider and here");
-                "closed"
+                LifecycleOutcome::Closed
             }
             Closing::Paid(applied) => paid(order, &applied),
-            Closing::NotPending(_) => "not_pending",
+            Closing::NotPending(_) => LifecycleOutcome::NotPending,
         };
         Ok(outcome)
     }
@@ -230,14 +241,14 @@ impl Lifecycle {
         client: &dyn PaymentProvider,
         order: &order::Model,
         now: DateTime<Utc>,
-    ) -> Result<&'static str, LifecycleError> {
+    ) -> Result<LifecycleOutcome, LifecycleError> {
         match lifecycle::reconcile(&self.db, client, &order.order_no).await? {
             Reconciled::Paid(applied) => Ok(paid(order, &applied)),
             Reconciled::Unpaid => {
                 let next = now + self.reconcile_after();
                 let next = order.expires_at.map_or(next, |at| next.min(at));
                 self.reschedule(order.id, next).await;
-                Ok("unpaid")
+                Ok(LifecycleOutcome::Unpaid)
             }
         }
     }
@@ -246,24 +257,24 @@ impl Lifecycle {
         &self,
         client: &dyn PaymentProvider,
         order: &order::Model,
-    ) -> Result<&'static str, LifecycleError> {
+    ) -> Result<LifecycleOutcome, LifecycleError> {
         let outcome = match lifecycle::refund_late(&self.db, client, order).await? {
             LateRefund::Refunded => {
                 info!(order_id = order.id, order_no = %order.order_no, "Late payment refunded");
-                "refunded"
+                LifecycleOutcome::Refunded
             }
             LateRefund::Processing => {
                 // Asked again, less and less often: a refund may stay processing for hours.
                 let first = Duration::seconds(self.settings.lifecycle_interval_secs as i64);
                 self.retry_later(order.id, first).await;
-                "processing"
+                LifecycleOutcome::Processing
             }
             LateRefund::Failed => {
                 error!(
                     order_id = order.id, order_no = %order.order_no,
                     "The provider did not refund a late payment (late_refund_status = failed); an operator must act"
                 );
-                "failed"
+                LifecycleOutcome::Failed
             }
         };
         Ok(outcome)
@@ -275,7 +286,7 @@ impl Lifecycle {
         &self,
         client: &dyn PaymentProvider,
         order: &order::Model,
-    ) -> Result<&'static str, LifecycleError> {
+    ) -> Result<LifecycleOutcome, LifecycleError> {
         let Some(refund) = refunds::pending_of(&self.db, order.id).await? else {
             return Err(LifecycleError::Inconsistent(format!(
                 "order {} is refund_pending without a pending refund",
@@ -285,19 +296,19 @@ impl Lifecycle {
         let first = Duration::seconds(self.settings.lifecycle_interval_secs as i64);
         Ok(
             match refunds::at_provider(&self.db, client, order, &refund).await? {
-                refunds::AtProvider::Refunded => "refunded",
-                refunds::AtProvider::Failed(_) => "failed",
+                refunds::AtProvider::Refunded => LifecycleOutcome::Refunded,
+                refunds::AtProvider::Failed(_) => LifecycleOutcome::Failed,
                 refunds::AtProvider::Pending { refused: None } => {
                     self.retry_later(order.id, first).await;
-                    "processing"
+                    LifecycleOutcome::Processing
                 }
                 refunds::AtProvider::Pending { refused: Some(why) } => {
                     let attempts = self.retry_later(order.id, self.reconcile_after()).await;
                     if attempts >= GIVE_UP_REFUSED_REFUND_AFTER {
                         refunds::fail(&self.db, &refund.out_refund_no, &why).await?;
-                        "failed"
+                        LifecycleOutcome::Failed
                     } else {
-                        "refused"
+                        LifecycleOutcome::Refused
                     }
                 }
             },
@@ -328,15 +339,15 @@ impl Lifecycle {
 }
 
 /// The metric outcome of a payment found by query, logged as a notification's would be.
-fn paid(order: &order::Model, applied: &Applied) -> &'static str {
+fn paid(order: &order::Model, applied: &Applied) -> LifecycleOutcome {
     match applied {
         Applied::Paid { .. } => {
             info!(order_id = order.id, order_no = %order.order_no, "Payment found by query and applied");
-            "paid"
+            LifecycleOutcome::Paid
         }
-        Applied::AlreadyPaid { .. } => "already_paid",
-        Applied::LatePayment { .. } => "late_payment",
+        Applied::AlreadyPaid { .. } => LifecycleOutcome::AlreadyPaid,
+        Applied::LatePayment { .. } => LifecycleOutcome::LatePayment,
         // Logged and left to an operator where it was flagged (the order is no longer checked).
-        Applied::Flagged { .. } => "flagged",
+        Applied::Flagged { .. } => LifecycleOutcome::Flagged,
     }
 }

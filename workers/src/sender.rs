@@ -21,6 +21,7 @@
 use crate::channel::{Channel, Message};
 use crate::runtime::WorkerContext;
 use crate::store::channel_deliveries::{self, Claimed};
+use memberline_platform::metrics::ChannelOutcome;
 use memberline_platform::metrics::Metrics;
 use memberline_platform::settings::WorkerSettings;
 use sea_orm::{DatabaseConnection, DbErr};
@@ -211,7 +212,7 @@ impl Sender {
         let error = match result {
             Ok(()) => {
                 channel_deliveries::delivered(&self.db, message.id).await?;
-                self.metrics.channel_delivery("delivered");
+                self.metrics.channel_delivery(ChannelOutcome::Delivered);
                 debug!(message_id = %message.message_id, attempt = message.attempts,
                     "Channel message delivered");
                 return Ok(());
@@ -228,7 +229,7 @@ impl Sender {
                     backoff,
                 )
                 .await?;
-                self.metrics.channel_delivery("retried");
+                self.metrics.channel_delivery(ChannelOutcome::Retried);
                 warn!(message_id = %message.message_id, attempt = message.attempts,
                     retry_in_ms = backoff.as_millis() as u64, error = %error,
                     "Channel message not delivered; trying again");
@@ -237,7 +238,7 @@ impl Sender {
                 if channel_deliveries::give_up(&self.db, message.id, message.attempts, &error)
                     .await?
                 {
-                    self.metrics.channel_delivery("failed");
+                    self.metrics.channel_delivery(ChannelOutcome::Failed);
                     error!(message_id = %message.message_id, user_id = message.user_id,
                         kind = %message.kind, attempts = message.attempts, error = %error,
                         "Channel message undeliverable; an operator must resend or discard it \

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use memberline_orders::{self as orders, ExpectedPrice, OrderView, PlaceOrder, Timing, checkout};
+use memberline_platform::metrics::OrderOutcome;
 use memberline_schema::entities::order;
 use memberline_schema::events::PayMethod;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
@@ -143,12 +144,12 @@ pub async fn create(
         state.purchases.place(cmd).await
     };
     let outcome = match &result {
-        Ok(answer) if answer.replayed => "replayed",
-        Ok(_) if req.pay_method.provider().is_some() => "pending_payment",
-        Ok(_) => "paid",
-        Err(e) => e.code(),
+        Ok(answer) if answer.replayed => OrderOutcome::Replayed,
+        Ok(_) if req.pay_method.provider().is_some() => OrderOutcome::PendingPayment,
+        Ok(_) => OrderOutcome::Paid,
+        Err(e) => OrderOutcome::Refused(e.code()),
     };
-    state.metrics.order(req.pay_method.as_str(), outcome);
+    state.metrics.order(req.pay_method, outcome);
     Ok(respond(result?))
 }
 

@@ -22,26 +22,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
+use memberline_orders::providers::Payment;
 use memberline_orders::providers::wechat::{NotifyHeaders, WechatEvent};
-use memberline_orders::providers::{NotifyError, Payment};
 use memberline_orders::refunds;
 use memberline_orders::settle::{Applied, Notification, Stored};
 use memberline_schema::entities::order;
-use memberline_schema::states::Provider;
+use memberline_schema::states::{NotificationOutcome, Provider};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::json;
-
-/// The metric outcome of a rejected notification.
-fn rejected(e: &NotifyError) -> &'static str {
-    match e.kind() {
-        "missing_header" => "rejected_missing_header",
-        "unknown_serial" => "rejected_unknown_serial",
-        "stale" => "rejected_stale",
-        "bad_signature" => "rejected_bad_signature",
-        "decrypt" => "rejected_decrypt",
-        _ => "rejected_malformed",
-    }
-}
 
 fn wechat_fail(status: StatusCode, message: impl Into<String>) -> Response {
     (
@@ -65,7 +53,6 @@ async fn store(
     payment: Option<Payment>,
 ) -> Result<(), ()> {
     state.payments.get(provider).ok_or(())?;
-    let label = provider.as_str();
     let verified = memberline_orders::notifications::Verified {
         provider,
         event_id: notification.event_id.to_owned(),
@@ -76,23 +63,27 @@ async fn store(
     };
     match state.notifications.store(verified).await {
         Ok(Stored::Duplicate) => {
-            state.metrics.payment_notification(label, "duplicate");
+            state
+                .metrics
+                .payment_notification(provider, NotificationOutcome::Duplicate);
             tracing::info!(%provider, event_id = notification.event_id, "Notification already stored");
             Ok(())
         }
         Ok(Stored::New(applied)) => {
-            let outcome = applied.as_ref().map_or("ignored", Applied::outcome);
-            state.metrics.payment_notification(label, outcome);
+            let outcome = applied
+                .as_ref()
+                .map_or(NotificationOutcome::Ignored, Applied::outcome);
+            state.metrics.payment_notification(provider, outcome);
             match &applied {
                 Some(Applied::Flagged { order_id, flag }) => tracing::error!(
-                    %provider, event_id = notification.event_id, order_id, flag,
+                    %provider, event_id = notification.event_id, order_id, flag = flag.text,
                     "Genuine payment notification NOT applied; an operator must look at it"
                 ),
                 Some(Applied::LatePayment { order_id }) => tracing::warn!(
                     %provider, order_id, "Payment for a closed order; it will be refunded"
                 ),
                 _ => {
-                    tracing::info!(%provider, event_id = notification.event_id, outcome, "Notification stored")
+                    tracing::info!(%provider, event_id = notification.event_id, outcome = outcome.as_str(), "Notification stored")
                 }
             }
             Ok(())
@@ -120,7 +111,9 @@ async fn wechat_notify(State(state): State<AppState>, headers: HeaderMap, body: 
     let notification = match client.verify_notification(signed, &body, Utc::now()) {
         Ok(n) => n,
         Err(e) => {
-            state.metrics.payment_notification("wechat", rejected(&e));
+            state
+                .metrics
+                .payment_notification(Provider::Wechat, e.outcome());
             tracing::warn!(error = %e, "Rejected a WeChat notification that does not verify");
             return wechat_fail(StatusCode::UNAUTHORIZED, e.to_string());
         }
@@ -130,7 +123,7 @@ async fn wechat_notify(State(state): State<AppState>, headers: HeaderMap, body: 
         Err(e) => {
             state
                 .metrics
-                .payment_notification("wechat", "rejected_malformed");
+                .payment_notification(Provider::Wechat, NotificationOutcome::RejectedMalformed);
             return wechat_fail(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
@@ -155,7 +148,7 @@ async fn wechat_notify(State(state): State<AppState>, headers: HeaderMap, body: 
         match applied {
             Ok(true) => state
                 .metrics
-                .payment_notification("wechat", "refund_applied"),
+                .payment_notification(Provider::Wechat, NotificationOutcome::RefundApplied),
             Ok(false) => {}
             Err(e) => {
                 tracing::error!(error = %e, out_refund_no, "Could not apply a refund notification; WeChat will retry");
@@ -203,7 +196,9 @@ async fn alipay_notify(State(state): State<AppState>, body: Bytes) -> Response {
     let notification = match client.verify_notification(&body) {
         Ok(n) => n,
         Err(e) => {
-            state.metrics.payment_notification("alipay", rejected(&e));
+            state
+                .metrics
+                .payment_notification(Provider::Alipay, e.outcome());
             tracing::warn!(error = %e, "Rejected an Alipay notification that does not verify");
             return alipay_reply(false);
         }
@@ -213,7 +208,7 @@ async fn alipay_notify(State(state): State<AppState>, body: Bytes) -> Response {
         Err(e) => {
             state
                 .metrics
-                .payment_notification("alipay", "rejected_malformed");
+                .payment_notification(Provider::Alipay, NotificationOutcome::RejectedMalformed);
             tracing::warn!(error = %e, "Rejected an Alipay notification it cannot read");
             return alipay_reply(false);
         }

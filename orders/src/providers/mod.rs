@@ -17,7 +17,7 @@ mod setup;
 pub mod wechat;
 
 use chrono::{DateTime, Utc};
-use memberline_schema::states::Provider;
+use memberline_schema::states::{NotificationOutcome, Provider};
 
 pub use keys::DevKeyError;
 pub use setup::{Payments, SetupError};
@@ -192,15 +192,15 @@ pub enum NotifyError {
 }
 
 impl NotifyError {
-    /// A short label for the rejected-notifications metric.
-    pub fn kind(&self) -> &'static str {
+    /// What the notification it refused counts as.
+    pub fn outcome(&self) -> NotificationOutcome {
         match self {
-            NotifyError::MissingHeader(_) => "missing_header",
-            NotifyError::UnknownSerial(_) => "unknown_serial",
-            NotifyError::Stale { .. } => "stale",
-            NotifyError::BadSignature => "bad_signature",
-            NotifyError::Decrypt => "decrypt",
-            NotifyError::Malformed(_) => "malformed",
+            NotifyError::MissingHeader(_) => NotificationOutcome::RejectedMissingHeader,
+            NotifyError::UnknownSerial(_) => NotificationOutcome::RejectedUnknownSerial,
+            NotifyError::Stale { .. } => NotificationOutcome::RejectedStale,
+            NotifyError::BadSignature => NotificationOutcome::RejectedBadSignature,
+            NotifyError::Decrypt => NotificationOutcome::RejectedDecrypt,
+            NotifyError::Malformed(_) => NotificationOutcome::RejectedMalformed,
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use super::{app, buy, effects_applied, reversed};
 use chrono::{DateTime, Utc};
+use memberline_platform::metrics::DeliveryOutcome;
 use memberline_tests::{TestApp, eventually};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use std::time::Duration;
@@ -200,7 +201,7 @@ async fn every_reversal_event_delivered_two_or_three_times_is_applied_once() {
         || async {
             let dups: u64 = ["membership", "ledger", "notifier", "savings"]
                 .iter()
-                .map(|w| app.worker_metrics.deliveries(w, "duplicate"))
+                .map(|w| app.worker_metrics.deliveries(w, DeliveryOutcome::Duplicate))
                 .sum();
             // 4 copies of refunds for 4 workers, 2 membership.changed copies for the notifier.
             (dups >= 4 * 4 + 2).then_some(())
@@ -240,7 +241,7 @@ async fn every_reversal_event_delivered_two_or_three_times_is_applied_once() {
         || async {
             ["membership", "ledger", "savings"]
                 .iter()
-                .all(|w| app.worker_metrics.deliveries(w, "duplicate") >= 4 + 3)
+                .all(|w| app.worker_metrics.deliveries(w, DeliveryOutcome::Duplicate) >= 4 + 3)
                 .then_some(())
         },
     )
@@ -278,7 +279,7 @@ async fn a_refund_applied_before_the_purchase_effects_leaves_nothing_behind_when
         || async {
             ["membership", "ledger", "savings"]
                 .iter()
-                .all(|w| app.worker_metrics.deliveries(w, "duplicate") >= 1)
+                .all(|w| app.worker_metrics.deliveries(w, DeliveryOutcome::Duplicate) >= 1)
                 .then_some(())
         },
     )

@@ -2,6 +2,7 @@
 
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
+use memberline_platform::metrics::{BatchOutcome, ChannelOutcome, DeliveryOutcome};
 use memberline_schema::topology::Worker;
 use memberline_tests::{Options, TestApp, eventually, spawn_app_with};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
@@ -170,11 +171,15 @@ async fn effects_land(app: &TestApp, orders: i64, within: Duration) {
 async fn nothing_retried_or_dead_lettered(app: &TestApp) {
     for worker in Worker::ALL {
         let consumer = worker.as_str();
-        for outcome in ["retried", "deferred", "dead_lettered"] {
+        for outcome in [
+            DeliveryOutcome::Retried,
+            DeliveryOutcome::Deferred,
+            DeliveryOutcome::DeadLettered,
+        ] {
             assert_eq!(
                 app.worker_metrics.deliveries(consumer, outcome),
                 0,
-                "{consumer} deliveries {outcome}"
+                "{consumer} deliveries {outcome:?}"
             );
         }
         assert_eq!(
@@ -248,8 +253,16 @@ async fn a_webhook_receiver_that_answers_after_five_seconds_delays_no_effect_and
         per_id.values().all(|&(requests, _)| requests == 1),
         "each message id was posted once: {per_id:?}"
     );
-    assert_eq!(app.worker_metrics.channel_deliveries("delivered"), 8);
-    assert_eq!(app.worker_metrics.channel_deliveries("retried"), 0);
+    assert_eq!(
+        app.worker_metrics
+            .channel_deliveries(ChannelOutcome::Delivered),
+        8
+    );
+    assert_eq!(
+        app.worker_metrics
+            .channel_deliveries(ChannelOutcome::Retried),
+        0
+    );
     nothing_retried_or_dead_lettered(&app).await;
 }
 
@@ -286,11 +299,27 @@ async fn a_webhook_that_fails_twice_is_retried_by_the_sender_and_delivered_once_
             .await,
         3
     );
-    assert_eq!(app.worker_metrics.channel_deliveries("retried"), 2);
-    assert_eq!(app.worker_metrics.channel_deliveries("delivered"), 1);
-    assert_eq!(app.worker_metrics.channel_deliveries("failed"), 0);
+    assert_eq!(
+        app.worker_metrics
+            .channel_deliveries(ChannelOutcome::Retried),
+        2
+    );
+    assert_eq!(
+        app.worker_metrics
+            .channel_deliveries(ChannelOutcome::Delivered),
+        1
+    );
+    assert_eq!(
+        app.worker_metrics
+            .channel_deliveries(ChannelOutcome::Failed),
+        0
+    );
     effects_land(&app, 1, PROMPTLY).await;
-    assert!(app.worker_metrics.deliveries("notifier", "applied") > 0);
+    assert!(
+        app.worker_metrics
+            .deliveries("notifier", DeliveryOutcome::Applied)
+            > 0
+    );
     nothing_retried_or_dead_lettered(&app).await;
 }
 
@@ -333,8 +362,16 @@ async fn a_webhook_that_never_succeeds_is_marked_failed_after_its_attempts_and_n
         .await,
         1
     );
-    assert_eq!(app.worker_metrics.channel_deliveries("failed"), 1);
-    assert_eq!(app.worker_metrics.channel_deliveries("retried"), 1);
+    assert_eq!(
+        app.worker_metrics
+            .channel_deliveries(ChannelOutcome::Failed),
+        1
+    );
+    assert_eq!(
+        app.worker_metrics
+            .channel_deliveries(ChannelOutcome::Retried),
+        1
+    );
     assert_eq!(receiver.per_id().values().map(|&(n, _)| n).sum::<u32>(), 2);
     effects_land(&app, 1, PROMPTLY).await;
     nothing_retried_or_dead_lettered(&app).await;
@@ -447,7 +484,12 @@ async fn a_backlog_of_paid_orders_is_applied_in_shared_transactions_and_a_copy_a
         eventually(
             &format!("{consumer} acknowledges both copies as duplicates"),
             Duration::from_secs(30),
-            || async { (app.worker_metrics.deliveries(consumer, "duplicate") == 2).then_some(()) },
+            || async {
+                (app.worker_metrics
+                    .deliveries(consumer, DeliveryOutcome::Duplicate)
+                    == 2)
+                    .then_some(())
+            },
         )
         .await;
     }
@@ -455,15 +497,26 @@ async fn a_backlog_of_paid_orders_is_applied_in_shared_transactions_and_a_copy_a
         eventually(
             &format!("{consumer} counts 30 deliveries applied"),
             Duration::from_secs(10),
-            || async { (app.worker_metrics.deliveries(consumer, "applied") == 30).then_some(()) },
+            || async {
+                (app.worker_metrics
+                    .deliveries(consumer, DeliveryOutcome::Applied)
+                    == 30)
+                    .then_some(())
+            },
         )
         .await;
         assert!(
-            app.worker_metrics.batches(consumer, "committed") > 0,
+            app.worker_metrics
+                .batches(consumer, BatchOutcome::Committed)
+                > 0,
             "{consumer} applied some of the backlog in shared transactions"
         );
     }
-    assert_eq!(app.worker_metrics.batches("notifier", "committed"), 0);
+    assert_eq!(
+        app.worker_metrics
+            .batches("notifier", BatchOutcome::Committed),
+        0
+    );
     assert_eq!(
         app.scalar("SELECT COALESCE(sum(purchase_count), 0)::bigint FROM users")
             .await,

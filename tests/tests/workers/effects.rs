@@ -1,5 +1,6 @@
 //! The four effects of a paid order: membership, rewards and levels, savings, inbox and pushes.
 
+use memberline_platform::metrics::DeliveryOutcome;
 use memberline_tests::{Options, TestApp, eventually, spawn_app_with};
 use serde_json::json;
 use std::time::Duration;
@@ -282,7 +283,7 @@ async fn every_event_published_two_or_three_times_has_each_effect_exactly_once()
     eventually("duplicates are acked", Duration::from_secs(20), || async {
         let dups: u64 = ["membership", "ledger", "notifier", "savings"]
             .iter()
-            .map(|w| app.worker_metrics.deliveries(w, "duplicate"))
+            .map(|w| app.worker_metrics.deliveries(w, DeliveryOutcome::Duplicate))
             .sum();
         // 3 events once more + 3 events twice more = 9 copies, for each of 4 workers
         (dups >= 36).then_some(())

@@ -1,6 +1,7 @@
 //! Worker failures: retry ladder, dead letters and replay, poison messages, panics, webhooks.
 
 use memberline_gateway::http::auth::Role;
+use memberline_platform::metrics::DeliveryOutcome;
 use memberline_schema::topology::Worker;
 use memberline_tests::{Options, eventually, spawn_app_with, start_worker};
 use memberline_workers::decide::HandlerError;
@@ -69,7 +70,7 @@ async fn a_transient_fault_is_retried_through_the_ladder_and_applied_once() {
     // Metrics are counted once the delivery is settled, just after the commit.
     eventually("deliveries counted", Duration::from_secs(10), || async {
         let count = |outcome| app.worker_metrics.deliveries("ledger", outcome);
-        (count("retried") == 2 && count("applied") == 1).then_some(())
+        (count(DeliveryOutcome::Retried) == 2 && count(DeliveryOutcome::Applied) == 1).then_some(())
     })
     .await;
     assert_eq!(
@@ -275,7 +276,12 @@ async fn a_permanent_fault_is_dead_lettered_with_its_reason_and_a_replay_after_t
     eventually(
         "the duplicate is acked",
         Duration::from_secs(20),
-        || async { (app.worker_metrics.deliveries("membership", "duplicate") >= 1).then_some(()) },
+        || async {
+            (app.worker_metrics
+                .deliveries("membership", DeliveryOutcome::Duplicate)
+                >= 1)
+                .then_some(())
+        },
     )
     .await;
     assert_eq!(

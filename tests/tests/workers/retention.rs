@@ -1,6 +1,7 @@
 //! Retention: old delivery records are pruned in batches while recent and unpublished ones stay,
 //! and a replay of a pruned event still applies none of its effects twice.
 
+use memberline_platform::metrics::DeliveryOutcome;
 use memberline_schema::topology::Worker;
 use memberline_tests::{Options, TestApp, eventually, spawn_app_with};
 use memberline_workers::retention::{Pruned, prune};
@@ -304,7 +305,11 @@ async fn pruning_deletes_only_old_delivery_records_and_a_replayed_pruned_event_a
         || async {
             Worker::ALL
                 .iter()
-                .all(|w| app.worker_metrics.deliveries(w.as_str(), "duplicate") == 1)
+                .all(|w| {
+                    app.worker_metrics
+                        .deliveries(w.as_str(), DeliveryOutcome::Duplicate)
+                        == 1
+                })
                 .then_some(())
         },
     )
@@ -340,7 +345,8 @@ async fn pruning_deletes_only_old_delivery_records_and_a_replayed_pruned_event_a
     );
     for w in Worker::ALL {
         assert_eq!(
-            app.worker_metrics.deliveries(w.as_str(), "applied"),
+            app.worker_metrics
+                .deliveries(w.as_str(), DeliveryOutcome::Applied),
             if w == Worker::Notifier { 6 } else { 3 },
             "{w:?}: only the three purchases were applied"
         );

@@ -2,6 +2,7 @@
 //! side by side still lay their periods end to end, with no overlap and no gap.
 
 use chrono::{DateTime, Utc};
+use memberline_platform::metrics::DeliveryOutcome;
 use memberline_platform::metrics::Metrics;
 use memberline_platform::outbox::relay::Relay;
 use memberline_schema::topology::Worker;
@@ -158,14 +159,14 @@ async fn orders_paid_at_once_and_applied_by_two_consumers_stack_into_contiguous_
     // Both consumers took part, so the periods really were applied side by side.
     for (i, metrics) in consumers.iter().enumerate() {
         assert!(
-            metrics.deliveries("membership", "applied") >= 1,
+            metrics.deliveries("membership", DeliveryOutcome::Applied) >= 1,
             "consumer {i} applied at least one order"
         );
     }
     assert_eq!(
         consumers
             .iter()
-            .map(|m| m.deliveries("membership", "applied"))
+            .map(|m| m.deliveries("membership", DeliveryOutcome::Applied))
             .sum::<u64>(),
         plans.len() as u64
     );

@@ -15,6 +15,7 @@ use lapin::{BasicProperties, Channel, Confirmation};
 use memberline_platform::batch::{Ran, together_else_alone};
 use memberline_platform::broker;
 use memberline_platform::dead_letters::{header_i64, header_str, headers};
+use memberline_platform::metrics::{BatchOutcome, DeliveryOutcome};
 use memberline_schema::events::EnvelopeHead;
 use sea_orm::TransactionTrait;
 use std::panic::AssertUnwindSafe;
@@ -32,8 +33,8 @@ pub struct Channels {
 /// What handling one delivery came to, before it is settled.
 struct Handled {
     decision: Decision,
-    /// The metric outcome: `applied`, `duplicate`, `retried`, `deferred` or `dead_lettered`.
-    label: &'static str,
+    /// The metric outcome.
+    outcome: DeliveryOutcome,
     /// The handler's error, for the `x-last-error` header.
     error: Option<String>,
     /// When the event occurred (absent for an undecodable message).
@@ -57,7 +58,7 @@ pub async fn process(
             decision: Decision::DeadLetter {
                 reason: reason.clone(),
             },
-            label: "dead_lettered",
+            outcome: DeliveryOutcome::DeadLettered,
             error: Some(reason),
             occurred_at: None,
         },
@@ -137,7 +138,8 @@ async fn shared(
         },
         |at| process(handler, ctx, channels, &keyed[at].2),
         |_| {
-            ctx.metrics.batch(handler.worker().as_str(), "split");
+            ctx.metrics
+                .batch(handler.worker().as_str(), BatchOutcome::Split);
             debug!(
                 consumer = handler.worker().as_str(),
                 deliveries = keyed.len(),
@@ -150,7 +152,8 @@ async fn shared(
     let Ok(Ran::Together(effects)) = ran else {
         return;
     };
-    ctx.metrics.batch(handler.worker().as_str(), "committed");
+    ctx.metrics
+        .batch(handler.worker().as_str(), BatchOutcome::Committed);
     for ((_, msg, delivery, counts), effects) in keyed.into_iter().zip(effects) {
         if effects.outgoing {
             ctx.outgoing.notify_one();
@@ -158,7 +161,7 @@ async fn shared(
         publish_pushes(ctx, &channels.push, &effects.pushes).await;
         let handled = Handled {
             decision: Decision::Ack,
-            label: "applied",
+            outcome: DeliveryOutcome::Applied,
             error: None,
             occurred_at: Some(msg.head.occurred_at),
         };
@@ -243,16 +246,16 @@ async fn finish(
     }
     ctx.metrics.delivery(
         worker.as_str(),
-        handled.label,
+        handled.outcome,
         started.elapsed().as_secs_f64(),
     );
-    if let (Some(at), "applied") = (handled.occurred_at, handled.label) {
+    if let (Some(at), DeliveryOutcome::Applied) = (handled.occurred_at, handled.outcome) {
         let age = (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
         ctx.metrics.event_to_effect(worker.as_str(), age);
     }
     debug!(
         consumer = worker.as_str(),
-        outcome = handled.label,
+        outcome = handled.outcome.as_str(),
         "Delivery handled"
     );
 }
@@ -297,15 +300,15 @@ async fn handle(
     let tiers = ctx.topology.retry_delays_for(handler.worker()).len();
     let decision = decide_bounded(&outcome, msg.attempt, deferrals, tiers);
     let label = match (&outcome, &decision) {
-        (Ok(Outcome::Applied), _) => "applied",
-        (Ok(Outcome::Duplicate), _) => "duplicate",
-        (Err(_), Decision::Retry { .. }) => "retried",
-        (Err(_), Decision::Defer) => "deferred",
-        _ => "dead_lettered",
+        (Ok(Outcome::Applied), _) => DeliveryOutcome::Applied,
+        (Ok(Outcome::Duplicate), _) => DeliveryOutcome::Duplicate,
+        (Err(_), Decision::Retry { .. }) => DeliveryOutcome::Retried,
+        (Err(_), Decision::Defer) => DeliveryOutcome::Deferred,
+        _ => DeliveryOutcome::DeadLettered,
     };
     Handled {
         decision,
-        label,
+        outcome: label,
         error: outcome.as_ref().err().map(|e| e.to_string()),
         occurred_at: Some(msg.head.occurred_at),
     }
