@@ -99,8 +99,8 @@ mod tests {
     fn period(start: DateTime<Utc>, days: Option<i64>) -> membership_period::Model {
         membership_period::Model {
             id: 1,
-            user_id: 1,
-            order_id: 1,
+            user_id: memberline_schema::ids::BuyerId(1),
+            order_id: memberline_schema::ids::OrderId(1),
             starts_at: start,
             ends_at: days.map(|d| start + Duration::days(d)),
             permanent: days.is_none(),

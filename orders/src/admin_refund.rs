@@ -10,6 +10,7 @@ use crate::store::audit;
 use crate::{OrderError, OrderView};
 use memberline_platform::idempotency::{self, Answer, Claim};
 use memberline_schema::entities::order;
+use memberline_schema::ids::OrderId;
 use memberline_schema::states::{AuditAction, OrderStatus};
 use sea_orm::{DatabaseConnection, EntityTrait, TransactionTrait};
 use serde_json::json;
@@ -17,7 +18,7 @@ use serde_json::json;
 /// A refund request.
 pub struct RefundOrder {
     pub actor_id: i64,
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub reason: String,
     pub idempotency_key: String,
     pub request_hash: String,
@@ -144,7 +145,7 @@ fn view(order: order::Model) -> Result<serde_json::Value, OrderError> {
     Ok(serde_json::to_value(OrderView::from(order)).map_err(anyhow::Error::from)?)
 }
 
-async fn reload(db: &DatabaseConnection, order_id: i64) -> Result<order::Model, OrderError> {
+async fn reload(db: &DatabaseConnection, order_id: OrderId) -> Result<order::Model, OrderError> {
     order::Entity::find_by_id(order_id)
         .one(db)
         .await?

@@ -6,6 +6,7 @@ use crate::OrderError;
 use crate::lifecycle::{self, Closing, LifecycleError};
 use crate::providers::Payments;
 use memberline_schema::entities::order;
+use memberline_schema::ids::{BuyerId, OrderId};
 use memberline_schema::states::{CloseReason, OrderStatus};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
@@ -15,8 +16,8 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 pub async fn cancel(
     db: &DatabaseConnection,
     payments: &Payments,
-    buyer_id: i64,
-    order_id: i64,
+    buyer_id: BuyerId,
+    order_id: OrderId,
 ) -> Result<order::Model, OrderError> {
     let order = find(db, buyer_id, order_id).await?;
     match order.status {
@@ -37,7 +38,7 @@ pub async fn cancel(
     match lifecycle::close(db, client.as_ref(), &order.order_no, CloseReason::Cancelled).await {
         Ok(Closing::Closed | Closing::NotPending(_) | Closing::Paid(_)) => {}
         Err(LifecycleError::Provider(e)) => {
-            tracing::warn!(order_id, provider = %provider, error = %e, "Cancel could not reach the provider; the order stays pending");
+            tracing::warn!(%order_id, provider = %provider, error = %e, "Cancel could not reach the provider; the order stays pending");
             return Err(OrderError::ProviderUnavailable(e.kind()));
         }
         Err(LifecycleError::Database(e)) => return Err(e.into()),
@@ -52,8 +53,8 @@ pub async fn cancel(
 
 async fn find(
     db: &DatabaseConnection,
-    buyer_id: i64,
-    order_id: i64,
+    buyer_id: BuyerId,
+    order_id: OrderId,
 ) -> Result<order::Model, OrderError> {
     order::Entity::find_by_id(order_id)
         .filter(order::Column::BuyerId.eq(buyer_id))

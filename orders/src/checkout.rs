@@ -119,7 +119,7 @@ pub async fn checkout(
         }
         Err(e) => {
             tracing::warn!(
-                order_id = order.id, provider = %provider, error = %e,
+                order_id = %order.id, provider = %provider, error = %e,
                 "Provider refused or failed to create the payment; closing the order"
             );
             let txn = db.begin().await?;

@@ -8,7 +8,7 @@ pub enum OrderError {
     #[error("the token's user does not exist")]
     UnknownBuyer,
     #[error("no plan with id {0}")]
-    PlanNotFound(i64),
+    PlanNotFound(memberline_schema::ids::PlanId),
     #[error("you already have a permanent membership")]
     AlreadyPermanent,
     #[error("this free plan can be claimed once per buyer, and you already claimed it")]
@@ -22,7 +22,7 @@ pub enum OrderError {
     #[error("the payment provider could not be reached ({0}); nothing was charged, try again")]
     ProviderUnavailable(&'static str),
     #[error("no order {0} of yours")]
-    OrderNotFound(i64),
+    OrderNotFound(memberline_schema::ids::OrderId),
     #[error("the order is {0}, not pending payment")]
     NotPending(memberline_schema::states::OrderStatus),
     #[error("the order is {0}; only a paid order can be reminded about")]
@@ -32,7 +32,7 @@ pub enum OrderError {
     #[error("the order is {0}; only a paid order can be refunded")]
     NotRefundable(memberline_schema::states::OrderStatus),
     #[error("no user {0}")]
-    UserNotFound(i64),
+    UserNotFound(memberline_schema::ids::BuyerId),
     #[error("this plan costs {needed} fen and your balance is {have} fen")]
     InsufficientBalance { needed: i64, have: i64 },
     #[error("this plan costs {needed} points and you have {have}")]

@@ -13,6 +13,7 @@ use memberline_platform::idempotency::{self, Answer, Claim};
 use memberline_platform::outbox;
 use memberline_schema::entities::plan;
 use memberline_schema::events::{Envelope, MembershipRevoked, OrderPaid, PlanSold};
+use memberline_schema::ids::{BuyerId, PlanId};
 use memberline_schema::states::{AuditAction, OrderStatus, PayMethod};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait};
 use serde_json::json;
@@ -21,7 +22,7 @@ use uuid::Uuid;
 /// Who asks, under which key, with which request.
 pub struct AdminRequest {
     pub actor_id: i64,
-    pub user_id: i64,
+    pub user_id: BuyerId,
     pub reason: String,
     pub idempotency_key: String,
     pub request_hash: String,
@@ -42,7 +43,7 @@ impl AdminRequest {
 pub async fn grant(
     db: &DatabaseConnection,
     req: &AdminRequest,
-    plan_id: i64,
+    plan_id: PlanId,
 ) -> Result<Answer, OrderError> {
     one_transaction(db, req, |txn| async move {
         let buyer = lock_buyer(&txn, req.user_id).await.map_err(|e| match e {

@@ -16,6 +16,7 @@ use chrono::{DateTime, Duration, Utc};
 use memberline_platform::outbox;
 use memberline_schema::entities::order;
 use memberline_schema::events::{Envelope, LatePaymentRefunded, OrderClosed};
+use memberline_schema::ids::OrderId;
 use memberline_schema::states::{CloseReason, LateRefundStatus, OrderStatus, Provider};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
@@ -328,7 +329,7 @@ pub async fn claim_due(
 /// since (because this one was slow) stored another value. `false`: leave the order alone.
 pub async fn renew(
     db: &DatabaseConnection,
-    order_id: i64,
+    order_id: OrderId,
     claimed_until: DateTime<Utc>,
     lease: Duration,
 ) -> Result<bool, DbErr> {
@@ -352,7 +353,7 @@ pub async fn renew(
 /// answer (the backoff starts over).
 pub async fn schedule(
     db: &DatabaseConnection,
-    order_id: i64,
+    order_id: OrderId,
     at: DateTime<Utc>,
 ) -> Result<(), DbErr> {
     db.execute_raw(Statement::from_sql_and_values(
@@ -369,7 +370,7 @@ pub async fn schedule(
 /// Returns how many checks in a row that makes.
 pub async fn retry_later(
     db: &DatabaseConnection,
-    order_id: i64,
+    order_id: OrderId,
     base: Duration,
 ) -> Result<i32, DbErr> {
     let base = base.num_milliseconds() as f64 / 1000.0;
@@ -391,7 +392,7 @@ pub async fn retry_later(
 
 /// Gives up the automatic refund of a late payment the provider keeps refusing: `failed`, for
 /// an operator (who sees the refusal in the logs).
-pub async fn give_up_late_refund(db: &DatabaseConnection, order_id: i64) -> Result<(), DbErr> {
+pub async fn give_up_late_refund(db: &DatabaseConnection, order_id: OrderId) -> Result<(), DbErr> {
     db.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "UPDATE orders SET late_refund_status = 'failed', updated_at = now() \

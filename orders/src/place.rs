@@ -17,6 +17,7 @@ use memberline_platform::idempotency::{self, Answer, Claim};
 use memberline_platform::outbox::{self, Wake};
 use memberline_schema::entities::{level, order, plan, user};
 use memberline_schema::events::{Envelope, OrderPaid, PlanSold};
+use memberline_schema::ids::{BuyerId, OrderId, PlanId};
 use memberline_schema::states::{OrderStatus, PayMethod};
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
@@ -27,8 +28,8 @@ use uuid::Uuid;
 /// A request to buy a plan.
 #[derive(Clone, Debug)]
 pub struct PlaceOrder {
-    pub buyer_id: i64,
-    pub plan_id: i64,
+    pub buyer_id: BuyerId,
+    pub plan_id: PlanId,
     pub pay_method: PayMethod,
     /// What the buyer's page showed; never used as the price, only compared with it.
     pub expected: ExpectedPrice,
@@ -103,7 +104,7 @@ async fn decide_and_write(
     cmds: &[&PlaceOrder],
     wake: &Wake,
 ) -> Result<(Vec<Result<Answer, OrderError>>, bool), OrderError> {
-    let mut buyer_ids: Vec<i64> = cmds.iter().map(|c| c.buyer_id).collect();
+    let mut buyer_ids: Vec<BuyerId> = cmds.iter().map(|c| c.buyer_id).collect();
     buyer_ids.sort_unstable();
     buyer_ids.dedup();
     if buyer_ids.len() != cmds.len() {
@@ -249,7 +250,7 @@ fn replay(stored: idempotency::Stored, key: idempotency::Key<'_>) -> Result<Answ
 /// serialized here, so funds checked afterwards cannot be spent twice by concurrent requests.
 pub(crate) async fn lock_buyer(
     txn: &DatabaseTransaction,
-    buyer_id: i64,
+    buyer_id: BuyerId,
 ) -> Result<user::Model, OrderError> {
     user::Entity::find_by_id(buyer_id)
         .lock_exclusive()
@@ -261,7 +262,7 @@ pub(crate) async fn lock_buyer(
 impl PlaceOrder {
     pub(crate) fn key(&self) -> idempotency::Key<'_> {
         idempotency::Key {
-            owner: self.buyer_id,
+            owner: self.buyer_id.0,
             key: &self.idempotency_key,
             request_hash: &self.request_hash,
         }
@@ -328,7 +329,7 @@ pub(crate) async fn insert_order(
     now: DateTime<Utc>,
     pending: Option<Pending>,
 ) -> Result<order::Model, OrderError> {
-    let order_id: i64 = txn
+    let order_id: OrderId = txn
         .query_one_raw(Statement::from_string(
             DbBackend::Postgres,
             format!("SELECT {} AS id", statements::NEXT_ORDER_ID),
@@ -354,7 +355,7 @@ pub(crate) fn order_model(
     buyer: &user::Model,
     plan: &plan::Model,
     charge: Charge,
-    order_id: i64,
+    order_id: OrderId,
     now: DateTime<Utc>,
     pending: Option<Pending>,
 ) -> order::Model {
@@ -404,6 +405,6 @@ pub(crate) fn order_model(
 
 /// The merchant order number (also the providers' `out_trade_no`): `ML`, the UTC date, and the
 /// order id, 20 characters of `[0-9A-Z]`.
-pub fn order_no(at: DateTime<Utc>, order_id: i64) -> String {
+pub fn order_no(at: DateTime<Utc>, order_id: OrderId) -> String {
     format!("ML{}{:010}", at.format("%Y%m%d"), order_id)
 }

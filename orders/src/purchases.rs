@@ -18,6 +18,7 @@ use memberline_platform::idempotency::Answer;
 use memberline_platform::metrics::Metrics;
 use memberline_platform::outbox::Wake;
 use memberline_platform::settings::LaneSettings;
+use memberline_schema::ids::BuyerId;
 use sea_orm::{ConnAcquireErr, DatabaseConnection, DbErr};
 use std::sync::Arc;
 
@@ -63,11 +64,11 @@ impl Purchases {
 impl Batch for PurchaseBatch {
     type Job = PlaceOrder;
     type Answer = Result<Answer, OrderError>;
-    type Key = i64;
+    type Key = BuyerId;
     type Error = OrderError;
     const NAME: &'static str = "purchases";
 
-    fn key(job: &PlaceOrder) -> i64 {
+    fn key(job: &PlaceOrder) -> BuyerId {
         job.buyer_id
     }
 

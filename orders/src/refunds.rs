@@ -21,6 +21,7 @@ use chrono::Utc;
 use memberline_platform::outbox;
 use memberline_schema::entities::{order, refund};
 use memberline_schema::events::{Envelope, OrderRefunded, PlanSold};
+use memberline_schema::ids::OrderId;
 use memberline_schema::states::{LedgerReason, OrderStatus, PayMethod, RefundStatus};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
@@ -32,7 +33,7 @@ use sea_orm::{
 #[derive(Debug, thiserror::Error)]
 pub enum RefundError {
     #[error("no order {0}")]
-    OrderNotFound(i64),
+    OrderNotFound(OrderId),
     #[error("the order is {0}; only a paid order can be refunded")]
     NotRefundable(OrderStatus),
     #[error("{0} is not enabled, so its orders cannot be refunded now")]
@@ -67,7 +68,7 @@ pub fn refund_no(order_no: &str, attempt: i32) -> String {
 /// request get no final answer (`payments.reconcile_after_secs`).
 pub async fn begin(
     txn: &DatabaseTransaction,
-    order_id: i64,
+    order_id: OrderId,
     actor_id: i64,
     reason: &str,
     recheck_after: chrono::Duration,
@@ -190,14 +191,14 @@ pub async fn at_provider(
         }),
         Err(e) if e.is_transient() => {
             tracing::warn!(
-                order_id = order.id, out_refund_no = %refund.out_refund_no, error = %e,
+                order_id = %order.id, out_refund_no = %refund.out_refund_no, error = %e,
                 "Refund request got no answer; it is asked again with the same number"
             );
             Ok(AtProvider::Pending { refused: None })
         }
         Err(e) => {
             tracing::error!(
-                order_id = order.id, out_refund_no = %refund.out_refund_no, error = %e,
+                order_id = %order.id, out_refund_no = %refund.out_refund_no, error = %e,
                 "The provider refused a refund request; it stays pending and is asked again"
             );
             Ok(AtProvider::Pending {
@@ -214,7 +215,7 @@ fn refused(client: &dyn PaymentProvider, e: &PaymentError) -> String {
 /// The pending refund of a `refund_pending` order (the newest attempt).
 pub async fn pending_of<C: ConnectionTrait>(
     conn: &C,
-    order_id: i64,
+    order_id: OrderId,
 ) -> Result<Option<refund::Model>, DbErr> {
     refund::Entity::find()
         .filter(refund::Column::OrderId.eq(order_id))
@@ -253,7 +254,7 @@ pub async fn complete(
         return Ok(false);
     };
     tracing::warn!(
-        order_id = order.id,
+        order_id = %order.id,
         out_refund_no,
         "The provider completed a refund recorded as failed; the order is refunded after all"
     );
@@ -325,7 +326,7 @@ pub async fn fail(db: &DatabaseConnection, out_refund_no: &str, why: &str) -> Re
     .await?;
     txn.commit().await?;
     tracing::error!(
-        order_id = order.id,
+        order_id = %order.id,
         out_refund_no,
         why,
         "Refund failed at the provider; the order is paid again and waits for an operator"
@@ -464,7 +465,7 @@ async fn advance(
     Ok(())
 }
 
-async fn reload(txn: &DatabaseTransaction, order_id: i64) -> Result<order::Model, DbErr> {
+async fn reload(txn: &DatabaseTransaction, order_id: OrderId) -> Result<order::Model, DbErr> {
     order::Entity::find_by_id(order_id)
         .one(txn)
         .await?

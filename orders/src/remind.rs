@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use memberline_platform::outbox;
 use memberline_schema::entities::order;
 use memberline_schema::events::{Envelope, OrderReminded};
+use memberline_schema::ids::{BuyerId, OrderId};
 use memberline_schema::states::OrderStatus;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
@@ -20,8 +21,8 @@ pub const EVERY_SECS: i64 = 60;
 /// Reminds the shop of `buyer_id`'s paid order `order_id`: when it was reminded.
 pub async fn remind(
     db: &DatabaseConnection,
-    buyer_id: i64,
-    order_id: i64,
+    buyer_id: BuyerId,
+    order_id: OrderId,
     correlation_id: Uuid,
 ) -> Result<DateTime<Utc>, OrderError> {
     let txn = db.begin().await?;

@@ -134,10 +134,11 @@ pub fn charge(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use memberline_schema::ids::{BuyerId, PlanId};
 
     fn plan(kind: PlanKind, fen: i64, points: Option<i64>) -> plan::Model {
         plan::Model {
-            id: 1,
+            id: PlanId(1),
             code: "monthly".into(),
             name: "Monthly".into(),
             kind,
@@ -156,7 +157,7 @@ mod tests {
 
     fn buyer(balance_fen: i64, points: i64) -> user::Model {
         user::Model {
-            id: 1,
+            id: BuyerId(1),
             name: "Buyer".into(),
             points,
             balance_fen,

@@ -14,6 +14,7 @@ use chrono::Utc;
 use memberline_platform::outbox::{self, Wake};
 use memberline_schema::entities::order;
 use memberline_schema::events::{Envelope, OrderPaid, PlanSold};
+use memberline_schema::ids::OrderId;
 use memberline_schema::states::{NotificationOutcome, OrderStatus, Provider};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, FromQueryResult,
@@ -44,14 +45,17 @@ impl Source {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
     /// `pending_payment → paid`, with its history and `order.paid.v1` in the outbox.
-    Paid { order_id: i64 },
+    Paid { order_id: OrderId },
     /// Already paid (a copy of a notification, `TRADE_FINISHED` after `TRADE_SUCCESS`, a query
     /// after the notify): nothing changed.
-    AlreadyPaid { order_id: i64 },
+    AlreadyPaid { order_id: OrderId },
     /// The order was closed before the money came: not paid; an automatic refund is due.
-    LatePayment { order_id: i64 },
+    LatePayment { order_id: OrderId },
     /// Genuine, but not for this order as we know it: flagged, not applied.
-    Flagged { order_id: Option<i64>, flag: Flag },
+    Flagged {
+        order_id: Option<OrderId>,
+        flag: Flag,
+    },
 }
 
 /// Why a genuine payment was not applied, for an operator: what kind of mismatch, and the
@@ -120,7 +124,7 @@ impl Applied {
         }
     }
 
-    fn order_id(&self) -> Option<i64> {
+    fn order_id(&self) -> Option<OrderId> {
         match self {
             Applied::Paid { order_id }
             | Applied::AlreadyPaid { order_id }

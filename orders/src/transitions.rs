@@ -6,6 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use memberline_schema::entities::{order, order_status_history};
+use memberline_schema::ids::OrderId;
 use memberline_schema::states::OrderStatus;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
@@ -15,7 +16,7 @@ use sea_orm::{
 /// Writes one status-history row.
 pub async fn record<C: ConnectionTrait>(
     conn: &C,
-    order_id: i64,
+    order_id: OrderId,
     from: Option<OrderStatus>,
     to: OrderStatus,
     reason: &str,
@@ -51,7 +52,7 @@ pub fn allowed(from: OrderStatus, to: OrderStatus) -> Result<(), DbErr> {
 /// `false`, changing nothing, when the order was not in `from`.
 pub async fn advance<C: ConnectionTrait>(
     conn: &C,
-    order_id: i64,
+    order_id: OrderId,
     from: OrderStatus,
     to: OrderStatus,
     reason: &str,

@@ -3,13 +3,14 @@
 use chrono::{DateTime, Utc};
 use memberline_schema::entities::order;
 use memberline_schema::events::PlanSold;
+use memberline_schema::ids::OrderId;
 use memberline_schema::states::{OrderStatus, PayMethod, Provider};
 use serde::Serialize;
 
 /// An order as the API shows it.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct OrderView {
-    pub id: i64,
+    pub id: OrderId,
     /// Merchant order number, also sent to payment providers as `out_trade_no`.
     pub order_no: String,
     /// The plan as it was sold (flattened: `plan_id`, `plan_code`, `plan_name`, `plan_kind`,

@@ -7,6 +7,7 @@
 //! Statements that do their work in one round trip (the purchases) embed the same reads and
 //! writes through [`lookup_sql`] and [`insert_answered_sql`], so the table is spelled here only.
 
+use memberline_schema::ids::OrderId;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement};
 
 /// A key as one request sent it: whose it is, the key, and the hash of the request.
@@ -63,7 +64,7 @@ pub enum Claim {
     /// An earlier request with the same key committed its work but stored no answer yet (a
     /// provider checkout between its two transactions, or one cut off there); `order_id` is
     /// the order it [`link`]ed.
-    InFlight { order_id: Option<i64> },
+    InFlight { order_id: Option<OrderId> },
 }
 
 /// A key as stored.
@@ -72,7 +73,7 @@ pub struct Stored {
     pub request_hash: String,
     pub status_code: Option<i16>,
     pub response_body: Option<serde_json::Value>,
-    pub order_id: Option<i64>,
+    pub order_id: Option<OrderId>,
 }
 
 impl Stored {
@@ -156,7 +157,11 @@ pub async fn claim<C: ConnectionTrait>(txn: &C, key: Key<'_>) -> Result<Claim, C
 
 /// Links the claimed `key` to the order its request created, so a retry that finds no answer
 /// yet can go on with that order.
-pub async fn link<C: ConnectionTrait>(txn: &C, key: Key<'_>, order_id: i64) -> Result<(), DbErr> {
+pub async fn link<C: ConnectionTrait>(
+    txn: &C,
+    key: Key<'_>,
+    order_id: OrderId,
+) -> Result<(), DbErr> {
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "UPDATE idempotency_keys SET order_id = $3 WHERE user_id = $1 AND key = $2",
@@ -216,7 +221,7 @@ mod tests {
             request_hash: "h".into(),
             status_code: status,
             response_body: status.map(|_| serde_json::json!({"id": 7})),
-            order_id: Some(7),
+            order_id: Some(OrderId(7)),
         }
     }
 
@@ -239,7 +244,9 @@ mod tests {
     fn a_key_without_an_answer_is_in_flight_with_its_order() {
         assert!(matches!(
             stored(None).claim(key("h")),
-            Ok(Claim::InFlight { order_id: Some(7) })
+            Ok(Claim::InFlight {
+                order_id: Some(OrderId(7))
+            })
         ));
     }
 }

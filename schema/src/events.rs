@@ -4,6 +4,7 @@
 //! A published shape never changes in place; a new shape is a new version and a new type.
 //! Money travels as integers (fen, points).
 
+use crate::ids::{BuyerId, EventId, OrderId, PlanId};
 pub use crate::states::{CloseReason, EventType, PayMethod, PlanKind, Provider};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -31,7 +32,7 @@ pub trait Event: Serialize + DeserializeOwned {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope<P> {
     /// Unique per event (UUID v7, so ids sort by creation time). Consumers deduplicate on it.
-    pub event_id: Uuid,
+    pub event_id: EventId,
     /// e.g. `order.paid`.
     #[serde(rename = "type")]
     pub event_type: EventType,
@@ -40,15 +41,15 @@ pub struct Envelope<P> {
     /// Carried from the request that started the chain (header `X-Correlation-Id`).
     pub correlation_id: Uuid,
     /// The event that caused this one, if any.
-    pub causation_id: Option<Uuid>,
+    pub causation_id: Option<EventId>,
     pub payload: P,
 }
 
 impl<P: Event> Envelope<P> {
     /// Wraps a payload in a new envelope with a fresh v7 id.
-    pub fn new(payload: P, correlation_id: Uuid, causation_id: Option<Uuid>) -> Self {
+    pub fn new(payload: P, correlation_id: Uuid, causation_id: Option<EventId>) -> Self {
         Self {
-            event_id: Uuid::now_v7(),
+            event_id: EventId(Uuid::now_v7()),
             event_type: P::TYPE,
             version: P::VERSION,
             occurred_at: Utc::now(),
@@ -69,13 +70,13 @@ impl<P: Event> Envelope<P> {
 /// kept as text; [`EnvelopeHead::kind`] reads it).
 #[derive(Clone, Debug, Deserialize)]
 pub struct EnvelopeHead {
-    pub event_id: Uuid,
+    pub event_id: EventId,
     #[serde(rename = "type")]
     pub event_type: String,
     pub version: u16,
     pub occurred_at: DateTime<Utc>,
     pub correlation_id: Uuid,
-    pub causation_id: Option<Uuid>,
+    pub causation_id: Option<EventId>,
 }
 
 impl EnvelopeHead {
@@ -95,7 +96,7 @@ impl EnvelopeHead {
 /// whatever carries it (`plan_id`, `plan_code`, … beside the other fields).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlanSold {
-    pub plan_id: i64,
+    pub plan_id: PlanId,
     pub plan_code: String,
     pub plan_name: String,
     pub plan_kind: PlanKind,
@@ -134,9 +135,9 @@ impl PlanSold {
 /// `order.paid.v1`: an order's payment is confirmed. Every follow-up effect starts here.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OrderPaid {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub order_no: String,
-    pub buyer_id: i64,
+    pub buyer_id: BuyerId,
     #[serde(flatten)]
     pub plan: PlanSold,
     pub pay_method: PayMethod,
@@ -164,8 +165,8 @@ impl Event for OrderPaid {
 /// a pass.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MembershipExtended {
-    pub user_id: i64,
-    pub order_id: i64,
+    pub user_id: BuyerId,
+    pub order_id: OrderId,
     pub plan_kind: PlanKind,
     /// Start of the new period (stacked after the current one, or now for a lapsed member).
     pub starts_at: Option<DateTime<Utc>>,
@@ -189,12 +190,12 @@ impl Event for MembershipExtended {
 /// `level.changed.v1`: a buyer's growth moved them to another member level.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LevelChanged {
-    pub user_id: i64,
+    pub user_id: BuyerId,
     pub from_level: i16,
     pub to_level: i16,
     pub growth: i64,
     /// The order whose growth caused the change.
-    pub order_id: i64,
+    pub order_id: OrderId,
 }
 
 impl Event for LevelChanged {
@@ -211,9 +212,9 @@ impl Event for LevelChanged {
 /// can no longer be paid; a payment that still arrives is refunded (`order.late_payment_refunded`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OrderClosed {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub order_no: String,
-    pub buyer_id: i64,
+    pub buyer_id: BuyerId,
     pub provider: Provider,
     pub reason: CloseReason,
     /// What the buyer would have paid, in fen.
@@ -235,9 +236,9 @@ impl Event for OrderClosed {
 /// refunded in full through the provider. The order stays closed; nothing was bought.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatePaymentRefunded {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub order_no: String,
-    pub buyer_id: i64,
+    pub buyer_id: BuyerId,
     pub provider: Provider,
     /// The provider's payment that was refunded.
     pub transaction_id: String,
@@ -263,9 +264,9 @@ impl Event for LatePaymentRefunded {
 /// the buyer). Every effect of its `order.paid.v1` is reversed, exactly once each.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OrderRefunded {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub order_no: String,
-    pub buyer_id: i64,
+    pub buyer_id: BuyerId,
     #[serde(flatten)]
     pub plan: PlanSold,
     pub pay_method: PayMethod,
@@ -303,10 +304,10 @@ pub enum MembershipChange {
 /// it afterwards (no end and not permanent: no membership left).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MembershipChanged {
-    pub user_id: i64,
+    pub user_id: BuyerId,
     pub change: MembershipChange,
     /// The refunded order, for a refund.
-    pub order_id: Option<i64>,
+    pub order_id: Option<OrderId>,
     /// Membership time taken away, in seconds.
     pub removed_secs: i64,
     /// Pass uses taken away.
@@ -330,7 +331,7 @@ impl Event for MembershipChanged {
 /// later ones are removed, a permanent membership stops).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MembershipRevoked {
-    pub user_id: i64,
+    pub user_id: BuyerId,
     /// The admin.
     pub actor_id: i64,
     pub reason: String,
@@ -353,9 +354,9 @@ impl Event for MembershipRevoked {
 /// console's "customer reminder").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OrderReminded {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub order_no: String,
-    pub buyer_id: i64,
+    pub buyer_id: BuyerId,
     pub plan_name: String,
     pub reminded_at: DateTime<Utc>,
 }
@@ -376,11 +377,11 @@ mod tests {
 
     fn sample() -> OrderPaid {
         OrderPaid {
-            order_id: 7,
+            order_id: OrderId(7),
             order_no: "ML2026112100000007".into(),
-            buyer_id: 1,
+            buyer_id: BuyerId(1),
             plan: PlanSold {
-                plan_id: 2,
+                plan_id: PlanId(2),
                 plan_code: "monthly".into(),
                 plan_name: "Monthly".into(),
                 plan_kind: PlanKind::Membership,

@@ -6,6 +6,7 @@
 
 pub mod entities;
 pub mod events;
+pub mod ids;
 pub mod migrations;
 pub mod money;
 pub mod push;

@@ -9,6 +9,7 @@
 //! - Buyer pushes (`buyer.<id>`): a [`BuyerPush`] for one buyer's sockets.
 
 use crate::events::MembershipChange;
+use crate::ids::{BuyerId, OrderId};
 use crate::states::{CloseReason, NotificationKind, PayMethod};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,7 @@ pub enum Route {
     /// Every merchant console: an entry of the console feed, of this kind.
     Console(NotificationKind),
     /// One buyer's sockets.
-    Buyer(i64),
+    Buyer(BuyerId),
 }
 
 impl Route {
@@ -67,9 +68,9 @@ pub struct ConsolePush {
 /// A paid order, as the console feed keeps it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PaidEntry {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub order_no: String,
-    pub buyer_id: i64,
+    pub buyer_id: BuyerId,
     pub plan_name: String,
     pub pay_method: PayMethod,
     pub amount_fen: i64,
@@ -80,9 +81,9 @@ pub struct PaidEntry {
 /// A refunded order, as the console feed keeps it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RefundedEntry {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub order_no: String,
-    pub buyer_id: i64,
+    pub buyer_id: BuyerId,
     pub plan_name: String,
     pub pay_method: PayMethod,
     pub refund_fen: i64,
@@ -94,9 +95,9 @@ pub struct RefundedEntry {
 /// A buyer's reminder about a paid order, as the console feed keeps it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RemindedEntry {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub order_no: String,
-    pub buyer_id: i64,
+    pub buyer_id: BuyerId,
     pub plan_name: String,
     pub reminded_at: DateTime<Utc>,
 }
@@ -168,10 +169,10 @@ impl ConsoleMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BuyerPush {
     /// Their order was paid.
-    OrderPaid { order_id: i64, order_no: String },
+    OrderPaid { order_id: OrderId, order_no: String },
     /// A paid order added membership time, made it permanent, or added pass uses.
     MembershipActive {
-        order_id: i64,
+        order_id: OrderId,
         permanent: bool,
         until: Option<DateTime<Utc>>,
         message: String,
@@ -180,24 +181,24 @@ pub enum BuyerPush {
     LevelChanged { level: String, message: String },
     /// A pending order was closed unpaid.
     OrderClosed {
-        order_id: i64,
+        order_id: OrderId,
         order_no: String,
         reason: CloseReason,
         message: String,
     },
     /// A payment that came after its order was closed went back to them.
     LatePaymentRefunded {
-        order_id: i64,
+        order_id: OrderId,
         order_no: String,
         amount_fen: i64,
         message: String,
     },
     /// Their order was refunded.
-    OrderRefunded { order_id: i64, message: String },
+    OrderRefunded { order_id: OrderId, message: String },
     /// Their membership was shortened (a refund) or ended (a revocation).
     MembershipChanged {
         change: MembershipChange,
-        order_id: Option<i64>,
+        order_id: Option<OrderId>,
         permanent: bool,
         until: Option<DateTime<Utc>>,
         message: String,
@@ -213,7 +214,7 @@ mod tests {
         for route in [
             Route::Console(NotificationKind::OrderPaid),
             Route::Console(NotificationKind::OrderRefunded),
-            Route::Buyer(42),
+            Route::Buyer(BuyerId(42)),
         ] {
             assert_eq!(Route::parse(&route.routing_key()), Some(route));
         }
@@ -229,7 +230,7 @@ mod tests {
     #[test]
     fn buyer_pushes_carry_their_kind_as_type() {
         let push = BuyerPush::OrderPaid {
-            order_id: 7,
+            order_id: OrderId(7),
             order_no: "ML1".into(),
         };
         assert_eq!(

@@ -11,6 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use memberline_platform::settings::{ChannelKind, WorkerSettings};
+use memberline_schema::ids::BuyerId;
 use memberline_schema::states::NotificationKind;
 use serde::Serialize;
 use sha2::Sha256;
@@ -22,7 +23,7 @@ pub struct Message {
     /// Unique per message; sent as `webhook-id`.
     pub id: String,
     pub kind: NotificationKind,
-    pub user_id: i64,
+    pub user_id: BuyerId,
     pub title: String,
     pub body: String,
 }
@@ -65,7 +66,7 @@ impl Channel {
     pub async fn send(&self, message: &Message) -> anyhow::Result<()> {
         match self {
             Channel::Log => {
-                tracing::info!(user_id = message.user_id, kind = %message.kind,
+                tracing::info!(user_id = %message.user_id, kind = %message.kind,
                     title = %message.title, "Notification sent (log channel)");
                 Ok(())
             }

@@ -26,6 +26,7 @@ use memberline_platform::metrics::Metrics;
 use memberline_platform::metrics::{LifecycleAction, LifecycleOutcome};
 use memberline_platform::settings::PaymentSettings;
 use memberline_schema::entities::order;
+use memberline_schema::ids::OrderId;
 use memberline_schema::states::{CloseReason, LateRefundStatus, OrderStatus, Provider};
 use sea_orm::DatabaseConnection;
 use std::sync::Arc;
@@ -111,7 +112,7 @@ impl Lifecycle {
                 };
                 if !lifecycle::renew(&self.db, order.id, claimed_until, lease).await? {
                     debug!(
-                        order_id = order.id,
+                        order_id = %order.id,
                         "Claim taken over by another replica; skipped"
                     );
                     continue;
@@ -130,7 +131,7 @@ impl Lifecycle {
     async fn step(&self, order: &order::Model) {
         let Some(provider) = order.provider else {
             warn!(
-                order_id = order.id,
+                order_id = %order.id,
                 "Claimed an order without a provider; skipped"
             );
             return;
@@ -138,7 +139,7 @@ impl Lifecycle {
         let now = Utc::now();
         let Some(client) = self.payments.get(provider) else {
             warn!(
-                order_id = order.id, provider = %provider,
+                order_id = %order.id, provider = %provider,
                 "Provider is not enabled in this process; the order is checked again later"
             );
             self.retry_later(order.id, self.reconcile_after()).await;
@@ -194,25 +195,25 @@ impl Lifecycle {
         };
         if !needs_operator {
             warn!(
-                order_id = order.id, order_no = %order.order_no, provider = %provider,
+                order_id = %order.id, order_no = %order.order_no, provider = %provider,
                 action = action.as_str(), attempts, error = %e,
                 "Payment lifecycle step failed; trying again later"
             );
             return;
         }
         error!(
-            order_id = order.id, order_no = %order.order_no, provider = %provider,
+            order_id = %order.id, order_no = %order.order_no, provider = %provider,
             action = action.as_str(), attempts, error = %e,
             "The provider refused a payment lifecycle step"
         );
         if action == LifecycleAction::LateRefund && attempts >= GIVE_UP_REFUSED_REFUND_AFTER {
             match lifecycle::give_up_late_refund(&self.db, order.id).await {
                 Ok(()) => error!(
-                    order_id = order.id, order_no = %order.order_no, attempts,
+                    order_id = %order.id, order_no = %order.order_no, attempts,
                     "Late payment refund given up (late_refund_status = failed); an operator must refund it"
                 ),
                 Err(e) => {
-                    warn!(order_id = order.id, error = %e, "Could not mark the late refund failed")
+                    warn!(order_id = %order.id, error = %e, "Could not mark the late refund failed")
                 }
             }
         }
@@ -227,7 +228,7 @@ impl Lifecycle {
             lifecycle::close(&self.db, client, &order.order_no, CloseReason::Expired).await?;
         let outcome = match closing {
             Closing::Closed => {
-                info!(order_id = order.id, order_no = %order.order_no, "Expired order closed at the provider and here");
+                info!(order_id = %order.id, order_no = %order.order_no, "Expired order closed at the provider and here");
                 LifecycleOutcome::Closed
             }
             Closing::Paid(applied) => paid(order, &applied),
@@ -260,7 +261,7 @@ impl Lifecycle {
     ) -> Result<LifecycleOutcome, LifecycleError> {
         let outcome = match lifecycle::refund_late(&self.db, client, order).await? {
             LateRefund::Refunded => {
-                info!(order_id = order.id, order_no = %order.order_no, "Late payment refunded");
+                info!(order_id = %order.id, order_no = %order.order_no, "Late payment refunded");
                 LifecycleOutcome::Refunded
             }
             LateRefund::Processing => {
@@ -271,7 +272,7 @@ impl Lifecycle {
             }
             LateRefund::Failed => {
                 error!(
-                    order_id = order.id, order_no = %order.order_no,
+                    order_id = %order.id, order_no = %order.order_no,
                     "The provider did not refund a late payment (late_refund_status = failed); an operator must act"
                 );
                 LifecycleOutcome::Failed
@@ -319,21 +320,21 @@ impl Lifecycle {
         Duration::seconds(self.settings.reconcile_after_secs as i64)
     }
 
-    async fn retry_later(&self, order_id: i64, base: Duration) -> i32 {
+    async fn retry_later(&self, order_id: OrderId, base: Duration) -> i32 {
         match lifecycle::retry_later(&self.db, order_id, base).await {
             Ok(attempts) => attempts,
             Err(e) => {
                 // The lease still expires: the order is checked again then.
-                warn!(order_id, error = %e, "Could not schedule the next payment check");
+                warn!(%order_id, error = %e, "Could not schedule the next payment check");
                 0
             }
         }
     }
 
-    async fn reschedule(&self, order_id: i64, at: DateTime<Utc>) {
+    async fn reschedule(&self, order_id: OrderId, at: DateTime<Utc>) {
         if let Err(e) = lifecycle::schedule(&self.db, order_id, at).await {
             // The lease still expires: the order is checked again then.
-            warn!(order_id, error = %e, "Could not schedule the next payment check");
+            warn!(%order_id, error = %e, "Could not schedule the next payment check");
         }
     }
 }
@@ -342,7 +343,7 @@ impl Lifecycle {
 fn paid(order: &order::Model, applied: &Applied) -> LifecycleOutcome {
     match applied {
         Applied::Paid { .. } => {
-            info!(order_id = order.id, order_no = %order.order_no, "Payment found by query and applied");
+            info!(order_id = %order.id, order_no = %order.order_no, "Payment found by query and applied");
             LifecycleOutcome::Paid
         }
         Applied::AlreadyPaid { .. } => LifecycleOutcome::AlreadyPaid,

@@ -239,7 +239,7 @@ impl Sender {
                     .await?
                 {
                     self.metrics.channel_delivery(ChannelOutcome::Failed);
-                    error!(message_id = %message.message_id, user_id = message.user_id,
+                    error!(message_id = %message.message_id, user_id = %message.user_id,
                         kind = %message.kind, attempts = message.attempts, error = %error,
                         "Channel message undeliverable; an operator must resend or discard it \
                          (README, Operations)");

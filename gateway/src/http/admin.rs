@@ -11,6 +11,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use memberline_schema::entities::{balance_ledger, point_ledger, user};
+use memberline_schema::ids::BuyerId;
 use memberline_schema::states::LedgerReason;
 use memberline_schema::topology::Worker;
 use sea_orm::{ActiveModelTrait, Set, TransactionTrait};
@@ -49,7 +50,7 @@ fn valid_name(name: &str) -> bool {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct UserView {
-    pub id: i64,
+    pub id: BuyerId,
     pub name: String,
     pub balance_fen: i64,
     pub points: i64,

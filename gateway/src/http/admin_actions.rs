@@ -8,6 +8,7 @@ use crate::http::auth::{Caller, Role};
 use crate::http::error::ApiError;
 use crate::state::AppState;
 use axum::extract::{Path, State};
+use memberline_schema::ids::{BuyerId, OrderId, PlanId};
 
 use axum::response::Response;
 use axum::routing::{get, post, put};
@@ -20,7 +21,7 @@ use memberline_schema::states::AuditAction;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
-type PathId = Result<Path<i64>, axum::extract::rejection::PathRejection>;
+type PathId<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
 
 /// Body of a refund or a revocation.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -41,7 +42,7 @@ pub struct ReasonBody {
 #[serde(deny_unknown_fields)]
 pub struct GrantBody {
     /// The plan to grant (any catalogue plan but a free one, on shelf or not).
-    pub plan_id: i64,
+    pub plan_id: PlanId,
     /// Why (kept in the audit log): 1-200 characters, not only whitespace, no control
     /// characters.
     #[schema(
@@ -93,7 +94,7 @@ fn reason(raw: &str) -> Result<String, ApiError> {
 pub async fn refund_order(
     State(state): State<AppState>,
     caller: Caller,
-    path: PathId,
+    path: PathId<OrderId>,
     request: Idempotent,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Admin)?;
@@ -139,7 +140,7 @@ pub async fn grant_membership(
     State(state): State<AppState>,
     caller: Caller,
     CorrelationId(correlation_id): CorrelationId,
-    path: PathId,
+    path: PathId<BuyerId>,
     request: Idempotent,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Admin)?;
@@ -181,7 +182,7 @@ pub async fn revoke_membership(
     State(state): State<AppState>,
     caller: Caller,
     CorrelationId(correlation_id): CorrelationId,
-    path: PathId,
+    path: PathId<BuyerId>,
     request: Idempotent,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Admin)?;
@@ -203,7 +204,7 @@ pub async fn revoke_membership(
 /// The answer to a revocation.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct RevokeAccepted {
-    pub user_id: i64,
+    pub user_id: BuyerId,
     /// The audit-log entry.
     pub audit_id: i64,
     pub revoked_at: DateTime<Utc>,
@@ -220,7 +221,7 @@ pub struct AuditQuery {
     /// `next_cursor` of the previous page.
     pub cursor: Option<i64>,
     /// Only entries about this user.
-    pub user_id: Option<i64>,
+    pub user_id: Option<BuyerId>,
 }
 
 /// One audited act.
@@ -230,8 +231,8 @@ pub struct AuditEntry {
     /// The admin.
     pub actor_id: i64,
     pub action: AuditAction,
-    pub user_id: Option<i64>,
-    pub order_id: Option<i64>,
+    pub user_id: Option<BuyerId>,
+    pub order_id: Option<OrderId>,
     pub reason: String,
     /// What was done (refund number and amounts, the plan granted).
     #[schema(value_type = Object)]

@@ -7,6 +7,7 @@ use crate::http::error::ApiError;
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use memberline_schema::ids::BuyerId;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +97,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The caller as a buyer: the subject of a buyer's own requests.
+    pub fn buyer_id(&self) -> BuyerId {
+        BuyerId(self.user_id)
+    }
+
     /// 403 unless the caller has `role`.
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         if self.role == role {

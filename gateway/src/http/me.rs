@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use memberline_schema::entities::{
     balance_ledger, level, membership_period, notification, point_ledger, user, user_pass,
 };
+use memberline_schema::ids::{BuyerId, OrderId, PlanId};
 use memberline_schema::states::{LedgerKind, LedgerReason, NotificationKind};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
@@ -32,7 +33,7 @@ async fn snapshot(state: &AppState) -> Result<sea_orm::DatabaseTransaction, ApiE
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Me {
-    pub user_id: i64,
+    pub user_id: BuyerId,
     pub name: String,
     pub level: LevelView,
     pub growth: i64,
@@ -57,7 +58,7 @@ pub struct LevelView {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct PassView {
     pub id: i64,
-    pub plan_id: i64,
+    pub plan_id: PlanId,
     pub plan_name: String,
     pub uses_total: i32,
     pub uses_left: i32,
@@ -73,7 +74,7 @@ pub struct PassView {
 pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
     // One snapshot: the profile, membership and passes are read as of the same instant.
     let txn = snapshot(&state).await?;
-    let u = user::Entity::find_by_id(caller.user_id)
+    let u = user::Entity::find_by_id(caller.buyer_id())
         .one(&txn)
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown_user", "the token's user does not exist"))?;
@@ -144,7 +145,7 @@ pub struct LedgerEntry {
     /// For a `reward_reversal`: reward points the buyer had already spent, which could not be
     /// taken back (the balance never goes below zero). 0 otherwise.
     pub shortfall: i64,
-    pub order_id: Option<i64>,
+    pub order_id: Option<OrderId>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -173,7 +174,7 @@ pub async fn ledger(
     let mut entries = Vec::new();
     if points {
         let rows = point_ledger::Entity::find()
-            .filter(point_ledger::Column::UserId.eq(caller.user_id))
+            .filter(point_ledger::Column::UserId.eq(caller.buyer_id()))
             .order_by_desc(point_ledger::Column::Id)
             .limit(limit)
             .all(&state.db)
@@ -191,7 +192,7 @@ pub async fn ledger(
     }
     if balance {
         let rows = balance_ledger::Entity::find()
-            .filter(balance_ledger::Column::UserId.eq(caller.user_id))
+            .filter(balance_ledger::Column::UserId.eq(caller.buyer_id()))
             .order_by_desc(balance_ledger::Column::Id)
             .limit(limit)
             .all(&state.db)
@@ -227,7 +228,7 @@ pub struct NotificationView {
     pub kind: NotificationKind,
     pub title: String,
     pub body: String,
-    pub order_id: Option<i64>,
+    pub order_id: Option<OrderId>,
     pub read_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
@@ -269,7 +270,7 @@ pub async fn notifications(
 ) -> Result<Json<Inbox>, ApiError> {
     let limit = query::limit(q.limit, 50, 200)?;
     let mut select = notification::Entity::find()
-        .filter(notification::Column::UserId.eq(caller.user_id))
+        .filter(notification::Column::UserId.eq(caller.buyer_id()))
         .order_by_desc(notification::Column::Id)
         .limit(limit);
     if q.unread == Some(true) {
@@ -279,7 +280,7 @@ pub async fn notifications(
     let txn = snapshot(&state).await?;
     let rows = select.all(&txn).await?;
     let unread = notification::Entity::find()
-        .filter(notification::Column::UserId.eq(caller.user_id))
+        .filter(notification::Column::UserId.eq(caller.buyer_id()))
         .filter(notification::Column::ReadAt.is_null())
         .count(&txn)
         .await?;
@@ -312,7 +313,7 @@ pub async fn mark_read(
             DbBackend::Postgres,
             "UPDATE notifications SET read_at = COALESCE(read_at, now()) \
              WHERE id = $1 AND user_id = $2 RETURNING id",
-            [id.into(), caller.user_id.into()],
+            [id.into(), caller.buyer_id().into()],
         ))
         .await?;
     if row.is_none() {

@@ -10,6 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use memberline_orders::OrderView;
 use memberline_schema::entities::{order, user};
+use memberline_schema::ids::BuyerId;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use std::collections::HashMap;
 /// An order with who bought it.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct MerchantOrder {
-    pub buyer_id: i64,
+    pub buyer_id: BuyerId,
     pub buyer_name: String,
     #[serde(flatten)]
     pub order: OrderView,
@@ -56,14 +57,14 @@ pub async fn orders(
     let mut rows = select.all(&state.db).await?;
     let next_cursor = if rows.len() as u64 > limit {
         rows.truncate(limit as usize);
-        rows.last().map(|o| o.id)
+        rows.last().map(|o| o.id.0)
     } else {
         None
     };
-    let mut buyer_ids: Vec<i64> = rows.iter().map(|o| o.buyer_id).collect();
+    let mut buyer_ids: Vec<BuyerId> = rows.iter().map(|o| o.buyer_id).collect();
     buyer_ids.sort_unstable();
     buyer_ids.dedup();
-    let names: HashMap<i64, String> = user::Entity::find()
+    let names: HashMap<BuyerId, String> = user::Entity::find()
         .filter(user::Column::Id.is_in(buyer_ids))
         .all(&state.db)
         .await?

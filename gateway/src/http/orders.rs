@@ -15,6 +15,7 @@ use memberline_orders::{self as orders, ExpectedPrice, OrderView, PlaceOrder, Ti
 use memberline_platform::metrics::OrderOutcome;
 use memberline_schema::entities::order;
 use memberline_schema::events::PayMethod;
+use memberline_schema::ids::{OrderId, PlanId};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"plan_id": 1, "pay_method": "points"}))]
 pub struct PlaceOrderRequest {
-    pub plan_id: i64,
+    pub plan_id: PlanId,
     #[schema(value_type = OrderPayMethod)]
     pub pay_method: PayMethod,
     /// The price in fen the buyer was shown (`buyer_price_fen` of `GET /v1/plans`).
@@ -126,7 +127,7 @@ pub async fn create(
         ));
     }
     let cmd = PlaceOrder {
-        buyer_id: caller.user_id,
+        buyer_id: caller.buyer_id(),
         plan_id: req.plan_id,
         pay_method: req.pay_method,
         expected: ExpectedPrice {
@@ -165,12 +166,12 @@ pub async fn create(
 pub async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
-    path: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+    path: Result<Path<OrderId>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<OrderView>, ApiError> {
     let not_found = || ApiError::not_found("order_not_found", "no such order");
     let Path(id) = path.map_err(|_| not_found())?;
     let found = order::Entity::find_by_id(id)
-        .filter(order::Column::BuyerId.eq(caller.user_id))
+        .filter(order::Column::BuyerId.eq(caller.buyer_id()))
         .one(&state.db)
         .await?
         .ok_or_else(not_found)?;
@@ -194,17 +195,17 @@ pub async fn get_one(
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
-    path: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+    path: Result<Path<OrderId>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<OrderView>, ApiError> {
     let Path(id) = path.map_err(|_| ApiError::not_found("order_not_found", "no such order"))?;
-    let closed = orders::cancel(&state.db, &state.payments, caller.user_id, id).await?;
+    let closed = orders::cancel(&state.db, &state.payments, caller.buyer_id(), id).await?;
     Ok(Json(closed.into()))
 }
 
 /// A reminder sent to the shop.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Reminded {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub reminded_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -224,10 +225,10 @@ pub async fn remind(
     State(state): State<AppState>,
     caller: Caller,
     CorrelationId(correlation_id): CorrelationId,
-    path: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+    path: Result<Path<OrderId>, axum::extract::rejection::PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = path.map_err(|_| ApiError::not_found("order_not_found", "no such order"))?;
-    let now = orders::remind::remind(&state.db, caller.user_id, id, correlation_id).await?;
+    let now = orders::remind::remind(&state.db, caller.buyer_id(), id, correlation_id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Reminded {
@@ -271,7 +272,7 @@ pub async fn list(
 ) -> Result<Json<OrderPage>, ApiError> {
     let limit = query::limit(q.limit, 20, 100)?;
     let mut select = order::Entity::find()
-        .filter(order::Column::BuyerId.eq(caller.user_id))
+        .filter(order::Column::BuyerId.eq(caller.buyer_id()))
         .order_by_desc(order::Column::Id)
         .limit(limit + 1);
     if let Some(cursor) = q.cursor {
@@ -280,7 +281,7 @@ pub async fn list(
     let mut rows = select.all(&state.db).await?;
     let next_cursor = if rows.len() as u64 > limit {
         rows.truncate(limit as usize);
-        rows.last().map(|o| o.id)
+        rows.last().map(|o| o.id.0)
     } else {
         None
     };

@@ -10,9 +10,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use memberline_platform::outbox::quarantine;
+use memberline_schema::ids::EventId;
 use memberline_schema::states::EventType;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -26,7 +26,7 @@ pub struct QuarantineQuery {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct QuarantinedEvent {
     /// The event id.
-    pub id: Uuid,
+    pub id: EventId,
     pub event_type: EventType,
     pub routing_key: String,
     pub attempts: i32,
@@ -78,7 +78,7 @@ pub async fn quarantined(
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Released {
-    pub id: Uuid,
+    pub id: EventId,
 }
 
 /// Releases a quarantined row: its attempts start again from zero and the relay publishes it
@@ -95,7 +95,7 @@ pub struct Released {
 pub async fn release(
     State(state): State<AppState>,
     caller: Caller,
-    path: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
+    path: Result<Path<EventId>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<Released>, ApiError> {
     caller.require(Role::Admin)?;
     let not_found = || {

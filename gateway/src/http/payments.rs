@@ -27,6 +27,7 @@ use memberline_orders::providers::wechat::{NotifyHeaders, WechatEvent};
 use memberline_orders::refunds;
 use memberline_orders::settle::{Applied, Notification, Stored};
 use memberline_schema::entities::order;
+use memberline_schema::ids::OrderId;
 use memberline_schema::states::{NotificationOutcome, Provider};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::json;
@@ -76,11 +77,11 @@ async fn store(
             state.metrics.payment_notification(provider, outcome);
             match &applied {
                 Some(Applied::Flagged { order_id, flag }) => tracing::error!(
-                    %provider, event_id = notification.event_id, order_id, flag = flag.text,
+                    %provider, event_id = notification.event_id, order_id = ?order_id, flag = flag.text,
                     "Genuine payment notification NOT applied; an operator must look at it"
                 ),
                 Some(Applied::LatePayment { order_id }) => tracing::warn!(
-                    %provider, order_id, "Payment for a closed order; it will be refunded"
+                    %provider, %order_id, "Payment for a closed order; it will be refunded"
                 ),
                 _ => {
                     tracing::info!(%provider, event_id = notification.event_id, outcome = outcome.as_str(), "Notification stored")
@@ -243,7 +244,7 @@ async fn alipay_notify(State(state): State<AppState>, body: Bytes) -> Response {
 pub async fn qr_png(
     State(state): State<AppState>,
     caller: Caller,
-    path: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+    path: Result<Path<OrderId>, axum::extract::rejection::PathRejection>,
 ) -> Result<Response, ApiError> {
     let not_available =
         || ApiError::not_found("qr_not_available", "no pending payment code for this order");

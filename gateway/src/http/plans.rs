@@ -8,6 +8,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use memberline_orders::rules;
 use memberline_schema::entities::{level, plan, user};
+use memberline_schema::ids::PlanId;
 use memberline_schema::states::{PayMethod, PlanKind};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde::Serialize;
@@ -15,7 +16,7 @@ use serde::Serialize;
 /// A plan on the shelf. Prices are integers: fen and points.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct PlanView {
-    pub id: i64,
+    pub id: PlanId,
     pub code: String,
     pub name: String,
     pub kind: PlanKind,

@@ -2,6 +2,7 @@
 //! act it records, so an act without its entry (or the reverse) cannot be committed.
 
 use memberline_schema::entities::audit_log;
+use memberline_schema::ids::{BuyerId, OrderId};
 use memberline_schema::states::AuditAction;
 use sea_orm::{ActiveModelTrait, DatabaseTransaction, DbErr, Set};
 
@@ -9,8 +10,8 @@ use sea_orm::{ActiveModelTrait, DatabaseTransaction, DbErr, Set};
 pub struct Entry<'a> {
     pub actor_id: i64,
     pub action: AuditAction,
-    pub user_id: Option<i64>,
-    pub order_id: Option<i64>,
+    pub user_id: Option<BuyerId>,
+    pub order_id: Option<OrderId>,
     pub reason: &'a str,
     pub details: serde_json::Value,
 }

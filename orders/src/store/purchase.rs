@@ -28,6 +28,7 @@ use memberline_platform::db::violated_constraint;
 use memberline_platform::idempotency::{self, Stored};
 use memberline_platform::outbox::{self, Wake};
 use memberline_schema::entities::{order, plan, user};
+use memberline_schema::ids::{BuyerId, OrderId, PlanId};
 use memberline_schema::states::LedgerReason;
 use sea_orm::{
     ConnectionTrait, DatabaseTransaction, DbBackend, FromQueryResult, Iterable, Statement, Value,
@@ -57,7 +58,7 @@ static LOCK_SQL: LazyLock<String> = LazyLock::new(|| {
 /// before, and reads the row as that one left it. A buyer id without a row is left out.
 pub(crate) async fn lock(
     txn: &DatabaseTransaction,
-    buyer_ids: &[i64],
+    buyer_ids: &[BuyerId],
 ) -> Result<Vec<user::Model>, OrderError> {
     let rows = txn
         .query_all_raw(Statement::from_sql_and_values(
@@ -103,7 +104,7 @@ pub(crate) struct Checked {
     pub counts: Counts,
     pub stored: Option<Stored>,
     /// The id the order gets.
-    pub order_id: i64,
+    pub order_id: OrderId,
 }
 
 /// The next order id. The sequence is named once, when the statement is prepared (where
@@ -135,8 +136,8 @@ static CHECK_SQL: LazyLock<String> = LazyLock::new(|| {
 /// One purchase [`check`] reads for: buyer, plan and idempotency key.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Asked<'a> {
-    pub buyer_id: i64,
-    pub plan_id: i64,
+    pub buyer_id: BuyerId,
+    pub plan_id: PlanId,
     pub key: &'a str,
 }
 
@@ -206,10 +207,10 @@ pub(crate) struct Purchase<'a> {
 /// column names.
 #[derive(Serialize)]
 struct WriteRow<'a> {
-    id: i64,
+    id: OrderId,
     order_no: &'a str,
-    buyer_id: i64,
-    plan_id: i64,
+    buyer_id: BuyerId,
+    plan_id: PlanId,
     plan_code: &'a str,
     plan_name: &'a str,
     plan_kind: &'a str,
@@ -415,10 +416,10 @@ mod tests {
             .map(|c| c.split_whitespace().next().unwrap())
             .collect();
         let row = serde_json::to_value(WriteRow {
-            id: 1,
+            id: OrderId(1),
             order_no: "",
-            buyer_id: 1,
-            plan_id: 1,
+            buyer_id: BuyerId(1),
+            plan_id: PlanId(1),
             plan_code: "",
             plan_name: "",
             plan_kind: "",
@@ -434,7 +435,7 @@ mod tests {
             created_at: chrono::Utc::now(),
             history_reason: "",
             outbox: &outbox::Row {
-                id: uuid::Uuid::nil(),
+                id: memberline_schema::ids::EventId(uuid::Uuid::nil()),
                 aggregate_type: "",
                 aggregate_id: String::new(),
                 event_type: memberline_schema::states::EventType::OrderPaid,

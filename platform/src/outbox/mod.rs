@@ -8,6 +8,7 @@ pub mod quarantine;
 pub mod relay;
 
 use memberline_schema::events::{Envelope, Event};
+use memberline_schema::ids::EventId;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use serde::Serialize;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ pub const NOTIFY_CHANNEL: &str = "memberline_outbox";
 /// row wait for the poll).
 #[derive(Debug, Serialize)]
 pub struct Row {
-    pub id: uuid::Uuid,
+    pub id: EventId,
     pub aggregate_type: &'static str,
     pub aggregate_id: String,
     pub event_type: memberline_schema::states::EventType,
@@ -185,7 +186,7 @@ mod tests {
     #[test]
     fn a_row_as_json_names_exactly_the_columns_the_insert_sets() {
         let row = Row {
-            id: uuid::Uuid::nil(),
+            id: EventId(uuid::Uuid::nil()),
             aggregate_type: "order",
             aggregate_id: "1".into(),
             event_type: memberline_schema::states::EventType::OrderPaid,

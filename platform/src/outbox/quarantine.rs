@@ -5,6 +5,7 @@
 use super::NOTIFY_CHANNEL;
 use chrono::{DateTime, Utc};
 use memberline_schema::entities::outbox;
+use memberline_schema::ids::EventId;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
@@ -24,7 +25,7 @@ pub async fn list<C: ConnectionTrait>(db: &C, limit: u64) -> Result<Vec<outbox::
 
 /// Releases quarantined row `id`: its attempts start again from zero and the relay is woken to
 /// publish it at once. `false` when no quarantined row has that id.
-pub async fn release<C: ConnectionTrait>(db: &C, id: uuid::Uuid) -> Result<bool, DbErr> {
+pub async fn release<C: ConnectionTrait>(db: &C, id: EventId) -> Result<bool, DbErr> {
     let released = outbox::Entity::update_many()
         .col_expr(
             outbox::Column::QuarantinedAt,

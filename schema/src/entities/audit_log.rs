@@ -1,5 +1,6 @@
 //! What an admin did to whom, and why.
 
+use crate::ids::{BuyerId, OrderId};
 use crate::states::AuditAction;
 use sea_orm::entity::prelude::*;
 
@@ -11,8 +12,8 @@ pub struct Model {
     /// The admin (a token subject).
     pub actor_id: i64,
     pub action: AuditAction,
-    pub user_id: Option<i64>,
-    pub order_id: Option<i64>,
+    pub user_id: Option<BuyerId>,
+    pub order_id: Option<OrderId>,
     pub reason: String,
     #[sea_orm(column_type = "JsonBinary")]
     pub details: Json,

@@ -1,6 +1,7 @@
 //! Template/SMS/webhook messages waiting to leave: written by the notifier in its effect
 //! transaction, sent after the commit by the workers' channel sender.
 
+use crate::ids::BuyerId;
 use crate::states::NotificationKind;
 use sea_orm::entity::prelude::*;
 
@@ -12,7 +13,7 @@ pub struct Model {
     /// The business key (event id + kind), sent as `webhook-id`.
     #[sea_orm(unique)]
     pub message_id: String,
-    pub user_id: i64,
+    pub user_id: BuyerId,
     pub kind: NotificationKind,
     /// What the message says: `{"title": …, "body": …}`.
     #[sea_orm(column_type = "JsonBinary")]

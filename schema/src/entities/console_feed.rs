@@ -1,5 +1,6 @@
 //! The merchant console feed, sequenced for replay on reconnect.
 
+use crate::ids::EventId;
 use crate::states::NotificationKind;
 use sea_orm::entity::prelude::*;
 
@@ -8,7 +9,7 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key)]
     pub seq: i64,
-    pub event_id: Uuid,
+    pub event_id: EventId,
     pub kind: NotificationKind,
     #[sea_orm(column_type = "JsonBinary")]
     pub payload: Json,

@@ -1,5 +1,6 @@
 //! The consumers' inbox: which events each consumer has applied.
 
+use crate::ids::EventId;
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -8,7 +9,7 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub consumer: String,
     #[sea_orm(primary_key, auto_increment = false)]
-    pub event_id: Uuid,
+    pub event_id: EventId,
     pub event_type: String,
     pub consumed_at: DateTimeUtc,
 }

@@ -1,5 +1,6 @@
 //! `[starts_at, ends_at)` per order; `ends_at` is NULL for a permanent membership.
 
+use crate::ids::{BuyerId, OrderId};
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -7,8 +8,8 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
-    pub user_id: i64,
-    pub order_id: i64,
+    pub user_id: BuyerId,
+    pub order_id: OrderId,
     pub starts_at: DateTimeUtc,
     pub ends_at: Option<DateTimeUtc>,
     pub permanent: bool,

@@ -1,5 +1,6 @@
 //! A buyer's inbox.
 
+use crate::ids::{BuyerId, EventId, OrderId};
 use crate::states::NotificationKind;
 use sea_orm::entity::prelude::*;
 
@@ -8,12 +9,12 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
-    pub user_id: i64,
-    pub event_id: Uuid,
+    pub user_id: BuyerId,
+    pub event_id: EventId,
     pub kind: NotificationKind,
     pub title: String,
     pub body: String,
-    pub order_id: Option<i64>,
+    pub order_id: Option<OrderId>,
     pub read_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
 }

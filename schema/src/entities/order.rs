@@ -1,5 +1,6 @@
 //! Orders, with a snapshot of the plan as sold.
 
+use crate::ids::{BuyerId, OrderId, PlanId};
 use crate::states::{LateRefundStatus, OrderStatus, PayMethod, PlanKind, Provider};
 use sea_orm::entity::prelude::*;
 
@@ -7,10 +8,10 @@ use sea_orm::entity::prelude::*;
 #[sea_orm(table_name = "orders")]
 pub struct Model {
     #[sea_orm(primary_key)]
-    pub id: i64,
+    pub id: OrderId,
     pub order_no: String,
-    pub buyer_id: i64,
-    pub plan_id: i64,
+    pub buyer_id: BuyerId,
+    pub plan_id: PlanId,
     pub plan_code: String,
     pub plan_name: String,
     pub plan_kind: PlanKind,

@@ -1,5 +1,6 @@
 //! Every status change of an order, in order.
 
+use crate::ids::OrderId;
 use crate::states::OrderStatus;
 use sea_orm::entity::prelude::*;
 
@@ -8,7 +9,7 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub from_status: Option<OrderStatus>,
     pub to_status: OrderStatus,
     pub reason: String,

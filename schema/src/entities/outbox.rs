@@ -1,5 +1,6 @@
 //! The transactional outbox: one row per event, written with the state change it announces.
 
+use crate::ids::EventId;
 use crate::states::EventType;
 use sea_orm::entity::prelude::*;
 
@@ -7,7 +8,7 @@ use sea_orm::entity::prelude::*;
 #[sea_orm(table_name = "outbox")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
+    pub id: EventId,
     pub aggregate_type: String,
     pub aggregate_id: String,
     pub event_type: EventType,

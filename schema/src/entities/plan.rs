@@ -1,5 +1,6 @@
 //! The catalogue of member plans.
 
+use crate::ids::PlanId;
 use crate::states::PlanKind;
 use sea_orm::entity::prelude::*;
 
@@ -7,7 +8,7 @@ use sea_orm::entity::prelude::*;
 #[sea_orm(table_name = "plans")]
 pub struct Model {
     #[sea_orm(primary_key)]
-    pub id: i64,
+    pub id: PlanId,
     pub code: String,
     pub name: String,
     pub kind: PlanKind,

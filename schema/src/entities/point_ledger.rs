@@ -1,5 +1,6 @@
 //! Signed point movements with the balance after each.
 
+use crate::ids::{BuyerId, OrderId};
 use crate::states::LedgerReason;
 use sea_orm::entity::prelude::*;
 
@@ -8,8 +9,8 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
-    pub user_id: i64,
-    pub order_id: Option<i64>,
+    pub user_id: BuyerId,
+    pub order_id: Option<OrderId>,
     pub reason: LedgerReason,
     pub delta: i64,
     pub balance_after: i64,

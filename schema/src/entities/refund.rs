@@ -1,5 +1,6 @@
 //! One refund request of an order (full today; the amounts leave room for partial refunds).
 
+use crate::ids::OrderId;
 use crate::states::RefundStatus;
 use sea_orm::entity::prelude::*;
 
@@ -8,7 +9,7 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
-    pub order_id: i64,
+    pub order_id: OrderId,
     /// 1 for the first request of the order, 2 after a failed one, …
     pub attempt: i32,
     /// The provider's refund number, `<order_no>R<attempt>`: a retry refunds once.

@@ -1,5 +1,6 @@
 //! What each order saved the buyer.
 
+use crate::ids::{BuyerId, OrderId};
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -7,8 +8,8 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
-    pub user_id: i64,
-    pub order_id: i64,
+    pub user_id: BuyerId,
+    pub order_id: OrderId,
     pub saved_fen: i64,
     pub saved_points: i64,
     pub created_at: DateTimeUtc,

@@ -1,12 +1,13 @@
 //! Buyers with their points, balance and growth.
 
+use crate::ids::BuyerId;
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "users")]
 pub struct Model {
     #[sea_orm(primary_key)]
-    pub id: i64,
+    pub id: BuyerId,
     pub name: String,
     pub points: i64,
     pub balance_fen: i64,

@@ -1,5 +1,6 @@
 //! Single-use (or n-use) passes a buyer holds.
 
+use crate::ids::{BuyerId, OrderId, PlanId};
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -7,9 +8,9 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
-    pub user_id: i64,
-    pub order_id: i64,
-    pub plan_id: i64,
+    pub user_id: BuyerId,
+    pub order_id: OrderId,
+    pub plan_id: PlanId,
     pub plan_name: String,
     pub uses_total: i32,
     pub uses_left: i32,

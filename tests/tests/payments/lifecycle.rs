@@ -7,6 +7,7 @@ use super::checkout::{order_becomes, qr_order};
 use memberline_orders::lifecycle::{self, LateRefund};
 use memberline_orders::providers::Payments;
 use memberline_schema::entities::order;
+use memberline_schema::ids::OrderId;
 use memberline_schema::states::Provider;
 use memberline_tests::process::free_port;
 use memberline_tests::provider::{Emulator, spawn_app_with_provider};
@@ -429,7 +430,7 @@ async fn two_lifecycle_jobs_never_claim_the_same_order() {
         if a.is_empty() && b.is_empty() {
             break;
         }
-        claimed.extend(a.iter().chain(b.iter()).map(|o| o.id));
+        claimed.extend(a.iter().chain(b.iter()).map(|o| o.id.0));
     }
     let mut unique = claimed.clone();
     unique.sort_unstable();
@@ -454,9 +455,13 @@ async fn two_lifecycle_jobs_never_claim_the_same_order() {
     let stale_until = first[0].payment_check_at.unwrap() - chrono::Duration::seconds(1);
     let second = first[0].payment_check_at.unwrap();
     assert!(
-        !lifecycle::renew(&app.db, id, stale_until, lease)
+        !lifecycle::renew(&app.db, OrderId(id), stale_until, lease)
             .await
             .unwrap()
     );
-    assert!(lifecycle::renew(&app.db, id, second, lease).await.unwrap());
+    assert!(
+        lifecycle::renew(&app.db, OrderId(id), second, lease)
+            .await
+            .unwrap()
+    );
 }

@@ -1,6 +1,7 @@
 //! The four effects of a paid order: membership, rewards and levels, savings, inbox and pushes.
 
 use memberline_platform::metrics::DeliveryOutcome;
+use memberline_schema::ids::{BuyerId, OrderId, PlanId};
 use memberline_tests::{Options, TestApp, eventually, spawn_app_with};
 use serde_json::json;
 use std::time::Duration;
@@ -603,11 +604,11 @@ async fn a_reward_applied_after_midnight_counts_toward_its_purchase_day_not_toda
     .await;
     let event = memberline_schema::events::Envelope::new(
         memberline_schema::events::OrderPaid {
-            order_id: 880001,
+            order_id: OrderId(880001),
             order_no: "ML880001".into(),
-            buyer_id: buyer,
+            buyer_id: BuyerId(buyer),
             plan: memberline_schema::events::PlanSold {
-                plan_id: monthly,
+                plan_id: PlanId(monthly),
                 plan_code: "monthly".into(),
                 plan_name: "Monthly membership".into(),
                 plan_kind: memberline_schema::states::PlanKind::Membership,

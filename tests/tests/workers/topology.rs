@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 struct FailFirst {
     inner: Arc<dyn Handler>,
     failures: u32,
-    calls: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, u32>>,
+    calls: std::sync::Mutex<std::collections::HashMap<memberline_schema::ids::EventId, u32>>,
     total: AtomicU32,
 }
 

@@ -101,26 +101,20 @@ impl PaidOrderEffect for Ledger {
         }
         if excess > 0 {
             tracing::warn!(
-                user_id = e.buyer_id,
-                order_id = e.order_id,
+                user_id = %e.buyer_id,
+                order_id = %e.order_id,
                 excess,
                 "Daily points cap reached; excess flagged, not credited"
             );
         }
-        if new_level != user.level_id {
-            let changed = LevelChanged {
-                user_id: e.buyer_id,
-                from_level: user.level_id,
-                to_level: new_level,
-                growth: new_growth,
-                order_id: e.order_id,
-            };
-            outbox::enqueue(
-                txn,
-                &Envelope::new(changed, env.correlation_id, Some(env.event_id)),
-            )
-            .await?;
-        }
+        let changed = LevelChanged {
+            user_id: e.buyer_id,
+            from_level: user.level_id,
+            to_level: new_level,
+            growth: new_growth,
+            order_id: e.order_id,
+        };
+        announce_level(txn, env, changed).await?;
         Ok(Effects::applied())
     }
 
@@ -164,8 +158,8 @@ impl PaidOrderEffect for Ledger {
         }
         if reversal.shortfall > 0 {
             tracing::warn!(
-                user_id = e.buyer_id,
-                order_id = e.order_id,
+                user_id = %e.buyer_id,
+                order_id = %e.order_id,
                 shortfall = reversal.shortfall,
                 "Refunded order's reward points were already spent; the shortfall is recorded"
             );
@@ -175,22 +169,29 @@ impl PaidOrderEffect for Ledger {
             .await?
             .unwrap_or(user.level_id);
         users::add_reward(txn, e.buyer_id, -taken, new_growth, new_level).await?;
-        if new_level != user.level_id {
-            let changed = LevelChanged {
-                user_id: e.buyer_id,
-                from_level: user.level_id,
-                to_level: new_level,
-                growth: new_growth,
-                order_id: e.order_id,
-            };
-            outbox::enqueue(
-                txn,
-                &Envelope::new(changed, env.correlation_id, Some(env.event_id)),
-            )
-            .await?;
-        }
+        let changed = LevelChanged {
+            user_id: e.buyer_id,
+            from_level: user.level_id,
+            to_level: new_level,
+            growth: new_growth,
+            order_id: e.order_id,
+        };
+        announce_level(txn, env, changed).await?;
         Ok(Effects::applied())
     }
+}
+
+/// Writes `changed` to the outbox, caused by `cause`, when the level did change.
+async fn announce_level<P: memberline_schema::events::Event>(
+    txn: &DatabaseTransaction,
+    cause: &Envelope<P>,
+    changed: LevelChanged,
+) -> Result<(), HandlerError> {
+    if changed.to_level != changed.from_level {
+        let envelope = Envelope::new(changed, cause.correlation_id, Some(cause.event_id));
+        outbox::enqueue(txn, &envelope).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use memberline_schema::events::{
     Envelope, MembershipChange, MembershipChanged, MembershipExtended, MembershipRevoked,
     OrderPaid, OrderRefunded, PlanKind,
 };
+use memberline_schema::ids::{BuyerId, OrderId};
 use memberline_schema::topology::Worker;
 use sea_orm::DatabaseTransaction;
 
@@ -162,9 +163,9 @@ impl PaidOrderEffect for Membership {
 async fn changed<P: memberline_schema::events::Event + Sync>(
     txn: &DatabaseTransaction,
     cause: &Envelope<P>,
-    user_id: i64,
+    user_id: BuyerId,
     change: MembershipChange,
-    order_id: Option<i64>,
+    order_id: Option<OrderId>,
     removed_secs: i64,
     removed_pass_uses: i32,
 ) -> Result<Effects, HandlerError> {

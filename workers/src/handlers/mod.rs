@@ -16,6 +16,8 @@ use crate::runtime::{Effects, Handler, Incoming};
 use crate::store::orders::Claimed;
 use crate::store::{orders, users};
 use memberline_schema::events::{Envelope, Event, EventType, OrderPaid, OrderRefunded};
+use memberline_schema::ids::BuyerId;
+use memberline_schema::ids::EventId;
 use memberline_schema::states::OrderStatus;
 use memberline_schema::topology::Worker;
 use sea_orm::DatabaseTransaction;
@@ -41,7 +43,7 @@ pub fn order_paid(msg: &Incoming) -> Result<Envelope<OrderPaid>, HandlerError> {
 
 /// The claim of `msg` for `consumer` that the handler makes itself (see
 /// [`Handler::claims_itself`]); `None` when the runtime made it.
-fn claim_of(consumer: Worker, msg: &Incoming) -> Option<(&'static str, uuid::Uuid, &str)> {
+fn claim_of(consumer: Worker, msg: &Incoming) -> Option<(&'static str, EventId, &str)> {
     (!msg.claimed).then_some((
         consumer.as_str(),
         msg.head.event_id,
@@ -98,7 +100,7 @@ fn check_paid(
 }
 
 /// Locks the buyer's row for the rest of the transaction, serializing effects per buyer.
-pub async fn lock_user(txn: &DatabaseTransaction, user_id: i64) -> Result<(), HandlerError> {
+pub async fn lock_user(txn: &DatabaseTransaction, user_id: BuyerId) -> Result<(), HandlerError> {
     if !users::lock(txn, user_id).await? {
         return Err(HandlerError::permanent(anyhow::anyhow!(
             "unknown user {user_id}"

@@ -20,6 +20,7 @@ use memberline_schema::events::{
     CloseReason, EventType, LatePaymentRefunded, LevelChanged, MembershipChange, MembershipChanged,
     MembershipExtended, OrderClosed, OrderRefunded, OrderReminded, PayMethod, Provider,
 };
+use memberline_schema::ids::EventId;
 use memberline_schema::money::fen_to_yuan;
 use memberline_schema::push::{BuyerPush, ConsolePush, PaidEntry, RefundedEntry, RemindedEntry};
 use memberline_schema::states::NotificationKind;
@@ -426,7 +427,7 @@ async fn inbox_then_push(
 /// Appends `entry` to the console feed as a `kind` entry made at `at`: its console push.
 async fn feed<E: serde::Serialize>(
     txn: &DatabaseTransaction,
-    event_id: uuid::Uuid,
+    event_id: EventId,
     kind: NotificationKind,
     entry: &E,
     at: chrono::DateTime<chrono::Utc>,

@@ -22,6 +22,7 @@ use crate::decide::HandlerError;
 use memberline_platform::Settings;
 use memberline_platform::metrics::Metrics;
 use memberline_schema::events::EnvelopeHead;
+use memberline_schema::ids::BuyerId;
 use memberline_schema::push::{BuyerPush, ConsolePush, Route};
 use memberline_schema::topology::{Topology, Worker};
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
@@ -63,7 +64,7 @@ impl Push {
     }
 
     /// A push for buyer `buyer_id`'s sockets.
-    pub fn buyer(buyer_id: i64, push: &BuyerPush) -> Self {
+    pub fn buyer(buyer_id: BuyerId, push: &BuyerPush) -> Self {
         Self {
             route: Route::Buyer(buyer_id),
             body: serde_json::to_value(push).unwrap_or_default(),

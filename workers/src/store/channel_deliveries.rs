@@ -5,6 +5,7 @@
 //! how each attempt went. Each of the sender's statements runs on its
 //! own (a short transaction), so no row lock outlives a statement.
 
+use memberline_schema::ids::BuyerId;
 use memberline_schema::states::NotificationKind;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use std::time::Duration;
@@ -21,7 +22,7 @@ pub struct Content {
 pub struct Claimed {
     pub id: i64,
     pub message_id: String,
-    pub user_id: i64,
+    pub user_id: BuyerId,
     pub kind: NotificationKind,
     pub content: Content,
     /// Attempts including this one.

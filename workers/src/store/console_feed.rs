@@ -3,9 +3,9 @@
 //! saw. Serving the feed is the gateway's.
 
 use super::one;
+use memberline_schema::ids::EventId;
 use memberline_schema::states::NotificationKind;
 use sea_orm::{DatabaseTransaction, DbErr};
-use uuid::Uuid;
 
 /// Appends an entry under the next feed number and returns that number. The counter row stays
 /// locked until the transaction ends, so call this as the transaction's last statement: numbers
@@ -13,7 +13,7 @@ use uuid::Uuid;
 /// counter row is missing.
 pub async fn append(
     txn: &DatabaseTransaction,
-    event_id: Uuid,
+    event_id: EventId,
     kind: NotificationKind,
     payload: serde_json::Value,
 ) -> Result<Option<i64>, DbErr> {

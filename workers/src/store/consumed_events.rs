@@ -2,14 +2,14 @@
 //! transaction as the effect (see the runtime's `inbox`).
 
 use super::insert_once;
+use memberline_schema::ids::EventId;
 use sea_orm::{DatabaseTransaction, DbErr};
-use uuid::Uuid;
 
 /// Claims `event_id` for `consumer`; `false` when it was claimed before.
 pub async fn claim(
     txn: &DatabaseTransaction,
     consumer: &str,
-    event_id: Uuid,
+    event_id: EventId,
     event_type: &str,
 ) -> Result<bool, DbErr> {
     insert_once(

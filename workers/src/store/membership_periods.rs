@@ -3,13 +3,14 @@
 
 use super::{insert_once, one, statement};
 use chrono::{DateTime, Utc};
+use memberline_schema::ids::{BuyerId, OrderId};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
 
 /// The end of the buyer's latest period, if they have one (permanent periods have no end and
 /// are not counted).
 pub async fn latest_end(
     txn: &DatabaseTransaction,
-    user_id: i64,
+    user_id: BuyerId,
 ) -> Result<Option<DateTime<Utc>>, DbErr> {
     Ok(one(
         txn,
@@ -26,8 +27,8 @@ pub async fn latest_end(
 /// `false` when the order already has its period.
 pub async fn add(
     txn: &DatabaseTransaction,
-    user_id: i64,
-    order_id: i64,
+    user_id: BuyerId,
+    order_id: OrderId,
     starts_at: DateTime<Utc>,
     ends_at: Option<DateTime<Utc>>,
 ) -> Result<bool, DbErr> {
@@ -55,7 +56,10 @@ pub struct Period {
 }
 
 /// Order `order_id`'s period, if it has one.
-pub async fn of_order(txn: &DatabaseTransaction, order_id: i64) -> Result<Option<Period>, DbErr> {
+pub async fn of_order(
+    txn: &DatabaseTransaction,
+    order_id: OrderId,
+) -> Result<Option<Period>, DbErr> {
     let Some(row) = one(
         txn,
         "SELECT starts_at, ends_at, removed_at IS NOT NULL AS removed FROM membership_periods \
@@ -78,8 +82,8 @@ pub async fn of_order(txn: &DatabaseTransaction, order_id: i64) -> Result<Option
 /// order has a period after all.
 pub async fn add_removed(
     txn: &DatabaseTransaction,
-    user_id: i64,
-    order_id: i64,
+    user_id: BuyerId,
+    order_id: OrderId,
 ) -> Result<bool, DbErr> {
     insert_once(
         txn,
@@ -97,8 +101,8 @@ pub async fn add_removed(
 /// was never stacked on it and stays where it is, as does everything after it.
 pub async fn remove_and_close_gap(
     txn: &DatabaseTransaction,
-    user_id: i64,
-    order_id: i64,
+    user_id: BuyerId,
+    order_id: OrderId,
     period: Period,
 ) -> Result<(), DbErr> {
     txn.execute_raw(statement(
@@ -147,7 +151,7 @@ pub async fn remove_and_close_gap(
 /// the membership time taken away, in seconds (a permanent period counts for nothing).
 pub async fn revoke(
     txn: &DatabaseTransaction,
-    user_id: i64,
+    user_id: BuyerId,
     at: DateTime<Utc>,
 ) -> Result<i64, DbErr> {
     let removed: i64 = one(
@@ -183,7 +187,7 @@ pub async fn revoke(
 /// The buyer's membership as it stands: its latest end, and whether a permanent period remains.
 pub async fn standing(
     txn: &DatabaseTransaction,
-    user_id: i64,
+    user_id: BuyerId,
 ) -> Result<(Option<DateTime<Utc>>, bool), DbErr> {
     let row = one(
         txn,
@@ -202,7 +206,7 @@ pub async fn standing(
 /// grants no membership time).
 pub async fn revoked_since(
     txn: &DatabaseTransaction,
-    user_id: i64,
+    user_id: BuyerId,
     paid_at: DateTime<Utc>,
 ) -> Result<bool, DbErr> {
     Ok(one(

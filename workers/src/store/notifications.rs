@@ -2,20 +2,20 @@
 //! (`UNIQUE (event_id, user_id, kind)`). Reading and marking messages read is the gateway's.
 
 use super::insert_once;
+use memberline_schema::ids::{BuyerId, EventId, OrderId};
 use memberline_schema::states::NotificationKind;
 use sea_orm::{DatabaseTransaction, DbErr};
-use uuid::Uuid;
 
 /// One inbox message.
 #[derive(Clone, Copy, Debug)]
 pub struct Note<'a> {
-    pub user_id: i64,
+    pub user_id: BuyerId,
     /// The event the message is about; with `user_id` and `kind`, its business key.
-    pub event_id: Uuid,
+    pub event_id: EventId,
     pub kind: NotificationKind,
     pub title: &'a str,
     pub body: &'a str,
-    pub order_id: Option<i64>,
+    pub order_id: Option<OrderId>,
 }
 
 /// The insert of a note (`$1`–`$6`, as [`Note::values`] gives them), returning its id when new.

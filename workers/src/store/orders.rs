@@ -2,19 +2,22 @@
 //! real, paid order of that buyer. Orders change state in the gateway, never here.
 
 use super::one;
+use memberline_schema::ids::{BuyerId, EventId, OrderId};
 use memberline_schema::states::OrderStatus;
 use sea_orm::{DatabaseTransaction, DbErr};
-use uuid::Uuid;
 
 /// Who bought an order and where it is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Standing {
-    pub buyer_id: i64,
+    pub buyer_id: BuyerId,
     pub status: OrderStatus,
 }
 
 /// The buyer and status of order `order_id`, or `None` when there is no such order.
-pub async fn standing(txn: &DatabaseTransaction, order_id: i64) -> Result<Option<Standing>, DbErr> {
+pub async fn standing(
+    txn: &DatabaseTransaction,
+    order_id: OrderId,
+) -> Result<Option<Standing>, DbErr> {
     let row = one(
         txn,
         "SELECT buyer_id, status FROM orders WHERE id = $1",
@@ -40,9 +43,9 @@ pub enum Claimed {
 /// when the order is that buyer's (see `users::lock`).
 pub async fn claim_standing(
     txn: &DatabaseTransaction,
-    claim: Option<(&str, Uuid, &str)>,
-    order_id: i64,
-    lock_buyer: Option<i64>,
+    claim: Option<(&str, EventId, &str)>,
+    order_id: OrderId,
+    lock_buyer: Option<BuyerId>,
 ) -> Result<Claimed, DbErr> {
     let row = one(
         txn,
@@ -79,7 +82,7 @@ pub async fn claim_standing(
     ))))
 }
 
-fn read_standing(order_id: i64, row: &sea_orm::QueryResult) -> Result<Standing, DbErr> {
+fn read_standing(order_id: OrderId, row: &sea_orm::QueryResult) -> Result<Standing, DbErr> {
     let status: String = row.try_get("", "status")?;
     // The column's CHECK constraint admits exactly the `OrderStatus` values.
     let status = OrderStatus::parse(&status)

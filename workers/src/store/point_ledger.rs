@@ -5,6 +5,7 @@
 use super::users::Rewards;
 use super::{insert_once, one};
 use chrono::{DateTime, Utc};
+use memberline_schema::ids::{BuyerId, OrderId};
 use memberline_schema::states::LedgerReason;
 use sea_orm::{DatabaseTransaction, DbErr};
 
@@ -27,8 +28,8 @@ pub struct RewardBasis {
 /// adds `growth` (one round trip where it took four).
 pub async fn reward_basis(
     txn: &DatabaseTransaction,
-    user_id: i64,
-    order_id: i64,
+    user_id: BuyerId,
+    order_id: OrderId,
     paid_at: DateTime<Utc>,
     growth: i64,
 ) -> Result<RewardBasis, DbErr> {
@@ -82,9 +83,9 @@ pub async fn reward_basis(
 /// One purchase reward entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reward {
-    pub user_id: i64,
+    pub user_id: BuyerId,
     /// With the reason, the entry's business key.
-    pub order_id: i64,
+    pub order_id: OrderId,
     /// Points credited (the entry's delta).
     pub credited: i64,
     /// The buyer's points after this entry.
@@ -140,7 +141,7 @@ pub async fn credit_reward(
 /// Order `order_id`'s purchase reward: `(points credited, growth added)`.
 pub async fn reward_of(
     txn: &DatabaseTransaction,
-    order_id: i64,
+    order_id: OrderId,
 ) -> Result<Option<(i64, i64)>, DbErr> {
     let Some(row) = one(
         txn,
@@ -161,7 +162,7 @@ pub async fn reward_of(
 }
 
 /// Whether order `order_id`'s reward was reversed (or the order refunded before any reward).
-pub async fn reversed(txn: &DatabaseTransaction, order_id: i64) -> Result<bool, DbErr> {
+pub async fn reversed(txn: &DatabaseTransaction, order_id: OrderId) -> Result<bool, DbErr> {
     Ok(one(
         txn,
         "SELECT 1 AS found FROM point_ledger WHERE order_id = $1 AND reason = $2",
@@ -177,8 +178,8 @@ pub async fn reversed(txn: &DatabaseTransaction, order_id: i64) -> Result<bool, 
 /// A refunded order's reward taken back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reversal {
-    pub user_id: i64,
-    pub order_id: i64,
+    pub user_id: BuyerId,
+    pub order_id: OrderId,
     /// Points taken back (the entry's delta is minus this).
     pub taken: i64,
     /// The buyer's points after this entry.

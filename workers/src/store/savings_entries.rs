@@ -3,6 +3,7 @@
 
 use super::users::PromoterThresholds;
 use super::{insert_once, one};
+use memberline_schema::ids::{BuyerId, OrderId};
 use sea_orm::{DatabaseTransaction, DbErr};
 
 /// Records what order `order_id` saved and, when it is `counted` as a purchase (what it paid,
@@ -11,8 +12,8 @@ use sea_orm::{DatabaseTransaction, DbErr};
 /// statement; `false` (and nothing written) when the order was recorded before.
 pub async fn record(
     txn: &DatabaseTransaction,
-    user_id: i64,
-    order_id: i64,
+    user_id: BuyerId,
+    order_id: OrderId,
     (saved_fen, saved_points): (i64, i64),
     counted: Option<(i64, PromoterThresholds)>,
 ) -> Result<bool, DbErr> {
@@ -49,7 +50,7 @@ pub async fn record(
 /// never recorded.
 pub async fn reverse(
     txn: &DatabaseTransaction,
-    order_id: i64,
+    order_id: OrderId,
 ) -> Result<Option<(i64, i64)>, DbErr> {
     let Some(row) = one(
         txn,
@@ -72,8 +73,8 @@ pub async fn reverse(
 /// has an entry.
 pub async fn add_reversed(
     txn: &DatabaseTransaction,
-    user_id: i64,
-    order_id: i64,
+    user_id: BuyerId,
+    order_id: OrderId,
 ) -> Result<bool, DbErr> {
     insert_once(
         txn,

@@ -2,15 +2,16 @@
 //! Spending uses is not the workers' business.
 
 use super::{insert_once, one};
+use memberline_schema::ids::{BuyerId, OrderId, PlanId};
 use sea_orm::{DatabaseTransaction, DbErr};
 
 /// Grants the pass bought by order `order_id` with all of its `uses` left; `false` when the
 /// order already granted its pass.
 pub async fn grant(
     txn: &DatabaseTransaction,
-    user_id: i64,
-    order_id: i64,
-    plan_id: i64,
+    user_id: BuyerId,
+    order_id: OrderId,
+    plan_id: PlanId,
     plan_name: &str,
     uses: i32,
 ) -> Result<bool, DbErr> {
@@ -31,7 +32,7 @@ pub async fn grant(
 
 /// Takes away the unused uses of order `order_id`'s pass; the uses taken, or `None` when the
 /// pass was revoked before (or the order has none).
-pub async fn revoke(txn: &DatabaseTransaction, order_id: i64) -> Result<Option<i32>, DbErr> {
+pub async fn revoke(txn: &DatabaseTransaction, order_id: OrderId) -> Result<Option<i32>, DbErr> {
     one(
         txn,
         "UPDATE user_passes p SET uses_left = 0, revoked_at = now() \
@@ -45,7 +46,7 @@ pub async fn revoke(txn: &DatabaseTransaction, order_id: i64) -> Result<Option<i
 }
 
 /// Whether order `order_id` granted a pass (revoked or not).
-pub async fn exists(txn: &DatabaseTransaction, order_id: i64) -> Result<bool, DbErr> {
+pub async fn exists(txn: &DatabaseTransaction, order_id: OrderId) -> Result<bool, DbErr> {
     Ok(one(
         txn,
         "SELECT 1 AS found FROM user_passes WHERE order_id = $1",
@@ -59,9 +60,9 @@ pub async fn exists(txn: &DatabaseTransaction, order_id: i64) -> Result<bool, Db
 /// placeholder with no uses left, so a late `order.paid.v1` grants nothing.
 pub async fn add_revoked(
     txn: &DatabaseTransaction,
-    user_id: i64,
-    order_id: i64,
-    plan_id: i64,
+    user_id: BuyerId,
+    order_id: OrderId,
+    plan_id: PlanId,
     plan_name: &str,
     uses: i32,
 ) -> Result<bool, DbErr> {

@@ -3,10 +3,11 @@
 //! Balances paid from at purchase time are the gateway's, not written here.
 
 use super::{one, statement};
+use memberline_schema::ids::BuyerId;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
 
 /// Locks the buyer's row until the transaction ends; `false` when there is no such user.
-pub async fn lock(txn: &DatabaseTransaction, user_id: i64) -> Result<bool, DbErr> {
+pub async fn lock(txn: &DatabaseTransaction, user_id: BuyerId) -> Result<bool, DbErr> {
     Ok(one(
         txn,
         "SELECT id FROM users WHERE id = $1 FOR UPDATE",
@@ -28,7 +29,10 @@ pub struct Rewards {
 }
 
 /// The buyer's points, growth, level and that level's points bonus; `None` for no such user.
-pub async fn rewards(txn: &DatabaseTransaction, user_id: i64) -> Result<Option<Rewards>, DbErr> {
+pub async fn rewards(
+    txn: &DatabaseTransaction,
+    user_id: BuyerId,
+) -> Result<Option<Rewards>, DbErr> {
     let Some(row) = one(
         txn,
         "SELECT u.points, u.growth, u.level_id, l.points_bonus_percent \
@@ -50,7 +54,7 @@ pub async fn rewards(txn: &DatabaseTransaction, user_id: i64) -> Result<Option<R
 /// Adds `points` to the buyer's points and sets their growth and level.
 pub async fn add_reward(
     txn: &DatabaseTransaction,
-    user_id: i64,
+    user_id: BuyerId,
     points: i64,
     growth: i64,
     level_id: i16,
@@ -88,7 +92,7 @@ pub struct PromoterThresholds {
 /// status from the thresholds again.
 pub async fn remove_purchase(
     txn: &DatabaseTransaction,
-    user_id: i64,
+    user_id: BuyerId,
     purchase: Purchase,
     promoter: PromoterThresholds,
 ) -> Result<(), DbErr> {

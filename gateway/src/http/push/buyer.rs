@@ -20,6 +20,7 @@ use axum::response::Response;
 use chrono::Utc;
 use futures::{SinkExt, StreamExt};
 use memberline_schema::entities::{membership_period, order};
+use memberline_schema::ids::{BuyerId, OrderId};
 use memberline_schema::push::Route;
 use memberline_schema::states::OrderStatus;
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
@@ -50,7 +51,7 @@ pub struct OrderStreamQuery {
 pub async fn stream(
     State(state): State<AppState>,
     MaybeCaller(header): MaybeCaller,
-    path: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+    path: Result<Path<OrderId>, axum::extract::rejection::PathRejection>,
     query: Result<Query<OrderStreamQuery>, axum::extract::rejection::QueryRejection>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -68,7 +69,7 @@ pub async fn stream(
     // The buyer's own order; an admin may follow any.
     let found = order::Entity::find_by_id(id).one(&state.db).await?;
     let order = found
-        .filter(|o| o.buyer_id == caller.user_id || caller.role == Role::Admin)
+        .filter(|o| o.buyer_id == caller.buyer_id() || caller.role == Role::Admin)
         .ok_or_else(not_found)?;
     let ws = sized(ws.map_err(|_| tickets::upgrade_required())?);
     let live = state.push_hub.subscribe();
@@ -79,7 +80,7 @@ pub async fn stream(
 }
 
 /// What the buyer sees of the order now.
-async fn view(db: &DatabaseConnection, order_id: i64) -> Result<Option<Value>, DbErr> {
+async fn view(db: &DatabaseConnection, order_id: OrderId) -> Result<Option<Value>, DbErr> {
     let Some(order) = order::Entity::find_by_id(order_id).one(db).await? else {
         return Ok(None);
     };
@@ -126,8 +127,8 @@ async fn session(
     socket: WebSocket,
     state: AppState,
     mut live: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::hub::Pushed>>,
-    order_id: i64,
-    buyer_id: i64,
+    order_id: OrderId,
+    buyer_id: BuyerId,
 ) {
     let push = state.settings.push.clone();
     let (mut sink, mut incoming) = socket.split();
