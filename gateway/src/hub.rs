@@ -304,6 +304,41 @@ impl Hub {
     }
 }
 
+/// Up to `page` console-feed entries after number `after`, in order: number, kind, payload and
+/// when it was written.
+pub async fn feed_after(
+    db: &sea_orm::DatabaseConnection,
+    after: i64,
+    page: i64,
+) -> Result<
+    Vec<(
+        i64,
+        String,
+        serde_json::Value,
+        chrono::DateTime<chrono::Utc>,
+    )>,
+    DbErr,
+> {
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT seq, kind, payload, created_at FROM console_feed \
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+            [after.into(), page.into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get("", "seq")?,
+                row.try_get("", "kind")?,
+                row.try_get("", "payload")?,
+                row.try_get("", "created_at")?,
+            ))
+        })
+        .collect()
+}
+
 /// The console feed's newest number (0 when empty).
 pub async fn newest_feed_seq(db: &sea_orm::DatabaseConnection) -> Result<i64, DbErr> {
     let row = db

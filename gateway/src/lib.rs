@@ -3,6 +3,7 @@
 //! instance's push fan-out ([`hub`]), the buyer's membership as read ([`membership`]), and the
 //! process that runs them ([`app`]). Consumers of the events live in `memberline-workers`.
 
+pub mod account;
 pub mod app;
 pub mod console_tail;
 pub mod http;

@@ -6,13 +6,14 @@
 
 use crate::providers::Payments;
 use crate::refunds::{self, Begun, RefundError};
+use crate::store;
 use crate::store::audit;
 use crate::{OrderError, OrderView};
 use memberline_platform::idempotency::{self, Answer, Claim};
 use memberline_schema::entities::order;
 use memberline_schema::ids::OrderId;
 use memberline_schema::states::{AuditAction, OrderStatus};
-use sea_orm::{DatabaseConnection, EntityTrait, TransactionTrait};
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde_json::json;
 
 /// A refund request.
@@ -44,8 +45,7 @@ pub async fn refund(
     cmd: &RefundOrder,
 ) -> Result<Answer, OrderError> {
     // Which provider client a provider order needs, checked before anything is written.
-    let found = order::Entity::find_by_id(cmd.order_id)
-        .one(db)
+    let found = store::orders::find(db, cmd.order_id)
         .await?
         .ok_or(OrderError::OrderNotFound(cmd.order_id))?;
     let client = match found.provider {
@@ -146,8 +146,7 @@ fn view(order: order::Model) -> Result<serde_json::Value, OrderError> {
 }
 
 async fn reload(db: &DatabaseConnection, order_id: OrderId) -> Result<order::Model, OrderError> {
-    order::Entity::find_by_id(order_id)
-        .one(db)
+    store::orders::find(db, order_id)
         .await?
         .ok_or(OrderError::OrderNotFound(order_id))
 }

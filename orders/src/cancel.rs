@@ -5,10 +5,11 @@
 use crate::OrderError;
 use crate::lifecycle::{self, Closing, LifecycleError};
 use crate::providers::Payments;
+use crate::store;
 use memberline_schema::entities::order;
 use memberline_schema::ids::{BuyerId, OrderId};
 use memberline_schema::states::{CloseReason, OrderStatus};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::DatabaseConnection;
 
 /// Cancels `order_id` of `buyer_id` and returns it closed. Cancelling an order that is already
 /// closed returns it as it is (a retried cancel succeeds); a paid order is
@@ -56,9 +57,7 @@ async fn find(
     buyer_id: BuyerId,
     order_id: OrderId,
 ) -> Result<order::Model, OrderError> {
-    order::Entity::find_by_id(order_id)
-        .filter(order::Column::BuyerId.eq(buyer_id))
-        .one(db)
+    store::orders::of_buyer(db, order_id, buyer_id, false)
         .await?
         .ok_or(OrderError::OrderNotFound(order_id))
 }

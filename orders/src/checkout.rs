@@ -15,16 +15,14 @@
 
 use crate::place::{Pending, charge, check_eligibility, insert_order, lock_buyer};
 use crate::providers::{Payments, QrRequest};
-use crate::{OrderError, OrderView, PlaceOrder, transitions};
+use crate::store::{self, transitions};
+use crate::{OrderError, OrderView, PlaceOrder};
 use chrono::{Duration, Utc};
 use memberline_platform::idempotency::{self, Answer, Claim};
 use memberline_platform::settings::PaymentSettings;
-use memberline_schema::entities::{order, plan};
+use memberline_schema::entities::order;
 use memberline_schema::states::OrderStatus;
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, Statement,
-    TransactionTrait,
-};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 
 /// How long a provider order may stay pending, and when its provider is first asked about it
 /// (`payments.order_ttl_secs`, `payments.reconcile_after_secs`).
@@ -88,21 +86,11 @@ pub async fn checkout(
         Ok(code) => {
             let txn = db.begin().await?;
             let payload = serde_json::json!({ "code_url": code.code_url });
-            let stored = txn
-                .execute_raw(Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    "UPDATE orders SET provider_payload = $2, updated_at = now() \
-                     WHERE id = $1 AND status = 'pending_payment'",
-                    [order.id.into(), payload.clone().into()],
-                ))
-                .await?
-                .rows_affected();
-            if stored == 0 {
+            if !store::orders::store_code(&txn, order.id, &payload).await? {
                 // Cancelled (or expired) while the provider was answering: the code must not
                 // reach the buyer, whose payment would only be refunded.
                 txn.rollback().await?;
-                let now = order::Entity::find_by_id(order.id)
-                    .one(db)
+                let now = store::orders::find(db, order.id)
                     .await?
                     .map_or(OrderStatus::Closed, |o| o.status);
                 return Err(OrderError::NotPending(now));
@@ -158,7 +146,7 @@ async fn start(
         Claim::Replay(answer) => return Ok(Started::Replay(answer)),
         Claim::InFlight { order_id } => {
             let order = match order_id {
-                Some(id) => order::Entity::find_by_id(id).one(txn).await?,
+                Some(id) => store::orders::find(txn, id).await?,
                 None => None,
             }
             .ok_or_else(|| anyhow::anyhow!("idempotency key without its order"))?;
@@ -168,8 +156,7 @@ async fn start(
             return Ok(Started::Order(Box::new(order)));
         }
     }
-    let plan = plan::Entity::find_by_id(cmd.plan_id)
-        .one(txn)
+    let plan = store::catalogue::plan(txn, cmd.plan_id)
         .await?
         .filter(|p| p.on_shelf)
         .ok_or(OrderError::PlanNotFound(cmd.plan_id))?;

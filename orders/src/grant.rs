@@ -6,16 +6,17 @@
 
 use crate::place::{PlaceOrder, check_eligibility, insert_order, lock_buyer};
 use crate::rules::Charge;
+use crate::store;
 use crate::store::audit;
-use crate::{ExpectedPrice, OrderError, OrderView, transitions};
+use crate::store::transitions;
+use crate::{ExpectedPrice, OrderError, OrderView};
 use chrono::Utc;
 use memberline_platform::idempotency::{self, Answer, Claim};
 use memberline_platform::outbox;
-use memberline_schema::entities::plan;
 use memberline_schema::events::{Envelope, MembershipRevoked, OrderPaid, PlanSold};
 use memberline_schema::ids::{BuyerId, PlanId};
 use memberline_schema::states::{AuditAction, OrderStatus, PayMethod};
-use sea_orm::{DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -50,8 +51,7 @@ pub async fn grant(
             OrderError::UnknownBuyer => OrderError::UserNotFound(req.user_id),
             other => other,
         })?;
-        let plan = plan::Entity::find_by_id(plan_id)
-            .one(&txn)
+        let plan = store::catalogue::plan(&txn, plan_id)
             .await?
             .ok_or(OrderError::PlanNotFound(plan_id))?;
         check_eligibility(&txn, &buyer, &plan, PayMethod::AdminGrant).await?;

@@ -20,7 +20,6 @@ pub mod remind;
 pub mod rules;
 pub mod settle;
 pub mod store;
-pub mod transitions;
 pub mod view;
 
 pub use cancel::cancel;

@@ -1,7 +1,8 @@
 //! What happens to a provider order after checkout, besides its notification: expiry and
 //! cancellation ([`close`]), reconciliation ([`reconcile`]) and the automatic refund of a payment
 //! that came after the order was closed ([`refund_late`]). The workers' lifecycle job calls these
-//! for due orders ([`claim_due`]); the gateway calls [`close`] for a buyer's cancel.
+//! for due orders ([`claim_due`], with the other scheduling statements of
+//! `crate::store::payment_checks`); the gateway calls [`close`] for a buyer's cancel.
 //!
 //! Provider calls are made outside any database transaction; each database step is one short
 //! transaction that locks the order row and changes it only from the state it expects, so a
@@ -11,17 +12,15 @@ use crate::providers::{
     CloseOutcome, PaymentError, PaymentProvider, RefundRequest, RefundState, TradeState,
 };
 use crate::settle::{self, Applied, Flag};
-use crate::transitions;
-use chrono::{DateTime, Duration, Utc};
+use crate::store;
+use crate::store::payment_checks;
+use crate::store::transitions;
+use chrono::Utc;
 use memberline_platform::outbox;
 use memberline_schema::entities::order;
 use memberline_schema::events::{Envelope, LatePaymentRefunded, OrderClosed};
-use memberline_schema::ids::OrderId;
 use memberline_schema::states::{CloseReason, LateRefundStatus, OrderStatus, Provider};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
-    QuerySelect, Statement, TransactionTrait,
-};
+use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 
 /// Why a lifecycle step could not finish; the job tries the order again later.
 #[derive(Debug, thiserror::Error)]
@@ -123,14 +122,7 @@ async fn flag_order(db: &DatabaseConnection, order_no: &str, flag: &str) -> Resu
         flag,
         "A payment reported by the provider was not applied; the order waits for an operator"
     );
-    db.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "UPDATE orders SET payment_flag = $2, payment_check_at = NULL, updated_at = now() \
-         WHERE order_no = $1 AND status = 'pending_payment'",
-        [order_no.into(), flag.into()],
-    ))
-    .await?;
-    Ok(())
+    payment_checks::flag(db, order_no, flag).await
 }
 
 async fn close_locally(
@@ -139,10 +131,7 @@ async fn close_locally(
     reason: CloseReason,
 ) -> Result<Closing, LifecycleError> {
     let txn = db.begin().await?;
-    let order = order::Entity::find()
-        .filter(order::Column::OrderNo.eq(order_no))
-        .lock_exclusive()
-        .one(&txn)
+    let order = store::orders::lock_by_no(&txn, order_no)
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("order {order_no}")))?;
     let (Some(provider), OrderStatus::PendingPayment) = (order.provider, order.status) else {
@@ -254,22 +243,9 @@ pub async fn refund_late(
     };
     let now = Utc::now();
     let txn = db.begin().await?;
-    let changed = txn
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE orders SET late_refund_status = $2, late_refunded_at = $3, \
-             late_refund_id = $4, updated_at = now() \
-             WHERE id = $1 AND late_refund_status = 'pending'",
-            [
-                order.id.into(),
-                status.as_str().into(),
-                (status == LateRefundStatus::Refunded).then_some(now).into(),
-                refund_id.clone().into(),
-            ],
-        ))
-        .await?
-        .rows_affected();
-    if changed == 1 && status == LateRefundStatus::Refunded {
+    let changed =
+        payment_checks::end_late_refund(&txn, order.id, status, now, refund_id.clone()).await?;
+    if changed && status == LateRefundStatus::Refunded {
         let provider = order.provider.ok_or_else(|| {
             LifecycleError::Inconsistent(format!("order {} has no provider", order.order_no))
         })?;
@@ -294,111 +270,6 @@ pub async fn refund_late(
     })
 }
 
-/// Claims up to `batch` orders whose lifecycle check is due: pending provider orders (to
-/// reconcile or expire), refunds still waiting for their provider, and closed orders with a late
-/// payment to refund. Claiming moves each
-/// one's `payment_check_at` to `now + lease`, so another replica skips it until then (and picks
-/// it up again if this one died working on it); [`renew`] extends the claim before each step
-/// and [`schedule`] / [`retry_later`] set the real next check.
-pub async fn claim_due(
-    db: &DatabaseConnection,
-    batch: u32,
-    lease: Duration,
-) -> Result<Vec<order::Model>, DbErr> {
-    order::Entity::find()
-        .from_raw_sql(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE orders SET payment_check_at = now() + make_interval(secs => $1) \
-             WHERE id IN (SELECT id FROM orders \
-                 WHERE (status IN ('pending_payment', 'refund_pending') \
-                        OR late_refund_status = 'pending') \
-                   AND payment_check_at <= now() \
-                 ORDER BY payment_check_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             RETURNING *",
-            [
-                (lease.num_milliseconds() as f64 / 1000.0).into(),
-                i64::from(batch).into(),
-            ],
-        ))
-        .all(db)
-        .await
-}
-
-/// Renews the claim on `order` just before working on it, if it is still ours: the claim
-/// stored `claimed_until` in `payment_check_at`, and another replica that claimed the order
-/// since (because this one was slow) stored another value. `false`: leave the order alone.
-pub async fn renew(
-    db: &DatabaseConnection,
-    order_id: OrderId,
-    claimed_until: DateTime<Utc>,
-    lease: Duration,
-) -> Result<bool, DbErr> {
-    let renewed = db
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE orders SET payment_check_at = now() + make_interval(secs => $3) \
-             WHERE id = $1 AND payment_check_at = $2",
-            [
-                order_id.into(),
-                claimed_until.into(),
-                (lease.num_milliseconds() as f64 / 1000.0).into(),
-            ],
-        ))
-        .await?
-        .rows_affected();
-    Ok(renewed == 1)
-}
-
-/// Sets when the lifecycle job next looks at `order_id`, after a check that got a final
-/// answer (the backoff starts over).
-pub async fn schedule(
-    db: &DatabaseConnection,
-    order_id: OrderId,
-    at: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    db.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "UPDATE orders SET payment_check_at = $2, payment_check_attempts = 0 WHERE id = $1",
-        [order_id.into(), at.into()],
-    ))
-    .await?;
-    Ok(())
-}
-
-/// Schedules the next check of `order_id` after one without a final answer: `base` doubled
-/// per such check in a row (at most 64 times, and at most an hour unless `base` is longer).
-/// Returns how many checks in a row that makes.
-pub async fn retry_later(
-    db: &DatabaseConnection,
-    order_id: OrderId,
-    base: Duration,
-) -> Result<i32, DbErr> {
-    let base = base.num_milliseconds() as f64 / 1000.0;
-    let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE orders SET payment_check_attempts = payment_check_attempts + 1, \
-             payment_check_at = now() + make_interval(secs => \
-                 least($2 * power(2, least(payment_check_attempts, 6)), greatest($2, 3600))) \
-             WHERE id = $1 RETURNING payment_check_attempts",
-            [order_id.into(), base.into()],
-        ))
-        .await?;
-    Ok(match row {
-        Some(row) => row.try_get("", "payment_check_attempts")?,
-        None => 0,
-    })
-}
-
-/// Gives up the automatic refund of a late payment the provider keeps refusing: `failed`, for
-/// an operator (who sees the refusal in the logs).
-pub async fn give_up_late_refund(db: &DatabaseConnection, order_id: OrderId) -> Result<(), DbErr> {
-    db.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "UPDATE orders SET late_refund_status = 'failed', updated_at = now() \
-         WHERE id = $1 AND late_refund_status = 'pending'",
-        [order_id.into()],
-    ))
-    .await?;
-    Ok(())
-}
+pub use crate::store::payment_checks::{
+    claim_due, give_up_late_refund, renew, retry_later, schedule,
+};

@@ -6,23 +6,20 @@
 //! row, and store the response for replays. Either all of it commits or none of it does. It
 //! never talks to the broker. It takes several purchases of different buyers at once, with the
 //! same statements (`crate::store::purchase`): that is how the purchase lanes
-//! (`crate::purchases`) spend one commit on purchases that arrive together.
+//! spend one commit on purchases that arrive together.
 
 use crate::rules::{self, Charge, ExpectedPrice};
-use crate::store::purchase as statements;
+use crate::store::{self, purchase as statements};
 use crate::{OrderError, OrderView};
 use chrono::{DateTime, SubsecRound, Utc};
 use memberline_platform::db::violated_constraint;
 use memberline_platform::idempotency::{self, Answer, Claim};
 use memberline_platform::outbox::{self, Wake};
-use memberline_schema::entities::{level, order, plan, user};
+use memberline_schema::entities::{order, plan, user};
 use memberline_schema::events::{Envelope, OrderPaid, PlanSold};
 use memberline_schema::ids::{BuyerId, OrderId, PlanId};
 use memberline_schema::states::{OrderStatus, PayMethod};
-use sea_orm::{
-    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
-    EntityTrait, QuerySelect, Statement, TransactionTrait,
-};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use uuid::Uuid;
 
 /// A request to buy a plan.
@@ -55,7 +52,7 @@ pub(crate) fn refuse_other_methods(cmd: &PlaceOrder) -> Result<(), OrderError> {
 
 /// Places orders paid with balance, points or a free plan, of different buyers, in ONE
 /// transaction: one answer per purchase, in order. The gateway's purchases come here through
-/// [`crate::purchases`], which gives purchases that arrive together one transaction.
+/// the purchase lanes, which give purchases that arrive together one transaction.
 ///
 /// `wake`: how the commit wakes the relay ([`Wake`]: in-process, the transaction opting out of
 /// the outbox trigger's NOTIFY, or by that NOTIFY).
@@ -252,9 +249,7 @@ pub(crate) async fn lock_buyer(
     txn: &DatabaseTransaction,
     buyer_id: BuyerId,
 ) -> Result<user::Model, OrderError> {
-    user::Entity::find_by_id(buyer_id)
-        .lock_exclusive()
-        .one(txn)
+    store::catalogue::lock_buyer(txn, buyer_id)
         .await?
         .ok_or(OrderError::UnknownBuyer)
 }
@@ -276,22 +271,7 @@ pub(crate) async fn check_eligibility(
     plan: &plan::Model,
     pay_method: PayMethod,
 ) -> Result<(), OrderError> {
-    let row = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            format!(
-                "SELECT {} AS permanent, {} AS free_claims",
-                statements::permanent_count("$1"),
-                statements::free_claims("$1", "$2")
-            ),
-            [buyer.id.into(), plan.id.into()],
-        ))
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("count returned no row"))?;
-    let counts = rules::Counts {
-        permanent: row.try_get("", "permanent")?,
-        free_claims: row.try_get("", "free_claims")?,
-    };
+    let counts = store::orders::counts(txn, buyer.id, plan.id).await?;
     rules::eligibility(plan, pay_method, counts)
 }
 
@@ -303,8 +283,7 @@ pub(crate) async fn charge(
     pay_method: PayMethod,
     expected: ExpectedPrice,
 ) -> Result<Charge, OrderError> {
-    let level = level::Entity::find_by_id(buyer.level_id)
-        .one(txn)
+    let level = store::catalogue::level(txn, buyer.level_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("level {} missing", buyer.level_id))?;
     rules::charge(buyer, plan, level.discount_percent, pay_method, expected)
@@ -329,23 +308,14 @@ pub(crate) async fn insert_order(
     now: DateTime<Utc>,
     pending: Option<Pending>,
 ) -> Result<order::Model, OrderError> {
-    let order_id: OrderId = txn
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            format!("SELECT {} AS id", statements::NEXT_ORDER_ID),
-        ))
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("nextval returned no row"))?
-        .try_get("", "id")?;
-    order::ActiveModel::from(order_model(
-        cmd, buyer, plan, charge, order_id, now, pending,
-    ))
-    .insert(txn)
-    .await
-    .map_err(|e| match violated_constraint(&e).as_deref() {
-        Some("orders_one_free_claim") => OrderError::FreePlanAlreadyClaimed,
-        _ => e.into(),
-    })
+    let order_id = store::orders::next_id(txn).await?;
+    let order = order_model(cmd, buyer, plan, charge, order_id, now, pending);
+    store::orders::insert(txn, order)
+        .await
+        .map_err(|e| match violated_constraint(&e).as_deref() {
+            Some("orders_one_free_claim") => OrderError::FreePlanAlreadyClaimed,
+            _ => e.into(),
+        })
 }
 
 /// The order as placed: a snapshot of the plan as sold, paid at `now` or — with `pending` —

@@ -16,18 +16,15 @@
 //!   refund recorded as failed still completes it: the provider's word wins.
 
 use crate::providers::{PaymentError, PaymentProvider, RefundRequest, RefundState};
-use crate::transitions;
+use crate::store::refunds as store;
+use crate::store::transitions;
 use chrono::Utc;
 use memberline_platform::outbox;
 use memberline_schema::entities::{order, refund};
 use memberline_schema::events::{Envelope, OrderRefunded, PlanSold};
 use memberline_schema::ids::OrderId;
-use memberline_schema::states::{LedgerReason, OrderStatus, PayMethod, RefundStatus};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement,
-    TransactionTrait,
-};
+use memberline_schema::states::OrderStatus;
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 
 /// Why a refund cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -73,38 +70,18 @@ pub async fn begin(
     reason: &str,
     recheck_after: chrono::Duration,
 ) -> Result<Begun, RefundError> {
-    let order = order::Entity::find_by_id(order_id)
-        .lock_exclusive()
-        .one(txn)
+    let order = crate::store::orders::lock(txn, order_id)
         .await?
         .ok_or(RefundError::OrderNotFound(order_id))?;
     if order.status != OrderStatus::Paid {
         return Err(RefundError::NotRefundable(order.status));
     }
-    let attempt = 1 + refund::Entity::find()
-        .filter(refund::Column::OrderId.eq(order.id))
-        .order_by_desc(refund::Column::Attempt)
-        .one(txn)
+    let attempt = 1 + store::newest_of(txn, order.id)
         .await?
         .map_or(0, |r| r.attempt);
     let now = Utc::now();
-    let refund = refund::ActiveModel {
-        order_id: Set(order.id),
-        attempt: Set(attempt),
-        out_refund_no: Set(refund_no(&order.order_no, attempt)),
-        amount_fen: Set(order.amount_fen),
-        amount_points: Set(order.amount_points),
-        reason: Set(reason.to_owned()),
-        status: Set(RefundStatus::Pending),
-        provider_refund_id: Set(None),
-        failure: Set(None),
-        requested_by: Set(actor_id),
-        created_at: Set(now),
-        completed_at: Set(None),
-        ..Default::default()
-    }
-    .insert(txn)
-    .await?;
+    let out_refund_no = refund_no(&order.order_no, attempt);
+    let refund = store::insert(txn, &order, attempt, &out_refund_no, reason, actor_id, now).await?;
     if order.provider.is_some() {
         advance(
             txn,
@@ -116,24 +93,14 @@ pub async fn begin(
         .await?;
         // The caller asks the provider at once; should it get no final answer, the lifecycle
         // job asks again (same refund number) `recheck_after` later.
-        txn.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE orders SET payment_check_at = now() + make_interval(secs => $3), \
-             payment_check_attempts = 0, refund_reason = $2 WHERE id = $1",
-            [
-                order.id.into(),
-                reason.into(),
-                (recheck_after.num_milliseconds() as f64 / 1000.0).into(),
-            ],
-        ))
-        .await?;
-        let order = reload(txn, order.id).await?;
+        store::at_provider_until(txn, order.id, reason, recheck_after).await?;
+        let order = store::reload(txn, order.id).await?;
         return Ok(Begun::AtProvider {
             order: Box::new(order),
             refund,
         });
     }
-    give_back(txn, &order, now).await?;
+    store::give_back(txn, &order, now).await?;
     let (order, refund) = finish(txn, order, refund, OrderStatus::Paid, None).await?;
     Ok(Begun::Refunded {
         order: Box::new(order),
@@ -212,19 +179,6 @@ fn refused(client: &dyn PaymentProvider, e: &PaymentError) -> String {
     format!("{} refused the refund: {e}", client.provider())
 }
 
-/// The pending refund of a `refund_pending` order (the newest attempt).
-pub async fn pending_of<C: ConnectionTrait>(
-    conn: &C,
-    order_id: OrderId,
-) -> Result<Option<refund::Model>, DbErr> {
-    refund::Entity::find()
-        .filter(refund::Column::OrderId.eq(order_id))
-        .filter(refund::Column::Status.eq(RefundStatus::Pending))
-        .order_by_desc(refund::Column::Attempt)
-        .one(conn)
-        .await
-}
-
 /// The provider confirmed refund `out_refund_no`: the order becomes `refunded` with
 /// `order.refunded.v1`. `false` when it was done before (a copy of the notification).
 ///
@@ -237,7 +191,7 @@ pub async fn complete(
     provider_refund_id: Option<String>,
 ) -> Result<bool, DbErr> {
     let txn = db.begin().await?;
-    if let Some((order, refund)) = lock_pending(&txn, out_refund_no).await? {
+    if let Some((order, refund)) = store::lock_pending(&txn, out_refund_no).await? {
         finish(
             &txn,
             order,
@@ -249,7 +203,7 @@ pub async fn complete(
         txn.commit().await?;
         return Ok(true);
     }
-    let Some((order, refund)) = lock_failed_of_paid(&txn, out_refund_no).await? else {
+    let Some((order, refund)) = store::lock_failed_of_paid(&txn, out_refund_no).await? else {
         txn.rollback().await?;
         return Ok(false);
     };
@@ -263,53 +217,16 @@ pub async fn complete(
     Ok(true)
 }
 
-/// The newest refund of a `paid` order, when it is `out_refund_no` and failed.
-async fn lock_failed_of_paid(
-    txn: &DatabaseTransaction,
-    out_refund_no: &str,
-) -> Result<Option<(order::Model, refund::Model)>, DbErr> {
-    let Some(refund) = refund::Entity::find()
-        .filter(refund::Column::OutRefundNo.eq(out_refund_no))
-        .one(txn)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let Some(order) = order::Entity::find_by_id(refund.order_id)
-        .lock_exclusive()
-        .one(txn)
-        .await?
-        .filter(|o| o.status == OrderStatus::Paid)
-    else {
-        return Ok(None);
-    };
-    let newest = refund::Entity::find()
-        .filter(refund::Column::OrderId.eq(order.id))
-        .order_by_desc(refund::Column::Attempt)
-        .one(txn)
-        .await?;
-    Ok(newest
-        .filter(|r| r.id == refund.id && r.status == RefundStatus::Failed)
-        .map(|r| (order, r)))
-}
-
 /// The provider did not refund `out_refund_no` (WeChat `REFUND.ABNORMAL` / `REFUND.CLOSED`, a
 /// refusal): the order is `paid` again with `refund_flag = why`, and an ERROR for an operator.
 /// `false` when the refund was not pending any more.
 pub async fn fail(db: &DatabaseConnection, out_refund_no: &str, why: &str) -> Result<bool, DbErr> {
     let txn = db.begin().await?;
-    let Some((order, refund)) = lock_pending(&txn, out_refund_no).await? else {
+    let Some((order, refund)) = store::lock_pending(&txn, out_refund_no).await? else {
         txn.rollback().await?;
         return Ok(false);
     };
-    let now = Utc::now();
-    refund::Entity::update_many()
-        .col_expr(refund::Column::Status, RefundStatus::Failed.as_str().into())
-        .col_expr(refund::Column::Failure, why.into())
-        .col_expr(refund::Column::CompletedAt, now.into())
-        .filter(refund::Column::Id.eq(refund.id))
-        .exec(&txn)
-        .await?;
+    store::mark_failed(&txn, refund.id, why, Utc::now()).await?;
     advance(
         &txn,
         &order,
@@ -318,12 +235,7 @@ pub async fn fail(db: &DatabaseConnection, out_refund_no: &str, why: &str) -> Re
         "refund_failed",
     )
     .await?;
-    txn.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "UPDATE orders SET refund_flag = $2, refund_reason = NULL WHERE id = $1",
-        [order.id.into(), why.into()],
-    ))
-    .await?;
+    store::flag_refund(&txn, order.id, Some(why), None).await?;
     txn.commit().await?;
     tracing::error!(
         order_id = %order.id,
@@ -332,73 +244,6 @@ pub async fn fail(db: &DatabaseConnection, out_refund_no: &str, why: &str) -> Re
         "Refund failed at the provider; the order is paid again and waits for an operator"
     );
     Ok(true)
-}
-
-/// Locks the order of a pending refund and the refund; `None` when the refund is not pending
-/// (or unknown).
-async fn lock_pending(
-    txn: &DatabaseTransaction,
-    out_refund_no: &str,
-) -> Result<Option<(order::Model, refund::Model)>, DbErr> {
-    let Some(refund) = refund::Entity::find()
-        .filter(refund::Column::OutRefundNo.eq(out_refund_no))
-        .one(txn)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let order = order::Entity::find_by_id(refund.order_id)
-        .lock_exclusive()
-        .one(txn)
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("order {}", refund.order_id)))?;
-    // Re-read under the order lock: a concurrent completion may have finished it.
-    let refund = refund::Entity::find_by_id(refund.id)
-        .one(txn)
-        .await?
-        .filter(|r| r.status == RefundStatus::Pending);
-    Ok(refund.map(|r| (order, r)))
-}
-
-/// Gives the buyer back what a balance or points order took, with its ledger entry.
-async fn give_back(
-    txn: &DatabaseTransaction,
-    order: &order::Model,
-    now: chrono::DateTime<Utc>,
-) -> Result<(), DbErr> {
-    let (column, ledger, amount) = match order.pay_method {
-        PayMethod::Balance => ("balance_fen", "balance_ledger", order.amount_fen),
-        PayMethod::Points => ("points", "point_ledger", order.amount_points),
-        PayMethod::Free | PayMethod::AdminGrant => return Ok(()),
-        PayMethod::Wechat | PayMethod::Alipay => {
-            return Err(DbErr::Custom(
-                "a provider order is refunded by its provider".into(),
-            ));
-        }
-    };
-    if amount == 0 {
-        return Ok(());
-    }
-    // Constants above, never input.
-    let sql = format!(
-        "WITH credited AS (UPDATE users SET {column} = {column} + $2, updated_at = now() \
-         WHERE id = $1 RETURNING {column} AS after) \
-         INSERT INTO {ledger} (user_id, order_id, reason, delta, balance_after, created_at) \
-         SELECT $1, $3, $4, $2, after, $5 FROM credited"
-    );
-    txn.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        sql,
-        [
-            order.buyer_id.into(),
-            amount.into(),
-            order.id.into(),
-            LedgerReason::OrderRefund.as_str().into(),
-            now.into(),
-        ],
-    ))
-    .await?;
-    Ok(())
 }
 
 /// Marks the refund succeeded and the order refunded (from `from`), with its history and
@@ -411,23 +256,9 @@ async fn finish(
     provider_refund_id: Option<String>,
 ) -> Result<(order::Model, refund::Model), DbErr> {
     let now = Utc::now();
-    refund::Entity::update_many()
-        .col_expr(
-            refund::Column::Status,
-            RefundStatus::Succeeded.as_str().into(),
-        )
-        .col_expr(refund::Column::ProviderRefundId, provider_refund_id.into())
-        .col_expr(refund::Column::CompletedAt, now.into())
-        .filter(refund::Column::Id.eq(refund.id))
-        .exec(txn)
-        .await?;
+    store::mark_succeeded(txn, refund.id, provider_refund_id, now).await?;
     advance(txn, &order, from, OrderStatus::Refunded, "refunded").await?;
-    txn.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "UPDATE orders SET refund_reason = $2, refund_flag = NULL WHERE id = $1",
-        [order.id.into(), refund.reason.clone().into()],
-    ))
-    .await?;
+    store::flag_refund(txn, order.id, None, Some(&refund.reason)).await?;
     let event = OrderRefunded {
         order_id: order.id,
         order_no: order.order_no.clone(),
@@ -441,9 +272,8 @@ async fn finish(
         refunded_at: now,
     };
     outbox::enqueue(txn, &Envelope::new(event, order.correlation_id, None)).await?;
-    let order = reload(txn, order.id).await?;
-    let refund = refund::Entity::find_by_id(refund.id)
-        .one(txn)
+    let order = store::reload(txn, order.id).await?;
+    let refund = store::find(txn, refund.id)
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("refund {}", refund.id)))?;
     Ok((order, refund))
@@ -465,9 +295,4 @@ async fn advance(
     Ok(())
 }
 
-async fn reload(txn: &DatabaseTransaction, order_id: OrderId) -> Result<order::Model, DbErr> {
-    order::Entity::find_by_id(order_id)
-        .one(txn)
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("order {order_id}")))
-}
+pub use crate::store::refunds::pending_of;

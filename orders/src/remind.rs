@@ -3,16 +3,13 @@
 //! by the database's clock (instances may disagree by a few seconds).
 
 use crate::OrderError;
+use crate::store;
 use chrono::{DateTime, Utc};
 use memberline_platform::outbox;
-use memberline_schema::entities::order;
 use memberline_schema::events::{Envelope, OrderReminded};
 use memberline_schema::ids::{BuyerId, OrderId};
 use memberline_schema::states::OrderStatus;
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QuerySelect, Statement, TransactionTrait,
-};
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use uuid::Uuid;
 
 /// Seconds between two reminders of one order.
@@ -26,37 +23,20 @@ pub async fn remind(
     correlation_id: Uuid,
 ) -> Result<DateTime<Utc>, OrderError> {
     let txn = db.begin().await?;
-    let found = order::Entity::find_by_id(order_id)
-        .filter(order::Column::BuyerId.eq(buyer_id))
-        .lock_exclusive()
-        .one(&txn)
+    let found = store::orders::of_buyer(&txn, order_id, buyer_id, true)
         .await?
         .ok_or(OrderError::OrderNotFound(order_id))?;
     if found.status != OrderStatus::Paid {
         return Err(OrderError::NotPaid(found.status));
     }
-    let row = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT now() AS now, \
-             ceil(extract(epoch FROM reminded_at + make_interval(secs => $2) - now()))::bigint \
-                 AS wait \
-             FROM orders WHERE id = $1",
-            [order_id.into(), (EVERY_SECS as f64).into()],
-        ))
+    // The database's clock, not this instance's.
+    let (now, wait) = store::orders::reminder_wait(&txn, order_id, EVERY_SECS)
         .await?
         .ok_or(OrderError::OrderNotFound(order_id))?;
-    let now: DateTime<Utc> = row.try_get("", "now")?;
-    let wait: Option<i64> = row.try_get("", "wait")?;
     if let Some(wait_secs) = wait.filter(|w| *w > 0) {
         return Err(OrderError::RemindTooSoon { wait_secs });
     }
-    txn.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "UPDATE orders SET reminded_at = $2 WHERE id = $1",
-        [order_id.into(), now.into()],
-    ))
-    .await?;
+    store::orders::mark_reminded(&txn, order_id, now).await?;
     let event = OrderReminded {
         order_id: found.id,
         order_no: found.order_no.clone(),

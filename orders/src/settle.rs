@@ -5,22 +5,19 @@
 //! Every function here is one transaction that locks the order row first (several orders' rows,
 //! in order-number order, for notifications that share one): a notification, a query and an
 //! expiry racing on one order are serialized, and every transition is a
-//! conditional `WHERE status = from` update (here in [`PAID_SQL`], elsewhere
-//! [`crate::transitions::advance`]), so exactly one of them moves it.
+//! conditional `WHERE status = from` update (here in `store::notifications::pay`, elsewhere
+//! [`crate::store::transitions::advance`]), so exactly one of them moves it.
 
 use crate::providers::{Mismatch, Payment, PaymentProvider};
-use crate::transitions;
+use crate::store::notifications as store;
+pub use crate::store::notifications::Notification;
 use chrono::Utc;
 use memberline_platform::outbox::{self, Wake};
 use memberline_schema::entities::order;
 use memberline_schema::events::{Envelope, OrderPaid, PlanSold};
 use memberline_schema::ids::OrderId;
 use memberline_schema::states::{NotificationOutcome, OrderStatus, Provider};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, FromQueryResult,
-    Statement, TransactionTrait, Value,
-};
-use std::sync::LazyLock;
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 
 /// How a payment came to our knowledge (recorded in the order's status history).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,17 +131,6 @@ impl Applied {
     }
 }
 
-/// A verified notification to store: raw, unique per provider event.
-#[derive(Clone, Debug)]
-pub struct Notification<'a> {
-    pub provider: Provider,
-    /// WeChat `id`, Alipay `notify_id`.
-    pub event_id: &'a str,
-    pub out_trade_no: Option<&'a str>,
-    pub headers: serde_json::Value,
-    pub raw_body: &'a str,
-}
-
 /// What storing a notification did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stored {
@@ -246,7 +232,8 @@ async fn one_in(
     let notification = incoming.notification;
     let (applied, first_copy) = match incoming.payment {
         Some(payment) => {
-            let locked = lock_order(txn, &payment.out_trade_no, Some(notification), wake).await?;
+            let locked =
+                store::lock_order(txn, &payment.out_trade_no, Some(notification), wake).await?;
             if locked.stored_before {
                 return Ok(InTransaction::Duplicate);
             }
@@ -265,7 +252,18 @@ async fn one_in(
     };
     let first_copy = match first_copy {
         Some(first) => first,
-        None => store_notification(txn, notification, applied.as_ref()).await?,
+        None => {
+            store::insert_notification(
+                txn,
+                notification,
+                applied
+                    .as_ref()
+                    .map_or(NotificationOutcome::Ignored, Applied::outcome),
+                applied.as_ref().and_then(Applied::order_id),
+                applied.as_ref().and_then(Applied::flag),
+            )
+            .await?
+        }
     };
     Ok(match (first_copy, incoming.payment) {
         (true, _) => InTransaction::New(applied),
@@ -275,38 +273,6 @@ async fn one_in(
     })
 }
 
-/// Inserts the notification with `applied`'s outcome; `false` when a copy was stored first.
-async fn store_notification(
-    txn: &DatabaseTransaction,
-    notification: &Notification<'_>,
-    applied: Option<&Applied>,
-) -> Result<bool, DbErr> {
-    let inserted = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "INSERT INTO payment_notifications \
-             (provider, provider_event_id, out_trade_no, headers, raw_body, verified, outcome, \
-              order_id, flag) \
-             VALUES ($1, $2, $3, $4, $5, true, $6, $7, $8) \
-             ON CONFLICT (provider, provider_event_id) DO NOTHING RETURNING id",
-            [
-                notification.provider.as_str().into(),
-                notification.event_id.into(),
-                notification.out_trade_no.map(str::to_owned).into(),
-                notification.headers.clone().into(),
-                notification.raw_body.into(),
-                applied
-                    .map_or(NotificationOutcome::Ignored, Applied::outcome)
-                    .as_str()
-                    .into(),
-                applied.and_then(Applied::order_id).into(),
-                applied.and_then(Applied::flag).map(str::to_owned).into(),
-            ],
-        ))
-        .await?;
-    Ok(inserted.is_some())
-}
-
 /// Applies a payment found by our own query — the same transition as a notification.
 pub async fn queried_payment(
     db: &DatabaseConnection,
@@ -314,61 +280,10 @@ pub async fn queried_payment(
     payment: &Payment,
 ) -> Result<Applied, DbErr> {
     let txn = db.begin().await?;
-    let locked = lock_order(&txn, &payment.out_trade_no, None, &Wake::by_notify()).await?;
+    let locked = store::lock_order(&txn, &payment.out_trade_no, None, &Wake::by_notify()).await?;
     let settled = apply_locked(&txn, client, payment, locked.order, Source::Query, None).await?;
     txn.commit().await?;
     Ok(settled.applied)
-}
-
-/// The order of a payment, locked, and whether the notification that reports it was stored
-/// before.
-struct Locked {
-    order: Option<order::Model>,
-    stored_before: bool,
-}
-
-/// Locks the order `$1` (when there is one) and looks the notification `$2`/`$3` up, in one
-/// statement; `$4` 'off' opts the transaction out of the outbox trigger's NOTIFY (see
-/// [`notifications_together`]). A lock taken in a CTE: `FOR UPDATE` cannot apply to the
-/// nullable side of the outer join that keeps the row when no order has the number.
-static LOCK_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH o AS (SELECT * FROM orders WHERE order_no = $1 FOR UPDATE) \
-         SELECT o.*, EXISTS (SELECT 1 FROM payment_notifications \
-                             WHERE provider = $2 AND provider_event_id = $3) AS stored_before, \
-                {} AS outbox_notify \
-         FROM (SELECT 1) one LEFT JOIN o ON true",
-        outbox::notify_setting_sql("$4")
-    )
-});
-
-async fn lock_order(
-    txn: &DatabaseTransaction,
-    out_trade_no: &str,
-    notification: Option<&Notification<'_>>,
-    wake: &Wake,
-) -> Result<Locked, DbErr> {
-    let row = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            LOCK_SQL.as_str(),
-            [
-                out_trade_no.into(),
-                notification.map(|n| n.provider.as_str().to_owned()).into(),
-                notification.map(|n| n.event_id.to_owned()).into(),
-                wake.notify_setting().into(),
-            ],
-        ))
-        .await?
-        .ok_or_else(|| DbErr::Custom("the order lock returned no row".into()))?;
-    let order = match row.try_get::<Option<i64>>("", "id")? {
-        Some(_) => Some(order::Model::from_query_result(&row, "")?),
-        None => None,
-    };
-    Ok(Locked {
-        order,
-        stored_before: row.try_get("", "stored_before")?,
-    })
 }
 
 /// What [`apply_locked`] did.
@@ -378,38 +293,6 @@ struct Settled {
     /// notification was new. `None`: the caller still has to store it.
     notification_stored: Option<bool>,
 }
-
-/// The paid transition with everything it writes, in one statement: the order (`$1`) moved
-/// from pending to paid at `$2` with the provider's transaction id `$3`; its history row
-/// (reason `$4`); its `order.paid.v1` outbox row (`$5`, as JSON); and, when `$7` is not null,
-/// the notification that reported it (`$6`–`$10`). `advanced` is 0 when the order was not
-/// pending; `stored` is 0 when a copy of the notification was stored first.
-static PAID_SQL: LazyLock<String> = LazyLock::new(|| {
-    let (from, to) = (OrderStatus::PendingPayment, OrderStatus::Paid);
-    transitions::allowed(from, to).expect("pending -> paid is a transition");
-    format!(
-        "\
-WITH o AS (
-    UPDATE orders SET status = '{to}', paid_at = $2, updated_at = $2, version = version + 1,
-        provider_txn_id = $3
-    WHERE id = $1 AND status = '{from}'
-    RETURNING id
-), h AS (
-    INSERT INTO order_status_history (order_id, from_status, to_status, reason, at)
-    SELECT id, '{from}', '{to}', $4, $2 FROM o
-), e AS (
-    {}
-), n AS (
-    INSERT INTO payment_notifications (provider, provider_event_id, out_trade_no, headers,
-        raw_body, verified, outcome, order_id)
-    SELECT $6, $7, $8, $9, $10, true, 'applied', id FROM o WHERE $7::text IS NOT NULL
-    ON CONFLICT (provider, provider_event_id) DO NOTHING
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM o) AS advanced, (SELECT count(*) FROM n) AS stored",
-        outbox::insert_sql("$5::jsonb", Some("o")),
-    )
-});
 
 /// Decides what the payment does to the locked order and does it; the pending → paid
 /// transition also stores `notification` when there is one.
@@ -466,20 +349,13 @@ async fn apply_locked(
                 "paid_at": payment.paid_at,
                 "source": source.as_str(),
             });
-            txn.execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "UPDATE orders SET late_payment = $2, late_refund_status = 'pending', \
-                 payment_check_at = now(), updated_at = now() \
-                 WHERE id = $1 AND late_payment IS NULL",
-                [order.id.into(), recorded.into()],
-            ))
-            .await?;
+            store::record_late_payment(txn, order.id, recorded).await?;
             Ok(applied(Applied::LatePayment { order_id: order.id }))
         }
     }
 }
 
-/// Moves the locked pending `order` to paid ([`PAID_SQL`]); `false` when `notification` had
+/// Moves the locked pending `order` to paid (`store::notifications::pay`); `false` when `notification` had
 /// been stored by a copy first (the caller rolls back).
 async fn pay(
     txn: &DatabaseTransaction,
@@ -502,35 +378,16 @@ async fn pay(
         paid_at: now,
     };
     let row = outbox::Row::of(&Envelope::new(event, order.correlation_id, None))?;
-    let values: Vec<Value> = vec![
-        order.id.into(),
-        now.into(),
-        payment.transaction_id.clone().into(),
-        reason.into(),
-        row.to_json()?.into(),
-        notification.map(|n| n.provider.as_str().to_owned()).into(),
-        notification.map(|n| n.event_id.to_owned()).into(),
-        notification
-            .and_then(|n| n.out_trade_no)
-            .map(str::to_owned)
-            .into(),
-        notification.map(|n| n.headers.clone()).into(),
-        notification.map(|n| n.raw_body.to_owned()).into(),
-    ];
-    let result = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            PAID_SQL.as_str(),
-            values,
-        ))
-        .await?
-        .ok_or_else(|| DbErr::Custom("the payment returned no row".into()))?;
-    if result.try_get::<i64>("", "advanced")? != 1 {
-        return Err(DbErr::Custom(
-            "a locked pending order changed status".into(),
-        ));
-    }
-    Ok(result.try_get::<i64>("", "stored")? == 1)
+    store::pay(
+        txn,
+        order.id,
+        now,
+        &payment.transaction_id,
+        reason,
+        &row,
+        notification,
+    )
+    .await
 }
 
 /// The refund number of a late payment's automatic refund: derived from the order alone, so

@@ -8,6 +8,7 @@ use crate::http::auth::{Caller, Role};
 use crate::http::error::ApiError;
 use crate::state::AppState;
 use axum::extract::{Path, State};
+use memberline_orders::store::audit;
 use memberline_schema::ids::{BuyerId, OrderId, PlanId};
 
 use axum::response::Response;
@@ -16,9 +17,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use memberline_orders::admin_refund::{self, RefundOrder};
 use memberline_orders::grant::{self, AdminRequest};
-use memberline_schema::entities::audit_log;
 use memberline_schema::states::AuditAction;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
 type PathId<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
@@ -263,22 +262,7 @@ pub async fn audit(
 ) -> Result<Json<AuditPage>, ApiError> {
     caller.require(Role::Admin)?;
     let limit = query::limit(q.limit, 50, 200)?;
-    let mut select = audit_log::Entity::find()
-        .order_by_desc(audit_log::Column::Id)
-        .limit(limit + 1);
-    if let Some(cursor) = q.cursor {
-        select = select.filter(audit_log::Column::Id.lt(cursor));
-    }
-    if let Some(user) = q.user_id {
-        select = select.filter(audit_log::Column::UserId.eq(user));
-    }
-    let mut rows = select.all(&state.db).await?;
-    let next_cursor = if rows.len() as u64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.id)
-    } else {
-        None
-    };
+    let (rows, next_cursor) = audit::page(&state.db, q.user_id, q.cursor, limit).await?;
     Ok(Json(AuditPage {
         entries: rows
             .into_iter()

@@ -1,6 +1,7 @@
 //! The caller's own account: profile, membership, passes, savings and ledgers.
 
 use super::query::{self, ValidQuery};
+use crate::account;
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
 use crate::membership::{MembershipView, membership_at};
@@ -9,27 +10,10 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use memberline_schema::entities::{
-    balance_ledger, level, membership_period, notification, point_ledger, user, user_pass,
-};
+use memberline_schema::entities::notification;
 use memberline_schema::ids::{BuyerId, OrderId, PlanId};
 use memberline_schema::states::{LedgerKind, LedgerReason, NotificationKind};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Statement, TransactionTrait,
-};
 use serde::{Deserialize, Serialize};
-
-/// A read-only transaction whose reads all see the same instant.
-async fn snapshot(state: &AppState) -> Result<sea_orm::DatabaseTransaction, ApiError> {
-    Ok(state
-        .db
-        .begin_with_config(
-            Some(sea_orm::IsolationLevel::RepeatableRead),
-            Some(sea_orm::AccessMode::ReadOnly),
-        )
-        .await?)
-}
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Me {
@@ -72,28 +56,14 @@ pub struct PassView {
         (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
     ))]
 pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
-    // One snapshot: the profile, membership and passes are read as of the same instant.
-    let txn = snapshot(&state).await?;
-    let u = user::Entity::find_by_id(caller.buyer_id())
-        .one(&txn)
+    let account::Profile {
+        buyer: u,
+        level: lvl,
+        periods,
+        passes,
+    } = account::profile(&state.db, caller.buyer_id())
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown_user", "the token's user does not exist"))?;
-    let lvl = level::Entity::find_by_id(u.level_id)
-        .one(&txn)
-        .await?
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("level {} missing", u.level_id)))?;
-    let periods = membership_period::Entity::find()
-        .filter(membership_period::Column::UserId.eq(u.id))
-        .filter(membership_period::Column::RemovedAt.is_null())
-        .all(&txn)
-        .await?;
-    let passes = user_pass::Entity::find()
-        .filter(user_pass::Column::UserId.eq(u.id))
-        .filter(user_pass::Column::UsesLeft.gt(0))
-        .order_by_asc(user_pass::Column::Id)
-        .all(&txn)
-        .await?;
-    txn.commit().await?;
     Ok(Json(Me {
         user_id: u.id,
         name: u.name,
@@ -171,43 +141,29 @@ pub async fn ledger(
     let limit = query::limit(q.limit, 50, 200)?;
     let points = q.kind.is_none_or(|k| k == LedgerKind::Points);
     let balance = q.kind.is_none_or(|k| k == LedgerKind::Balance);
+    let (points, balance) =
+        account::ledgers(&state.db, caller.buyer_id(), points, balance, limit).await?;
     let mut entries = Vec::new();
-    if points {
-        let rows = point_ledger::Entity::find()
-            .filter(point_ledger::Column::UserId.eq(caller.buyer_id()))
-            .order_by_desc(point_ledger::Column::Id)
-            .limit(limit)
-            .all(&state.db)
-            .await?;
-        entries.extend(rows.into_iter().map(|r| LedgerEntry {
-            id: r.id,
-            kind: LedgerKind::Points,
-            reason: r.reason,
-            delta: r.delta,
-            balance_after: r.balance_after,
-            shortfall: r.shortfall,
-            order_id: r.order_id,
-            created_at: r.created_at,
-        }));
-    }
-    if balance {
-        let rows = balance_ledger::Entity::find()
-            .filter(balance_ledger::Column::UserId.eq(caller.buyer_id()))
-            .order_by_desc(balance_ledger::Column::Id)
-            .limit(limit)
-            .all(&state.db)
-            .await?;
-        entries.extend(rows.into_iter().map(|r| LedgerEntry {
-            id: r.id,
-            kind: LedgerKind::Balance,
-            reason: r.reason,
-            delta: r.delta,
-            balance_after: r.balance_after,
-            shortfall: 0,
-            order_id: r.order_id,
-            created_at: r.created_at,
-        }));
-    }
+    entries.extend(points.into_iter().map(|r| LedgerEntry {
+        id: r.id,
+        kind: LedgerKind::Points,
+        reason: r.reason,
+        delta: r.delta,
+        balance_after: r.balance_after,
+        shortfall: r.shortfall,
+        order_id: r.order_id,
+        created_at: r.created_at,
+    }));
+    entries.extend(balance.into_iter().map(|r| LedgerEntry {
+        id: r.id,
+        kind: LedgerKind::Balance,
+        reason: r.reason,
+        delta: r.delta,
+        balance_after: r.balance_after,
+        shortfall: 0,
+        order_id: r.order_id,
+        created_at: r.created_at,
+    }));
     entries.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
     Ok(Json(Ledger { entries }))
 }
@@ -269,22 +225,8 @@ pub async fn notifications(
     ValidQuery(q): ValidQuery<NotificationQuery>,
 ) -> Result<Json<Inbox>, ApiError> {
     let limit = query::limit(q.limit, 50, 200)?;
-    let mut select = notification::Entity::find()
-        .filter(notification::Column::UserId.eq(caller.buyer_id()))
-        .order_by_desc(notification::Column::Id)
-        .limit(limit);
-    if q.unread == Some(true) {
-        select = select.filter(notification::Column::ReadAt.is_null());
-    }
-    // One snapshot for the list and the count, so they never disagree while the notifier writes.
-    let txn = snapshot(&state).await?;
-    let rows = select.all(&txn).await?;
-    let unread = notification::Entity::find()
-        .filter(notification::Column::UserId.eq(caller.buyer_id()))
-        .filter(notification::Column::ReadAt.is_null())
-        .count(&txn)
-        .await?;
-    txn.commit().await?;
+    let (rows, unread) =
+        account::inbox(&state.db, caller.buyer_id(), q.unread == Some(true), limit).await?;
     Ok(Json(Inbox {
         notifications: rows.into_iter().map(NotificationView::from).collect(),
         unread,
@@ -307,20 +249,7 @@ pub async fn mark_read(
 ) -> Result<Json<NotificationView>, ApiError> {
     let not_found = || ApiError::not_found("notification_not_found", "no such notification");
     let axum::extract::Path(id) = path.map_err(|_| not_found())?;
-    let row = state
-        .db
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE notifications SET read_at = COALESCE(read_at, now()) \
-             WHERE id = $1 AND user_id = $2 RETURNING id",
-            [id.into(), caller.buyer_id().into()],
-        ))
-        .await?;
-    if row.is_none() {
-        return Err(not_found());
-    }
-    let n = notification::Entity::find_by_id(id)
-        .one(&state.db)
+    let n = account::mark_read(&state.db, caller.buyer_id(), id)
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(n.into()))

@@ -9,11 +9,9 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use memberline_orders::OrderView;
-use memberline_schema::entities::{order, user};
+use memberline_orders::store;
 use memberline_schema::ids::BuyerId;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::Serialize;
-use std::collections::HashMap;
 
 /// An order with who bought it.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -48,29 +46,11 @@ pub async fn orders(
 ) -> Result<Json<MerchantOrderPage>, ApiError> {
     caller.require_staff("the merchant stream")?;
     let limit = query::limit(q.limit, 20, 100)?;
-    let mut select = order::Entity::find()
-        .order_by_desc(order::Column::Id)
-        .limit(limit + 1);
-    if let Some(cursor) = q.cursor {
-        select = select.filter(order::Column::Id.lt(cursor));
-    }
-    let mut rows = select.all(&state.db).await?;
-    let next_cursor = if rows.len() as u64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|o| o.id.0)
-    } else {
-        None
-    };
+    let (rows, next_cursor) = store::orders::page(&state.db, None, q.cursor, limit).await?;
     let mut buyer_ids: Vec<BuyerId> = rows.iter().map(|o| o.buyer_id).collect();
     buyer_ids.sort_unstable();
     buyer_ids.dedup();
-    let names: HashMap<BuyerId, String> = user::Entity::find()
-        .filter(user::Column::Id.is_in(buyer_ids))
-        .all(&state.db)
-        .await?
-        .into_iter()
-        .map(|u| (u.id, u.name))
-        .collect();
+    let names = store::catalogue::buyer_names(&state.db, buyer_ids).await?;
     let orders = rows
         .into_iter()
         .map(|o| MerchantOrder {

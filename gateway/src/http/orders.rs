@@ -11,12 +11,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use memberline_orders::store;
 use memberline_orders::{self as orders, ExpectedPrice, OrderView, PlaceOrder, Timing, checkout};
 use memberline_platform::metrics::OrderOutcome;
-use memberline_schema::entities::order;
 use memberline_schema::events::PayMethod;
 use memberline_schema::ids::{OrderId, PlanId};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
 /// Body of `POST /v1/orders`. Prices are never taken from the client: a body that carries an
@@ -170,9 +169,7 @@ pub async fn get_one(
 ) -> Result<Json<OrderView>, ApiError> {
     let not_found = || ApiError::not_found("order_not_found", "no such order");
     let Path(id) = path.map_err(|_| not_found())?;
-    let found = order::Entity::find_by_id(id)
-        .filter(order::Column::BuyerId.eq(caller.buyer_id()))
-        .one(&state.db)
+    let found = store::orders::of_buyer(&state.db, id, caller.buyer_id(), false)
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(found.into()))
@@ -271,20 +268,8 @@ pub async fn list(
     ValidQuery(q): ValidQuery<ListQuery>,
 ) -> Result<Json<OrderPage>, ApiError> {
     let limit = query::limit(q.limit, 20, 100)?;
-    let mut select = order::Entity::find()
-        .filter(order::Column::BuyerId.eq(caller.buyer_id()))
-        .order_by_desc(order::Column::Id)
-        .limit(limit + 1);
-    if let Some(cursor) = q.cursor {
-        select = select.filter(order::Column::Id.lt(cursor));
-    }
-    let mut rows = select.all(&state.db).await?;
-    let next_cursor = if rows.len() as u64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|o| o.id.0)
-    } else {
-        None
-    };
+    let (rows, next_cursor) =
+        store::orders::page(&state.db, Some(caller.buyer_id()), q.cursor, limit).await?;
     Ok(Json(OrderPage {
         orders: rows.into_iter().map(OrderView::from).collect(),
         next_cursor,

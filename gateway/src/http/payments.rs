@@ -26,10 +26,8 @@ use memberline_orders::providers::Payment;
 use memberline_orders::providers::wechat::{NotifyHeaders, WechatEvent};
 use memberline_orders::refunds;
 use memberline_orders::settle::{Applied, Notification, Stored};
-use memberline_schema::entities::order;
 use memberline_schema::ids::OrderId;
 use memberline_schema::states::{NotificationOutcome, Provider};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::json;
 
 fn wechat_fail(status: StatusCode, message: impl Into<String>) -> Response {
@@ -249,9 +247,7 @@ pub async fn qr_png(
     let not_available =
         || ApiError::not_found("qr_not_available", "no pending payment code for this order");
     let Path(id) = path.map_err(|_| not_available())?;
-    let found = order::Entity::find_by_id(id)
-        .filter(order::Column::BuyerId.eq(caller.user_id))
-        .one(&state.db)
+    let found = memberline_orders::store::orders::of_buyer(&state.db, id, caller.buyer_id(), false)
         .await?
         .ok_or_else(not_available)?;
     let payment = memberline_orders::view::PaymentView::of(&found).ok_or_else(not_available)?;

@@ -6,11 +6,9 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use memberline_orders::rules;
-use memberline_schema::entities::{level, plan, user};
+use memberline_orders::{rules, store};
 use memberline_schema::ids::PlanId;
 use memberline_schema::states::{PayMethod, PlanKind};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde::Serialize;
 
 /// A plan on the shelf. Prices are integers: fen and points.
@@ -62,24 +60,16 @@ pub async fn list(
 ) -> Result<Json<PlanList>, ApiError> {
     let buyer_level = match caller {
         Some(c) => {
-            let buyer = user::Entity::find_by_id(c.user_id)
-                .one(&state.db)
+            let buyer = store::catalogue::buyer(&state.db, c.buyer_id())
                 .await?
                 .ok_or_else(|| {
                     ApiError::unauthorized("unknown_user", "the token's user does not exist")
                 })?;
-            level::Entity::find_by_id(buyer.level_id)
-                .one(&state.db)
-                .await?
+            store::catalogue::level(&state.db, buyer.level_id).await?
         }
         None => None,
     };
-    let plans = plan::Entity::find()
-        .filter(plan::Column::OnShelf.eq(true))
-        .order_by_asc(plan::Column::Sort)
-        .order_by_asc(plan::Column::Id)
-        .all(&state.db)
-        .await?;
+    let plans = store::catalogue::on_shelf(&state.db).await?;
     let plans = plans
         .into_iter()
         .map(|p| {

@@ -4,7 +4,10 @@
 use memberline_schema::entities::audit_log;
 use memberline_schema::ids::{BuyerId, OrderId};
 use memberline_schema::states::AuditAction;
-use sea_orm::{ActiveModelTrait, DatabaseTransaction, DbErr, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set,
+};
 
 /// One act to record.
 pub struct Entry<'a> {
@@ -31,4 +34,31 @@ pub async fn record(txn: &DatabaseTransaction, entry: Entry<'_>) -> Result<i64, 
     .insert(txn)
     .await?;
     Ok(row.id)
+}
+
+/// A page of the audit log, newest first: about buyer `user_id` when given, before entry
+/// `cursor` when given, at most `limit`; and the cursor of the next page when there is one.
+pub async fn page<C: ConnectionTrait>(
+    conn: &C,
+    user_id: Option<BuyerId>,
+    cursor: Option<i64>,
+    limit: u64,
+) -> Result<(Vec<audit_log::Model>, Option<i64>), DbErr> {
+    let mut select = audit_log::Entity::find()
+        .order_by_desc(audit_log::Column::Id)
+        .limit(limit + 1);
+    if let Some(cursor) = cursor {
+        select = select.filter(audit_log::Column::Id.lt(cursor));
+    }
+    if let Some(user) = user_id {
+        select = select.filter(audit_log::Column::UserId.eq(user));
+    }
+    let mut rows = select.all(conn).await?;
+    let next_cursor = if rows.len() as u64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| r.id)
+    } else {
+        None
+    };
+    Ok((rows, next_cursor))
 }

@@ -10,6 +10,7 @@
 
 use super::socket::{IDLE, TOO_SLOW, sized};
 use super::tickets;
+use crate::account;
 use crate::http::auth::{MaybeCaller, Role};
 use crate::http::error::ApiError;
 use crate::membership::{MembershipView, membership_at};
@@ -19,11 +20,10 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use chrono::Utc;
 use futures::{SinkExt, StreamExt};
-use memberline_schema::entities::{membership_period, order};
 use memberline_schema::ids::{BuyerId, OrderId};
 use memberline_schema::push::Route;
 use memberline_schema::states::OrderStatus;
-use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{DatabaseConnection, DbErr};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -67,7 +67,7 @@ pub async fn stream(
     )
     .await?;
     // The buyer's own order; an admin may follow any.
-    let found = order::Entity::find_by_id(id).one(&state.db).await?;
+    let found = memberline_orders::store::orders::find(&state.db, id).await?;
     let order = found
         .filter(|o| o.buyer_id == caller.buyer_id() || caller.role == Role::Admin)
         .ok_or_else(not_found)?;
@@ -81,15 +81,9 @@ pub async fn stream(
 
 /// What the buyer sees of the order now.
 async fn view(db: &DatabaseConnection, order_id: OrderId) -> Result<Option<Value>, DbErr> {
-    let Some(order) = order::Entity::find_by_id(order_id).one(db).await? else {
+    let Some((order, periods)) = account::order_progress(db, order_id).await? else {
         return Ok(None);
     };
-    let extended = membership_period::Entity::find()
-        .filter(membership_period::Column::OrderId.eq(order_id))
-        .filter(membership_period::Column::RemovedAt.is_null())
-        .one(db)
-        .await?
-        .is_some();
     let mut message = json!({
         "type": "order.status",
         "order_id": order.id,
@@ -97,12 +91,7 @@ async fn view(db: &DatabaseConnection, order_id: OrderId) -> Result<Option<Value
         "status": order.status,
         "at": order.updated_at,
     });
-    if extended {
-        let periods = membership_period::Entity::find()
-            .filter(membership_period::Column::UserId.eq(order.buyer_id))
-            .filter(membership_period::Column::RemovedAt.is_null())
-            .all(db)
-            .await?;
+    if let Some(periods) = periods {
         let MembershipView {
             status,
             expires_at,

@@ -30,10 +30,9 @@ use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
-use chrono::{DateTime, Utc};
 use futures::{SinkExt, StreamExt};
 use memberline_schema::push::ConsoleMessage;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
+use sea_orm::{DatabaseConnection, DbErr};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -267,26 +266,11 @@ where
     Fut: std::future::Future<Output = Result<(), ()>>,
 {
     const PAGE: i64 = 200;
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT seq, kind, payload, created_at FROM console_feed \
-             WHERE seq > $1 ORDER BY seq LIMIT $2",
-            [(*last).into(), PAGE.into()],
-        ))
+    let entries = crate::hub::feed_after(db, *last, PAGE)
         .await
         .map_err(CatchUp::Database)?;
-    let n = rows.len() as i64;
-    for row in rows {
-        let read = || -> Result<(i64, String, Value, DateTime<Utc>), DbErr> {
-            Ok((
-                row.try_get("", "seq")?,
-                row.try_get("", "kind")?,
-                row.try_get("", "payload")?,
-                row.try_get("", "created_at")?,
-            ))
-        };
-        let (seq, kind, payload, at) = read().map_err(CatchUp::Database)?;
+    let n = entries.len() as i64;
+    for (seq, kind, payload, at) in entries {
         send(json!(ConsoleMessage::of(seq, &kind, &payload, json!(at))))
             .await
             .map_err(|()| CatchUp::TooSlow)?;

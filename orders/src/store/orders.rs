@@ -1,0 +1,188 @@
+//! Statements on order rows that the domain's operations share: the next order id, the
+//! eligibility counts, a pending order's provider code, and a buyer's reminder. Status changes
+//! have their own module (`super::transitions`), the purchase its own statements
+//! (`super::purchase`).
+
+use super::purchase;
+use crate::rules::Counts;
+use chrono::{DateTime, Utc};
+use memberline_schema::entities::order;
+use memberline_schema::ids::{BuyerId, OrderId, PlanId};
+use memberline_schema::states::OrderStatus;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
+};
+
+/// The id the next order gets.
+pub async fn next_id(txn: &DatabaseTransaction) -> Result<OrderId, DbErr> {
+    txn.query_one_raw(Statement::from_string(
+        DbBackend::Postgres,
+        format!("SELECT {} AS id", purchase::NEXT_ORDER_ID),
+    ))
+    .await?
+    .ok_or_else(|| DbErr::Custom("nextval returned no row".into()))?
+    .try_get("", "id")
+}
+
+/// Order `order_id`, read with `conn` (a pool or a transaction).
+pub async fn find<C: ConnectionTrait>(
+    conn: &C,
+    order_id: OrderId,
+) -> Result<Option<order::Model>, DbErr> {
+    order::Entity::find_by_id(order_id).one(conn).await
+}
+
+/// Order `order_id` when it is `buyer_id`'s, read with `conn`; locked until `conn` (then a
+/// transaction) ends when `lock`.
+pub async fn of_buyer<C: ConnectionTrait>(
+    conn: &C,
+    order_id: OrderId,
+    buyer_id: BuyerId,
+    lock: bool,
+) -> Result<Option<order::Model>, DbErr> {
+    let select = order::Entity::find_by_id(order_id).filter(order::Column::BuyerId.eq(buyer_id));
+    match lock {
+        true => select.lock_exclusive().one(conn).await,
+        false => select.one(conn).await,
+    }
+}
+
+/// A page of orders, newest first: `buyer_id`'s, or everyone's; before order `cursor` when
+/// given; at most `limit`. The cursor of the next page when there is one.
+pub async fn page<C: ConnectionTrait>(
+    conn: &C,
+    buyer_id: Option<BuyerId>,
+    cursor: Option<i64>,
+    limit: u64,
+) -> Result<(Vec<order::Model>, Option<i64>), DbErr> {
+    let mut select = order::Entity::find()
+        .order_by_desc(order::Column::Id)
+        .limit(limit + 1);
+    if let Some(buyer_id) = buyer_id {
+        select = select.filter(order::Column::BuyerId.eq(buyer_id));
+    }
+    if let Some(cursor) = cursor {
+        select = select.filter(order::Column::Id.lt(cursor));
+    }
+    let mut rows = select.all(conn).await?;
+    let next_cursor = if rows.len() as u64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|o| o.id.0)
+    } else {
+        None
+    };
+    Ok((rows, next_cursor))
+}
+
+/// Order `order_id`, locked until `txn` ends.
+pub async fn lock(
+    txn: &DatabaseTransaction,
+    order_id: OrderId,
+) -> Result<Option<order::Model>, DbErr> {
+    order::Entity::find_by_id(order_id)
+        .lock_exclusive()
+        .one(txn)
+        .await
+}
+
+/// The order numbered `order_no`, locked until `txn` ends.
+pub async fn lock_by_no(
+    txn: &DatabaseTransaction,
+    order_no: &str,
+) -> Result<Option<order::Model>, DbErr> {
+    order::Entity::find()
+        .filter(order::Column::OrderNo.eq(order_no))
+        .lock_exclusive()
+        .one(txn)
+        .await
+}
+
+/// Inserts `order` as it is.
+pub async fn insert(txn: &DatabaseTransaction, order: order::Model) -> Result<order::Model, DbErr> {
+    order::ActiveModel::from(order).insert(txn).await
+}
+
+/// What the eligibility rules count for `buyer_id` and `plan_id`.
+pub async fn counts(
+    txn: &DatabaseTransaction,
+    buyer_id: BuyerId,
+    plan_id: PlanId,
+) -> Result<Counts, DbErr> {
+    let row = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            format!(
+                "SELECT {} AS permanent, {} AS free_claims",
+                purchase::permanent_count("$1"),
+                purchase::free_claims("$1", "$2")
+            ),
+            [buyer_id.into(), plan_id.into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("count returned no row".into()))?;
+    Ok(Counts {
+        permanent: row.try_get("", "permanent")?,
+        free_claims: row.try_get("", "free_claims")?,
+    })
+}
+
+/// Keeps the provider's `payload` (the code to scan) with `order_id` while it is still
+/// pending; `false` when it is not (cancelled or expired meanwhile).
+pub async fn store_code(
+    txn: &DatabaseTransaction,
+    order_id: OrderId,
+    payload: &serde_json::Value,
+) -> Result<bool, DbErr> {
+    let stored = txn
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            format!(
+                "UPDATE orders SET provider_payload = $2, updated_at = now() \
+                 WHERE id = $1 AND status = '{}'",
+                OrderStatus::PendingPayment
+            ),
+            [order_id.into(), payload.clone().into()],
+        ))
+        .await?
+        .rows_affected();
+    Ok(stored == 1)
+}
+
+/// The database's clock now, and the whole seconds left before `order_id` may be reminded
+/// about again (`every_secs` after its last reminder; `None` or not positive: it may).
+pub async fn reminder_wait(
+    txn: &DatabaseTransaction,
+    order_id: OrderId,
+    every_secs: i64,
+) -> Result<Option<(DateTime<Utc>, Option<i64>)>, DbErr> {
+    let Some(row) = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT now() AS now, \
+             ceil(extract(epoch FROM reminded_at + make_interval(secs => $2) - now()))::bigint \
+                 AS wait \
+             FROM orders WHERE id = $1",
+            [order_id.into(), (every_secs as f64).into()],
+        ))
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some((row.try_get("", "now")?, row.try_get("", "wait")?)))
+}
+
+/// Records that `order_id` was reminded about at `at`.
+pub async fn mark_reminded(
+    txn: &DatabaseTransaction,
+    order_id: OrderId,
+    at: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE orders SET reminded_at = $2 WHERE id = $1",
+        [order_id.into(), at.into()],
+    ))
+    .await?;
+    Ok(())
+}
