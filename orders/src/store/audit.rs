@@ -53,12 +53,5 @@ pub async fn page<C: ConnectionTrait>(
     if let Some(user) = user_id {
         select = select.filter(audit_log::Column::UserId.eq(user));
     }
-    let mut rows = select.all(conn).await?;
-    let next_cursor = if rows.len() as u64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.id)
-    } else {
-        None
-    };
-    Ok((rows, next_cursor))
+    Ok(super::cut_page(select.all(conn).await?, limit, |r| r.id))
 }

@@ -65,14 +65,7 @@ pub async fn page<C: ConnectionTrait>(
     if let Some(cursor) = cursor {
         select = select.filter(order::Column::Id.lt(cursor));
     }
-    let mut rows = select.all(conn).await?;
-    let next_cursor = if rows.len() as u64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|o| o.id.0)
-    } else {
-        None
-    };
-    Ok((rows, next_cursor))
+    Ok(super::cut_page(select.all(conn).await?, limit, |o| o.id.0))
 }
 
 /// Order `order_id`, locked until `txn` ends.
