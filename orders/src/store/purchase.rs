@@ -1,6 +1,6 @@
 //! The three statements of balance, points and free purchases, between BEGIN and COMMIT. They
 //! take one purchase or several of different buyers at once (purchases that arrive together
-//! share one transaction, `super::lanes`); the statements are the same either way:
+//! share one transaction, `crate::purchases`); the statements are the same either way:
 //!
 //! 1. [`lock`]: lock the buyers, in id order (the rows as each one's last purchase left them);
 //! 2. [`check`]: with a snapshot taken after the locks (so it sees every purchase of these
