@@ -140,10 +140,13 @@ impl Application {
         }
         let router = http::router(self.state.clone());
         tracing::info!(port = self.port(), "Gateway listening");
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .context("HTTP server failed")?;
+        axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("HTTP server failed")?;
         shutdown.cancel();
         hub.sessions.close();
         if tokio::time::timeout(Duration::from_secs(15), hub.sessions.wait())

@@ -8,6 +8,7 @@ pub mod app;
 pub mod console_tail;
 pub mod http;
 pub mod hub;
+pub mod identity;
 pub mod membership;
 pub mod seed;
 pub mod state;

@@ -1,28 +1,134 @@
-//! Checkout with a payment provider (WeChat Pay Native, Alipay precreate).
+//! Checkout with a payment provider, by one of its channels: WeChat Native, JSAPI or H5; Alipay
+//! precreate, mobile or desktop cashier.
 //!
-//! 1. One transaction commits the order as `pending_payment` with its `expires_at`, claims the
-//!    idempotency key and links it to the order.
+//! 1. One transaction commits the order as `pending_payment` with its `expires_at` and channel,
+//!    claims the idempotency key and links it to the order.
 //! 2. The provider is called outside any transaction (a slow provider holds no lock and no
 //!    connection).
-//! 3. A second transaction stores the code with the order and the response for replays. If the
+//! 3. A second transaction stores what the buyer pays with (a code, JSAPI's signed arguments, a
+//!    cashier URL) with the order, and the response for replays. If the
 //!    provider failed, it closes the order instead and releases the key: nothing is charged and
 //!    nothing is left pending.
 //!
 //! A replay of the same key returns the stored response; a replay that finds the order committed
 //! but no answer stored (the first request still at the provider, or cut off there) asks the
-//! provider again for the SAME `out_trade_no` and parameters, which returns the same code: there
+//! provider again for the SAME `out_trade_no` and parameters, which returns the same trade: there
 //! is never a second provider order.
 
 use crate::place::{Pending, charge, check_eligibility, insert_order, lock_buyer};
-use crate::providers::{Payments, QrRequest};
+use crate::providers::{Offer, PaymentRequest, Payments, Via};
 use crate::store::{self, transitions};
 use crate::{OrderError, OrderView, PlaceOrder};
 use chrono::{Duration, Utc};
 use memberline_platform::idempotency::{self, Answer, Claim};
 use memberline_platform::settings::PaymentSettings;
 use memberline_schema::entities::order;
-use memberline_schema::states::OrderStatus;
+use memberline_schema::states::{OrderStatus, PayChannel, WechatApp};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+
+/// How the buyer asked to pay a provider order (`channel` and `wechat_app` of `POST /v1/orders`),
+/// and from where.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelChoice {
+    /// `None`: the provider's QR code (WeChat `native`, Alipay `qr`).
+    pub channel: Option<PayChannel>,
+    /// The app a JSAPI payment is made in (required with `jsapi`, refused with the others).
+    pub wechat_app: Option<WechatApp>,
+    /// The buyer's address, which WeChat H5 must be told.
+    pub client_ip: String,
+}
+
+/// The offer `cmd` asks for, when the shop takes it.
+fn offer(payments: &Payments, cmd: &PlaceOrder) -> Result<Offer, OrderError> {
+    let provider = cmd.pay_method.provider().ok_or(OrderError::InvalidChannel(
+        "channel and wechat_app are only for wechat and alipay orders",
+    ))?;
+    let choice = &cmd.channel;
+    let channel = choice
+        .channel
+        .unwrap_or_else(|| PayChannel::default_for(provider));
+    if channel.provider() != provider {
+        return Err(OrderError::ChannelUnavailable(format!(
+            "{channel} is a {} channel, not a {provider} one",
+            channel.provider()
+        )));
+    }
+    match (channel, choice.wechat_app) {
+        (PayChannel::Jsapi, None) => {
+            return Err(OrderError::InvalidChannel(
+                "channel jsapi needs wechat_app: miniprogram or official_account",
+            ));
+        }
+        (PayChannel::Jsapi, Some(_)) | (_, None) => {}
+        (_, Some(_)) => {
+            return Err(OrderError::InvalidChannel(
+                "wechat_app is only for channel jsapi",
+            ));
+        }
+    }
+    let offer = Offer {
+        pay_method: cmd.pay_method,
+        channel,
+        wechat_app: choice.wechat_app,
+    };
+    if !payments.takes(offer) {
+        let what = match offer.wechat_app {
+            Some(app) => format!("{channel} in the WeChat {app}"),
+            None => channel.to_string(),
+        };
+        return Err(OrderError::ChannelUnavailable(format!(
+            "this shop does not take {} by {what}",
+            cmd.pay_method
+        )));
+    }
+    Ok(offer)
+}
+
+/// The app id the offer's trade is created under (JSAPI: the app's own; otherwise the
+/// provider's default, which the client knows).
+fn app_id(payments: &Payments, offer: Offer) -> Option<String> {
+    offer
+        .wechat_app
+        .and_then(|app| payments.app_id(app))
+        .map(str::to_owned)
+}
+
+/// What the provider needs to create the trade of `order` by its channel.
+fn via(
+    payments: &Payments,
+    order: &order::Model,
+    openid: Option<String>,
+    client_ip: &str,
+) -> Result<Via, OrderError> {
+    let public = || {
+        payments
+            .public_url()
+            .ok_or_else(|| OrderError::ChannelUnavailable("payments.public_url is not set".into()))
+    };
+    let back_to_order = || Ok::<_, OrderError>(format!("{}/vip?order={}", public()?, order.id));
+    let alipay_return = || Ok::<_, OrderError>(format!("{}/v1/payments/alipay/return", public()?));
+    Ok(match order.channel {
+        None | Some(PayChannel::Native | PayChannel::Qr) => Via::Qr,
+        Some(PayChannel::Jsapi) => Via::Jsapi {
+            app_id: order
+                .channel_app_id
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("JSAPI order {} without its app id", order.id))?,
+            openid: openid.ok_or(OrderError::WechatIdentityRequired)?,
+        },
+        Some(PayChannel::H5) => Via::H5 {
+            client_ip: client_ip.to_owned(),
+            redirect_url: back_to_order()?,
+        },
+        Some(PayChannel::Wap) => Via::Wap {
+            return_url: alipay_return()?,
+            quit_url: back_to_order()?,
+        },
+        Some(PayChannel::Page) => Via::Page {
+            return_url: alipay_return()?,
+        },
+    })
+}
 
 /// How long a provider order may stay pending, and when its provider is first asked about it
 /// (`payments.order_ttl_secs`, `payments.reconcile_after_secs`).
@@ -56,12 +162,13 @@ pub async fn checkout(
     let client = payments
         .get(provider)
         .ok_or(OrderError::PayMethodUnavailable(cmd.pay_method))?;
+    let offer = offer(payments, cmd)?;
 
     let txn = db.begin().await?;
-    let order = match start(&txn, cmd, timing).await {
-        Ok(Started::Order(order)) => {
+    let (order, openid) = match start(&txn, payments, offer, cmd, timing).await {
+        Ok(Started::Order(order, openid)) => {
             txn.commit().await?;
-            *order
+            (*order, openid)
         }
         other => {
             if let Err(e) = txn.rollback().await {
@@ -69,23 +176,24 @@ pub async fn checkout(
             }
             return match other? {
                 Started::Replay(answer) => Ok(answer),
-                Started::Order(_) => unreachable!("handled above"),
+                Started::Order(..) => unreachable!("handled above"),
             };
         }
     };
 
-    let request = QrRequest {
+    let request = PaymentRequest {
         out_trade_no: order.order_no.clone(),
         description: order.plan_name.clone(),
         amount_fen: order.amount_fen,
         expires_at: order
             .expires_at
             .ok_or_else(|| anyhow::anyhow!("pending order {} without expires_at", order.id))?,
+        via: via(payments, &order, openid, &cmd.channel.client_ip)?,
     };
-    match client.create_qr(&request).await {
-        Ok(code) => {
+    match client.create(&request).await {
+        Ok(started) => {
             let txn = db.begin().await?;
-            let payload = serde_json::json!({ "code_url": code.code_url });
+            let payload = serde_json::to_value(&started).map_err(anyhow::Error::from)?;
             if !store::orders::store_code(&txn, order.id, &payload).await? {
                 // Cancelled (or expired) while the provider was answering: the code must not
                 // reach the buyer, whose payment would only be refunded.
@@ -129,18 +237,30 @@ pub async fn checkout(
 }
 
 enum Started {
-    /// The pending order to fetch a code for (new, or committed by an earlier copy).
-    Order(Box<order::Model>),
+    /// The pending order to create the trade of (new, or committed by an earlier copy), with
+    /// the buyer's OpenID when it is paid by JSAPI.
+    Order(Box<order::Model>, Option<String>),
     /// The earlier copy's stored answer.
     Replay(Answer),
 }
 
 async fn start(
     txn: &DatabaseTransaction,
+    payments: &Payments,
+    offer: Offer,
     cmd: &PlaceOrder,
     timing: Timing,
 ) -> Result<Started, OrderError> {
     let buyer = lock_buyer(txn, cmd.buyer_id).await?;
+    let app_id = app_id(payments, offer);
+    let openid = match &app_id {
+        Some(app_id) => Some(
+            store::catalogue::wechat_openid(txn, buyer.id, app_id)
+                .await?
+                .ok_or(OrderError::WechatIdentityRequired)?,
+        ),
+        None => None,
+    };
     match idempotency::claim(txn, cmd.key()).await? {
         Claim::Claimed => {}
         Claim::Replay(answer) => return Ok(Started::Replay(answer)),
@@ -153,7 +273,7 @@ async fn start(
             if order.status != OrderStatus::PendingPayment {
                 return Err(OrderError::NotPending(order.status));
             }
-            return Ok(Started::Order(Box::new(order)));
+            return Ok(Started::Order(Box::new(order), openid));
         }
     }
     let plan = store::catalogue::plan(txn, cmd.plan_id)
@@ -171,6 +291,8 @@ async fn start(
     let pending = Pending {
         until: now + timing.ttl,
         check_at: (now + timing.reconcile_after).min(now + timing.ttl),
+        channel: offer.channel,
+        app_id,
     };
     let order = insert_order(txn, cmd, &buyer, &plan, charge, now, Some(pending)).await?;
     transitions::record(
@@ -183,5 +305,5 @@ async fn start(
     )
     .await?;
     idempotency::link(txn, cmd.key(), order.id).await?;
-    Ok(Started::Order(Box::new(order)))
+    Ok(Started::Order(Box::new(order), openid))
 }

@@ -19,6 +19,15 @@ pub enum OrderError {
     PayMethodNotAllowed(&'static str),
     #[error("pay_method `{0}` is not enabled on this shop")]
     PayMethodUnavailable(memberline_schema::states::PayMethod),
+    #[error("{0}")]
+    ChannelUnavailable(String),
+    #[error("{0}")]
+    InvalidChannel(&'static str),
+    #[error(
+        "paying inside WeChat needs your OpenID under this app: sign in with WeChat there \
+         (POST /v1/auth/wechat) or link it (POST /v1/me/wechat) first"
+    )]
+    WechatIdentityRequired,
     #[error("the payment provider could not be reached ({0}); nothing was charged, try again")]
     ProviderUnavailable(&'static str),
     #[error("no order {0} of yours")]
@@ -77,6 +86,9 @@ impl OrderError {
             OrderError::PlanNotFree => "plan_not_free",
             OrderError::PayMethodNotAllowed(_) => "pay_method_not_allowed",
             OrderError::PayMethodUnavailable(_) => "pay_method_unavailable",
+            OrderError::ChannelUnavailable(_) => "channel_unavailable",
+            OrderError::InvalidChannel(_) => "channel_mismatch",
+            OrderError::WechatIdentityRequired => "wechat_identity_required",
             OrderError::ProviderUnavailable(_) => "provider_unavailable",
             OrderError::OrderNotFound(_) => "order_not_found",
             OrderError::NotPending(_) => "order_not_pending",

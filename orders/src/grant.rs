@@ -63,6 +63,7 @@ pub async fn grant(
             idempotency_key: req.idempotency_key.clone(),
             request_hash: req.request_hash.clone(),
             correlation_id: req.correlation_id,
+            channel: Default::default(),
         };
         let now = Utc::now();
         let charge = Charge { fen: 0, points: 0 };

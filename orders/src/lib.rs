@@ -23,7 +23,7 @@ pub mod store;
 pub mod view;
 
 pub use cancel::cancel;
-pub use checkout::{Timing, checkout};
+pub use checkout::{ChannelChoice, Timing, checkout};
 pub use error::OrderError;
 pub use memberline_platform::idempotency::Answer;
 pub use notifications::Notifications;

@@ -18,7 +18,7 @@ use crate::store::transitions;
 use chrono::Utc;
 use memberline_platform::outbox;
 use memberline_schema::entities::order;
-use memberline_schema::events::{Envelope, LatePaymentRefunded, OrderClosed};
+use memberline_schema::events::{Envelope, LatePaymentRefunded, LateRefundWhy, OrderClosed};
 use memberline_schema::states::{CloseReason, LateRefundStatus, OrderStatus, Provider};
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 
@@ -142,6 +142,7 @@ async fn close_locally(
     let history = match reason {
         CloseReason::Expired => "expired",
         CloseReason::Cancelled => "cancelled_by_buyer",
+        CloseReason::NotEligible => "not_eligible",
     };
     if !transitions::advance(
         &txn,
@@ -220,13 +221,20 @@ pub async fn refund_late(
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    let why: LateRefundWhy = serde_json::from_value(late["why"].clone()).unwrap_or_default();
     let out_refund_no = settle::late_refund_no(&order.order_no);
     let request = RefundRequest {
         out_trade_no: order.order_no.clone(),
         out_refund_no: out_refund_no.clone(),
         refund_fen: amount_fen,
         total_fen: amount_fen,
-        reason: "订单已关闭，款项原路退回 (order closed before payment)".to_owned(),
+        reason: match why {
+            LateRefundWhy::OrderClosed => "订单已关闭，款项原路退回 (order closed before payment)",
+            LateRefundWhy::NotEligible => {
+                "会员资格已变更，款项原路退回 (the plan could no longer be bought)"
+            }
+        }
+        .to_owned(),
     };
     let state = client.refund(&request).await?;
     let (status, refund_id) = match state {
@@ -259,6 +267,7 @@ pub async fn refund_late(
             refund_id,
             amount_fen,
             refunded_at: now,
+            why,
         };
         outbox::enqueue(&txn, &Envelope::new(event, order.correlation_id, None)).await?;
     }

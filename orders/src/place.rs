@@ -8,6 +8,7 @@
 //! same statements (`crate::store::purchase`): that is how the purchase lanes
 //! spend one commit on purchases that arrive together.
 
+use crate::checkout::ChannelChoice;
 use crate::rules::{self, Charge, ExpectedPrice};
 use crate::store::{self, purchase as statements};
 use crate::{OrderError, OrderView};
@@ -18,7 +19,7 @@ use memberline_platform::outbox::{self, Wake};
 use memberline_schema::entities::{order, plan, user};
 use memberline_schema::events::{Envelope, OrderPaid, PlanSold};
 use memberline_schema::ids::{BuyerId, OrderId, PlanId};
-use memberline_schema::states::{OrderStatus, PayMethod};
+use memberline_schema::states::{OrderStatus, PayChannel, PayMethod};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use uuid::Uuid;
 
@@ -34,6 +35,8 @@ pub struct PlaceOrder {
     /// Hash of the canonical request body; the same key with another hash is refused.
     pub request_hash: String,
     pub correlation_id: Uuid,
+    /// How a provider order is paid; empty for the others.
+    pub channel: ChannelChoice,
 }
 
 /// Why `cmd` is not a purchase [`place_together`] takes: admin grants and provider payments
@@ -41,6 +44,11 @@ pub struct PlaceOrder {
 pub(crate) fn refuse_other_methods(cmd: &PlaceOrder) -> Result<(), OrderError> {
     if cmd.pay_method == PayMethod::AdminGrant {
         return Err(OrderError::PayMethodNotAllowed(rules::ADMIN_GRANT_ONLY));
+    }
+    if cmd.channel.channel.is_some() || cmd.channel.wechat_app.is_some() {
+        return Err(OrderError::InvalidChannel(
+            "channel and wechat_app are only for wechat and alipay orders",
+        ));
     }
     if cmd.pay_method.provider().is_some() {
         // Provider orders are placed by `checkout`, which calls the provider between two
@@ -200,7 +208,7 @@ fn decide(
         .plan
         .filter(|p| p.on_shelf)
         .ok_or(OrderError::PlanNotFound(cmd.plan_id))?;
-    rules::eligibility(&plan, cmd.pay_method, checked.counts)?;
+    rules::eligibility((&plan).into(), cmd.pay_method, checked.counts)?;
     let discount_percent = checked
         .discount_percent
         .ok_or_else(|| anyhow::anyhow!("the buyer's level is missing"))?;
@@ -271,8 +279,8 @@ pub(crate) async fn check_eligibility(
     plan: &plan::Model,
     pay_method: PayMethod,
 ) -> Result<(), OrderError> {
-    let counts = store::orders::counts(txn, buyer.id, plan.id).await?;
-    rules::eligibility(plan, pay_method, counts)
+    let counts = store::orders::lock_buyer_counts(txn, buyer.id, plan.id).await?;
+    rules::eligibility(plan.into(), pay_method, counts)
 }
 
 /// [`rules::charge`] at the buyer's level, read in `txn`.
@@ -293,10 +301,13 @@ pub(crate) async fn charge(
 /// `pending_until` — waiting for a provider payment until then.
 /// When a pending provider order expires, and when the payment lifecycle job first asks its
 /// provider about it (reconciliation, or expiry if that comes first).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Pending {
     pub until: DateTime<Utc>,
     pub check_at: DateTime<Utc>,
+    /// How it is paid, and the app id its trade is created under (JSAPI).
+    pub channel: PayChannel,
+    pub app_id: Option<String>,
 }
 
 pub(crate) async fn insert_order(
@@ -329,7 +340,7 @@ pub(crate) fn order_model(
     now: DateTime<Utc>,
     pending: Option<Pending>,
 ) -> order::Model {
-    let pending_until = pending.map(|p| p.until);
+    let pending_until = pending.as_ref().map(|p| p.until);
     order::Model {
         id: order_id,
         order_no: order_no(now, order_id),
@@ -363,13 +374,16 @@ pub(crate) fn order_model(
         late_refund_status: None,
         late_refunded_at: None,
         late_refund_id: None,
-        payment_check_at: pending.map(|p| p.check_at),
+        payment_check_at: pending.as_ref().map(|p| p.check_at),
         payment_check_attempts: 0,
         payment_flag: None,
         refunded_at: None,
         refund_reason: None,
         refund_flag: None,
         reminded_at: None,
+        channel: pending.as_ref().map(|p| p.channel),
+        channel_app_id: pending.and_then(|p| p.app_id),
+        trade_type: None,
     }
 }
 

@@ -4,7 +4,7 @@
 //! recomputed here from the catalogue and the buyer's level.
 
 use crate::OrderError;
-use memberline_schema::entities::{plan, user};
+use memberline_schema::entities::{order, plan, user};
 use memberline_schema::money::discounted;
 use memberline_schema::states::{PayMethod, PlanKind};
 
@@ -54,14 +54,38 @@ pub struct Charge {
 /// Why a buyer cannot place an `admin_grant` order.
 pub(crate) const ADMIN_GRANT_ONLY: &str = "admin_grant is not a pay method buyers can use: admins grant with PUT /v1/admin/users/{id}/membership";
 
+/// What eligibility looks at in a plan: the plan on the shelf when an order is placed, the
+/// order's snapshot of it when a payment arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sold {
+    pub kind: PlanKind,
+    pub is_free: bool,
+}
+
+impl From<&plan::Model> for Sold {
+    fn from(plan: &plan::Model) -> Self {
+        Self {
+            kind: plan.kind,
+            is_free: plan.is_free,
+        }
+    }
+}
+
+impl From<&order::Model> for Sold {
+    /// A free plan is only ever sold with pay method `free`.
+    fn from(order: &order::Model) -> Self {
+        Self {
+            kind: order.plan_kind,
+            is_free: order.pay_method == PayMethod::Free,
+        }
+    }
+}
+
 /// Who may buy what with which method: one permanent membership per buyer (passes aside), free
 /// plans only with `free` and once, `free` only for free plans. The one entry point of
-/// eligibility; the counts are read where the purchase reads its rows.
-pub fn eligibility(
-    plan: &plan::Model,
-    pay_method: PayMethod,
-    counts: Counts,
-) -> Result<(), OrderError> {
+/// eligibility, applied when an order is placed and again when a provider's payment for it
+/// arrives; the counts are read where the purchase reads its rows.
+pub fn eligibility(plan: Sold, pay_method: PayMethod, counts: Counts) -> Result<(), OrderError> {
     if plan.kind != PlanKind::Pass && counts.permanent > 0 {
         return Err(OrderError::AlreadyPermanent);
     }
@@ -197,21 +221,21 @@ mod tests {
         };
         let monthly = plan(PlanKind::Membership, 3000, None);
         assert!(matches!(
-            eligibility(&monthly, PayMethod::Balance, counts),
+            eligibility((&monthly).into(), PayMethod::Balance, counts),
             Err(OrderError::AlreadyPermanent)
         ));
         let pass = plan(PlanKind::Pass, 500, None);
-        assert!(eligibility(&pass, PayMethod::Balance, counts).is_ok());
+        assert!(eligibility((&pass).into(), PayMethod::Balance, counts).is_ok());
     }
 
     #[test]
     fn a_free_plan_is_taken_with_free_and_once() {
         let trial = plan(PlanKind::Membership, 0, None);
         let none = Counts::default();
-        assert!(eligibility(&trial, PayMethod::Free, none).is_ok());
+        assert!(eligibility((&trial).into(), PayMethod::Free, none).is_ok());
         assert!(matches!(
             eligibility(
-                &trial,
+                (&trial).into(),
                 PayMethod::Free,
                 Counts {
                     permanent: 0,
@@ -221,12 +245,12 @@ mod tests {
             Err(OrderError::FreePlanAlreadyClaimed)
         ));
         assert!(matches!(
-            eligibility(&trial, PayMethod::Balance, none),
+            eligibility((&trial).into(), PayMethod::Balance, none),
             Err(OrderError::PayMethodNotAllowed(_))
         ));
         let monthly = plan(PlanKind::Membership, 3000, None);
         assert!(matches!(
-            eligibility(&monthly, PayMethod::Free, none),
+            eligibility((&monthly).into(), PayMethod::Free, none),
             Err(OrderError::PlanNotFree)
         ));
     }

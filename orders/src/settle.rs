@@ -11,12 +11,16 @@
 use crate::providers::{Mismatch, Payment, PaymentProvider};
 use crate::store::notifications as store;
 pub use crate::store::notifications::Notification;
+use crate::store::transitions;
+use crate::{OrderError, rules};
 use chrono::Utc;
 use memberline_platform::outbox::{self, Wake};
 use memberline_schema::entities::order;
-use memberline_schema::events::{Envelope, OrderPaid, PlanSold};
+use memberline_schema::events::{Envelope, LateRefundWhy, OrderClosed, OrderPaid, PlanSold};
 use memberline_schema::ids::OrderId;
-use memberline_schema::states::{NotificationOutcome, OrderStatus, Provider};
+use memberline_schema::states::{
+    CloseReason, NotificationOutcome, OrderStatus, PlanKind, Provider,
+};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 
 /// How a payment came to our knowledge (recorded in the order's status history).
@@ -48,6 +52,9 @@ pub enum Applied {
     AlreadyPaid { order_id: OrderId },
     /// The order was closed before the money came: not paid; an automatic refund is due.
     LatePayment { order_id: OrderId },
+    /// The buyer could no longer have the plan when the money came (a permanent membership
+    /// bought meanwhile): the order is closed unpaid and an automatic refund is due.
+    NotEligible { order_id: OrderId },
     /// Genuine, but not for this order as we know it: flagged, not applied.
     Flagged {
         order_id: Option<OrderId>,
@@ -110,6 +117,7 @@ impl Applied {
             Applied::Paid { .. } => NotificationOutcome::Applied,
             Applied::AlreadyPaid { .. } => NotificationOutcome::Duplicate,
             Applied::LatePayment { .. } => NotificationOutcome::LatePayment,
+            Applied::NotEligible { .. } => NotificationOutcome::NotEligible,
             Applied::Flagged { flag, .. } => flag.kind,
         }
     }
@@ -125,7 +133,8 @@ impl Applied {
         match self {
             Applied::Paid { order_id }
             | Applied::AlreadyPaid { order_id }
-            | Applied::LatePayment { order_id } => Some(*order_id),
+            | Applied::LatePayment { order_id }
+            | Applied::NotEligible { order_id } => Some(*order_id),
             Applied::Flagged { order_id, .. } => *order_id,
         }
     }
@@ -321,7 +330,8 @@ async fn apply_locked(
             flag: Flag::other_provider(provider),
         }));
     }
-    if let Err(mismatch) = client.check(payment, order.amount_fen) {
+    if let Err(mismatch) = client.check(payment, order.channel_app_id.as_deref(), order.amount_fen)
+    {
         return Ok(applied(Applied::Flagged {
             order_id: Some(order.id),
             flag: Flag::mismatch(&mismatch),
@@ -329,6 +339,10 @@ async fn apply_locked(
     }
     match order.status {
         OrderStatus::PendingPayment => {
+            if let Err(refusal) = eligible_now(txn, &order).await? {
+                refuse(txn, payment, &order, source, &refusal).await?;
+                return Ok(applied(Applied::NotEligible { order_id: order.id }));
+            }
             let now = Utc::now();
             let reason = format!("paid_by_{provider}_{}", source.as_str());
             let paid = pay(txn, payment, &order, &reason, notification, now).await?;
@@ -343,16 +357,89 @@ async fn apply_locked(
         OrderStatus::Closed => {
             // Money for an order we closed: never paid; the workers' lifecycle job refunds it
             // at once (and once: the refund number is derived from the order).
-            let recorded = serde_json::json!({
-                "transaction_id": payment.transaction_id,
-                "amount_fen": payment.amount_fen,
-                "paid_at": payment.paid_at,
-                "source": source.as_str(),
-            });
-            store::record_late_payment(txn, order.id, recorded).await?;
+            record_for_refund(txn, payment, &order, source, LateRefundWhy::OrderClosed).await?;
             Ok(applied(Applied::LatePayment { order_id: order.id }))
         }
     }
+}
+
+/// Keeps the payment on the order for the lifecycle job's automatic refund, and why.
+async fn record_for_refund(
+    txn: &DatabaseTransaction,
+    payment: &Payment,
+    order: &order::Model,
+    source: Source,
+    why: LateRefundWhy,
+) -> Result<(), DbErr> {
+    let recorded = serde_json::json!({
+        "transaction_id": payment.transaction_id,
+        "amount_fen": payment.amount_fen,
+        "paid_at": payment.paid_at,
+        "source": source.as_str(),
+        "why": why,
+    });
+    store::record_late_payment(txn, order.id, recorded).await
+}
+
+/// The eligibility rules again, now that the money came: since the order was placed the buyer
+/// may have bought a permanent membership (with balance, or by paying another pending order).
+/// The buyer is locked as a purchase locks them, so two payments of one buyer are judged one
+/// after the other. Passes are never refused by the rules a payment can break, so they skip it.
+async fn eligible_now(
+    txn: &DatabaseTransaction,
+    order: &order::Model,
+) -> Result<Result<(), OrderError>, DbErr> {
+    if order.plan_kind == PlanKind::Pass {
+        return Ok(Ok(()));
+    }
+    let counts =
+        crate::store::orders::lock_buyer_counts(txn, order.buyer_id, order.plan_id).await?;
+    Ok(rules::eligibility(order.into(), order.pay_method, counts))
+}
+
+/// A payment the buyer may no longer have: the order is closed unpaid (`order.closed.v1`, reason
+/// `not_eligible`, tells the buyer) and the payment is kept for its automatic refund, as a late
+/// payment's is.
+async fn refuse(
+    txn: &DatabaseTransaction,
+    payment: &Payment,
+    order: &order::Model,
+    source: Source,
+    refusal: &OrderError,
+) -> Result<(), DbErr> {
+    let now = Utc::now();
+    tracing::warn!(
+        order_id = %order.id, buyer_id = %order.buyer_id, why = %refusal,
+        "A payment came for a plan the buyer can no longer have; it will be refunded"
+    );
+    let provider = order
+        .provider
+        .ok_or_else(|| DbErr::Custom(format!("provider order {} without provider", order.id)))?;
+    if !transitions::advance(
+        txn,
+        order.id,
+        OrderStatus::PendingPayment,
+        OrderStatus::Closed,
+        &format!("paid_by_{provider}_{}_not_eligible", source.as_str()),
+        now,
+    )
+    .await?
+    {
+        return Err(DbErr::Custom(
+            "a locked pending order changed status".into(),
+        ));
+    }
+    let event = OrderClosed {
+        order_id: order.id,
+        order_no: order.order_no.clone(),
+        buyer_id: order.buyer_id,
+        provider,
+        reason: CloseReason::NotEligible,
+        amount_fen: order.amount_fen,
+        closed_at: now,
+    };
+    outbox::enqueue(txn, &Envelope::new(event, order.correlation_id, None)).await?;
+    record_for_refund(txn, payment, order, source, LateRefundWhy::NotEligible).await
 }
 
 /// Moves the locked pending `order` to paid (`store::notifications::pay`); `false` when `notification` had
@@ -382,7 +469,10 @@ async fn pay(
         txn,
         order.id,
         now,
-        &payment.transaction_id,
+        store::Trade {
+            transaction_id: &payment.transaction_id,
+            trade_type: payment.trade_type.as_deref(),
+        },
         reason,
         &row,
         notification,

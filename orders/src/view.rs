@@ -1,10 +1,11 @@
 //! An order as the API shows it.
 
+use crate::providers::Started;
 use chrono::{DateTime, Utc};
 use memberline_schema::entities::order;
 use memberline_schema::events::PlanSold;
 use memberline_schema::ids::OrderId;
-use memberline_schema::states::{OrderStatus, PayMethod, Provider};
+use memberline_schema::states::{OrderStatus, PayChannel, PayMethod, Provider};
 use serde::Serialize;
 
 /// An order as the API shows it.
@@ -37,29 +38,39 @@ pub struct OrderView {
     pub payment: Option<PaymentView>,
 }
 
-/// The code a buyer scans to pay a provider order.
+/// How the buyer pays a pending provider order: by its channel, one of `code_url` (with
+/// `qr_png_url`), `jsapi_params`, `h5_url` or `pay_url`.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct PaymentView {
     pub provider: Provider,
-    /// The provider's code: WeChat `weixin://wxpay/bizpayurl?pr=…`, Alipay `https://qr.alipay.com/…`.
-    pub code_url: String,
-    /// The same code as a PNG QR image (`GET /v1/orders/{id}/qr.png`, the buyer's token).
-    pub qr_png_url: String,
+    pub channel: PayChannel,
+    #[serde(flatten)]
+    pub started: Started,
+    /// `code_url` as a PNG QR image (`GET /v1/orders/{id}/qr.png`, the buyer's token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qr_png_url: Option<String>,
     /// Pay before this; afterwards the order is closed.
     pub expires_at: DateTime<Utc>,
 }
 
 impl PaymentView {
-    /// The payment of a pending provider order whose code is stored.
+    /// The payment of a pending provider order whose trade is created.
     pub fn of(o: &order::Model) -> Option<Self> {
         if o.status != OrderStatus::PendingPayment {
             return None;
         }
-        let code_url = o.provider_payload.as_ref()?.get("code_url")?.as_str()?;
+        let provider = o.provider?;
+        let started: Started = serde_json::from_value(o.provider_payload.clone()?).ok()?;
         Some(Self {
-            provider: o.provider?,
-            code_url: code_url.to_owned(),
-            qr_png_url: format!("/v1/orders/{}/qr.png", o.id),
+            provider,
+            channel: o
+                .channel
+                .unwrap_or_else(|| PayChannel::default_for(provider)),
+            qr_png_url: started
+                .code_url
+                .is_some()
+                .then(|| format!("/v1/orders/{}/qr.png", o.id)),
+            started,
             expires_at: o.expires_at?,
         })
     }

@@ -113,6 +113,7 @@ pub struct HttpSettings {
     pub port: u16,
     pub request_timeout_secs: u64,
     pub body_limit_bytes: usize,
+    pub client_ip_header: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -144,6 +145,7 @@ pub struct AmqpSettings {
 pub struct AuthSettings {
     pub jwt_secret: Secret,
     pub token_ttl_secs: i64,
+    pub buyer_token_ttl_secs: i64,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -279,6 +281,8 @@ impl Settings {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("amqp.retry_delays_ms")
+                .with_list_parse_key("payments.wechat.channels")
+                .with_list_parse_key("payments.alipay.channels")
                 .try_parsing(true)
                 .source(Some(vars)),
         );
@@ -309,6 +313,9 @@ impl Settings {
         }
         if self.auth.token_ttl_secs <= 0 {
             return invalid("auth.token_ttl_secs", "must be positive");
+        }
+        if self.auth.buyer_token_ttl_secs <= 0 {
+            return invalid("auth.buyer_token_ttl_secs", "must be positive");
         }
         if self.http.body_limit_bytes == 0 {
             return invalid("http.body_limit_bytes", "must be positive");

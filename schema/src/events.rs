@@ -232,8 +232,9 @@ impl Event for OrderClosed {
     }
 }
 
-/// `order.late_payment_refunded.v1`: a genuine payment for an order that was already closed was
-/// refunded in full through the provider. The order stays closed; nothing was bought.
+/// `order.late_payment_refunded.v1`: a genuine payment for an order that was already closed, or
+/// that the buyer could no longer have, was refunded in full through the provider. The order
+/// stays closed; nothing was bought.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatePaymentRefunded {
     pub order_id: OrderId,
@@ -248,6 +249,21 @@ pub struct LatePaymentRefunded {
     pub refund_id: Option<String>,
     pub amount_fen: i64,
     pub refunded_at: DateTime<Utc>,
+    /// Why it was refunded; absent in events written before it existed (`order_closed`).
+    #[serde(default)]
+    pub why: LateRefundWhy,
+}
+
+/// Why a payment was refunded instead of applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LateRefundWhy {
+    /// It came after the order was closed (expired or cancelled).
+    #[default]
+    OrderClosed,
+    /// The buyer could no longer have the plan when it came: a permanent membership bought
+    /// meanwhile (another order, or balance).
+    NotEligible,
 }
 
 impl Event for LatePaymentRefunded {

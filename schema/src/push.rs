@@ -8,9 +8,9 @@
 //!   the feed.
 //! - Buyer pushes (`buyer.<id>`): a [`BuyerPush`] for one buyer's sockets.
 
-use crate::events::MembershipChange;
+use crate::events::{LateRefundWhy, MembershipChange};
 use crate::ids::{BuyerId, OrderId};
-use crate::states::{CloseReason, NotificationKind, PayMethod};
+use crate::states::{CloseReason, NotificationKind, PayMethod, Provider};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -55,7 +55,8 @@ impl Route {
 }
 
 /// A console push: the console-feed entry `seq` of `kind`, and what it is about (`order`: a
-/// [`PaidEntry`], [`RefundedEntry`] or [`RemindedEntry`], as stored in the feed).
+/// [`PaidEntry`], [`RefundedEntry`], [`RemindedEntry`] or [`AutoRefundedEntry`], as stored in
+/// the feed).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConsolePush {
     #[serde(rename = "type")]
@@ -92,6 +93,19 @@ pub struct RefundedEntry {
     pub refunded_at: DateTime<Utc>,
 }
 
+/// A payment refunded automatically instead of applied (it came after its order was closed, or
+/// when the buyer could no longer have the plan), as the console feed keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AutoRefundedEntry {
+    pub order_id: OrderId,
+    pub order_no: String,
+    pub buyer_id: BuyerId,
+    pub provider: Provider,
+    pub amount_fen: i64,
+    pub why: LateRefundWhy,
+    pub refunded_at: DateTime<Utc>,
+}
+
 /// A buyer's reminder about a paid order, as the console feed keeps it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RemindedEntry {
@@ -106,10 +120,11 @@ pub struct RemindedEntry {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ConsoleMessage {
     pub seq: i64,
-    /// `order.paid`, `order.reminded`, `order.refunded`.
+    /// `order.paid`, `order.reminded`, `order.refunded`, `order.auto_refunded`.
     #[serde(rename = "type")]
     pub message_type: Cow<'static, str>,
-    /// The numeric kind older consoles switch on: 1 paid, 2 reminded, 3 refunded.
+    /// The numeric kind older consoles switch on: 1 paid, 2 reminded, 3 refunded, 4 refunded
+    /// automatically.
     pub kind: u8,
     pub order_id: Value,
     pub order_no: Value,
@@ -143,6 +158,11 @@ impl ConsoleMessage {
                 "order.refunded",
                 3,
                 format!("订单已退款 Order {no} refunded"),
+            ),
+            Some(NotificationKind::LatePaymentRefunded) => (
+                "order.auto_refunded",
+                4,
+                format!("自动退款 Payment for order {no} refunded automatically"),
             ),
             _ => ("", 0, String::new()),
         };

@@ -88,9 +88,9 @@ text_enum! {
         Points = "points",
         /// A free plan (claimable once per buyer).
         Free = "free",
-        /// WeChat Pay (Native QR).
+        /// WeChat Pay, by one of its channels ([`PayChannel`]: Native QR by default).
         Wechat = "wechat",
-        /// Alipay (QR precreate).
+        /// Alipay, by one of its channels ([`PayChannel`]: QR precreate by default).
         Alipay = "alipay",
         /// Granted by an admin at no charge (`PUT /v1/admin/users/{id}/membership`).
         AdminGrant = "admin_grant",
@@ -193,6 +193,9 @@ text_enum! {
         Duplicate = "duplicate",
         /// The order was closed before the money came: a refund is due.
         LatePayment = "late_payment",
+        /// Paid when the buyer could no longer have the plan: the order is closed and the
+        /// payment refunded.
+        NotEligible = "not_eligible",
         /// Genuine, flagged for an operator: the amount differs from the order's.
         FlaggedAmount = "flagged_amount",
         /// Genuine, flagged: another merchant, app or provider than the order's.
@@ -262,6 +265,56 @@ text_enum! {
         Expired = "expired",
         /// Cancelled by its buyer.
         Cancelled = "cancelled",
+        /// Paid when the buyer could no longer have the plan (a permanent membership bought
+        /// meanwhile): the payment is refunded in full.
+        NotEligible = "not_eligible",
+    }
+}
+
+text_enum! {
+    /// How a provider order is paid: the provider's product the buyer's front end uses.
+    pub enum PayChannel {
+        /// WeChat Native: a QR code to scan (a desktop page).
+        Native = "native",
+        /// WeChat JSAPI: `wx.requestPayment` in a mini-program, `WeixinJSBridge` in an
+        /// official-account page (WeChat's own browser).
+        Jsapi = "jsapi",
+        /// WeChat H5: WeChat's cashier opened from a mobile browser outside WeChat.
+        H5 = "h5",
+        /// Alipay precreate: a QR code to scan.
+        Qr = "qr",
+        /// Alipay `alipay.trade.wap.pay`: Alipay's mobile cashier page.
+        Wap = "wap",
+        /// Alipay `alipay.trade.page.pay`: Alipay's desktop cashier page.
+        Page = "page",
+    }
+}
+
+impl PayChannel {
+    /// The provider whose channel this is.
+    pub fn provider(self) -> Provider {
+        match self {
+            PayChannel::Native | PayChannel::Jsapi | PayChannel::H5 => Provider::Wechat,
+            PayChannel::Qr | PayChannel::Wap | PayChannel::Page => Provider::Alipay,
+        }
+    }
+
+    /// The channel an order of `provider` takes when none is named (today's QR codes).
+    pub fn default_for(provider: Provider) -> Self {
+        match provider {
+            Provider::Wechat => PayChannel::Native,
+            Provider::Alipay => PayChannel::Qr,
+        }
+    }
+}
+
+text_enum! {
+    /// The WeChat application a buyer pays or signs in from; each has an app id of its own.
+    pub enum WechatApp {
+        /// A mini-program (`wx.login`, `wx.requestPayment`).
+        Miniprogram = "miniprogram",
+        /// An official account's web pages (web OAuth, `WeixinJSBridge`).
+        OfficialAccount = "official_account",
     }
 }
 

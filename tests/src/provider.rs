@@ -18,6 +18,10 @@ pub const WECHAT_APPID: &str = "wxd0e1c2b3a4958677";
 pub const WECHAT_SERIAL: &str = "4A7C2ABF7ABB4EA58C06FF6161AFF456880096EC";
 pub const WECHAT_KEY_ID: &str = "PUB_KEY_ID_0119000001092026112400000001";
 pub const WECHAT_APIV3_KEY: &str = "w20rERqvyXUYJfRcGdayYGsFga5MZsn8";
+pub const WECHAT_MINIPROGRAM_APPID: &str = "wx8f1e2d3c4b5a6978";
+pub const WECHAT_MINIPROGRAM_SECRET: &str = "memberline-dev-miniprogram-secret";
+pub const WECHAT_OFFICIAL_ACCOUNT_APPID: &str = "wx1a2b3c4d5e6f7081";
+pub const WECHAT_OFFICIAL_ACCOUNT_SECRET: &str = "memberline-dev-official-account-secret";
 pub const ALIPAY_APP_ID: &str = "2021000148600001";
 pub const ALIPAY_SELLER_ID: &str = "2088100000000001";
 
@@ -115,6 +119,31 @@ impl Emulator {
                 "MEMBERLINE__PAYMENTS__WECHAT__NOTIFY_URL",
                 format!("{gateway}/v1/payments/wechat/notify"),
             ),
+            ("MEMBERLINE__PAYMENTS__PUBLIC_URL", gateway.clone()),
+            (
+                "MEMBERLINE__PAYMENTS__WECHAT__CHANNELS",
+                "native,jsapi,h5".to_owned(),
+            ),
+            (
+                "MEMBERLINE__PAYMENTS__WECHAT__MINIPROGRAM_APPID",
+                WECHAT_MINIPROGRAM_APPID.to_owned(),
+            ),
+            (
+                "MEMBERLINE__PAYMENTS__WECHAT__MINIPROGRAM_SECRET",
+                WECHAT_MINIPROGRAM_SECRET.to_owned(),
+            ),
+            (
+                "MEMBERLINE__PAYMENTS__WECHAT__OFFICIAL_ACCOUNT_APPID",
+                WECHAT_OFFICIAL_ACCOUNT_APPID.to_owned(),
+            ),
+            (
+                "MEMBERLINE__PAYMENTS__WECHAT__OFFICIAL_ACCOUNT_SECRET",
+                WECHAT_OFFICIAL_ACCOUNT_SECRET.to_owned(),
+            ),
+            (
+                "MEMBERLINE__PAYMENTS__WECHAT__LOGIN_BASE_URL",
+                base.to_owned(),
+            ),
             ("MEMBERLINE__PAYMENTS__ALIPAY__ENABLED", "true".to_owned()),
             (
                 "MEMBERLINE__PAYMENTS__ALIPAY__GATEWAY_URL",
@@ -139,6 +168,10 @@ impl Emulator {
             (
                 "MEMBERLINE__PAYMENTS__ALIPAY__NOTIFY_URL",
                 format!("{gateway}/v1/payments/alipay/notify"),
+            ),
+            (
+                "MEMBERLINE__PAYMENTS__ALIPAY__CHANNELS",
+                "qr,wap,page".to_owned(),
             ),
         ]
     }

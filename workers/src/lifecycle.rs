@@ -347,7 +347,8 @@ fn paid(order: &order::Model, applied: &Applied) -> LifecycleOutcome {
             LifecycleOutcome::Paid
         }
         Applied::AlreadyPaid { .. } => LifecycleOutcome::AlreadyPaid,
-        Applied::LatePayment { .. } => LifecycleOutcome::LatePayment,
+        // Refunded automatically by a later run of this job (logged where it was decided).
+        Applied::LatePayment { .. } | Applied::NotEligible { .. } => LifecycleOutcome::LatePayment,
         // Logged and left to an operator where it was flagged (the order is no longer checked).
         Applied::Flagged { .. } => LifecycleOutcome::Flagged,
     }

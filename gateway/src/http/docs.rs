@@ -13,6 +13,8 @@ use utoipa::{Modify, OpenApi};
     info(title = "Memberline API", description = "Member plans, orders and payments. Amounts are integers in fen; points are integers. Errors are `{\"error\": {\"code\", \"message\"}}`. Besides the answers each operation lists, any request may be cut off with 408 after the request timeout, and an unexpected failure is an opaque 500 `internal`."),
     paths(
         super::plans::list,
+        super::sign_in::wechat,
+        super::sign_in::link,
         super::me::me,
         super::me::ledger,
         super::orders::create,
@@ -21,6 +23,7 @@ use utoipa::{Modify, OpenApi};
         super::orders::cancel,
         super::orders::remind,
         super::payments::qr_png,
+        super::payments::alipay_return,
         super::admin::create_user,
         super::admin_actions::refund_order,
         super::admin_actions::grant_membership,
@@ -83,7 +86,8 @@ pub fn router() -> Router<AppState> {
 mod tests {
     use super::*;
     use memberline_schema::states::{
-        EventType, LedgerKind, LedgerReason, NotificationKind, OrderStatus, PayMethod, PlanKind,
+        EventType, LedgerKind, LedgerReason, NotificationKind, OrderStatus, PayChannel, PayMethod,
+        PlanKind, WechatApp,
     };
 
     #[test]
@@ -98,6 +102,8 @@ mod tests {
             ("LedgerKind", serde_json::json!(LedgerKind::ALL)),
             ("LedgerReason", serde_json::json!(LedgerReason::ALL)),
             ("NotificationKind", serde_json::json!(NotificationKind::ALL)),
+            ("PayChannel", serde_json::json!(PayChannel::ALL)),
+            ("WechatApp", serde_json::json!(WechatApp::ALL)),
         ];
         for (name, values) in serialized {
             assert_eq!(documented(name), values, "{name}");

@@ -94,6 +94,14 @@ impl ApiError {
         }
     }
 
+    /// The same answer with `Retry-After: secs`.
+    pub fn retry_after(self, secs: u64) -> Self {
+        Self {
+            retry_after: Some(secs),
+            ..self
+        }
+    }
+
     /// 503: a dependency is unavailable right now; retry later.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
@@ -158,11 +166,12 @@ impl From<memberline_orders::OrderError> for ApiError {
             | E::FreePlanAlreadyClaimed
             | E::NotPending(_)
             | E::NotPaid(_)
-            | E::NotRefundable(_) => Self::conflict(code, message),
-            E::RemindTooSoon { wait_secs } => Self {
-                retry_after: Some(wait_secs.max(1) as u64),
-                ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
-            },
+            | E::NotRefundable(_)
+            | E::WechatIdentityRequired => Self::conflict(code, message),
+            E::RemindTooSoon { wait_secs } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+                    .retry_after(wait_secs.max(1) as u64)
+            }
             E::ProviderUnavailable(_) => Self::new(StatusCode::BAD_GATEWAY, code, message),
             E::PriceChanged { fen, points } => Self {
                 details: Some(serde_json::json!({
@@ -174,6 +183,8 @@ impl From<memberline_orders::OrderError> for ApiError {
             E::PlanNotFree
             | E::PayMethodNotAllowed(_)
             | E::PayMethodUnavailable(_)
+            | E::ChannelUnavailable(_)
+            | E::InvalidChannel(_)
             | E::InsufficientBalance { .. }
             | E::InsufficientPoints { .. }
             | E::IdempotencyKeyReused => Self::unprocessable(code, message),

@@ -19,6 +19,7 @@ pub mod payments;
 pub mod plans;
 pub mod push;
 pub mod query;
+pub mod sign_in;
 
 use crate::http::error::ApiError;
 use crate::state::AppState;
@@ -56,6 +57,39 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CorrelationId {
     }
 }
 
+/// The buyer's address: from `http.client_ip_header` when the gateway sits behind a proxy that
+/// sets it (the first address of `X-Forwarded-For`), otherwise the connection's.
+#[derive(Clone, Debug)]
+pub struct ClientIp(pub String);
+
+impl axum::extract::FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = state.settings.http.client_ip_header.trim();
+        let from_header = (!header.is_empty())
+            .then(|| parts.headers.get(header))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok());
+        let from_connection = || {
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip())
+        };
+        let ip = from_header.or_else(from_connection).map_or_else(
+            || std::net::Ipv4Addr::LOCALHOST.to_string(),
+            |ip| ip.to_canonical().to_string(),
+        );
+        Ok(ClientIp(ip))
+    }
+}
+
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.http.body_limit_bytes;
@@ -63,6 +97,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(plans::router())
         .merge(me::router())
+        .merge(sign_in::router())
         .merge(orders::router())
         .merge(payments::router())
         .merge(admin::router())

@@ -2,7 +2,7 @@
 
 use super::idempotency::{Idempotent, KEY_DOC, respond};
 use super::query::{self, ValidQuery};
-use super::{CorrelationId, typed};
+use super::{ClientIp, CorrelationId, typed};
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
 use crate::state::AppState;
@@ -12,10 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use memberline_orders::store;
-use memberline_orders::{self as orders, ExpectedPrice, OrderView, PlaceOrder, Timing, checkout};
+use memberline_orders::{
+    self as orders, ChannelChoice, ExpectedPrice, OrderView, PlaceOrder, Timing, checkout,
+};
 use memberline_platform::metrics::OrderOutcome;
 use memberline_schema::events::PayMethod;
 use memberline_schema::ids::{OrderId, PlanId};
+use memberline_schema::states::{PayChannel, WechatApp};
 use serde::{Deserialize, Serialize};
 
 /// Body of `POST /v1/orders`. Prices are never taken from the client: a body that carries an
@@ -36,6 +39,14 @@ pub struct PlaceOrderRequest {
     /// The price in points the buyer was shown (`buyer_price_points` of `GET /v1/plans`).
     #[schema(minimum = 0)]
     pub expected_price_points: Option<i64>,
+    /// How a `wechat` or `alipay` order is paid (one the shop takes: `channels` of
+    /// `GET /v1/plans`). WeChat: `native` (the default, a QR code), `jsapi` (inside WeChat, with
+    /// `wechat_app`), `h5` (a mobile browser). Alipay: `qr` (the default), `wap` (mobile cashier),
+    /// `page` (desktop cashier). Not for other pay methods.
+    pub channel: Option<PayChannel>,
+    /// With `channel: jsapi` only: the app the buyer pays in, where they must have signed in with
+    /// WeChat (their OpenID there).
+    pub wechat_app: Option<WechatApp>,
 }
 
 /// The pay methods an order can be placed with. A provider method that is not enabled on this
@@ -77,22 +88,23 @@ const PRICE_FIELDS: [&str; 8] = [
 
 /// Buys a plan. Balance, points and free plans are paid in the same transaction that creates
 /// the order, which also writes the `order.paid.v1` event to the outbox. WeChat and Alipay
-/// orders are created `pending_payment` with a QR code; the provider's verified notification
-/// (or our query) pays them.
+/// orders are created `pending_payment` with what their channel pays with (`payment`: a QR
+/// code, JSAPI's signed arguments, a cashier URL); the provider's verified notification (or our
+/// query) pays them.
 #[utoipa::path(post, path = "/v1/orders", tag = "orders", security(("bearer" = [])),
     params(("Idempotency-Key" = String, Header,
         min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$",
         description = KEY_DOC)),
     request_body = PlaceOrderRequest,
     responses(
-        (status = 201, description = "Order created and paid, or (wechat, alipay) created `pending_payment` with `payment.code_url` to scan; or the replay of the first response", body = OrderView),
+        (status = 201, description = "Order created and paid, or (wechat, alipay) created `pending_payment` with its `payment`: `code_url` to scan, `jsapi_params` for `wx.requestPayment`, `h5_url` or `pay_url` to open; or the replay of the first response", body = OrderView),
         (status = 400, description = "`idempotency_key_required`, `invalid_idempotency_key`, `malformed_json`", body = crate::http::error::ErrorBody),
         (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`, `unknown_user`", body = crate::http::error::ErrorBody),
         (status = 404, description = "`plan_not_found`", body = crate::http::error::ErrorBody),
-        (status = 409, description = "`free_plan_already_claimed`, `already_permanent`, `price_changed` (the current price in `details`)", body = crate::http::error::ErrorBody),
+        (status = 409, description = "`free_plan_already_claimed`, `already_permanent`, `price_changed` (the current price in `details`), `wechat_identity_required` (a `jsapi` order of a buyer without an OpenID under that app)", body = crate::http::error::ErrorBody),
         (status = 413, description = "`payload_too_large`", body = crate::http::error::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = crate::http::error::ErrorBody),
-        (status = 422, description = "`insufficient_balance`, `insufficient_points`, `pay_method_unavailable`, `pay_method_not_allowed`, `plan_not_free`, `idempotency_key_reused`, `client_price_rejected`, `invalid_body`, `invalid_field`", body = crate::http::error::ErrorBody),
+        (status = 422, description = "`insufficient_balance`, `insufficient_points`, `pay_method_unavailable`, `channel_unavailable` (a channel or WeChat app the shop does not take), `channel_mismatch` (`channel` or `wechat_app` does not fit the pay method: `jsapi` needs `wechat_app`, nothing else takes it, and only `wechat` and `alipay` take a channel), `pay_method_not_allowed`, `plan_not_free`, `idempotency_key_reused`, `client_price_rejected`, `invalid_body`, `invalid_field`", body = crate::http::error::ErrorBody),
         (status = 502, description = "`provider_unavailable`: the payment provider failed or timed out; the order was closed, nothing was charged", body = crate::http::error::ErrorBody),
         (status = 503, description = "`unavailable`: the database is busy; retry with the same key", body = crate::http::error::ErrorBody),
     ))]
@@ -100,6 +112,7 @@ pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     CorrelationId(correlation_id): CorrelationId,
+    ClientIp(client_ip): ClientIp,
     request: Idempotent,
 ) -> Result<Response, ApiError> {
     let key = request.key?;
@@ -136,6 +149,11 @@ pub async fn create(
         idempotency_key: key,
         request_hash,
         correlation_id,
+        channel: ChannelChoice {
+            channel: req.channel,
+            wechat_app: req.wechat_app,
+            client_ip,
+        },
     };
     let result = if req.pay_method.provider().is_some() {
         let timing = Timing::from(&state.settings.payments);

@@ -1,4 +1,5 @@
-//! The providers' notification endpoints and the QR image of a pending order.
+//! The providers' notification endpoints, Alipay's cashier return, and the QR image of a pending
+//! order.
 //!
 //! Notifications are verified before anything reads them (WeChat: the signature over the raw
 //! body with the platform key named by `Wechatpay-Serial`, the timestamp within five minutes,
@@ -10,7 +11,7 @@
 //! 4xx/5xx with `{"code": "FAIL", "message": …}` otherwise, never 200 with FAIL; Alipay gets
 //! exactly `success` for every genuine notification we stored and `fail` otherwise.
 //!
-//! They are provider protocol endpoints, not part of our OpenAPI document.
+//! The notification endpoints are provider protocol endpoints, not part of our OpenAPI document.
 
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
@@ -229,6 +230,66 @@ async fn alipay_notify(State(state): State<AppState>, body: Bytes) -> Response {
     alipay_reply(stored.is_ok())
 }
 
+/// Where a buyer back from a cashier goes: `/vip` following the order (under
+/// `payments.public_url` when it is set).
+fn back_to_vip(state: &AppState, order_id: Option<OrderId>) -> Response {
+    let base = state.payments.public_url().unwrap_or_default();
+    let location = match order_id {
+        Some(id) => format!("{base}/vip?order={id}"),
+        None => format!("{base}/vip"),
+    };
+    (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
+}
+
+/// Alipay's synchronous return from its mobile or desktop cashier: the buyer's browser, back from
+/// paying (or not), lands on `/vip` following the order live. The return's signature is verified,
+/// but even a genuine return is not proof of payment: it never marks an order paid. It only
+/// brings the order's next query forward, and the query or the notification pays it. A return
+/// that does not verify redirects the same way and changes nothing.
+#[utoipa::path(get, path = "/v1/payments/alipay/return", tag = "orders",
+    params(
+        ("out_trade_no" = Option<String>, Query, description = "Our order number, as Alipay sends it back"),
+        ("sign" = Option<String>, Query, description = "Alipay's RSA2 signature over every other parameter but `sign_type`"),
+    ),
+    responses(
+        (status = 303, description = "To `/vip?order=<id>` (or `/vip` for an order it does not know)",
+            headers(("Location" = String, description = "Where the buyer goes"))),
+    ))]
+pub async fn alipay_return(
+    State(state): State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Response, ApiError> {
+    let query = query.unwrap_or_default();
+    let verified = match state.payments.alipay() {
+        Some(client) => client.verify_return(query.as_bytes()).map_err(|e| {
+            tracing::warn!(error = %e, "An Alipay return that does not verify; nothing changes");
+        }),
+        None => Err(()),
+    };
+    let out_trade_no = match &verified {
+        Ok(ret) => ret.out_trade_no().map(str::to_owned),
+        Err(()) => serde_urlencoded::from_str::<Vec<(String, String)>>(&query)
+            .ok()
+            .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "out_trade_no"))
+            .map(|(_, v)| v),
+    };
+    // Our order numbers are short ASCII (`ML…`): anything else names no order of ours.
+    let ours = |no: &String| {
+        (1..=64).contains(&no.len())
+            && no
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_|*-".contains(&b))
+    };
+    let Some(out_trade_no) = out_trade_no.filter(ours) else {
+        return Ok(back_to_vip(&state, None));
+    };
+    if verified.is_ok() {
+        memberline_orders::store::payment_checks::check_now(&state.db, &out_trade_no).await?;
+    }
+    let order_id = memberline_orders::store::orders::id_of(&state.db, &out_trade_no).await?;
+    Ok(back_to_vip(&state, order_id))
+}
+
 /// The caller's pending WeChat / Alipay order's code (`payment.code_url`) as a PNG QR image, to
 /// show the buyer; rendered on the server.
 #[utoipa::path(get, path = "/v1/orders/{id}/qr.png", tag = "orders", security(("bearer" = [])),
@@ -236,7 +297,7 @@ async fn alipay_notify(State(state): State<AppState>, body: Bytes) -> Response {
     responses(
         (status = 200, description = "The QR code", content_type = "image/png", body = PngImage),
         (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::http::error::ErrorBody),
-        (status = 404, description = "`qr_not_available`: no such order of yours, or it is not a pending provider order", body = crate::http::error::ErrorBody),
+        (status = 404, description = "`qr_not_available`: no such order of yours, or it is not a pending provider order paid by a QR code (`native`, `qr`)", body = crate::http::error::ErrorBody),
         (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
     ))]
 pub async fn qr_png(
@@ -251,7 +312,8 @@ pub async fn qr_png(
         .await?
         .ok_or_else(not_available)?;
     let payment = memberline_orders::view::PaymentView::of(&found).ok_or_else(not_available)?;
-    let png = qr::png(&payment.code_url).map_err(ApiError::internal)?;
+    let code_url = payment.started.code_url.ok_or_else(not_available)?;
+    let png = qr::png(&code_url).map_err(ApiError::internal)?;
     Ok((
         [
             (header::CONTENT_TYPE, "image/png"),
@@ -312,5 +374,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/payments/wechat/notify", post(wechat_notify))
         .route("/v1/payments/alipay/notify", post(alipay_notify))
+        .route("/v1/payments/alipay/return", get(alipay_return))
         .route("/v1/orders/{id}/qr.png", get(qr_png))
 }

@@ -6,6 +6,7 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use memberline_orders::providers::Offer;
 use memberline_orders::{rules, store};
 use memberline_schema::ids::PlanId;
 use memberline_schema::states::{PayMethod, PlanKind};
@@ -44,6 +45,9 @@ pub struct PlanList {
     /// it has enabled (`wechat`, `alipay`).
     #[schema(value_type = Vec<super::orders::OrderPayMethod>)]
     pub pay_methods: Vec<PayMethod>,
+    /// How each provider pay method can be paid here: its channels, and for `jsapi` one entry
+    /// per WeChat app (`wechat_app`). An order names one of these (`channel`, `wechat_app`).
+    pub channels: Vec<Offer>,
 }
 
 /// Lists on-shelf plans in display order.
@@ -101,7 +105,11 @@ pub async fn list(
             None => *m != PayMethod::AdminGrant,
         })
         .collect();
-    Ok(Json(PlanList { plans, pay_methods }))
+    Ok(Json(PlanList {
+        plans,
+        pay_methods,
+        channels: state.payments.offers().to_vec(),
+    }))
 }
 
 pub fn router() -> Router<AppState> {

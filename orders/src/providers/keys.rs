@@ -155,6 +155,11 @@ const DEV_PUBLIC_KEYS: [&str; 4] = [
     include_str!("../../../deploy/dev-keys/alipay/alipay_public_key.pem"),
 ];
 pub(crate) const DEV_APIV3_KEY: &str = "w20rERqvyXUYJfRcGdayYGsFga5MZsn8";
+/// The WeChat app secrets of `deploy/config/local.toml` (the emulator's apps).
+pub(crate) const DEV_APP_SECRETS: [&str; 2] = [
+    "memberline-dev-miniprogram-secret",
+    "memberline-dev-official-account-secret",
+];
 
 /// A development key configured outside the `local` environment.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
-//! The payment providers, a layer the order domain calls: WeChat Pay API v3 (Native QR) and the
-//! Alipay open API (QR precreate) behind one trait, [`PaymentProvider`].
+//! The payment providers, a layer the order domain calls: WeChat Pay API v3 (Native, JSAPI, H5)
+//! and the Alipay open API (precreate, mobile and desktop cashiers) behind one trait,
+//! [`PaymentProvider`], with the login of WeChat buyers ([`wechat::login`]).
 //!
 //! Every request is signed with the merchant's key and every answer is verified with the
 //! provider's public key before its body is read; a notification is verified (and, for WeChat,
@@ -18,28 +19,87 @@ pub mod wechat;
 
 use chrono::{DateTime, Utc};
 use memberline_schema::states::{NotificationOutcome, Provider};
+use serde::{Deserialize, Serialize};
 
 pub use keys::DevKeyError;
-pub use setup::{Payments, SetupError};
+pub use setup::{Offer, Payments, SetupError};
 
-/// A QR payment to create.
+/// A provider payment to create.
 #[derive(Clone, Debug)]
-pub struct QrRequest {
+pub struct PaymentRequest {
     /// Our order number (`out_trade_no`), unique per merchant.
     pub out_trade_no: String,
     /// What the buyer sees on the payment page (WeChat `description`, Alipay `subject`).
     pub description: String,
     /// The amount, in fen.
     pub amount_fen: i64,
-    /// When the code stops being payable.
+    /// When the trade stops being payable.
     pub expires_at: DateTime<Utc>,
+    /// Which of the provider's products the buyer pays with.
+    pub via: Via,
 }
 
-/// The code the buyer scans.
+/// The provider product a payment is made with, and what that product needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QrCode {
-    /// WeChat `code_url` (`weixin://…`) or Alipay `qr_code` (`https://qr.alipay.com/…`).
-    pub code_url: String,
+pub enum Via {
+    /// WeChat Native or Alipay precreate: a code to scan.
+    Qr,
+    /// WeChat JSAPI, in the app `app_id` (a mini-program or an official account), for the buyer
+    /// whose OpenID there is `openid`.
+    Jsapi { app_id: String, openid: String },
+    /// WeChat H5: the cashier from a mobile browser at `client_ip`, which sends the buyer back
+    /// to `redirect_url`.
+    H5 {
+        client_ip: String,
+        redirect_url: String,
+    },
+    /// Alipay's mobile cashier: back to `return_url` once paid, to `quit_url` when the buyer
+    /// gives up.
+    Wap {
+        return_url: String,
+        quit_url: String,
+    },
+    /// Alipay's desktop cashier: back to `return_url` once paid.
+    Page { return_url: String },
+}
+
+/// What the buyer's front end needs to pay a created trade: exactly one field is set, the one
+/// of its channel. Stored with the order (`provider_payload`) and shown in its `payment`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Started {
+    /// A code to scan: WeChat `weixin://wxpay/bizpayurl?pr=…`, Alipay `https://qr.alipay.com/…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_url: Option<String>,
+    /// WeChat JSAPI: the arguments of `wx.requestPayment` / `getBrandWCPayRequest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsapi_params: Option<JsapiParams>,
+    /// WeChat H5: the cashier to open, our `redirect_url` appended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub h5_url: Option<String>,
+    /// Alipay mobile or desktop cashier: a GET to Alipay's gateway carrying the signed request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay_url: Option<String>,
+}
+
+/// The arguments a WeChat front end pays a JSAPI trade with, signed with the merchant key over
+/// `appId\ntimeStamp\nnonceStr\npackage\n` (`signType` is not signed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JsapiParams {
+    #[serde(rename = "appId")]
+    pub app_id: String,
+    /// Unix seconds, as a string.
+    #[serde(rename = "timeStamp")]
+    pub time_stamp: String,
+    #[serde(rename = "nonceStr")]
+    pub nonce_str: String,
+    /// `prepay_id=<id>`.
+    pub package: String,
+    /// `RSA`.
+    #[serde(rename = "signType")]
+    pub sign_type: String,
+    /// Base64 SHA256withRSA of the four lines above.
+    #[serde(rename = "paySign")]
+    pub pay_sign: String,
 }
 
 /// A payment the provider reports as made (by query or by notification).
@@ -57,6 +117,9 @@ pub struct Payment {
     pub paid_at: Option<DateTime<Utc>>,
     /// Merchant ids the provider put on the payment (WeChat mchid/appid, Alipay seller_id/app_id).
     pub merchant: MerchantIds,
+    /// What the provider says the trade was (WeChat `trade_type`: `NATIVE`, `JSAPI`, `MWEB`);
+    /// Alipay reports none.
+    pub trade_type: Option<String>,
 }
 
 /// The merchant identifiers carried by a payment; compared with ours before it is applied.
@@ -226,8 +289,9 @@ pub enum Mismatch {
 pub trait PaymentProvider: Send + Sync {
     /// Which provider this is.
     fn provider(&self) -> Provider;
-    /// Creates (or, with identical parameters, fetches again) the QR code of a trade.
-    async fn create_qr(&self, request: &QrRequest) -> Result<QrCode, PaymentError>;
+    /// Creates a trade (or, with identical parameters, fetches it again) and answers what the
+    /// buyer's front end pays it with.
+    async fn create(&self, request: &PaymentRequest) -> Result<Started, PaymentError>;
     /// Asks where a trade is.
     async fn query(&self, out_trade_no: &str) -> Result<TradeState, PaymentError>;
     /// Closes an unpaid trade so it can no longer be paid.
@@ -240,8 +304,14 @@ pub trait PaymentProvider: Send + Sync {
         out_trade_no: &str,
         out_refund_no: &str,
     ) -> Result<RefundState, PaymentError>;
-    /// Checks a verified payment against our merchant ids and the order's amount in fen.
-    fn check(&self, payment: &Payment, amount_fen: i64) -> Result<(), Mismatch>;
+    /// Checks a verified payment against our merchant ids, the app id its trade was created
+    /// under (`None`: our default app) and the order's amount in fen.
+    fn check(
+        &self,
+        payment: &Payment,
+        app_id: Option<&str>,
+        amount_fen: i64,
+    ) -> Result<(), Mismatch>;
 }
 
 /// Compares the merchant ids and amount of `payment` with ours (shared by both providers:

@@ -3,19 +3,29 @@
 
 use crate::providers::PaymentProvider;
 use crate::providers::alipay::Alipay;
-use crate::providers::keys::{DEV_APIV3_KEY, DevKeyError, KeyError, Signer, Verifying, is_dev_key};
-use crate::providers::wechat::WechatPay;
-use memberline_platform::settings::{AlipaySettings, PaymentSettings, WechatSettings};
-use memberline_schema::states::Provider;
+use crate::providers::keys::{
+    DEV_APIV3_KEY, DEV_APP_SECRETS, DevKeyError, KeyError, Signer, Verifying, is_dev_key,
+};
+use crate::providers::wechat::{WechatLogin, WechatPay};
+use memberline_platform::settings::{AlipaySettings, PaymentSettings, Secret, WechatSettings};
+use memberline_schema::states::{PayChannel, PayMethod, Provider, WechatApp};
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The enabled providers.
+/// The enabled providers, the channels the shop takes, and WeChat sign-in.
 #[derive(Clone, Default)]
 pub struct Payments {
     wechat: Option<Arc<WechatPay>>,
     alipay: Option<Arc<Alipay>>,
+    offers: Vec<Offer>,
+    /// `payments.wechat.*_appid`.
+    apps: AppIds,
+    /// `payments.public_url`, without a trailing `/`.
+    public_url: Option<String>,
+    login: Option<Arc<WechatLogin>>,
 }
 
 impl std::fmt::Debug for Payments {
@@ -23,8 +33,20 @@ impl std::fmt::Debug for Payments {
         f.debug_struct("Payments")
             .field("wechat", &self.wechat.is_some())
             .field("alipay", &self.alipay.is_some())
+            .field("offers", &self.offers)
             .finish()
     }
+}
+
+/// A way to pay the shop takes: a provider's pay method, one of its channels, and for JSAPI the
+/// WeChat app it is paid in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Offer {
+    pub pay_method: PayMethod,
+    pub channel: PayChannel,
+    /// Only for `jsapi`: the app whose buyers pay this way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wechat_app: Option<WechatApp>,
 }
 
 /// Why the payment settings cannot be used; names the key.
@@ -72,11 +94,112 @@ impl Payments {
             None
         };
         let alipay = if settings.alipay.enabled {
-            Some(Arc::new(alipay(&settings.alipay, http, attempts, local)?))
+            Some(Arc::new(alipay(
+                &settings.alipay,
+                http.clone(),
+                attempts,
+                local,
+            )?))
         } else {
             None
         };
-        Ok(Self { wechat, alipay })
+        let public_url = settings.public_url.trim_end_matches('/');
+        let public_url = (!public_url.is_empty()).then(|| public_url.to_owned());
+        if let Some(url) = &public_url
+            && !local
+            && !url.starts_with("https://")
+        {
+            return Err(invalid(
+                "payments.public_url",
+                "must be https:// outside local development",
+            ));
+        }
+        let (apps, login) = wechat_apps(&settings.wechat, http, local)?;
+        let mut offers = Vec::new();
+        for (enabled, key, channels) in [
+            (
+                wechat.is_some(),
+                "payments.wechat.channels",
+                &settings.wechat.channels,
+            ),
+            (
+                alipay.is_some(),
+                "payments.alipay.channels",
+                &settings.alipay.channels,
+            ),
+        ] {
+            if !enabled {
+                continue;
+            }
+            for &channel in channels {
+                let pay_method = match channel.provider() {
+                    Provider::Wechat => PayMethod::Wechat,
+                    Provider::Alipay => PayMethod::Alipay,
+                };
+                let needs_return =
+                    matches!(channel, PayChannel::H5 | PayChannel::Wap | PayChannel::Page);
+                if needs_return && public_url.is_none() {
+                    return Err(invalid(
+                        key,
+                        &format!("the {channel} channel needs payments.public_url"),
+                    ));
+                }
+                if channel == PayChannel::Jsapi {
+                    if apps.is_empty() {
+                        return Err(invalid(
+                            key,
+                            "the jsapi channel needs payments.wechat.miniprogram_appid or \
+                             payments.wechat.official_account_appid",
+                        ));
+                    }
+                    offers.extend(apps.keys().map(|&app| Offer {
+                        pay_method,
+                        channel,
+                        wechat_app: Some(app),
+                    }));
+                } else {
+                    offers.push(Offer {
+                        pay_method,
+                        channel,
+                        wechat_app: None,
+                    });
+                }
+            }
+        }
+        offers.dedup();
+        Ok(Self {
+            wechat,
+            alipay,
+            offers,
+            apps,
+            public_url,
+            login,
+        })
+    }
+
+    /// Every way to pay the shop takes, in the order of the settings.
+    pub fn offers(&self) -> &[Offer] {
+        &self.offers
+    }
+
+    /// Whether the shop takes `offer`.
+    pub fn takes(&self, offer: Offer) -> bool {
+        self.offers.contains(&offer)
+    }
+
+    /// The app id of the WeChat `app`, when the shop has one.
+    pub fn app_id(&self, app: WechatApp) -> Option<&str> {
+        self.apps.get(&app).map(String::as_str)
+    }
+
+    /// `payments.public_url`, without a trailing `/`.
+    pub fn public_url(&self) -> Option<&str> {
+        self.public_url.as_deref()
+    }
+
+    /// WeChat sign-in, when an app has its app id and secret.
+    pub fn login(&self) -> Option<&WechatLogin> {
+        self.login.as_deref()
     }
 
     /// The client of `provider`, when it is enabled.
@@ -178,6 +301,63 @@ fn wechat(
         notify_url: notify_url("payments.wechat.notify_url", &s.notify_url, local)?,
         attempts,
     })
+}
+
+/// The app id of each WeChat app the shop has.
+type AppIds = BTreeMap<WechatApp, String>;
+
+/// The WeChat apps the shop has (an app id each) and, for those with a secret too, sign-in.
+/// A development secret is refused outside the development environments.
+fn wechat_apps(
+    s: &WechatSettings,
+    http: reqwest::Client,
+    local: bool,
+) -> Result<(AppIds, Option<Arc<WechatLogin>>), SetupError> {
+    let mut apps = BTreeMap::new();
+    let mut secrets = BTreeMap::new();
+    for (app, id_key, appid, secret_key, secret) in [
+        (
+            WechatApp::Miniprogram,
+            "payments.wechat.miniprogram_appid",
+            &s.miniprogram_appid,
+            "payments.wechat.miniprogram_secret",
+            &s.miniprogram_secret,
+        ),
+        (
+            WechatApp::OfficialAccount,
+            "payments.wechat.official_account_appid",
+            &s.official_account_appid,
+            "payments.wechat.official_account_secret",
+            &s.official_account_secret,
+        ),
+    ] {
+        let secret: &Secret = secret;
+        if appid.trim().is_empty() {
+            if !secret.expose().is_empty() {
+                return Err(invalid(secret_key, &format!("needs {id_key}")));
+            }
+            continue;
+        }
+        apps.insert(app, appid.trim().to_owned());
+        if secret.expose().is_empty() {
+            continue;
+        }
+        if !local && DEV_APP_SECRETS.contains(&secret.expose()) {
+            return Err(DevKeyError(secret_key).into());
+        }
+        secrets.insert(app, (appid.trim().to_owned(), secret.clone()));
+    }
+    let login = (!secrets.is_empty())
+        .then(|| {
+            let base = required("payments.wechat.login_base_url", &s.login_base_url)?;
+            Ok::<_, SetupError>(Arc::new(WechatLogin::new(
+                http,
+                base.trim_end_matches('/').to_owned(),
+                secrets,
+            )))
+        })
+        .transpose()?;
+    Ok((apps, login))
 }
 
 fn alipay(

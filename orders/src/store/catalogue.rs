@@ -1,7 +1,7 @@
 //! The catalogue and the buyers as orders read them: plans, levels, a buyer (locked for a
-//! purchase) and buyers' names.
+//! purchase), buyers' names and a buyer's WeChat OpenID.
 
-use memberline_schema::entities::{level, plan, user};
+use memberline_schema::entities::{level, plan, user, wechat_identity};
 use memberline_schema::ids::{BuyerId, PlanId};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder,
@@ -67,4 +67,18 @@ pub async fn level<C: ConnectionTrait>(
     level_id: i16,
 ) -> Result<Option<level::Model>, DbErr> {
     level::Entity::find_by_id(level_id).one(conn).await
+}
+
+/// The OpenID of buyer `buyer_id` under the WeChat app id `appid`, if they signed in there.
+pub async fn wechat_openid<C: ConnectionTrait>(
+    conn: &C,
+    buyer_id: BuyerId,
+    appid: &str,
+) -> Result<Option<String>, DbErr> {
+    Ok(wechat_identity::Entity::find()
+        .filter(wechat_identity::Column::BuyerId.eq(buyer_id))
+        .filter(wechat_identity::Column::Appid.eq(appid))
+        .one(conn)
+        .await?
+        .map(|i| i.openid))
 }

@@ -108,7 +108,8 @@ pub async fn insert_notification(
 }
 
 /// The paid transition with everything it writes, in one statement: the order (`$1`) moved
-/// from pending to paid at `$2` with the provider's transaction id `$3`; its history row
+/// from pending to paid at `$2` with the provider's transaction id `$3` and trade type `$11`;
+/// its history row
 /// (reason `$4`); its `order.paid.v1` outbox row (`$5`, as JSON); and, when `$7` is not null,
 /// the notification that reported it (`$6`–`$10`). `advanced` is 0 when the order was not
 /// pending; `stored` is 0 when a copy of the notification was stored first.
@@ -119,7 +120,7 @@ static PAID_SQL: LazyLock<String> = LazyLock::new(|| {
         "\
 WITH o AS (
     UPDATE orders SET status = '{to}', paid_at = $2, updated_at = $2, version = version + 1,
-        provider_txn_id = $3
+        provider_txn_id = $3, trade_type = $11
     WHERE id = $1 AND status = '{from}'
     RETURNING id
 ), h AS (
@@ -140,6 +141,14 @@ SELECT (SELECT count(*) FROM o) AS advanced, (SELECT count(*) FROM n) AS stored"
     )
 });
 
+/// The provider's trade that paid an order: its transaction id and, when the provider says,
+/// its type (WeChat `trade_type`).
+#[derive(Clone, Copy, Debug)]
+pub struct Trade<'a> {
+    pub transaction_id: &'a str,
+    pub trade_type: Option<&'a str>,
+}
+
 /// Moves the locked pending `order_id` to paid at `now` ([`PAID_SQL`]) with its history
 /// (`reason`), its outbox `row` and, when given, the `notification` that reported it; `false`
 /// when a copy of that notification was stored first (the caller rolls back).
@@ -147,7 +156,7 @@ pub async fn pay(
     txn: &DatabaseTransaction,
     order_id: OrderId,
     now: DateTime<Utc>,
-    transaction_id: &str,
+    trade: Trade<'_>,
     reason: &str,
     row: &outbox::Row,
     notification: Option<&Notification<'_>>,
@@ -155,7 +164,7 @@ pub async fn pay(
     let values: Vec<Value> = vec![
         order_id.into(),
         now.into(),
-        transaction_id.to_owned().into(),
+        trade.transaction_id.to_owned().into(),
         reason.into(),
         row.to_json()?.into(),
         notification.map(|n| n.provider.as_str().to_owned()).into(),
@@ -166,6 +175,7 @@ pub async fn pay(
             .into(),
         notification.map(|n| n.headers.clone()).into(),
         notification.map(|n| n.raw_body.to_owned()).into(),
+        trade.trade_type.map(str::to_owned).into(),
     ];
     let result = txn
         .query_one_raw(Statement::from_sql_and_values(

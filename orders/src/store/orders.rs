@@ -96,8 +96,18 @@ pub async fn insert(txn: &DatabaseTransaction, order: order::Model) -> Result<or
     order::ActiveModel::from(order).insert(txn).await
 }
 
-/// What the eligibility rules count for `buyer_id` and `plan_id`.
-pub async fn counts(
+/// The id of the order numbered `order_no`.
+pub async fn id_of<C: ConnectionTrait>(conn: &C, order_no: &str) -> Result<Option<OrderId>, DbErr> {
+    Ok(order::Entity::find()
+        .filter(order::Column::OrderNo.eq(order_no))
+        .one(conn)
+        .await?
+        .map(|o| o.id))
+}
+
+/// Locks buyer `buyer_id` (as a purchase does; a lock the transaction already holds is no
+/// cost) and reads what the eligibility rules count for them and `plan_id`, in one statement.
+pub async fn lock_buyer_counts(
     txn: &DatabaseTransaction,
     buyer_id: BuyerId,
     plan_id: PlanId,
@@ -106,7 +116,8 @@ pub async fn counts(
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             format!(
-                "SELECT {} AS permanent, {} AS free_claims",
+                "WITH b AS (SELECT id FROM users WHERE id = $1 FOR UPDATE) \
+                 SELECT (SELECT count(*) FROM b) AS locked, {} AS permanent, {} AS free_claims",
                 purchase::permanent_count("$1"),
                 purchase::free_claims("$1", "$2")
             ),

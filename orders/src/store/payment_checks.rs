@@ -11,6 +11,23 @@ use sea_orm::{
     Statement,
 };
 
+/// Brings the next provider check of the pending order `order_no` forward to now: its buyer
+/// came back from a cashier, so a payment is likely, and only a query (or the notification)
+/// may apply it.
+pub async fn check_now(db: &DatabaseConnection, order_no: &str) -> Result<(), DbErr> {
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        format!(
+            "UPDATE orders SET payment_check_at = now() \
+             WHERE order_no = $1 AND status = '{}' AND payment_check_at > now()",
+            OrderStatus::PendingPayment
+        ),
+        [order_no.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
 /// Flags the pending order `order_no` for an operator with `flag`, and stops checking it.
 pub async fn flag(db: &DatabaseConnection, order_no: &str, flag: &str) -> Result<(), DbErr> {
     db.execute_raw(Statement::from_sql_and_values(

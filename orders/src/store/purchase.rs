@@ -480,6 +480,9 @@ mod tests {
             "refund_reason",
             "refund_flag",
             "reminded_at",
+            "channel",
+            "channel_app_id",
+            "trade_type",
         ];
         for c in order::Column::iter() {
             let name = c.as_str();

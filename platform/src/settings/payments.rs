@@ -2,6 +2,7 @@
 //! lifecycle run by the workers; split from `settings.rs` only to keep each file readable.
 
 use super::{Secret, SettingsError};
+use memberline_schema::states::{PayChannel, Provider};
 use serde::Deserialize;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -13,6 +14,7 @@ pub struct PaymentSettings {
     pub retry_attempts: u32,
     pub lifecycle_interval_secs: u64,
     pub lifecycle_batch_size: u32,
+    pub public_url: String,
     pub wechat: WechatSettings,
     pub alipay: AlipaySettings,
 }
@@ -30,6 +32,12 @@ pub struct WechatSettings {
     pub platform_public_key_id: String,
     pub platform_public_key_path: String,
     pub notify_url: String,
+    pub channels: Vec<PayChannel>,
+    pub miniprogram_appid: String,
+    pub miniprogram_secret: Secret,
+    pub official_account_appid: String,
+    pub official_account_secret: Secret,
+    pub login_base_url: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -42,6 +50,7 @@ pub struct AlipaySettings {
     pub app_private_key_path: String,
     pub alipay_public_key_path: String,
     pub notify_url: String,
+    pub channels: Vec<PayChannel>,
 }
 
 impl PaymentSettings {
@@ -76,6 +85,30 @@ impl PaymentSettings {
             return invalid(
                 "payments.lifecycle_batch_size",
                 "must be between 1 and 1000",
+            );
+        }
+        for (key, provider, channels) in [
+            (
+                "payments.wechat.channels",
+                Provider::Wechat,
+                &p.wechat.channels,
+            ),
+            (
+                "payments.alipay.channels",
+                Provider::Alipay,
+                &p.alipay.channels,
+            ),
+        ] {
+            if channels.iter().any(|c| c.provider() != provider) {
+                return invalid(key, &format!("lists only {provider} channels"));
+            }
+        }
+        let public_url = p.public_url.trim_end_matches('/');
+        let absolute = public_url.starts_with("https://") || public_url.starts_with("http://");
+        if !public_url.is_empty() && !absolute {
+            return invalid(
+                "payments.public_url",
+                "must be an absolute http(s) URL (the address buyers open /vip at)",
             );
         }
         Ok(())

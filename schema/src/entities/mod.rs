@@ -21,3 +21,4 @@ pub mod refund;
 pub mod savings_entry;
 pub mod user;
 pub mod user_pass;
+pub mod wechat_identity;

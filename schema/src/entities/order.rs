@@ -1,7 +1,7 @@
 //! Orders, with a snapshot of the plan as sold.
 
 use crate::ids::{BuyerId, OrderId, PlanId};
-use crate::states::{LateRefundStatus, OrderStatus, PayMethod, PlanKind, Provider};
+use crate::states::{LateRefundStatus, OrderStatus, PayChannel, PayMethod, PlanKind, Provider};
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
@@ -52,6 +52,12 @@ pub struct Model {
     pub refund_flag: Option<String>,
     /// The buyer's latest reminder to the shop (`POST /v1/orders/{id}/remind`).
     pub reminded_at: Option<DateTimeUtc>,
+    /// How a provider order is paid (`None` for balance, points, free and granted orders).
+    pub channel: Option<PayChannel>,
+    /// The app id the provider trade was created under; its payment must carry it.
+    pub channel_app_id: Option<String>,
+    /// What the provider reported the trade as (WeChat `trade_type`), once paid.
+    pub trade_type: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -68,6 +68,11 @@ impl MigratorTrait for Migrator {
                 up: include_str!("m20261125_000011_outbox_notify_opt_out.sql"),
                 down: include_str!("m20261125_000011_outbox_notify_opt_out.down.sql"),
             }),
+            Box::new(SqlMigration {
+                name: "m20261207_000012_pay_channels",
+                up: include_str!("m20261207_000012_pay_channels.sql"),
+                down: include_str!("m20261207_000012_pay_channels.down.sql"),
+            }),
         ]
     }
 }

@@ -1,7 +1,8 @@
 //! The Alipay open API gateway (`/gateway.do`) for one application: parameter parsing (query
-//! string ∪ form body), RSA2 request verification, signed `*_response` answers, the QR-code trade
-//! methods (precreate, query, close, refund, refund query), and the buyer's scan and payment that
-//! the control API triggers.
+//! string ∪ form body), RSA2 request verification, signed `*_response` answers, the trade
+//! methods (precreate, query, close, refund, refund query), the browser-facing cashier methods
+//! (`alipay.trade.wap.pay`, `alipay.trade.page.pay`, answered with an HTML cashier, see
+//! `cashier.rs`), and the buyer's scan and payment that the control API and the cashier trigger.
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -12,23 +13,27 @@ use axum::routing::get;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use serde_json::{Map, Value, json};
 
-use crate::keys;
 use crate::notify::{self, AlipayRefundInfo, PayloadOverrides};
 use crate::state::{
-    AlipayRefund, AlipayScan, AlipayStatus, AlipayTrade, CodeRef, Emulator, Provider, Shared,
-    alipay_time, beijing, beijing_date, format_yuan, parse_yuan,
+    AlipayChannel, AlipayRefund, AlipayScan, AlipayStatus, AlipayTrade, CodeRef, Emulator,
+    Provider, Shared, Store, alipay_time, beijing, beijing_date, format_yuan, parse_yuan,
 };
+use crate::{cashier, html, keys};
 
-/// Validity of a precreated code without `timeout_express`.
+/// Validity of a precreated code (or an opened cashier) without `timeout_express` /
+/// `time_expire`.
 pub const DEFAULT_TIMEOUT: TimeDelta = TimeDelta::hours(2);
 const MAX_TOTAL_FEN: i64 = 100_000_000 * 100;
-const METHODS: [&str; 5] = [
+/// Server-to-server methods, answered with signed JSON.
+const API_METHODS: [&str; 5] = [
     "alipay.trade.precreate",
     "alipay.trade.query",
     "alipay.trade.close",
     "alipay.trade.refund",
     "alipay.trade.fastpay.refund.query",
 ];
+/// Methods the merchant hands to the buyer's browser, answered with an HTML cashier.
+const CASHIER_METHODS: [&str; 2] = ["alipay.trade.wap.pay", "alipay.trade.page.pay"];
 
 pub fn routes() -> Router<Shared> {
     Router::new().route("/gateway.do", get(gateway).post(gateway))
@@ -153,6 +158,88 @@ fn parse_params(
     Ok(params)
 }
 
+/// The value of one request parameter, empty when absent.
+fn param<'a>(params: &'a [(String, String)], name: &str) -> &'a str {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+/// The common parameters every method carries, and the RSA2 signature over all of them but
+/// `sign`.
+fn verify_request(emu: &Emulator, params: &[(String, String)]) -> Result<(), Map<String, Value>> {
+    let get = |name: &str| param(params, name);
+    let app_id = get("app_id");
+    if app_id.is_empty() {
+        return Err(missing_arguments("isv.missing-app-id", "app_id is missing"));
+    }
+    if app_id != emu.config.alipay.app_id {
+        return Err(invalid_arguments(
+            "isv.invalid-app-id",
+            "app_id is not an application here",
+        ));
+    }
+    let charset = get("charset");
+    if !charset.is_empty() && !charset.eq_ignore_ascii_case("utf-8") {
+        return Err(invalid_arguments(
+            "isv.invalid-charset",
+            "only utf-8 is supported here",
+        ));
+    }
+    if !matches!(get("format"), "" | "json" | "JSON") {
+        return Err(invalid_arguments(
+            "isv.invalid-format",
+            "format must be json",
+        ));
+    }
+    match get("sign_type") {
+        "RSA2" => {}
+        "" => {
+            return Err(missing_arguments(
+                "isv.missing-signature-type",
+                "sign_type is missing",
+            ));
+        }
+        _ => {
+            return Err(invalid_arguments(
+                "isv.invalid-signature-type",
+                "only RSA2 is supported here",
+            ));
+        }
+    }
+    let sign = get("sign");
+    if sign.is_empty() {
+        return Err(missing_arguments(
+            "isv.missing-signature",
+            "sign is missing",
+        ));
+    }
+    let content = request_sign_content(params);
+    if !keys::verify_sha256_rsa(&emu.keys.alipay_app_public, content.as_bytes(), sign) {
+        tracing::info!(
+            method = get("method"),
+            "alipay request with a bad signature"
+        );
+        return Err(invalid_arguments(
+            "isv.invalid-signature",
+            "the signature does not verify with the application public key",
+        ));
+    }
+    Ok(())
+}
+
+fn biz_content(params: &[(String, String)]) -> Result<Map<String, Value>, Map<String, Value>> {
+    match serde_json::from_str::<Value>(param(params, "biz_content")) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(business(
+            "ACQ.INVALID_PARAMETER",
+            "biz_content is missing or not a JSON object",
+        )),
+    }
+}
+
 async fn gateway(
     State(emu): State<Shared>,
     method: Method,
@@ -171,14 +258,7 @@ async fn gateway(
             );
         }
     };
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
-    };
-    let api_method = get("method");
+    let api_method = param(&params, "method");
     if api_method.is_empty() {
         return respond(
             &emu,
@@ -186,7 +266,15 @@ async fn gateway(
             missing_arguments("isv.missing-method", "method is missing"),
         );
     }
-    if !METHODS.contains(&api_method) {
+    let outcome = verify_request(&emu, &params).and_then(|()| biz_content(&params));
+    if CASHIER_METHODS.contains(&api_method) {
+        // The browser gets a page either way: the cashier, or Alipay's error page.
+        return match outcome.and_then(|biz| open_cashier(&emu, api_method, &biz, &params)) {
+            Ok(trade) => cashier::alipay_cashier_page(&trade),
+            Err(e) => cashier::alipay_error_page(&e),
+        };
+    }
+    if !API_METHODS.contains(&api_method) {
         return respond(
             &emu,
             "error_response",
@@ -194,80 +282,11 @@ async fn gateway(
         );
     }
     let key = format!("{}_response", api_method.replace('.', "_"));
-    let app_id = get("app_id");
-    if app_id.is_empty() {
-        return respond(
-            &emu,
-            &key,
-            missing_arguments("isv.missing-app-id", "app_id is missing"),
-        );
-    }
-    if app_id != emu.config.alipay.app_id {
-        return respond(
-            &emu,
-            &key,
-            invalid_arguments("isv.invalid-app-id", "app_id is not an application here"),
-        );
-    }
-    let charset = get("charset");
-    if !charset.is_empty() && !charset.eq_ignore_ascii_case("utf-8") {
-        return respond(
-            &emu,
-            &key,
-            invalid_arguments("isv.invalid-charset", "only utf-8 is supported here"),
-        );
-    }
-    match get("sign_type") {
-        "RSA2" => {}
-        "" => {
-            return respond(
-                &emu,
-                &key,
-                missing_arguments("isv.missing-signature-type", "sign_type is missing"),
-            );
-        }
-        _ => {
-            return respond(
-                &emu,
-                &key,
-                invalid_arguments("isv.invalid-signature-type", "only RSA2 is supported here"),
-            );
-        }
-    }
-    let sign = get("sign");
-    if sign.is_empty() {
-        return respond(
-            &emu,
-            &key,
-            missing_arguments("isv.missing-signature", "sign is missing"),
-        );
-    }
-    let content = request_sign_content(&params);
-    if !keys::verify_sha256_rsa(&emu.keys.alipay_app_public, content.as_bytes(), sign) {
-        tracing::info!(method = api_method, "alipay request with a bad signature");
-        return respond(
-            &emu,
-            &key,
-            invalid_arguments(
-                "isv.invalid-signature",
-                "the signature does not verify with the application public key",
-            ),
-        );
-    }
-    let biz: Map<String, Value> = match serde_json::from_str::<Value>(get("biz_content")) {
-        Ok(Value::Object(m)) => m,
-        _ => {
-            return respond(
-                &emu,
-                &key,
-                business(
-                    "ACQ.INVALID_PARAMETER",
-                    "biz_content is missing or not a JSON object",
-                ),
-            );
-        }
+    let biz = match outcome {
+        Ok(biz) => biz,
+        Err(e) => return respond(&emu, &key, e),
     };
-    let notify_url = Some(get("notify_url").to_string()).filter(|u| !u.is_empty());
+    let notify_url = Some(param(&params, "notify_url").to_string()).filter(|u| !u.is_empty());
     let answer = match api_method {
         "alipay.trade.precreate" => precreate(&emu, &biz, notify_url),
         "alipay.trade.query" => query_trade(&emu, &biz),
@@ -317,118 +336,272 @@ fn new_qr_code(ids: &mut std::collections::HashSet<String>) -> String {
     }
 }
 
+/// What every trade-creating method says about the trade (`biz_content`), validated alike.
+struct Terms {
+    out_trade_no: String,
+    /// In fen.
+    total: i64,
+    subject: String,
+    body: Option<String>,
+    passback_params: Option<String>,
+    timeout_express: Option<String>,
+    expires_at: DateTime<Utc>,
+}
+
+fn order_terms(biz: &Map<String, Value>, now: DateTime<Utc>) -> Result<Terms, Map<String, Value>> {
+    let out_trade_no = text(biz, "out_trade_no");
+    if out_trade_no.is_empty() || out_trade_no.len() > 64 {
+        return Err(business(
+            "ACQ.INVALID_PARAMETER",
+            "out_trade_no must be 1 to 64 characters",
+        ));
+    }
+    let Some(total) =
+        parse_yuan(&text(biz, "total_amount")).filter(|t| (1..=MAX_TOTAL_FEN).contains(t))
+    else {
+        return Err(business(
+            "ACQ.INVALID_PARAMETER",
+            "total_amount must be 0.01 to 100000000 with at most 2 decimals",
+        ));
+    };
+    let subject = text(biz, "subject");
+    if subject.is_empty() || subject.chars().count() > 256 {
+        return Err(business(
+            "ACQ.INVALID_PARAMETER",
+            "subject must be 1 to 256 characters",
+        ));
+    }
+    let timeout_express = Some(text(biz, "timeout_express")).filter(|t| !t.is_empty());
+    let time_expire = Some(text(biz, "time_expire")).filter(|t| !t.is_empty());
+    // An absolute time_expire wins over a relative timeout_express, as at Alipay.
+    let expires_at = match (&time_expire, &timeout_express) {
+        (Some(t), _) => parse_time_expire(t).filter(|e| *e > now).ok_or_else(|| {
+            business(
+                "ACQ.INVALID_PARAMETER",
+                "time_expire must be a future yyyy-MM-dd HH:mm:ss",
+            )
+        })?,
+        (None, Some(t)) => parse_timeout(t, now).ok_or_else(|| {
+            business("ACQ.INVALID_PARAMETER", "timeout_express must be 1m to 15d")
+        })?,
+        (None, None) => now + DEFAULT_TIMEOUT,
+    };
+    Ok(Terms {
+        out_trade_no,
+        total,
+        subject,
+        body: Some(text(biz, "body")).filter(|b| !b.is_empty()),
+        passback_params: Some(text(biz, "passback_params")).filter(|b| !b.is_empty()),
+        timeout_express,
+        expires_at,
+    })
+}
+
+/// `time_expire`: `yyyy-MM-dd HH:mm:ss` in Beijing time.
+fn parse_time_expire(s: &str) -> Option<DateTime<Utc>> {
+    let local = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").ok()?;
+    beijing()
+        .from_local_datetime(&local)
+        .single()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// A new trade on the merchant's side of Alipay: not yet scanned or opened.
+fn new_trade(terms: Terms, notify_url: Option<String>, channel: AlipayChannel) -> AlipayTrade {
+    AlipayTrade {
+        out_trade_no: terms.out_trade_no,
+        total: terms.total,
+        subject: terms.subject,
+        body: terms.body,
+        passback_params: terms.passback_params,
+        notify_url,
+        channel,
+        created_at: Utc::now(),
+        timeout_express: terms.timeout_express,
+        expires_at: terms.expires_at,
+        close_requested_before_scan: false,
+        scan: None,
+        status: AlipayStatus::WaitBuyerPay,
+        gmt_payment: None,
+        gmt_close: None,
+        refunded: 0,
+        refunds: vec![],
+    }
+}
+
+/// Whether the same out_trade_no may be asked for again by `method` with `total`: only while
+/// unpaid and open, for the same amount, by the same method.
+fn check_again(trade: &AlipayTrade, total: i64, method: &str) -> Result<(), Map<String, Value>> {
+    if trade.is_paid() {
+        return Err(business("ACQ.TRADE_HAS_SUCCESS", "the trade has been paid"));
+    }
+    if trade.status == AlipayStatus::TradeClosed {
+        return Err(business("ACQ.TRADE_HAS_CLOSE", "the trade has been closed"));
+    }
+    if trade.total != total {
+        return Err(business(
+            "ACQ.CONTEXT_INCONSISTENT",
+            "the trade exists with a different total_amount",
+        ));
+    }
+    if trade.channel.method() != method {
+        return Err(business(
+            "ACQ.CONTEXT_INCONSISTENT",
+            "the trade exists, created by another method",
+        ));
+    }
+    Ok(())
+}
+
 fn precreate(
     emu: &Shared,
     biz: &Map<String, Value>,
     notify_url: Option<String>,
 ) -> Map<String, Value> {
-    let out_trade_no = text(biz, "out_trade_no");
-    if out_trade_no.is_empty() || out_trade_no.len() > 64 {
-        return business(
-            "ACQ.INVALID_PARAMETER",
-            "out_trade_no must be 1 to 64 characters",
-        );
-    }
-    let Some(total) =
-        parse_yuan(&text(biz, "total_amount")).filter(|t| (1..=MAX_TOTAL_FEN).contains(t))
-    else {
-        return business(
-            "ACQ.INVALID_PARAMETER",
-            "total_amount must be 0.01 to 100000000 with at most 2 decimals",
-        );
-    };
-    let subject = text(biz, "subject");
-    if subject.is_empty() || subject.chars().count() > 256 {
-        return business(
-            "ACQ.INVALID_PARAMETER",
-            "subject must be 1 to 256 characters",
-        );
-    }
     let now = Utc::now();
-    let timeout_express = Some(text(biz, "timeout_express")).filter(|t| !t.is_empty());
-    let expires_at = match &timeout_express {
-        Some(t) => match parse_timeout(t, now) {
-            Some(e) => e,
-            None => return business("ACQ.INVALID_PARAMETER", "timeout_express must be 1m to 15d"),
-        },
-        None => now + DEFAULT_TIMEOUT,
+    let terms = match order_terms(biz, now) {
+        Ok(t) => t,
+        Err(e) => return e,
     };
+    let out_trade_no = terms.out_trade_no.clone();
     let mut guard = emu.store();
     let store = &mut *guard;
-    if let Some(trade) = store.alipay.get_mut(&out_trade_no) {
-        if trade.is_paid() {
-            return business("ACQ.TRADE_HAS_SUCCESS", "the trade has been paid");
-        }
-        if trade.status == AlipayStatus::TradeClosed {
-            return business("ACQ.TRADE_HAS_CLOSE", "the trade has been closed");
-        }
-        if trade.total != total {
-            return business(
-                "ACQ.CONTEXT_INCONSISTENT",
-                "the trade exists with a different total_amount",
-            );
+    let qr_code = if let Some(trade) = store.alipay.get_mut(&out_trade_no) {
+        if let Err(e) = check_again(trade, terms.total, "alipay.trade.precreate") {
+            return e;
         }
         if trade.expires_at <= now && trade.scan.is_none() {
             // The old code ran out before anyone scanned it: a fresh code.
             let qr_code = new_qr_code(&mut store.ids);
-            trade.qr_code = qr_code.clone();
-            trade.expires_at = expires_at;
-            trade.timeout_express = timeout_express;
+            trade.channel = AlipayChannel::Qr {
+                qr_code: qr_code.clone(),
+            };
+            trade.expires_at = terms.expires_at;
+            trade.timeout_express = terms.timeout_express;
             store.codes.insert(
                 qr_code.clone(),
                 CodeRef {
                     provider: Provider::Alipay,
                     out_trade_no: out_trade_no.clone(),
-                    expires_at,
+                    expires_at: trade.expires_at,
                 },
             );
         }
-        let mut m = success();
-        m.insert("out_trade_no".into(), json!(out_trade_no));
-        m.insert("qr_code".into(), json!(trade.qr_code));
-        return m;
-    }
-    let qr_code = new_qr_code(&mut store.ids);
-    store.codes.insert(
-        qr_code.clone(),
-        CodeRef {
-            provider: Provider::Alipay,
-            out_trade_no: out_trade_no.clone(),
-            expires_at,
-        },
-    );
-    store.alipay.insert(
-        out_trade_no.clone(),
-        AlipayTrade {
-            out_trade_no: out_trade_no.clone(),
-            total,
-            subject,
-            body: Some(text(biz, "body")).filter(|b| !b.is_empty()),
-            passback_params: Some(text(biz, "passback_params")).filter(|b| !b.is_empty()),
-            notify_url,
+        trade.channel.qr_code().unwrap_or_default().to_string()
+    } else {
+        let qr_code = new_qr_code(&mut store.ids);
+        store.codes.insert(
+            qr_code.clone(),
+            CodeRef {
+                provider: Provider::Alipay,
+                out_trade_no: out_trade_no.clone(),
+                expires_at: terms.expires_at,
+            },
+        );
+        let total = terms.total;
+        let channel = AlipayChannel::Qr {
             qr_code: qr_code.clone(),
-            created_at: now,
-            timeout_express,
-            expires_at,
-            close_requested_before_scan: false,
-            scan: None,
-            status: AlipayStatus::WaitBuyerPay,
-            gmt_payment: None,
-            gmt_close: None,
-            refunded: 0,
-            refunds: vec![],
-        },
-    );
-    tracing::info!(%out_trade_no, total, "alipay code precreated");
+        };
+        store
+            .alipay
+            .insert(out_trade_no.clone(), new_trade(terms, notify_url, channel));
+        tracing::info!(%out_trade_no, total, "alipay code precreated");
+        qr_code
+    };
     let mut m = success();
     m.insert("out_trade_no".into(), json!(out_trade_no));
     m.insert("qr_code".into(), json!(qr_code));
     m
 }
 
+/// `alipay.trade.wap.pay` / `alipay.trade.page.pay`: the buyer's browser arrives at the cashier.
+/// Opening it makes the trade exist at Alipay (WAIT_BUYER_PAY, like a scanned code); opening
+/// the same request again shows the same trade.
+fn open_cashier(
+    emu: &Shared,
+    method: &str,
+    biz: &Map<String, Value>,
+    params: &[(String, String)],
+) -> Result<AlipayTrade, Map<String, Value>> {
+    let now = Utc::now();
+    let terms = order_terms(biz, now)?;
+    let wap = method == "alipay.trade.wap.pay";
+    let product_code = text(biz, "product_code");
+    // The official wap code is QUICK_WAP_WAY; python-alipay-sdk sends QUICK_WAP_PAY and
+    // yansongda none, and Alipay accepts all three.
+    let product_ok = if wap {
+        matches!(
+            product_code.as_str(),
+            "" | "QUICK_WAP_WAY" | "QUICK_WAP_PAY"
+        )
+    } else {
+        product_code == "FAST_INSTANT_TRADE_PAY"
+    };
+    if !product_ok {
+        return Err(business(
+            "ACQ.INVALID_PARAMETER",
+            if wap {
+                "product_code must be QUICK_WAP_WAY"
+            } else {
+                "product_code must be FAST_INSTANT_TRADE_PAY"
+            },
+        ));
+    }
+    let url = |value: String, name: &str| -> Result<Option<String>, Map<String, Value>> {
+        if value.is_empty() {
+            Ok(None)
+        } else if html::is_web_url(&value) {
+            Ok(Some(value))
+        } else {
+            Err(invalid_arguments(
+                "isv.invalid-parameter",
+                &format!("{name} must be an absolute http(s) URL"),
+            ))
+        }
+    };
+    let return_url = url(param(params, "return_url").to_string(), "return_url")?;
+    let quit_url = if wap {
+        url(text(biz, "quit_url"), "quit_url")?
+    } else {
+        None
+    };
+    let channel = if wap {
+        AlipayChannel::Wap {
+            return_url,
+            quit_url,
+        }
+    } else {
+        AlipayChannel::Page { return_url }
+    };
+    let notify_url = Some(param(params, "notify_url").to_string()).filter(|u| !u.is_empty());
+    let out_trade_no = terms.out_trade_no.clone();
+    let mut store = emu.store();
+    if let Some(trade) = store.alipay.get_mut(&out_trade_no) {
+        check_again(trade, terms.total, method)?;
+        if trade.expires_at <= now {
+            return Err(business("ACQ.TRADE_HAS_CLOSE", "the trade has timed out"));
+        }
+        // The browser brings the latest way back with it.
+        trade.channel = channel;
+        return Ok(trade.clone());
+    }
+    let total = terms.total;
+    store
+        .alipay
+        .insert(out_trade_no.clone(), new_trade(terms, notify_url, channel));
+    scan_locked(&mut store, &out_trade_no, None, false).map_err(|e| {
+        business(
+            "ACQ.SYSTEM_ERROR",
+            &format!("the cashier could not open: {e:?}"),
+        )
+    })?;
+    tracing::info!(%out_trade_no, total, method, "alipay cashier opened");
+    Ok(store.alipay[&out_trade_no].clone())
+}
+
 /// The `out_trade_no` of the trade named by `out_trade_no` or `trade_no`, if it exists on
 /// Alipay's side (i.e. was scanned).
-fn find_scanned(store: &crate::state::Store, biz: &Map<String, Value>) -> Option<String> {
+fn find_scanned(store: &Store, biz: &Map<String, Value>) -> Option<String> {
     let out_trade_no = text(biz, "out_trade_no");
     let trade_no = text(biz, "trade_no");
     if !out_trade_no.is_empty() {
@@ -664,7 +837,7 @@ pub enum PayError {
 
 /// The buyer scans the code: the trade comes to exist on Alipay's side (WAIT_BUYER_PAY).
 fn scan_locked(
-    store: &mut crate::state::Store,
+    store: &mut Store,
     out_trade_no: &str,
     code: Option<&str>,
     force: bool,

@@ -1,6 +1,7 @@
 //! The emulator's own control API under `/emulator/…` (never part of either provider's
-//! protocol): the buyer's scan and payment, the scan page a person can click, trade inspection,
-//! code expiry, notification mode, the notification log, and hand-crafted notifications.
+//! protocol): the buyer's scan and payment (of any channel), the scan page a person can click,
+//! WeChat login codes and login failures, trade inspection, code expiry, notification mode, the
+//! notification log, and hand-crafted notifications.
 
 use axum::extract::rejection::{FormRejection, JsonRejection};
 use axum::extract::{Path, Query, State};
@@ -12,11 +13,13 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::html::{escape, page, urlencode};
 use crate::notify::{self, Mode, NotifyMode, PayloadOverrides, Wire};
 use crate::state::{
-    AlipayStatus, Provider, Shared, WechatPayment, WechatState, format_yuan, rfc3339_beijing,
+    AlipayStatus, LoginApp, Provider, Shared, WechatChannel, WechatPayment, WechatState,
+    format_yuan, rfc3339_beijing,
 };
-use crate::{alipay, keys, wechat};
+use crate::{alipay, keys, login, wechat};
 
 pub fn routes() -> Router<Shared> {
     Router::new()
@@ -36,6 +39,8 @@ pub fn routes() -> Router<Shared> {
         .route("/emulator/send", post(send))
         .route("/emulator/refund-outcome", post(refund_outcome))
         .route("/emulator/time-out", post(time_out))
+        .route("/emulator/wechat/codes", post(mint_login_code))
+        .route("/emulator/wechat/login-failure", post(login_failure))
 }
 
 fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -58,6 +63,8 @@ struct PayRequest {
     out_trade_no: String,
     #[serde(default)]
     force: bool,
+    /// WeChat JSAPI: what the merchant handed its front end, checked as WeChat's client does.
+    jsapi_params: Option<wechat::JsapiParams>,
 }
 
 /// The outcome of a payment attempt, shared by the JSON API and the scan page.
@@ -72,6 +79,7 @@ fn do_pay(
         Provider::Wechat => wechat::pay(emu, out_trade_no, code, force).map_err(|e| match e {
             wechat::PayError::NotFound => (StatusCode::NOT_FOUND, "no such order".to_string()),
             wechat::PayError::Conflict(m) => (StatusCode::CONFLICT, m),
+            wechat::PayError::Invalid(m) => (StatusCode::BAD_REQUEST, m),
         }),
         Provider::Alipay => alipay::pay(emu, out_trade_no, code, force).map_err(|e| match e {
             alipay::PayError::NotFound => (StatusCode::NOT_FOUND, "no such code".to_string()),
@@ -80,8 +88,10 @@ fn do_pay(
     }
 }
 
-/// `POST /emulator/pay {provider, out_trade_no, force?}`: the buyer scans and pays. `force: true`
-/// pays even a closed (or expired) order, to simulate a payment that raced the merchant's close.
+/// `POST /emulator/pay {provider, out_trade_no, force?, jsapi_params?}`: the buyer pays, whatever
+/// the channel (an Alipay cashier trade must have been opened first). `force: true` pays even a
+/// closed (or expired) order, to simulate a payment that raced the merchant's close. With
+/// `jsapi_params` a WeChat JSAPI order is paid only if WeChat's client would accept them.
 async fn pay(
     State(emu): State<Shared>,
     payload: Result<Json<PayRequest>, JsonRejection>,
@@ -90,6 +100,23 @@ async fn pay(
         Ok(r) => r,
         Err(r) => return r,
     };
+    if let Some(params) = &req.jsapi_params {
+        if req.provider != Provider::Wechat {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "jsapi_params are WeChat's front-end parameters",
+            );
+        }
+        match wechat::check_jsapi_params(&emu, &req.out_trade_no, params) {
+            Ok(()) => {}
+            Err(wechat::PayError::NotFound) => {
+                return json_error(StatusCode::NOT_FOUND, "no such order");
+            }
+            Err(wechat::PayError::Conflict(m) | wechat::PayError::Invalid(m)) => {
+                return json_error(StatusCode::BAD_REQUEST, m);
+            }
+        }
+    }
     match do_pay(&emu, req.provider, &req.out_trade_no, None, req.force) {
         Ok(transaction_id) => Json(json!({
             "provider": req.provider,
@@ -183,13 +210,22 @@ async fn trade_view(
                 .filter_map(|no| store.wechat_refunds.get(no))
                 .map(|r| r.json())
                 .collect();
+            let (code_url, payer) = match &t.channel {
+                WechatChannel::Native { code_url } => (Some(code_url.clone()), None),
+                WechatChannel::Jsapi { openid, .. } => (None, Some(openid.clone())),
+                WechatChannel::H5 { .. } => (None, None),
+            };
             json!({
                 "provider": "wechat",
                 "out_trade_no": t.out_trade_no,
+                "appid": t.appid,
+                "trade_type": t.channel.trade_type(),
                 "state": t.state,
                 "total": t.total,
                 "refunded": t.refunded,
-                "code_url": t.code_url,
+                "code_url": code_url,
+                "prepay_id": t.channel.prepay_id(),
+                "payer_openid": payer,
                 "notify_url": t.notify_url,
                 "expires_at": rfc3339_beijing(t.expires_at),
                 "transaction": t.transaction_json(),
@@ -206,7 +242,10 @@ async fn trade_view(
                 "total_amount": format_yuan(t.total),
                 "total": t.total,
                 "refunded": t.refunded,
-                "qr_code": t.qr_code,
+                "method": t.channel.method(),
+                "qr_code": t.channel.qr_code(),
+                "return_url": t.channel.return_url(),
+                "quit_url": t.channel.quit_url(),
                 "notify_url": t.notify_url,
                 "expires_at": rfc3339_beijing(t.expires_at),
                 "close_requested_before_scan": t.close_requested_before_scan,
@@ -398,7 +437,7 @@ async fn send(
                         keys::random_digits(10)
                     ),
                     success_time: now,
-                    openid: format!("o{}", keys::random_alnum(27)),
+                    openid: trade.buyer_openid(),
                 });
             }
             match notify::wechat_transaction_success(&emu, &trade, &overrides) {
@@ -468,28 +507,6 @@ async fn send(
         )
             .into_response(),
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
-fn page(title: &str, content: &str) -> String {
-    format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{}</title>\
-<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem;color:#222}}\
-table{{border-collapse:collapse;width:100%}}td,th{{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #ddd}}\
-button{{font-size:1.1rem;padding:.6rem 2rem;margin-top:1rem;border:0;border-radius:.4rem;background:#07c160;color:#fff;cursor:pointer}}\
-.alipay button{{background:#1677ff}}.note{{color:#666;font-size:.9rem}}.err{{color:#b00020}}.ok{{color:#07843f}}</style>\
-</head><body>{}</body></html>",
-        escape(title),
-        content
-    )
 }
 
 #[derive(Deserialize)]
@@ -640,12 +657,6 @@ async fn scan_pay(
     }
 }
 
-fn urlencode(s: &str) -> String {
-    serde_urlencoded::to_string([("x", s)])
-        .map(|e| e[2..].to_string())
-        .unwrap_or_default()
-}
-
 #[derive(Deserialize)]
 struct RefundOutcomeRequest {
     provider: Provider,
@@ -704,5 +715,55 @@ async fn time_out(
             StatusCode::CONFLICT,
             format!("not closed: {}", Value::Object(answer)),
         )
+    }
+}
+
+#[derive(Deserialize)]
+struct MintRequest {
+    app: LoginApp,
+    openid: Option<String>,
+    unionid: Option<String>,
+}
+
+/// `POST /emulator/wechat/codes {app: "miniprogram" | "official_account", openid?, unionid?}`: a
+/// login code as `wx.login` or the official account's OAuth redirect hands it to the merchant's
+/// front end; answers `{code, openid, appid}`. Without `openid`, a new buyer.
+async fn mint_login_code(
+    State(emu): State<Shared>,
+    payload: Result<Json<MintRequest>, JsonRejection>,
+) -> Response {
+    let req = match body(payload) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    match login::mint(&emu, req.app, req.openid, req.unionid) {
+        Ok((code, openid, appid)) => {
+            Json(json!({ "code": code, "openid": openid, "appid": appid })).into_response()
+        }
+        Err(m) => json_error(StatusCode::BAD_REQUEST, m),
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginFailureRequest {
+    errcode: i64,
+    errmsg: Option<String>,
+}
+
+/// `POST /emulator/wechat/login-failure {errcode, errmsg?}`: the next login exchange (either
+/// endpoint) answers this error once, e.g. 45011 rate limited, 40226 blocked, -1 system error.
+async fn login_failure(
+    State(emu): State<Shared>,
+    payload: Result<Json<LoginFailureRequest>, JsonRejection>,
+) -> Response {
+    let req = match body(payload) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    match login::fail_next(&emu, req.errcode, req.errmsg) {
+        Ok((errcode, errmsg)) => {
+            Json(json!({ "errcode": errcode, "errmsg": errmsg })).into_response()
+        }
+        Err(m) => json_error(StatusCode::BAD_REQUEST, m),
     }
 }

@@ -186,10 +186,25 @@ pub fn random_hex(n: usize) -> String {
 
 /// `n` random characters from `[0-9a-z]`.
 pub fn random_lower_alnum(n: usize) -> String {
-    const SET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    random_from(b"0123456789abcdefghijklmnopqrstuvwxyz", n)
+}
+
+/// A WeChat OpenID as WeChat hands them out: `o` + 27 characters of `[A-Za-z0-9_-]`.
+pub fn random_openid() -> String {
+    format!(
+        "o{}",
+        random_from(
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-",
+            27
+        )
+    )
+}
+
+/// `n` random characters from the ASCII `set`.
+fn random_from(set: &[u8], n: usize) -> String {
     let mut rng = rand::rng();
     (0..n)
-        .map(|_| char::from(SET[rng.random_range(0..SET.len())]))
+        .map(|_| char::from(set[rng.random_range(0..set.len())]))
         .collect()
 }
 

@@ -1,14 +1,18 @@
 //! The payment provider emulator as a library: the command line, the HTTP application that
-//! combines WeChat Pay v3, the Alipay gateway and the `/emulator` control API, and the server
-//! loop. `main.rs` only calls [`run`].
+//! combines WeChat Pay v3 (Native, JSAPI, H5 and its cashier), WeChat login (`/sns/…`), the
+//! Alipay gateway (QR codes and the wap / page cashiers) and the `/emulator` control API, and
+//! the server loop. `main.rs` only calls [`run`].
 
 // Handlers bail out early with a ready (signed) `Response` as the error value; boxing it would
 // only add noise.
 #![allow(clippy::result_large_err)]
 
 pub mod alipay;
+pub mod cashier;
 pub mod control;
+pub mod html;
 pub mod keys;
+pub mod login;
 pub mod notify;
 pub mod state;
 pub mod wechat;
@@ -30,7 +34,8 @@ use serde_json::json;
 
 pub use state::{Config, Emulator, Shared};
 
-/// Emulates WeChat Pay API v3 (Native) and the Alipay open API for local runs and tests.
+/// Emulates WeChat Pay API v3 (Native, JSAPI, H5), WeChat login and the Alipay open API (QR
+/// codes, wap and page cashiers) for local runs and tests.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "provider-emulator", version, about)]
 pub struct Cli {
@@ -51,6 +56,32 @@ pub struct Cli {
         default_value = "wxd0e1c2b3a4958677"
     )]
     pub wechat_appid: String,
+    /// The mini-program bound to the merchant (JSAPI orders, `/sns/jscode2session`).
+    #[arg(
+        long,
+        env = "EMULATOR_WECHAT_MINIPROGRAM_APPID",
+        default_value = "wx8f1e2d3c4b5a6978"
+    )]
+    pub wechat_miniprogram_appid: String,
+    #[arg(
+        long,
+        env = "EMULATOR_WECHAT_MINIPROGRAM_SECRET",
+        default_value = "memberline-dev-miniprogram-secret"
+    )]
+    pub wechat_miniprogram_secret: String,
+    /// The official account bound to the merchant (JSAPI orders, `/sns/oauth2/access_token`).
+    #[arg(
+        long,
+        env = "EMULATOR_WECHAT_OFFICIAL_ACCOUNT_APPID",
+        default_value = "wx1a2b3c4d5e6f7081"
+    )]
+    pub wechat_official_account_appid: String,
+    #[arg(
+        long,
+        env = "EMULATOR_WECHAT_OFFICIAL_ACCOUNT_SECRET",
+        default_value = "memberline-dev-official-account-secret"
+    )]
+    pub wechat_official_account_secret: String,
     /// Serial of the merchant API certificate expected in requests' serial_no.
     #[arg(
         long,
@@ -102,6 +133,10 @@ impl Cli {
             wechat: state::WechatConfig {
                 mchid: self.wechat_mchid.clone(),
                 appid: self.wechat_appid.clone(),
+                miniprogram_appid: self.wechat_miniprogram_appid.clone(),
+                miniprogram_secret: self.wechat_miniprogram_secret.clone(),
+                official_account_appid: self.wechat_official_account_appid.clone(),
+                official_account_secret: self.wechat_official_account_secret.clone(),
                 merchant_serial: self.wechat_merchant_serial.clone(),
                 public_key_id: self.wechat_public_key_id.clone(),
                 apiv3_key: self.wechat_apiv3_key.clone(),
@@ -118,7 +153,9 @@ impl Cli {
 pub fn app(emu: Shared) -> Router {
     Router::new()
         .merge(wechat::routes())
+        .merge(login::routes())
         .merge(alipay::routes())
+        .merge(cashier::routes())
         .merge(control::routes())
         .fallback(fallback)
         .layer(middleware::from_fn(log_request))

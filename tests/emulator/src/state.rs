@@ -1,6 +1,7 @@
 //! The emulator's shared state: configuration, the in-memory record of every WeChat order,
-//! WeChat refund and Alipay trade, the QR codes handed out, and the time and money helpers
-//! (Beijing time formats, fen ↔ yuan) the two providers' wire formats need.
+//! WeChat refund and Alipay trade, the codes handed out (QR codes, H5 cashier packages, WeChat
+//! login codes and the OpenIDs behind them), and the time and money helpers (Beijing time
+//! formats, fen ↔ yuan) the two providers' wire formats need.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,17 +14,55 @@ use serde_json::{Value, json};
 use crate::keys::Keys;
 use crate::notify::Hub;
 
-/// WeChat identifiers of the one merchant the emulator serves.
+/// WeChat identifiers of the one merchant the emulator serves, and of the three apps bound to it.
 #[derive(Clone, Debug)]
 pub struct WechatConfig {
     pub mchid: String,
+    /// The app of Native and H5 orders.
     pub appid: String,
+    pub miniprogram_appid: String,
+    /// The mini-program's AppSecret, which `jscode2session` requires.
+    pub miniprogram_secret: String,
+    pub official_account_appid: String,
+    /// The official account's AppSecret, which `oauth2/access_token` requires.
+    pub official_account_secret: String,
     /// Serial of the merchant API certificate, expected in `serial_no` of requests.
     pub merchant_serial: String,
     /// `PUB_KEY_ID_…`, sent as `Wechatpay-Serial` on every answer and notification.
     pub public_key_id: String,
     /// The 32-byte APIv3 key that encrypts notification resources.
     pub apiv3_key: String,
+}
+
+impl WechatConfig {
+    /// Whether `appid` is one of the apps bound to the merchant (an order may name any of them).
+    pub fn binds(&self, appid: &str) -> bool {
+        [
+            &self.appid,
+            &self.miniprogram_appid,
+            &self.official_account_appid,
+        ]
+        .iter()
+        .any(|a| a.as_str() == appid)
+    }
+
+    /// The appid and AppSecret of a login app.
+    pub fn login_app(&self, app: LoginApp) -> (&str, &str) {
+        match app {
+            LoginApp::Miniprogram => (&self.miniprogram_appid, &self.miniprogram_secret),
+            LoginApp::OfficialAccount => {
+                (&self.official_account_appid, &self.official_account_secret)
+            }
+        }
+    }
+}
+
+/// The two apps whose buyers log in with WeChat (and then pay by JSAPI).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginApp {
+    Miniprogram,
+    OfficialAccount,
 }
 
 /// Alipay identifiers of the one application the emulator serves.
@@ -51,6 +90,10 @@ impl Config {
             wechat: WechatConfig {
                 mchid: "1900000109".into(),
                 appid: "wxd0e1c2b3a4958677".into(),
+                miniprogram_appid: "wx8f1e2d3c4b5a6978".into(),
+                miniprogram_secret: "memberline-dev-miniprogram-secret".into(),
+                official_account_appid: "wx1a2b3c4d5e6f7081".into(),
+                official_account_secret: "memberline-dev-official-account-secret".into(),
                 merchant_serial: "4A7C2ABF7ABB4EA58C06FF6161AFF456880096EC".into(),
                 public_key_id: "PUB_KEY_ID_0119000001092026112400000001".into(),
                 apiv3_key: "w20rERqvyXUYJfRcGdayYGsFga5MZsn8".into(),
@@ -119,7 +162,8 @@ impl Provider {
     }
 }
 
-/// A QR code the emulator handed out, valid until `expires_at`.
+/// A code the emulator handed out (a QR code, or an H5 cashier `package`), valid until
+/// `expires_at`.
 #[derive(Clone, Debug)]
 pub struct CodeRef {
     pub provider: Provider,
@@ -133,8 +177,14 @@ pub struct Store {
     /// By `out_refund_no` (unique per merchant).
     pub wechat_refunds: HashMap<String, WechatRefund>,
     pub alipay: HashMap<String, AlipayTrade>,
-    /// By `code_url` / `qr_code`, including superseded codes.
+    /// By `code_url` / `qr_code` / H5 `package`, including superseded codes.
     pub codes: HashMap<String, CodeRef>,
+    /// WeChat login codes by code.
+    pub login_codes: HashMap<String, LoginCode>,
+    /// Every (appid, openid) a login handed out: JSAPI orders may only name these buyers.
+    pub openids: std::collections::HashSet<(String, String)>,
+    /// The error the next login exchange answers (`POST /emulator/wechat/login-failure`).
+    pub login_failure: Option<(i64, String)>,
     /// Ids handed out, so that none is handed out twice.
     pub ids: std::collections::HashSet<String>,
     /// WeChat refunds accepted from now on end ABNORMAL instead of SUCCESS
@@ -152,6 +202,17 @@ impl Store {
             }
         }
     }
+}
+
+/// A WeChat login code (from `wx.login` or the official account's OAuth redirect): it names
+/// one buyer of one app, lives 5 minutes and can be exchanged once.
+#[derive(Clone, Debug)]
+pub struct LoginCode {
+    pub appid: String,
+    pub openid: String,
+    pub unionid: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub used: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -194,6 +255,41 @@ pub struct WechatPayment {
     pub openid: String,
 }
 
+/// How the buyer pays a WeChat order: what the create call handed out for it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "trade_type")]
+pub enum WechatChannel {
+    /// The buyer scans `code_url`.
+    #[serde(rename = "NATIVE")]
+    Native { code_url: String },
+    /// The merchant's mini-program or official-account page pays `prepay_id` for `openid`.
+    #[serde(rename = "JSAPI")]
+    Jsapi { prepay_id: String, openid: String },
+    /// The buyer's mobile browser opens WeChat's H5 cashier for `prepay_id`.
+    #[serde(rename = "MWEB")]
+    H5 { prepay_id: String },
+}
+
+impl WechatChannel {
+    /// `trade_type` as WeChat writes it.
+    pub fn trade_type(&self) -> &'static str {
+        match self {
+            WechatChannel::Native { .. } => "NATIVE",
+            WechatChannel::Jsapi { .. } => "JSAPI",
+            WechatChannel::H5 { .. } => "MWEB",
+        }
+    }
+
+    pub fn prepay_id(&self) -> Option<&str> {
+        match self {
+            WechatChannel::Native { .. } => None,
+            WechatChannel::Jsapi { prepay_id, .. } | WechatChannel::H5 { prepay_id } => {
+                Some(prepay_id)
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct WechatTrade {
     pub appid: String,
@@ -206,9 +302,9 @@ pub struct WechatTrade {
     /// As sent on the first call.
     pub time_expire: Option<String>,
     pub attach: Option<String>,
-    pub code_url: String,
+    pub channel: WechatChannel,
     pub created_at: DateTime<Utc>,
-    /// When the current `code_url` stops being payable.
+    /// When the current `code_url` / `prepay_id` stops being payable.
     pub expires_at: DateTime<Utc>,
     pub state: WechatState,
     pub payment: Option<WechatPayment>,
@@ -228,7 +324,7 @@ impl WechatTrade {
             "appid": self.appid,
             "mchid": self.mchid,
             "out_trade_no": self.out_trade_no,
-            "trade_type": "NATIVE",
+            "trade_type": self.channel.trade_type(),
             "trade_state": self.state.code(),
             "trade_state_desc": self.state.desc(),
             "attach": self.attach.clone().unwrap_or_default(),
@@ -243,6 +339,15 @@ impl WechatTrade {
             v["amount"]["payer_currency"] = json!(self.currency);
         }
         v
+    }
+
+    /// The OpenID a payment of this order is made by: the JSAPI payer, or for a code or an H5
+    /// cashier whoever happens to pay (a fresh buyer each time).
+    pub fn buyer_openid(&self) -> String {
+        match &self.channel {
+            WechatChannel::Jsapi { openid, .. } => openid.clone(),
+            _ => crate::keys::random_openid(),
+        }
     }
 }
 
@@ -339,7 +444,7 @@ impl AlipayStatus {
     }
 }
 
-/// Exists on Alipay's side once the buyer has scanned the code.
+/// Exists on Alipay's side once the buyer has scanned the code (or opened the cashier).
 #[derive(Clone, Debug, Serialize)]
 pub struct AlipayScan {
     pub trade_no: String,
@@ -358,6 +463,57 @@ pub struct AlipayRefund {
     pub refund_fee: i64,
 }
 
+/// The Alipay method that created a trade, and what that method handed out.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "method")]
+pub enum AlipayChannel {
+    #[serde(rename = "alipay.trade.precreate")]
+    Qr { qr_code: String },
+    /// The mobile cashier; `quit_url` is where its quit link leads.
+    #[serde(rename = "alipay.trade.wap.pay")]
+    Wap {
+        return_url: Option<String>,
+        quit_url: Option<String>,
+    },
+    /// The desktop cashier.
+    #[serde(rename = "alipay.trade.page.pay")]
+    Page { return_url: Option<String> },
+}
+
+impl AlipayChannel {
+    pub fn method(&self) -> &'static str {
+        match self {
+            AlipayChannel::Qr { .. } => "alipay.trade.precreate",
+            AlipayChannel::Wap { .. } => "alipay.trade.wap.pay",
+            AlipayChannel::Page { .. } => "alipay.trade.page.pay",
+        }
+    }
+
+    pub fn qr_code(&self) -> Option<&str> {
+        match self {
+            AlipayChannel::Qr { qr_code } => Some(qr_code),
+            _ => None,
+        }
+    }
+
+    /// Where the cashier sends the buyer's browser after paying.
+    pub fn return_url(&self) -> Option<&str> {
+        match self {
+            AlipayChannel::Qr { .. } => None,
+            AlipayChannel::Wap { return_url, .. } | AlipayChannel::Page { return_url } => {
+                return_url.as_deref()
+            }
+        }
+    }
+
+    pub fn quit_url(&self) -> Option<&str> {
+        match self {
+            AlipayChannel::Wap { quit_url, .. } => quit_url.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct AlipayTrade {
     pub out_trade_no: String,
@@ -367,7 +523,7 @@ pub struct AlipayTrade {
     pub body: Option<String>,
     pub passback_params: Option<String>,
     pub notify_url: Option<String>,
-    pub qr_code: String,
+    pub channel: AlipayChannel,
     pub created_at: DateTime<Utc>,
     pub timeout_express: Option<String>,
     pub expires_at: DateTime<Utc>,

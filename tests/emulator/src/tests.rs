@@ -33,6 +33,10 @@ const PUB_KEY_ID: &str = "PUB_KEY_ID_0119000001092026112400000001";
 const APIV3_KEY: &str = "w20rERqvyXUYJfRcGdayYGsFga5MZsn8";
 const ALIPAY_APP_ID: &str = "2021000148600001";
 const ALIPAY_SELLER_ID: &str = "2088100000000001";
+const MINI_APPID: &str = "wx8f1e2d3c4b5a6978";
+const MINI_SECRET: &str = "memberline-dev-miniprogram-secret";
+const OA_APPID: &str = "wx1a2b3c4d5e6f7081";
+const OA_SECRET: &str = "memberline-dev-official-account-secret";
 
 fn dev_keys() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/dev-keys")
@@ -269,6 +273,18 @@ impl Harness {
         biz: Value,
         notify_url: Option<&str>,
     ) -> Vec<(String, String)> {
+        let extra: Vec<(&str, &str)> = notify_url.map(|u| ("notify_url", u)).into_iter().collect();
+        self.alipay_params_with(method, biz, &extra)
+    }
+
+    /// Signed Alipay request parameters with more common parameters (`return_url`, …); an
+    /// empty value removes a default one (`format`).
+    fn alipay_params_with(
+        &self,
+        method: &str,
+        biz: Value,
+        extra: &[(&str, &str)],
+    ) -> Vec<(String, String)> {
         let mut params: Vec<(String, String)> = vec![
             ("app_id".into(), ALIPAY_APP_ID.into()),
             ("method".into(), method.into()),
@@ -281,8 +297,11 @@ impl Harness {
             ("app_auth_token".into(), String::new()),
             ("biz_content".into(), biz.to_string()),
         ];
-        if let Some(url) = notify_url {
-            params.push(("notify_url".into(), url.into()));
+        for (k, v) in extra {
+            params.retain(|(name, _)| name != k);
+            if !v.is_empty() {
+                params.push((k.to_string(), v.to_string()));
+            }
         }
         let mut signed: Vec<&(String, String)> = params
             .iter()
@@ -377,6 +396,103 @@ impl Harness {
         inner
     }
 
+    /// A browser's GET of a URL, without following redirects: (status, headers, text).
+    async fn browse(&self, url: &str) -> (u16, reqwest::header::HeaderMap, String) {
+        let r = browser().get(url).send().await.unwrap();
+        (
+            r.status().as_u16(),
+            r.headers().clone(),
+            r.text().await.unwrap(),
+        )
+    }
+
+    /// A browser's form submission, without following redirects.
+    async fn submit(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, String) {
+        let r = browser()
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(form).unwrap())
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.headers().clone(),
+            r.text().await.unwrap(),
+        )
+    }
+
+    /// A cashier method as the browser opens it: every parameter in the query string.
+    async fn alipay_cashier_get(&self, params: &[(String, String)]) -> (u16, String) {
+        let query = serde_urlencoded::to_string(params).unwrap();
+        let (status, headers, text) = self
+            .browse(&format!("{}/gateway.do?{query}", self.base))
+            .await;
+        assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+        (status, text)
+    }
+
+    /// A cashier method as Alipay's official SDK submits it: a form whose action carries the
+    /// common parameters and whose hidden input carries `biz_content`.
+    async fn alipay_cashier_form(&self, params: &[(String, String)]) -> (u16, String) {
+        let (form, query): (Vec<_>, Vec<_>) = params
+            .iter()
+            .cloned()
+            .partition(|(k, _)| k == "biz_content");
+        let path = format!(
+            "/gateway.do?{}",
+            serde_urlencoded::to_string(&query).unwrap()
+        );
+        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (status, headers, text) = self.submit(&path, &form).await;
+        assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+        (status, text)
+    }
+
+    /// `POST /v3/pay/transactions/{kind}` with a signed body.
+    async fn wechat_order(&self, kind: &str, body: Value) -> Answer {
+        self.wechat("POST", &format!("/v3/pay/transactions/{kind}"), Some(body))
+            .await
+    }
+
+    /// A login code minted by the control API: `{code, openid, appid}`.
+    async fn login_code(&self, app: &str, openid: Option<&str>, unionid: Option<&str>) -> Value {
+        let (status, minted) = self
+            .control(
+                "/emulator/wechat/codes",
+                json!({ "app": app, "openid": openid, "unionid": unionid }),
+            )
+            .await;
+        assert_eq!(status, 200, "{minted}");
+        minted
+    }
+
+    /// A `/sns/…` exchange; WeChat answers 200 whatever happened.
+    async fn sns(&self, path: &str, params: &[(&str, &str)]) -> Value {
+        let r = self
+            .http
+            .get(format!(
+                "{}{path}?{}",
+                self.base,
+                serde_urlencoded::to_string(params).unwrap()
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+        r.json().await.unwrap()
+    }
+
     async fn precreate(&self, out_trade_no: &str, amount: &str, notify_url: Option<&str>) -> Value {
         let params = self.alipay_params(
             "alipay.trade.precreate",
@@ -385,6 +501,59 @@ impl Harness {
         );
         self.alipay_post(&params).await
     }
+}
+
+/// A client that, like a browser under test, shows each redirect instead of following it.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The body of a create call: Native's fields (JSAPI adds `payer`, H5 `scene_info`).
+fn order_body(out_trade_no: &str, appid: &str, total: i64, notify_url: &str) -> Value {
+    json!({
+        "appid": appid,
+        "mchid": MCHID,
+        "description": "Memberline 月度会员",
+        "out_trade_no": out_trade_no,
+        "notify_url": notify_url,
+        "amount": { "total": total, "currency": "CNY" },
+    })
+}
+
+fn h5_scene() -> Value {
+    json!({ "payer_client_ip": "203.0.113.7", "h5_info": { "type": "Wap", "app_name": "Memberline", "app_url": "https://m.memberline.example" } })
+}
+
+/// What a merchant hands its front end for a JSAPI prepay_id, paySign made with `key` over
+/// `appId\ntimeStamp\nnonceStr\npackage\n`.
+fn jsapi_params(key: &RsaPrivateKey, appid: &str, prepay_id: &str) -> Value {
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let nonce = nonce32();
+    let package = format!("prepay_id={prepay_id}");
+    let pay_sign = sign(
+        key,
+        format!("{appid}\n{timestamp}\n{nonce}\n{package}\n").as_bytes(),
+    );
+    json!({ "appId": appid, "timeStamp": timestamp, "nonceStr": nonce, "package": package, "signType": "RSA", "paySign": pay_sign })
+}
+
+/// The opening tag of the element with `id` in one of the emulator's pages.
+fn element<'a>(html: &'a str, id: &str) -> Option<&'a str> {
+    let at = html.find(&format!("id=\"{id}\""))?;
+    let start = html[..at].rfind('<')?;
+    let end = html[at..].find('>')? + at;
+    Some(&html[start..=end])
+}
+
+/// An attribute's value inside one tag (entities left as they are).
+fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let at = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let end = tag[at..].find('"')? + at;
+    Some(&tag[at..end])
 }
 
 /// The headers (lowercase names) and raw body of one received request.
@@ -1467,12 +1636,874 @@ fn the_emulator_uses_the_development_identifiers_by_default() {
     assert_eq!(c.wechat.apiv3_key, APIV3_KEY);
     assert_eq!(c.alipay.app_id, ALIPAY_APP_ID);
     assert_eq!(c.alipay.seller_id, ALIPAY_SELLER_ID);
+    assert_eq!(c.wechat.miniprogram_appid, MINI_APPID);
+    assert_eq!(c.wechat.miniprogram_secret, MINI_SECRET);
+    assert_eq!(c.wechat.official_account_appid, OA_APPID);
+    assert_eq!(c.wechat.official_account_secret, OA_SECRET);
     let cli = <crate::Cli as clap::Parser>::try_parse_from(["provider-emulator"]).unwrap();
     let from_cli = cli.config();
     assert_eq!(from_cli.wechat.public_key_id, PUB_KEY_ID);
+    assert_eq!(from_cli.wechat.miniprogram_appid, MINI_APPID);
+    assert_eq!(from_cli.wechat.miniprogram_secret, MINI_SECRET);
+    assert_eq!(from_cli.wechat.official_account_appid, OA_APPID);
+    assert_eq!(from_cli.wechat.official_account_secret, OA_SECRET);
+    let other = <crate::Cli as clap::Parser>::try_parse_from([
+        "provider-emulator",
+        "--wechat-miniprogram-appid",
+        "wx0000000000000001",
+        "--wechat-official-account-secret",
+        "s",
+    ])
+    .unwrap()
+    .config();
+    assert_eq!(other.wechat.miniprogram_appid, "wx0000000000000001");
+    assert_eq!(other.wechat.official_account_secret, "s");
     assert_eq!(from_cli.alipay.seller_id, ALIPAY_SELLER_ID);
     assert!(
         <crate::Cli as clap::Parser>::try_parse_from(["provider-emulator", "--time-scale", "-1"])
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn wechat_jsapi_orders_name_only_a_buyer_who_logged_in_to_the_same_app() {
+    let h = start().await;
+    let merchant = receiver(vec![], (204, "")).await;
+    let buyer = h.login_code("miniprogram", None, None).await;
+    assert_eq!(buyer["appid"], MINI_APPID);
+    let openid = buyer["openid"].as_str().unwrap().to_string();
+    let jsapi = |appid: &str, openid: &str, total: i64| {
+        let mut body = order_body("ML20261201000001", appid, total, &merchant.url);
+        body["payer"] = json!({ "openid": openid });
+        body
+    };
+
+    let stranger = h
+        .wechat_order(
+            "jsapi",
+            jsapi(MINI_APPID, "oNeverLoggedIn0000000000000", 990),
+        )
+        .await;
+    assert_eq!(stranger.status, 400);
+    assert_eq!(stranger.json()["code"], "PARAM_ERROR");
+    assert_eq!(stranger.json()["message"], "openid and appid do not match");
+    let other_app = h.wechat_order("jsapi", jsapi(OA_APPID, &openid, 990)).await;
+    assert_eq!(other_app.json()["message"], "openid and appid do not match");
+    let no_payer = h
+        .wechat_order(
+            "jsapi",
+            order_body("ML20261201000001", MINI_APPID, 990, &merchant.url),
+        )
+        .await;
+    assert_eq!(no_payer.status, 400);
+    assert_eq!(no_payer.json()["code"], "PARAM_ERROR");
+    let unbound = h
+        .wechat_order("jsapi", jsapi("wx0000000000000000", &openid, 990))
+        .await;
+    assert_eq!(unbound.json()["code"], "APPID_MCHID_NOT_MATCH");
+
+    let created = h
+        .wechat_order("jsapi", jsapi(MINI_APPID, &openid, 990))
+        .await;
+    assert_eq!(created.status, 200, "{}", created.json());
+    let prepay_id = created.json()["prepay_id"].as_str().unwrap().to_string();
+    assert!(prepay_id.starts_with("wx"));
+    assert_eq!(prepay_id.len(), 36);
+    assert!(prepay_id[2..16].bytes().all(|b| b.is_ascii_digit()));
+    let again = h
+        .wechat_order("jsapi", jsapi(MINI_APPID, &openid, 990))
+        .await;
+    assert_eq!(again.json()["prepay_id"], prepay_id.as_str());
+    let other_total = h
+        .wechat_order("jsapi", jsapi(MINI_APPID, &openid, 991))
+        .await;
+    assert_eq!(other_total.json()["code"], "INVALID_REQUEST");
+    let second_buyer = h.login_code("miniprogram", None, None).await;
+    let other_payer = h
+        .wechat_order(
+            "jsapi",
+            jsapi(MINI_APPID, second_buyer["openid"].as_str().unwrap(), 990),
+        )
+        .await;
+    assert_eq!(other_payer.json()["code"], "INVALID_REQUEST");
+    let as_native = h
+        .wechat_order(
+            "native",
+            order_body("ML20261201000001", MINI_APPID, 990, &merchant.url),
+        )
+        .await;
+    assert_eq!(as_native.json()["code"], "INVALID_REQUEST");
+
+    let q = h.query_wechat("ML20261201000001").await.json();
+    assert_eq!(q["trade_type"], "JSAPI");
+    assert_eq!(q["appid"], MINI_APPID);
+    assert_eq!(q["trade_state"], "NOTPAY");
+    let view = h
+        .control_get("/emulator/trades/wechat/ML20261201000001")
+        .await;
+    assert_eq!(view["trade_type"], "JSAPI");
+    assert_eq!(view["prepay_id"], prepay_id.as_str());
+    assert_eq!(view["payer_openid"], openid.as_str());
+    assert!(view["code_url"].is_null());
+
+    let (status, _) = h.pay("wechat", "ML20261201000001").await;
+    assert_eq!(status, 200);
+    wait_until("the notification", async || merchant.count() == 1).await;
+    let (envelope, plain) = open_wechat_notification(&h, &merchant.get(0).0, &merchant.get(0).1);
+    assert_eq!(envelope["event_type"], "TRANSACTION.SUCCESS");
+    assert_eq!(plain["trade_type"], "JSAPI");
+    assert_eq!(plain["appid"], MINI_APPID);
+    assert_eq!(plain["payer"]["openid"], openid.as_str());
+    let q = h.query_wechat("ML20261201000001").await.json();
+    assert_eq!(q["trade_state"], "SUCCESS");
+    assert_eq!(q["payer"]["openid"], openid.as_str());
+}
+
+#[tokio::test]
+async fn a_jsapi_payment_checks_the_front_end_parameters_as_the_wechat_client_does() {
+    let h = start().await;
+    // A returning buyer of the official account, minted twice.
+    h.login_code(
+        "official_account",
+        Some("oReturningBuyer_01-abcdefghij"),
+        None,
+    )
+    .await;
+    let buyer = h
+        .login_code(
+            "official_account",
+            Some("oReturningBuyer_01-abcdefghij"),
+            None,
+        )
+        .await;
+    assert_eq!(buyer["openid"], "oReturningBuyer_01-abcdefghij");
+    let mut body = order_body("ML20261201000002", OA_APPID, 1990, "http://127.0.0.1:9/n");
+    body["payer"] = json!({ "openid": "oReturningBuyer_01-abcdefghij" });
+    let prepay_id = h.wechat_order("jsapi", body).await.json()["prepay_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let good = jsapi_params(&h.merchant_key, OA_APPID, &prepay_id);
+    let pay_with = |params: Value| {
+        h.control(
+            "/emulator/pay",
+            json!({ "provider": "wechat", "out_trade_no": "ML20261201000002", "jsapi_params": params }),
+        )
+    };
+
+    let mut wrong_package = good.clone();
+    wrong_package["package"] = json!("prepay_id=wx000");
+    // Signed correctly, but for the other app.
+    let wrong_app = jsapi_params(&h.merchant_key, MINI_APPID, &prepay_id);
+    let mut wrong_type = good.clone();
+    wrong_type["signType"] = json!("HMAC-SHA256");
+    let other_key = jsapi_params(&h.app_key, OA_APPID, &prepay_id);
+    let mut three_lines = good.clone();
+    three_lines["paySign"] = json!(sign(
+        &h.merchant_key,
+        format!(
+            "{OA_APPID}\n{}\n{}\n{}",
+            good["timeStamp"].as_str().unwrap(),
+            good["nonceStr"].as_str().unwrap(),
+            good["package"].as_str().unwrap()
+        )
+        .as_bytes()
+    ));
+    for (params, named) in [
+        (wrong_package, "package"),
+        (wrong_app, "appId"),
+        (wrong_type, "signType"),
+        (other_key, "paySign"),
+        (three_lines, "paySign"),
+    ] {
+        let (status, refused) = pay_with(params).await;
+        assert_eq!(status, 400, "{refused}");
+        assert!(
+            refused["error"].as_str().unwrap().contains(named),
+            "{refused} should name {named}"
+        );
+    }
+    assert_eq!(
+        h.query_wechat("ML20261201000002").await.json()["trade_state"],
+        "NOTPAY",
+        "nothing was paid"
+    );
+
+    let (status, paid) = pay_with(good.clone()).await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(
+        h.query_wechat("ML20261201000002").await.json()["payer"]["openid"],
+        "oReturningBuyer_01-abcdefghij"
+    );
+
+    h.create_wechat_order("ML20261201000003", 100, "http://127.0.0.1:9/n")
+        .await;
+    let (status, refused) = h
+        .control(
+            "/emulator/pay",
+            json!({ "provider": "wechat", "out_trade_no": "ML20261201000003", "jsapi_params": good }),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a JSAPI order")
+    );
+}
+
+#[tokio::test]
+async fn wechat_h5_orders_need_scene_info_and_each_call_returns_a_new_cashier_url() {
+    let h = start().await;
+    let h5 = |scene: Value| {
+        let mut body = order_body("ML20261201000004", APPID, 990, "http://127.0.0.1:9/n");
+        body["scene_info"] = scene;
+        body
+    };
+    let missing = h
+        .wechat_order(
+            "h5",
+            order_body("ML20261201000004", APPID, 990, "http://127.0.0.1:9/n"),
+        )
+        .await;
+    assert_eq!(missing.status, 400);
+    assert_eq!(missing.json()["code"], "PARAM_ERROR");
+    for scene in [
+        json!({ "payer_client_ip": "not-an-ip", "h5_info": { "type": "Wap" } }),
+        json!({ "payer_client_ip": "203.0.113.7" }),
+        json!({ "payer_client_ip": "203.0.113.7", "h5_info": { "type": "Web" } }),
+        json!({ "h5_info": { "type": "iOS" } }),
+    ] {
+        let refused = h.wechat_order("h5", h5(scene.clone())).await;
+        assert_eq!(refused.status, 400, "{scene}");
+        assert_eq!(refused.json()["code"], "PARAM_ERROR");
+    }
+
+    let first = h.wechat_order("h5", h5(h5_scene())).await;
+    assert_eq!(first.status, 200, "{}", first.json());
+    let first_url = first.json()["h5_url"].as_str().unwrap().to_string();
+    let prefix = format!("{}/cgi-bin/mmpayweb-bin/checkmweb?prepay_id=wx", h.base);
+    assert!(first_url.starts_with(&prefix), "{first_url}");
+    let again = h
+        .wechat_order(
+            "h5",
+            h5(json!({ "payer_client_ip": "2001:db8::1", "h5_info": { "type": "Android" } })),
+        )
+        .await;
+    let second_url = again.json()["h5_url"].as_str().unwrap().to_string();
+    assert_ne!(first_url, second_url, "a new URL each time");
+    let parts = |url: &str| -> HashMap<String, String> {
+        serde_urlencoded::from_str(url.split_once('?').unwrap().1).unwrap()
+    };
+    let (a, b) = (parts(&first_url), parts(&second_url));
+    assert_eq!(a["prepay_id"], b["prepay_id"], "for the same prepay_id");
+    assert_ne!(a["package"], b["package"]);
+    assert!(a["package"].bytes().all(|c| c.is_ascii_digit()));
+
+    let q = h.query_wechat("ML20261201000004").await.json();
+    assert_eq!(q["trade_type"], "MWEB");
+    let view = h
+        .control_get("/emulator/trades/wechat/ML20261201000004")
+        .await;
+    assert_eq!(view["prepay_id"], a["prepay_id"].as_str());
+    assert!(view["code_url"].is_null());
+}
+
+#[tokio::test]
+async fn the_wechat_h5_cashier_pays_once_then_sends_the_buyer_back_to_the_merchant() {
+    let h = start().await;
+    let merchant = receiver(vec![], (204, "")).await;
+    let mut body = order_body("ML20261201000005", APPID, 2990, &merchant.url);
+    body["scene_info"] = h5_scene();
+    let h5_url = h.wechat_order("h5", body).await.json()["h5_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let back = "https://m.memberline.example/orders/5?from=wechat&x=<1>";
+    let link = format!("{h5_url}&redirect_url={}", crate::html::urlencode(back));
+
+    let (status, headers, page) = h.browse(&link).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert!(page.contains("Memberline 月度会员"));
+    assert!(page.contains("29.90"));
+    assert!(!page.contains("<script") && !page.contains("src=\"http"));
+    let button = element(&page, "pay").unwrap();
+    assert!(button.starts_with("<button"));
+    assert!(page.contains("action=\"/cgi-bin/mmpayweb-bin/checkmweb/pay\""));
+    let cancel = element(&page, "cancel").unwrap();
+    assert_eq!(
+        attribute(cancel, "href").unwrap(),
+        crate::html::escape(back)
+    );
+
+    let q: HashMap<String, String> =
+        serde_urlencoded::from_str(h5_url.split_once('?').unwrap().1).unwrap();
+    let form = [
+        ("prepay_id", q["prepay_id"].as_str()),
+        ("package", q["package"].as_str()),
+        ("redirect_url", back),
+    ];
+    let (status, headers, _) = h.submit("/cgi-bin/mmpayweb-bin/checkmweb/pay", &form).await;
+    assert_eq!(status, 302);
+    assert_eq!(headers["location"], back);
+    assert_eq!(
+        h.query_wechat("ML20261201000005").await.json()["trade_state"],
+        "SUCCESS"
+    );
+    wait_until("the notification", async || merchant.count() == 1).await;
+    let (_, plain) = open_wechat_notification(&h, &merchant.get(0).0, &merchant.get(0).1);
+    assert_eq!(plain["trade_type"], "MWEB");
+    assert_eq!(plain["trade_state"], "SUCCESS");
+
+    // Paid: the link and the button show the error page instead of paying twice.
+    let (status, _, page) = h.browse(&link).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("already been paid"));
+    let (status, _, _) = h.submit("/cgi-bin/mmpayweb-bin/checkmweb/pay", &form).await;
+    assert_eq!(status, 400);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(merchant.count(), 1);
+
+    let unknown = format!(
+        "{}/cgi-bin/mmpayweb-bin/checkmweb?prepay_id={}&package=0000000000",
+        h.base, q["prepay_id"]
+    );
+    let (status, _, page) = h.browse(&unknown).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("expired"));
+
+    // An expired link; then, without redirect_url, a page that says paid.
+    let mut body = order_body("ML20261201000006", APPID, 100, "http://127.0.0.1:9/n");
+    body["scene_info"] = h5_scene();
+    let old_url = h.wechat_order("h5", body.clone()).await.json()["h5_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    h.control(
+        "/emulator/expire",
+        json!({"provider": "wechat", "out_trade_no": "ML20261201000006"}),
+    )
+    .await;
+    let (status, _, page) = h.browse(&old_url).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("expired"));
+    let fresh_url = h.wechat_order("h5", body).await.json()["h5_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _, page) = h.browse(&fresh_url).await;
+    assert_eq!(status, 200);
+    assert!(element(&page, "cancel").is_none());
+    let q: HashMap<String, String> =
+        serde_urlencoded::from_str(fresh_url.split_once('?').unwrap().1).unwrap();
+    let (status, _, page) = h
+        .submit(
+            "/cgi-bin/mmpayweb-bin/checkmweb/pay",
+            &[("prepay_id", &q["prepay_id"]), ("package", &q["package"])],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Payment successful"));
+}
+
+#[tokio::test]
+async fn wechat_login_codes_exchange_once_for_the_buyer_they_were_minted_for() {
+    let h = start().await;
+    let minted = h
+        .login_code("miniprogram", None, Some("uMemberline0001"))
+        .await;
+    let openid = minted["openid"].as_str().unwrap().to_string();
+    assert!(openid.starts_with('o'));
+    assert_eq!(openid.len(), 28);
+    assert!(
+        openid[1..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    );
+    let code = minted["code"].as_str().unwrap().to_string();
+    let session = async |code: &str, appid: &str, secret: &str, grant: &str| {
+        let params = [
+            ("appid", appid),
+            ("secret", secret),
+            ("js_code", code),
+            ("grant_type", grant),
+        ];
+        h.sns("/sns/jscode2session", &params).await
+    };
+    let ok = session(&code, MINI_APPID, MINI_SECRET, "authorization_code").await;
+    assert_eq!(ok["openid"], openid.as_str());
+    assert_eq!(ok["unionid"], "uMemberline0001");
+    assert_eq!(
+        B64.decode(ok["session_key"].as_str().unwrap())
+            .unwrap()
+            .len(),
+        16
+    );
+    assert!(ok.get("errcode").is_none());
+    let used = session(&code, MINI_APPID, MINI_SECRET, "authorization_code").await;
+    assert_eq!(used["errcode"], 40163);
+    assert!(used.get("openid").is_none());
+
+    let plain = h.login_code("miniprogram", None, None).await;
+    let plain_code = plain["code"].as_str().unwrap();
+    for (appid, secret, grant, errcode) in [
+        (OA_APPID, OA_SECRET, "authorization_code", 40013),
+        (
+            "wx0000000000000000",
+            MINI_SECRET,
+            "authorization_code",
+            40013,
+        ),
+        (MINI_APPID, "wrong", "authorization_code", 40125),
+        (MINI_APPID, MINI_SECRET, "client_credential", 40002),
+    ] {
+        let refused = session(plain_code, appid, secret, grant).await;
+        assert_eq!(refused["errcode"], errcode, "{refused}");
+        assert!(refused["errmsg"].as_str().unwrap().contains("rid: "));
+    }
+    let refused = session("nonsense", MINI_APPID, MINI_SECRET, "authorization_code").await;
+    assert_eq!(refused["errcode"], 40029);
+    let ok = session(plain_code, MINI_APPID, MINI_SECRET, "authorization_code").await;
+    assert_eq!(ok["openid"], plain["openid"]);
+    assert!(
+        ok.get("unionid").is_none(),
+        "no unionid unless minted with one"
+    );
+
+    let oa = h
+        .login_code(
+            "official_account",
+            Some("oOfficialBuyer_000000000000"),
+            None,
+        )
+        .await;
+    assert_eq!(oa["appid"], OA_APPID);
+    let oa_code = oa["code"].as_str().unwrap();
+    let params = |appid: &'static str, code: &str| {
+        vec![
+            ("appid", appid.to_string()),
+            ("secret", OA_SECRET.to_string()),
+            ("code", code.to_string()),
+            ("grant_type", "authorization_code".to_string()),
+        ]
+    };
+    let exchange = async |p: Vec<(&str, String)>| {
+        let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        h.sns("/sns/oauth2/access_token", &p).await
+    };
+    // The mini-program's code and app are not the official account's.
+    let other = h.login_code("miniprogram", None, None).await;
+    let refused = exchange(params(OA_APPID, other["code"].as_str().unwrap())).await;
+    assert_eq!(refused["errcode"], 40029);
+    let refused = exchange(params(MINI_APPID, oa_code)).await;
+    assert_eq!(refused["errcode"], 40013);
+    let token = exchange(params(OA_APPID, oa_code)).await;
+    assert_eq!(token["openid"], "oOfficialBuyer_000000000000");
+    assert_eq!(token["expires_in"], 7200);
+    assert_eq!(token["scope"], "snsapi_base");
+    assert!(!token["access_token"].as_str().unwrap().is_empty());
+    assert!(!token["refresh_token"].as_str().unwrap().is_empty());
+    assert!(token.get("unionid").is_none());
+    assert_eq!(exchange(params(OA_APPID, oa_code)).await["errcode"], 40163);
+
+    let (status, refused) = h
+        .control("/emulator/wechat/codes", json!({ "app": "native" }))
+        .await;
+    assert_eq!(status, 400);
+    assert!(refused["error"].is_string());
+}
+
+#[tokio::test]
+async fn an_injected_login_failure_answers_the_next_exchange_once_and_leaves_the_code_unspent() {
+    let h = start().await;
+    let minted = h.login_code("miniprogram", None, None).await;
+    let params = [
+        ("appid", MINI_APPID),
+        ("secret", MINI_SECRET),
+        ("js_code", minted["code"].as_str().unwrap()),
+        ("grant_type", "authorization_code"),
+    ];
+    let (status, set) = h
+        .control(
+            "/emulator/wechat/login-failure",
+            json!({ "errcode": 45011 }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(set["errcode"], 45011);
+    let limited = h.sns("/sns/jscode2session", &params).await;
+    assert_eq!(limited["errcode"], 45011);
+    assert!(limited["errmsg"].as_str().unwrap().contains("minute-quota"));
+    let ok = h.sns("/sns/jscode2session", &params).await;
+    assert_eq!(ok["openid"], minted["openid"], "the code was not spent");
+
+    let oa = h.login_code("official_account", None, None).await;
+    h.control(
+        "/emulator/wechat/login-failure",
+        json!({ "errcode": -1, "errmsg": "system busy" }),
+    )
+    .await;
+    let oa_params = [
+        ("appid", OA_APPID),
+        ("secret", OA_SECRET),
+        ("code", oa["code"].as_str().unwrap()),
+        ("grant_type", "authorization_code"),
+    ];
+    let failed = h.sns("/sns/oauth2/access_token", &oa_params).await;
+    assert_eq!(failed["errcode"], -1);
+    assert!(
+        failed["errmsg"]
+            .as_str()
+            .unwrap()
+            .starts_with("system busy")
+    );
+    h.control(
+        "/emulator/wechat/login-failure",
+        json!({ "errcode": 40226 }),
+    )
+    .await;
+    assert_eq!(
+        h.sns("/sns/oauth2/access_token", &oa_params).await["errcode"],
+        40226
+    );
+    assert_eq!(
+        h.sns("/sns/oauth2/access_token", &oa_params).await["openid"],
+        oa["openid"]
+    );
+    let (status, _) = h
+        .control("/emulator/wechat/login-failure", json!({ "errcode": 0 }))
+        .await;
+    assert_eq!(status, 400);
+}
+
+/// Checks the synchronous return's `sign` the way a merchant must: every parameter but `sign`
+/// and `sign_type`, sorted, raw `k=v`, RSA2 with the Alipay public key.
+fn verify_alipay_return(h: &Harness, params: &HashMap<String, String>) {
+    let mut signed: Vec<(&String, &String)> = params
+        .iter()
+        .filter(|(k, _)| *k != "sign" && *k != "sign_type")
+        .collect();
+    signed.sort();
+    let content = signed
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    assert!(
+        verifies(&h.alipay_public, content.as_bytes(), &params["sign"]),
+        "the synchronous return's signature"
+    );
+}
+
+#[tokio::test]
+async fn the_alipay_wap_cashier_opens_the_trade_and_its_pay_button_returns_with_a_signed_return() {
+    let h = start().await;
+    let merchant = receiver(vec![], (200, "success")).await;
+    let biz = json!({
+        "out_trade_no": "AL20261201000001",
+        "total_amount": "15.00",
+        "subject": "Memberline 月度会员",
+        "product_code": "QUICK_WAP_WAY",
+        "quit_url": "https://m.memberline.example/plans",
+        "timeout_express": "30m",
+    });
+    let return_url = "https://m.memberline.example/return?via=alipay";
+    let params = h.alipay_params_with(
+        "alipay.trade.wap.pay",
+        biz.clone(),
+        &[("notify_url", &merchant.url), ("return_url", return_url)],
+    );
+    let query = h.alipay_params(
+        "alipay.trade.query",
+        json!({"out_trade_no": "AL20261201000001"}),
+        None,
+    );
+    // Never opened: Alipay does not know the trade.
+    assert_eq!(
+        h.alipay_get(&query).await["sub_code"],
+        "ACQ.TRADE_NOT_EXIST"
+    );
+    assert_eq!(h.pay("alipay", "AL20261201000001").await.0, 404);
+
+    let (status, page) = h.alipay_cashier_get(&params).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Memberline 月度会员") && page.contains("15.00"));
+    assert!(!page.contains("<script") && !page.contains("src=\"http"));
+    assert!(element(&page, "pay").unwrap().starts_with("<button"));
+    assert!(page.contains("action=\"/emulator/alipay/cashier/pay\""));
+    assert!(page.contains("name=\"out_trade_no\" value=\"AL20261201000001\""));
+    assert_eq!(
+        attribute(element(&page, "quit").unwrap(), "href"),
+        Some("https://m.memberline.example/plans")
+    );
+    let waiting = h.alipay_get(&query).await;
+    assert_eq!(waiting["code"], "10000");
+    assert_eq!(waiting["trade_status"], "WAIT_BUYER_PAY");
+    let (status, _) = h.alipay_cashier_get(&params).await;
+    assert_eq!(status, 200, "opening it again shows it again");
+    let mut other_total = biz.clone();
+    other_total["total_amount"] = json!("16.00");
+    let (status, page) = h
+        .alipay_cashier_get(&h.alipay_params_with(
+            "alipay.trade.wap.pay",
+            other_total,
+            &[("return_url", return_url)],
+        ))
+        .await;
+    assert_eq!(status, 400);
+    assert!(page.contains("ACQ.CONTEXT_INCONSISTENT"));
+
+    let view = h
+        .control_get("/emulator/trades/alipay/AL20261201000001")
+        .await;
+    assert_eq!(view["method"], "alipay.trade.wap.pay");
+    assert_eq!(view["return_url"], return_url);
+    assert_eq!(view["quit_url"], "https://m.memberline.example/plans");
+    assert!(view["qr_code"].is_null());
+    assert_eq!(view["exists_at_alipay"], true);
+
+    let (status, headers, _) = h
+        .submit(
+            "/emulator/alipay/cashier/pay",
+            &[("out_trade_no", "AL20261201000001")],
+        )
+        .await;
+    assert_eq!(status, 302);
+    let location = headers["location"].to_str().unwrap();
+    let rest = location
+        .strip_prefix("https://m.memberline.example/return?via=alipay&")
+        .unwrap_or_else(|| panic!("{location}"));
+    let back: HashMap<String, String> = serde_urlencoded::from_str(rest).unwrap();
+    verify_alipay_return(&h, &back);
+    assert_eq!(back["method"], "alipay.trade.wap.pay.return");
+    assert_eq!(back["charset"], "utf-8");
+    assert_eq!(back["out_trade_no"], "AL20261201000001");
+    assert_eq!(back["total_amount"], "15.00");
+    assert_eq!(back["app_id"], ALIPAY_APP_ID);
+    assert_eq!(back["auth_app_id"], ALIPAY_APP_ID);
+    assert_eq!(back["seller_id"], ALIPAY_SELLER_ID);
+    assert_eq!(back["version"], "1.0");
+    assert_eq!(back["sign_type"], "RSA2");
+    assert_eq!(back["timestamp"].len(), 19);
+    assert!(!back.contains_key("trade_status"));
+    let paid = h.alipay_get(&query).await;
+    assert_eq!(paid["trade_status"], "TRADE_SUCCESS");
+    assert_eq!(paid["trade_no"], back["trade_no"].as_str());
+
+    wait_until("the notification", async || merchant.count() == 1).await;
+    let p = open_alipay_notification(&h, &merchant.get(0).1);
+    assert_eq!(p["trade_status"], "TRADE_SUCCESS");
+    assert_eq!(p["trade_no"], back["trade_no"]);
+
+    let (status, page) = h.alipay_cashier_get(&params).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("ACQ.TRADE_HAS_SUCCESS"));
+    let (status, _, _) = h
+        .submit(
+            "/emulator/alipay/cashier/pay",
+            &[("out_trade_no", "AL20261201000001")],
+        )
+        .await;
+    assert_eq!(status, 400, "not paid twice");
+}
+
+#[tokio::test]
+async fn alipay_page_pay_submitted_as_the_official_sdk_form_shows_the_cashier_and_pays_either_way()
+{
+    let h = start().await;
+    let merchant = receiver(vec![], (200, "success")).await;
+    let biz = |no: &str| {
+        json!({
+            "out_trade_no": no,
+            "total_amount": "120.00",
+            "subject": "Memberline 年度会员",
+            "product_code": "FAST_INSTANT_TRADE_PAY",
+            "passback_params": "plan=yearly",
+        })
+    };
+    // Without `format`, which the gateway accepts as well as json / JSON.
+    let with_return = h.alipay_params_with(
+        "alipay.trade.page.pay",
+        biz("AL20261201000002"),
+        &[
+            ("format", ""),
+            ("notify_url", &merchant.url),
+            ("return_url", "https://www.memberline.example/paid"),
+        ],
+    );
+    let (status, page) = h.alipay_cashier_form(&with_return).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("120.00") && page.contains("Memberline 年度会员"));
+    assert!(element(&page, "pay").is_some());
+    assert!(
+        element(&page, "quit").is_none(),
+        "the desktop cashier has no quit link"
+    );
+    let (status, headers, _) = h
+        .submit(
+            "/emulator/alipay/cashier/pay",
+            &[("out_trade_no", "AL20261201000002")],
+        )
+        .await;
+    assert_eq!(status, 302);
+    let location = headers["location"].to_str().unwrap();
+    let back: HashMap<String, String> = serde_urlencoded::from_str(
+        location
+            .strip_prefix("https://www.memberline.example/paid?")
+            .unwrap(),
+    )
+    .unwrap();
+    verify_alipay_return(&h, &back);
+    assert_eq!(back["method"], "alipay.trade.page.pay.return");
+    wait_until("the notification", async || merchant.count() == 1).await;
+    let p = open_alipay_notification(&h, &merchant.get(0).1);
+    assert_eq!(p["passback_params"], "plan=yearly");
+
+    // Paid by the control API instead; without return_url the button answers a page.
+    let params = h.alipay_params_with(
+        "alipay.trade.page.pay",
+        biz("AL20261201000003"),
+        &[("format", "json"), ("notify_url", &merchant.url)],
+    );
+    assert_eq!(
+        h.pay("alipay", "AL20261201000003").await.0,
+        404,
+        "not opened yet"
+    );
+    assert_eq!(h.alipay_cashier_form(&params).await.0, 200);
+    let (status, paid) = h.pay("alipay", "AL20261201000003").await;
+    assert_eq!(status, 200, "{paid}");
+    wait_until("the second notification", async || merchant.count() == 2).await;
+    let p = open_alipay_notification(&h, &merchant.get(1).1);
+    assert_eq!(p["out_trade_no"], "AL20261201000003");
+    assert_eq!(p["trade_status"], "TRADE_SUCCESS");
+    let params = h.alipay_params_with("alipay.trade.page.pay", biz("AL20261201000004"), &[]);
+    assert_eq!(h.alipay_cashier_get(&params).await.0, 200);
+    let (status, _, page) = h
+        .submit(
+            "/emulator/alipay/cashier/pay",
+            &[("out_trade_no", "AL20261201000004")],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Payment successful"));
+}
+
+#[tokio::test]
+async fn alipay_cashier_errors_are_html_pages_naming_the_sub_code() {
+    let h = start().await;
+    let wap = |no: &str, product_code: Option<&str>| {
+        let mut biz =
+            json!({ "out_trade_no": no, "total_amount": "9.90", "subject": "Memberline 月度会员" });
+        if let Some(p) = product_code {
+            biz["product_code"] = json!(p);
+        }
+        h.alipay_params("alipay.trade.wap.pay", biz, None)
+    };
+    let mut tampered = wap("AL20261201000010", Some("QUICK_WAP_WAY"));
+    tampered
+        .iter_mut()
+        .find(|(k, _)| k == "biz_content")
+        .unwrap()
+        .1 = json!({ "out_trade_no": "AL20261201000010", "total_amount": "0.01", "subject": "x" })
+        .to_string();
+    let (status, page) = h.alipay_cashier_get(&tampered).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("isv.invalid-signature"));
+    let (status, page) = h.alipay_cashier_form(&tampered).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("isv.invalid-signature"));
+
+    // The three wap product codes clients send are accepted; others are not.
+    for (no, code) in [
+        ("AL20261201000011", Some("QUICK_WAP_WAY")),
+        ("AL20261201000012", Some("QUICK_WAP_PAY")),
+        ("AL20261201000013", None),
+    ] {
+        assert_eq!(
+            h.alipay_cashier_get(&wap(no, code)).await.0,
+            200,
+            "{code:?}"
+        );
+    }
+    let (status, page) = h
+        .alipay_cashier_get(&wap("AL20261201000014", Some("FAST_INSTANT_TRADE_PAY")))
+        .await;
+    assert_eq!(status, 400);
+    assert!(page.contains("ACQ.INVALID_PARAMETER"));
+    let page_pay = h.alipay_params(
+        "alipay.trade.page.pay",
+        json!({ "out_trade_no": "AL20261201000015", "total_amount": "9.90", "subject": "x", "product_code": "QUICK_WAP_WAY" }),
+        None,
+    );
+    assert!(
+        h.alipay_cashier_get(&page_pay)
+            .await
+            .1
+            .contains("ACQ.INVALID_PARAMETER")
+    );
+    let no_subject = h.alipay_params(
+        "alipay.trade.wap.pay",
+        json!({ "out_trade_no": "AL20261201000016", "total_amount": "9.90" }),
+        None,
+    );
+    assert!(
+        h.alipay_cashier_get(&no_subject)
+            .await
+            .1
+            .contains("ACQ.INVALID_PARAMETER")
+    );
+    let xml = h.alipay_params_with(
+        "alipay.trade.wap.pay",
+        json!({ "out_trade_no": "AL20261201000017", "total_amount": "9.90", "subject": "x" }),
+        &[("format", "xml")],
+    );
+    assert!(
+        h.alipay_cashier_get(&xml)
+            .await
+            .1
+            .contains("isv.invalid-format")
+    );
+    let bad_return = h.alipay_params_with(
+        "alipay.trade.wap.pay",
+        json!({ "out_trade_no": "AL20261201000018", "total_amount": "9.90", "subject": "x" }),
+        &[("return_url", "javascript:alert(1)")],
+    );
+    assert_eq!(h.alipay_cashier_get(&bad_return).await.0, 400);
+
+    // A QR trade's number cannot be reused at the cashier.
+    h.precreate("AL20261201000019", "9.90", None).await;
+    let (status, page) = h.alipay_cashier_get(&wap("AL20261201000019", None)).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("ACQ.CONTEXT_INCONSISTENT"));
+
+    // Opened, then closed by the merchant: the cashier refuses it.
+    let close = h.alipay_params(
+        "alipay.trade.close",
+        json!({"out_trade_no": "AL20261201000011"}),
+        None,
+    );
+    assert_eq!(h.alipay_post(&close).await["code"], "10000");
+    let (status, page) = h
+        .alipay_cashier_get(&wap("AL20261201000011", Some("QUICK_WAP_WAY")))
+        .await;
+    assert_eq!(status, 400);
+    assert!(page.contains("ACQ.TRADE_HAS_CLOSE"));
+    let (status, _, _) = h
+        .submit(
+            "/emulator/alipay/cashier/pay",
+            &[("out_trade_no", "AL20261201000011")],
+        )
+        .await;
+    assert_eq!(status, 400);
+    // A QR trade has no cashier Pay button.
+    let (status, _, _) = h
+        .submit(
+            "/emulator/alipay/cashier/pay",
+            &[("out_trade_no", "AL20261201000019")],
+        )
+        .await;
+    assert_eq!(status, 400);
 }

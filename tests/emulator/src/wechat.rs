@@ -1,7 +1,8 @@
-//! WeChat Pay API v3, Native (QR) payments, for one merchant: request authentication
-//! (`WECHATPAY2-SHA256-RSA2048` over the raw request), signed answers (the five `Wechatpay-*`
-//! headers on every response, 204 and errors included), orders, close, query, refunds, and the
-//! buyer's payment that the control API triggers.
+//! WeChat Pay API v3 for one merchant: request authentication (`WECHATPAY2-SHA256-RSA2048` over
+//! the raw request), signed answers (the five `Wechatpay-*` headers on every response, 204 and
+//! errors included), Native (QR), JSAPI and H5 orders, close, query, refunds, and the buyer's
+//! payment that the control API and the H5 cashier trigger, with the JSAPI front-end parameters
+//! checked as WeChat's client checks them.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{OriginalUri, Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
@@ -19,12 +20,16 @@ use serde_json::{Value, json};
 use crate::keys;
 use crate::notify::{self, PayloadOverrides};
 use crate::state::{
-    CodeRef, Emulator, Provider, RefundStatus, Shared, WechatPayment, WechatRefund, WechatState,
-    WechatTrade, beijing_date,
+    CodeRef, Emulator, Provider, RefundStatus, Shared, Store, WechatChannel, WechatPayment,
+    WechatRefund, WechatState, WechatTrade, beijing, beijing_date,
 };
 
-/// How long a `code_url` can be paid when no `time_expire` was given.
+/// How long a `code_url` or `prepay_id` can be paid when no `time_expire` was given.
 pub const CODE_VALIDITY: chrono::TimeDelta = chrono::TimeDelta::hours(2);
+/// How long one H5 cashier URL (one `package`) can be opened.
+pub const H5_URL_VALIDITY: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+/// Where WeChat's H5 cashier lives (on the host the order was created at).
+pub const H5_CASHIER_PATH: &str = "/cgi-bin/mmpayweb-bin/checkmweb";
 /// Largest accepted difference between a request's timestamp and now.
 const TIMESTAMP_TOLERANCE_SECS: i64 = 300;
 /// At most this many refunds per order.
@@ -32,7 +37,18 @@ const MAX_REFUNDS: usize = 50;
 
 pub fn routes() -> Router<Shared> {
     Router::new()
-        .route("/v3/pay/transactions/native", post(create_native))
+        .route(
+            "/v3/pay/transactions/native",
+            post(|s, m, u, h, b| create(TradeType::Native, s, m, u, h, b)),
+        )
+        .route(
+            "/v3/pay/transactions/jsapi",
+            post(|s, m, u, h, b| create(TradeType::Jsapi, s, m, u, h, b)),
+        )
+        .route(
+            "/v3/pay/transactions/h5",
+            post(|s, m, u, h, b| create(TradeType::H5, s, m, u, h, b)),
+        )
         .route(
             "/v3/pay/transactions/out-trade-no/{out_trade_no}",
             get(query_by_out_trade_no),
@@ -209,22 +225,80 @@ fn authenticate(
     Ok(())
 }
 
+/// The create APIs, one per way of paying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TradeType {
+    Native,
+    Jsapi,
+    H5,
+}
+
+impl TradeType {
+    fn code(self) -> &'static str {
+        match self {
+            TradeType::Native => "NATIVE",
+            TradeType::Jsapi => "JSAPI",
+            TradeType::H5 => "MWEB",
+        }
+    }
+}
+
 #[derive(Deserialize)]
-struct NativeAmount {
+struct OrderAmount {
     total: i64,
     currency: Option<String>,
 }
 
 #[derive(Deserialize)]
-struct NativeRequest {
+struct Payer {
+    openid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct H5Info {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SceneInfo {
+    payer_client_ip: Option<String>,
+    h5_info: Option<H5Info>,
+}
+
+/// The body of every create API: Native's fields, JSAPI's `payer`, H5's `scene_info`.
+#[derive(Deserialize)]
+struct OrderRequest {
     appid: String,
     mchid: String,
     description: String,
     out_trade_no: String,
     notify_url: String,
-    amount: NativeAmount,
+    amount: OrderAmount,
     time_expire: Option<String>,
     attach: Option<String>,
+    payer: Option<Payer>,
+    scene_info: Option<SceneInfo>,
+}
+
+/// H5 orders must say where the buyer's browser is: a client IP and the kind of page.
+fn check_h5_scene(scene: Option<&SceneInfo>) -> Result<(), &'static str> {
+    let scene = scene.ok_or("scene_info is required for H5 orders")?;
+    scene
+        .payer_client_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .ok_or("scene_info.payer_client_ip must be the buyer's IPv4 or IPv6 address")?;
+    let kind = scene
+        .h5_info
+        .as_ref()
+        .ok_or("scene_info.h5_info is required for H5 orders")?
+        .kind
+        .as_deref();
+    match kind {
+        Some("Wap" | "iOS" | "Android") => Ok(()),
+        _ => Err("scene_info.h5_info.type must be Wap, iOS or Android"),
+    }
 }
 
 fn valid_out_trade_no(s: &str) -> bool {
@@ -263,7 +337,11 @@ fn parse_json<T: serde::de::DeserializeOwned>(emu: &Emulator, body: &[u8]) -> Re
     })
 }
 
-async fn create_native(
+/// The create APIs (`native`, `jsapi`, `h5`): the same authentication, body and rules, plus the
+/// `payer` of JSAPI and the `scene_info` of H5. Calling again with the same parameters while the
+/// order is unpaid answers its current code_url / prepay_id (an H5 order gets a new cashier URL).
+async fn create(
+    trade_type: TradeType,
     State(emu): State<Shared>,
     method: Method,
     OriginalUri(uri): OriginalUri,
@@ -273,7 +351,7 @@ async fn create_native(
     if let Err(r) = authenticate(&emu, &method, &uri, &headers, &body) {
         return r;
     }
-    let req: NativeRequest = match parse_json(&emu, &body) {
+    let req: OrderRequest = match parse_json(&emu, &body) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -281,7 +359,7 @@ async fn create_native(
     if req.mchid != emu.config.wechat.mchid {
         return bad("MCH_NOT_EXISTS", "mchid is not a merchant here");
     }
-    if req.appid != emu.config.wechat.appid {
+    if !emu.config.wechat.binds(&req.appid) {
         return bad("APPID_MCHID_NOT_MATCH", "appid is not bound to this mchid");
     }
     let description_len = req.description.chars().count();
@@ -322,9 +400,34 @@ async fn create_native(
         },
         None => None,
     };
+    let payer = match trade_type {
+        TradeType::Jsapi => match req.payer.as_ref().and_then(|p| p.openid.clone()) {
+            Some(openid) if !openid.is_empty() => Some(openid),
+            _ => return bad("PARAM_ERROR", "payer.openid is required for JSAPI orders"),
+        },
+        TradeType::Native | TradeType::H5 => None,
+    };
+    if trade_type == TradeType::H5
+        && let Err(message) = check_h5_scene(req.scene_info.as_ref())
+    {
+        return bad("PARAM_ERROR", message);
+    }
+    // The H5 cashier URL points back at whichever address the merchant reached us by.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| uri.authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| "localhost".into());
     let now = Utc::now();
-    let mut store = emu.store();
-    let store = &mut *store;
+    let mut guard = emu.store();
+    let store = &mut *guard;
+    // WeChat only accepts a buyer that logged in to the order's own app.
+    if let Some(openid) = &payer
+        && !store.openids.contains(&(req.appid.clone(), openid.clone()))
+    {
+        return bad("PARAM_ERROR", "openid and appid do not match");
+    }
     if let Some(existing) = store.wechat.get_mut(&req.out_trade_no) {
         match existing.state {
             WechatState::Success | WechatState::Refund => {
@@ -333,8 +436,14 @@ async fn create_native(
             WechatState::Closed => return bad("ORDER_CLOSED", "the order has been closed"),
             WechatState::NotPay => {}
         }
+        let same_payer = match &existing.channel {
+            WechatChannel::Jsapi { openid, .. } => payer.as_ref() == Some(openid),
+            _ => true,
+        };
         // `time_expire` can only be set on the first call: a different value later is ignored.
         let same = existing.appid == req.appid
+            && existing.channel.trade_type() == trade_type.code()
+            && same_payer
             && existing.description == req.description
             && existing.notify_url == req.notify_url
             && existing.total == req.amount.total
@@ -353,34 +462,19 @@ async fn create_native(
                     "the order has expired: its time_expire has passed",
                 );
             }
-            // The 2-hour code validity ran out: a new code_url for another 2 hours.
-            let code_url = new_code_url(&mut store.ids);
-            existing.code_url = code_url.clone();
-            existing.expires_at = now + CODE_VALIDITY;
-            let out_trade_no = existing.out_trade_no.clone();
-            store.codes.insert(
-                code_url.clone(),
-                CodeRef {
-                    provider: Provider::Wechat,
-                    out_trade_no,
-                    expires_at: now + CODE_VALIDITY,
-                },
-            );
-            return signed_response(&emu, StatusCode::OK, Some(&json!({ "code_url": code_url })));
+            // The 2-hour validity ran out: a new code_url / prepay_id for another 2 hours.
+            let expires_at = now + CODE_VALIDITY;
+            let channel = issue(store, trade_type, payer, &req.out_trade_no, expires_at, now);
+            if let Some(renewed) = store.wechat.get_mut(&req.out_trade_no) {
+                renewed.channel = channel;
+                renewed.expires_at = expires_at;
+            }
         }
-        let code_url = existing.code_url.clone();
-        return signed_response(&emu, StatusCode::OK, Some(&json!({ "code_url": code_url })));
+        let answer = create_answer(store, &req.out_trade_no, &host, now);
+        return signed_response(&emu, StatusCode::OK, Some(&answer));
     }
-    let code_url = new_code_url(&mut store.ids);
     let expires_at = time_expire.unwrap_or(now + CODE_VALIDITY);
-    store.codes.insert(
-        code_url.clone(),
-        CodeRef {
-            provider: Provider::Wechat,
-            out_trade_no: req.out_trade_no.clone(),
-            expires_at,
-        },
-    );
+    let channel = issue(store, trade_type, payer, &req.out_trade_no, expires_at, now);
     store.wechat.insert(
         req.out_trade_no.clone(),
         WechatTrade {
@@ -393,7 +487,7 @@ async fn create_native(
             currency,
             time_expire: req.time_expire,
             attach: req.attach,
-            code_url: code_url.clone(),
+            channel,
             created_at: now,
             expires_at,
             state: WechatState::NotPay,
@@ -402,8 +496,80 @@ async fn create_native(
             refunds: vec![],
         },
     );
-    tracing::info!(out_trade_no = %req.out_trade_no, total = req.amount.total, "wechat native order created");
-    signed_response(&emu, StatusCode::OK, Some(&json!({ "code_url": code_url })))
+    let answer = create_answer(store, &req.out_trade_no, &host, now);
+    drop(guard);
+    tracing::info!(out_trade_no = %req.out_trade_no, total = req.amount.total, trade_type = trade_type.code(), "wechat order created");
+    signed_response(&emu, StatusCode::OK, Some(&answer))
+}
+
+/// A fresh credential of `trade_type` for an order: a code_url (registered as a code that
+/// expires with the order) or a prepay_id.
+fn issue(
+    store: &mut Store,
+    trade_type: TradeType,
+    payer: Option<String>,
+    out_trade_no: &str,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> WechatChannel {
+    match trade_type {
+        TradeType::Native => {
+            let code_url = new_code_url(&mut store.ids);
+            store.codes.insert(
+                code_url.clone(),
+                CodeRef {
+                    provider: Provider::Wechat,
+                    out_trade_no: out_trade_no.into(),
+                    expires_at,
+                },
+            );
+            WechatChannel::Native { code_url }
+        }
+        // `create` refuses a JSAPI order without a payer before it gets here.
+        TradeType::Jsapi => WechatChannel::Jsapi {
+            prepay_id: new_prepay_id(store, now),
+            openid: payer.unwrap_or_default(),
+        },
+        TradeType::H5 => WechatChannel::H5 {
+            prepay_id: new_prepay_id(store, now),
+        },
+    }
+}
+
+/// A prepay_id like WeChat's: `wx`, the Beijing time `yyyyMMddHHmmss`, 20 random characters.
+fn new_prepay_id(store: &mut Store, now: DateTime<Utc>) -> String {
+    let stamp = now.with_timezone(&beijing()).format("%Y%m%d%H%M%S");
+    store.unique_id(|| format!("wx{stamp}{}", keys::random_hex(20)))
+}
+
+/// The create API's answer for the order's current credential. Each H5 answer is a new cashier
+/// URL (a new `package`, valid 5 minutes and never beyond the order's own validity).
+fn create_answer(store: &mut Store, out_trade_no: &str, host: &str, now: DateTime<Utc>) -> Value {
+    let Some(trade) = store.wechat.get(out_trade_no) else {
+        return Value::Null;
+    };
+    match &trade.channel {
+        WechatChannel::Native { code_url } => json!({ "code_url": code_url }),
+        WechatChannel::Jsapi { prepay_id, .. } => json!({ "prepay_id": prepay_id }),
+        WechatChannel::H5 { prepay_id } => {
+            let prepay_id = prepay_id.clone();
+            let expires_at = (now + H5_URL_VALIDITY).min(trade.expires_at);
+            let package = store.unique_id(|| keys::random_digits(10));
+            store.codes.insert(
+                package.clone(),
+                CodeRef {
+                    provider: Provider::Wechat,
+                    out_trade_no: out_trade_no.into(),
+                    expires_at,
+                },
+            );
+            json!({
+                "h5_url": format!(
+                    "http://{host}{H5_CASHIER_PATH}?prepay_id={prepay_id}&package={package}"
+                )
+            })
+        }
+    }
 }
 
 fn new_code_url(ids: &mut std::collections::HashSet<String>) -> String {
@@ -782,10 +948,76 @@ async fn query_refund(
 pub enum PayError {
     NotFound,
     Conflict(String),
+    /// The JSAPI front-end parameters are not what WeChat's client accepts.
+    Invalid(String),
 }
 
-/// The buyer scans and pays: NOTPAY → SUCCESS, then `TRANSACTION.SUCCESS` is delivered.
-/// `code` is the scanned code_url (its own validity applies); without it, the current one's.
+/// What a merchant hands its front end to pay a JSAPI order (`wx.requestPayment`,
+/// `WeixinJSBridge.invoke('getBrandWCPayRequest', …)`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JsapiParams {
+    pub app_id: String,
+    pub time_stamp: String,
+    pub nonce_str: String,
+    pub package: String,
+    pub sign_type: String,
+    pub pay_sign: String,
+}
+
+/// Checks the front-end parameters as WeChat's client does before it shows the payment sheet:
+/// they name the order's app and prepay_id, and `paySign` is the merchant's SHA256withRSA
+/// signature over `appId\ntimeStamp\nnonceStr\npackage\n`.
+pub fn check_jsapi_params(
+    emu: &Emulator,
+    out_trade_no: &str,
+    p: &JsapiParams,
+) -> Result<(), PayError> {
+    let (appid, prepay_id) = {
+        let store = emu.store();
+        let trade = store.wechat.get(out_trade_no).ok_or(PayError::NotFound)?;
+        match &trade.channel {
+            WechatChannel::Jsapi { prepay_id, .. } => (trade.appid.clone(), prepay_id.clone()),
+            _ => {
+                return Err(PayError::Invalid(
+                    "the order is not a JSAPI order: it has no prepay_id to pay".into(),
+                ));
+            }
+        }
+    };
+    let invalid = |m: &str| Err(PayError::Invalid(m.into()));
+    if p.app_id != appid {
+        return invalid("appId is not the order's appid");
+    }
+    if p.package != format!("prepay_id={prepay_id}") {
+        return invalid("package is not prepay_id=<the order's prepay_id>");
+    }
+    if p.sign_type != "RSA" {
+        return invalid("signType must be RSA");
+    }
+    if p.time_stamp.is_empty() || !p.time_stamp.bytes().all(|b| b.is_ascii_digit()) {
+        return invalid("timeStamp must be a string of seconds");
+    }
+    if p.nonce_str.is_empty() || p.nonce_str.len() > 32 {
+        return invalid("nonceStr must be 1 to 32 characters");
+    }
+    let message = format!(
+        "{}\n{}\n{}\n{}\n",
+        p.app_id, p.time_stamp, p.nonce_str, p.package
+    );
+    if !keys::verify_sha256_rsa(
+        &emu.keys.wechat_merchant_public,
+        message.as_bytes(),
+        &p.pay_sign,
+    ) {
+        return invalid("paySign does not verify with the merchant public key");
+    }
+    Ok(())
+}
+
+/// The buyer pays: NOTPAY → SUCCESS, then `TRANSACTION.SUCCESS` is delivered. `code` is the
+/// scanned code_url or the H5 cashier's package (its own validity applies); without it, the
+/// order's current code_url / prepay_id validity applies.
 /// `force` pays even a closed or expired order: a payment that raced the merchant's close.
 pub fn pay(
     emu: &Shared,
@@ -822,7 +1054,7 @@ pub fn pay(
         trade.payment = Some(WechatPayment {
             transaction_id,
             success_time: now,
-            openid: format!("o{}", keys::random_alnum(27)),
+            openid: trade.buyer_openid(),
         });
         trade.clone()
     };

@@ -17,12 +17,15 @@ use crate::store::channel_deliveries::Content;
 use crate::store::notifications::{self, Note};
 use crate::store::{console_feed, levels};
 use memberline_schema::events::{
-    CloseReason, EventType, LatePaymentRefunded, LevelChanged, MembershipChange, MembershipChanged,
-    MembershipExtended, OrderClosed, OrderRefunded, OrderReminded, PayMethod, Provider,
+    CloseReason, EventType, LatePaymentRefunded, LateRefundWhy, LevelChanged, MembershipChange,
+    MembershipChanged, MembershipExtended, OrderClosed, OrderRefunded, OrderReminded, PayMethod,
+    Provider,
 };
 use memberline_schema::ids::EventId;
 use memberline_schema::money::fen_to_yuan;
-use memberline_schema::push::{BuyerPush, ConsolePush, PaidEntry, RefundedEntry, RemindedEntry};
+use memberline_schema::push::{
+    AutoRefundedEntry, BuyerPush, ConsolePush, PaidEntry, RefundedEntry, RemindedEntry,
+};
 use memberline_schema::states::NotificationKind;
 use memberline_schema::states::OrderStatus;
 use memberline_schema::topology::Worker;
@@ -211,14 +214,22 @@ impl Notifier {
     ) -> Result<Effects, HandlerError> {
         let env = decode::<OrderClosed>(msg)?;
         let e = &env.payload;
-        let why = match e.reason {
-            CloseReason::Expired => "was not paid in time",
-            CloseReason::Cancelled => "was cancelled",
+        let body = match e.reason {
+            CloseReason::Expired => format!(
+                "Order {} was not paid in time and is closed; nothing was charged.",
+                e.order_no
+            ),
+            CloseReason::Cancelled => format!(
+                "Order {} was cancelled and is closed; nothing was charged.",
+                e.order_no
+            ),
+            CloseReason::NotEligible => format!(
+                "Your payment for order {} came when you already had a permanent membership, \
+                 so nothing was bought: the order is closed and the payment is being refunded \
+                 in full.",
+                e.order_no
+            ),
         };
-        let body = format!(
-            "Order {} {why} and is closed; nothing was charged.",
-            e.order_no
-        );
         let note = Note {
             user_id: e.buyer_id,
             event_id: env.event_id,
@@ -236,7 +247,8 @@ impl Notifier {
         inbox_then_push(txn, note, &push).await
     }
 
-    /// Money came back to the buyer: inbox, push, and a template/SMS message too.
+    /// Money came back to the buyer: inbox, push, a template/SMS message too, and a console-feed
+    /// entry ("refunded automatically") with a console push.
     async fn late_payment_refunded(
         &self,
         txn: &DatabaseTransaction,
@@ -248,9 +260,13 @@ impl Notifier {
             Provider::Wechat => "WeChat Pay",
             Provider::Alipay => "Alipay",
         };
+        let why = match e.why {
+            LateRefundWhy::OrderClosed => "arrived after the order was closed",
+            LateRefundWhy::NotEligible => "arrived when you already had a permanent membership",
+        };
         let body = format!(
-            "Your payment of ¥{} for order {} arrived after the order was closed, so nothing was \
-             bought: it was refunded in full to your {account} account.",
+            "Your payment of ¥{} for order {} {why}, so nothing was bought: it was refunded in \
+             full to your {account} account.",
             fen_to_yuan(e.amount_fen),
             e.order_no
         );
@@ -266,13 +282,23 @@ impl Notifier {
         if !inbox_and_message(txn, note).await? {
             return Ok(Effects::already_applied());
         }
+        let entry = AutoRefundedEntry {
+            order_id: e.order_id,
+            order_no: e.order_no.clone(),
+            buyer_id: e.buyer_id,
+            provider: e.provider,
+            amount_fen: e.amount_fen,
+            why: e.why,
+            refunded_at: e.refunded_at,
+        };
+        let console = feed(txn, env.event_id, kind, &entry, e.refunded_at).await?;
         let push = BuyerPush::LatePaymentRefunded {
             order_id: e.order_id,
             order_no: e.order_no.clone(),
             amount_fen: e.amount_fen,
             message: body.clone(),
         };
-        Ok(Effects::pushing(vec![Push::buyer(e.buyer_id, &push)]).with_outgoing())
+        Ok(Effects::pushing(vec![console, Push::buyer(e.buyer_id, &push)]).with_outgoing())
     }
 }
 

@@ -4,8 +4,8 @@ use super::{signing_string, yuan_to_fen};
 use crate::providers::beijing;
 use crate::providers::keys::{Signer, Verifying};
 use crate::providers::{
-    CloseOutcome, MerchantIds, Mismatch, Payment, PaymentError, PaymentProvider, QrCode, QrRequest,
-    RefundRequest, RefundState, TradeState, check_payment, retry,
+    CloseOutcome, MerchantIds, Mismatch, Payment, PaymentError, PaymentProvider, PaymentRequest,
+    RefundRequest, RefundState, Started, TradeState, Via, check_payment, retry,
 };
 use chrono::{NaiveDateTime, TimeZone, Utc};
 use memberline_schema::money::fen_to_yuan;
@@ -93,13 +93,14 @@ impl Alipay {
         &self.app_id
     }
 
-    /// Calls `method` with `biz_content` and returns its verified `*_response`.
-    async fn call(
+    /// The request parameters of `method` with `biz_content` (and `extra` ones, such as
+    /// `notify_url` and `return_url`), signed, URL-encoded.
+    fn signed_request(
         &self,
         method: &str,
-        biz_content: serde_json::Value,
-        with_notify: bool,
-    ) -> Result<Response, PaymentError> {
+        biz_content: &serde_json::Value,
+        extra: &[(&str, &str)],
+    ) -> Result<String, PaymentError> {
         let timestamp = Utc::now()
             .with_timezone(&beijing())
             .format(TIME_FORMAT)
@@ -115,15 +116,27 @@ impl Alipay {
             ("version", "1.0"),
             ("biz_content", biz_content.as_str()),
         ]);
-        if with_notify && !self.notify_url.is_empty() {
-            params.insert("notify_url", self.notify_url.as_str());
-        }
+        params.extend(extra.iter().filter(|(_, v)| !v.is_empty()).copied());
         let signature = self
             .signer
             .sign(signing_string(params.iter().map(|(k, v)| (*k, *v))).as_bytes());
         params.insert("sign", signature.as_str());
-        let form = serde_urlencoded::to_string(&params)
-            .map_err(|e| PaymentError::Malformed(e.to_string()))?;
+        serde_urlencoded::to_string(&params).map_err(|e| PaymentError::Malformed(e.to_string()))
+    }
+
+    /// Calls `method` with `biz_content` and returns its verified `*_response`.
+    async fn call(
+        &self,
+        method: &str,
+        biz_content: serde_json::Value,
+        with_notify: bool,
+    ) -> Result<Response, PaymentError> {
+        let notify: &[(&str, &str)] = if with_notify {
+            &[("notify_url", self.notify_url.as_str())]
+        } else {
+            &[]
+        };
+        let form = self.signed_request(method, &biz_content, notify)?;
         let response = self
             .http
             .post(&self.gateway_url)
@@ -183,6 +196,7 @@ impl Alipay {
                 merchant_id: Some(self.seller_id.clone()),
                 app_id: Some(self.app_id.clone()),
             },
+            trade_type: None,
         })
     }
 
@@ -289,30 +303,62 @@ impl PaymentProvider for Alipay {
         Provider::Alipay
     }
 
-    async fn create_qr(&self, request: &QrRequest) -> Result<QrCode, PaymentError> {
+    async fn create(&self, request: &PaymentRequest) -> Result<Started, PaymentError> {
         let minutes = (request.expires_at - Utc::now())
             .num_minutes()
             .clamp(1, 15 * 24 * 60);
         let subject: String = request.description.chars().take(256).collect();
-        let r = self
-            .call(
-                "alipay.trade.precreate",
-                json!({
-                    "out_trade_no": request.out_trade_no,
-                    "total_amount": fen_to_yuan(request.amount_fen),
-                    "subject": subject,
-                    "timeout_express": format!("{minutes}m"),
-                }),
-                true,
-            )
-            .await?;
-        if r.code != "10000" {
-            return Err(r.refused());
-        }
-        Ok(QrCode {
-            code_url: r
-                .qr_code
-                .ok_or_else(|| PaymentError::Malformed("precreate without qr_code".into()))?,
+        let mut biz = json!({
+            "out_trade_no": request.out_trade_no,
+            "total_amount": fen_to_yuan(request.amount_fen),
+            "subject": subject,
+            "timeout_express": format!("{minutes}m"),
+        });
+        // The cashiers are not server calls: the buyer's browser takes the signed request to
+        // Alipay's gateway, and the trade exists there once the buyer opens it.
+        let (method, return_url) = match &request.via {
+            Via::Qr => {
+                let r = self.call("alipay.trade.precreate", biz, true).await?;
+                if r.code != "10000" {
+                    return Err(r.refused());
+                }
+                let code_url = r
+                    .qr_code
+                    .ok_or_else(|| PaymentError::Malformed("precreate without qr_code".into()))?;
+                return Ok(Started {
+                    code_url: Some(code_url),
+                    ..Started::default()
+                });
+            }
+            Via::Wap {
+                return_url,
+                quit_url,
+            } => {
+                biz["product_code"] = json!("QUICK_WAP_WAY");
+                biz["quit_url"] = json!(quit_url);
+                ("alipay.trade.wap.pay", return_url)
+            }
+            Via::Page { return_url } => {
+                biz["product_code"] = json!("FAST_INSTANT_TRADE_PAY");
+                ("alipay.trade.page.pay", return_url)
+            }
+            Via::Jsapi { .. } | Via::H5 { .. } => {
+                return Err(PaymentError::Malformed(
+                    "Alipay has no WeChat channel".into(),
+                ));
+            }
+        };
+        let query = self.signed_request(
+            method,
+            &biz,
+            &[
+                ("notify_url", self.notify_url.as_str()),
+                ("return_url", return_url.as_str()),
+            ],
+        )?;
+        Ok(Started {
+            pay_url: Some(format!("{}?{query}", self.gateway_url)),
+            ..Started::default()
         })
     }
 
@@ -339,7 +385,13 @@ impl PaymentProvider for Alipay {
         .await
     }
 
-    fn check(&self, payment: &Payment, amount_fen: i64) -> Result<(), Mismatch> {
+    /// Every Alipay channel pays to our one `app_id`, whatever the order says.
+    fn check(
+        &self,
+        payment: &Payment,
+        _app_id: Option<&str>,
+        amount_fen: i64,
+    ) -> Result<(), Mismatch> {
         check_payment(payment, &self.seller_id, &self.app_id, amount_fen)
     }
 }

@@ -7,7 +7,7 @@ use super::{Alipay, yuan_to_fen};
 use crate::providers::{MerchantIds, NotifyError, Payment};
 use std::collections::BTreeMap;
 
-/// A verified notification: every parameter as received (URL-decoded).
+/// A verified notification (or cashier return): every parameter as received (URL-decoded).
 #[derive(Clone, Debug)]
 pub struct AlipayNotification {
     pub params: BTreeMap<String, String>,
@@ -57,6 +57,7 @@ impl AlipayNotification {
                 merchant_id: self.get("seller_id").map(str::to_owned),
                 app_id: self.get("app_id").map(str::to_owned),
             },
+            trade_type: None,
         }))
     }
 }
@@ -64,6 +65,29 @@ impl AlipayNotification {
 impl Alipay {
     /// Verifies a notification's form body (`application/x-www-form-urlencoded`).
     pub fn verify_notification(&self, body: &[u8]) -> Result<AlipayNotification, NotifyError> {
+        let verified = self.verify_signed(body)?;
+        if verified.notify_id().is_none_or(str::is_empty) {
+            return Err(NotifyError::Malformed("no notify_id".to_owned()));
+        }
+        Ok(verified)
+    }
+
+    /// Verifies the synchronous return of a cashier page (the query string of the browser's GET
+    /// to our `return_url`), signed like a notification. It says where the buyer came back
+    /// from, never that anything was paid: only a notification or a query does.
+    pub fn verify_return(&self, query: &[u8]) -> Result<AlipayNotification, NotifyError> {
+        let verified = self.verify_signed(query)?;
+        if verified.get("app_id") != Some(self.app_id.as_str()) {
+            return Err(NotifyError::Malformed(
+                "the return is not for our app_id".to_owned(),
+            ));
+        }
+        Ok(verified)
+    }
+
+    /// Parses URL-encoded parameters and checks `sign` over every one of them but `sign` and
+    /// `sign_type`.
+    fn verify_signed(&self, body: &[u8]) -> Result<AlipayNotification, NotifyError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
             .map_err(|e| NotifyError::Malformed(e.to_string()))?;
         let mut params = BTreeMap::new();
@@ -86,9 +110,6 @@ impl Alipay {
             .join("&");
         if !self.alipay_key.verify(signed.as_bytes(), &sign) {
             return Err(NotifyError::BadSignature);
-        }
-        if params.get("notify_id").is_none_or(String::is_empty) {
-            return Err(NotifyError::Malformed("no notify_id".to_owned()));
         }
         Ok(AlipayNotification { params })
     }

@@ -3,8 +3,9 @@
 use super::{MAX_SKEW_SECS, SIGNATURE_TYPE};
 use crate::providers::keys::{Signer, Verifying};
 use crate::providers::{
-    CloseOutcome, MerchantIds, Mismatch, Payment, PaymentError, PaymentProvider, QrCode, QrRequest,
-    RefundRequest, RefundState, TradeState, beijing, check_payment, nonce, retry,
+    CloseOutcome, JsapiParams, MerchantIds, Mismatch, Payment, PaymentError, PaymentProvider,
+    PaymentRequest, RefundRequest, RefundState, Started, TradeState, Via, beijing, check_payment,
+    nonce, retry,
 };
 use chrono::{DateTime, Utc};
 use memberline_schema::states::Provider;
@@ -54,6 +55,8 @@ pub struct Transaction {
     pub transaction_id: Option<String>,
     pub trade_state: String,
     #[serde(default)]
+    pub trade_type: Option<String>,
+    #[serde(default)]
     pub success_time: Option<DateTime<chrono::FixedOffset>>,
     #[serde(default)]
     pub amount: Option<TransactionAmount>,
@@ -85,6 +88,7 @@ impl Transaction {
                 merchant_id: self.mchid.clone(),
                 app_id: self.appid.clone(),
             },
+            trade_type: self.trade_type.clone(),
         })
     }
 
@@ -128,6 +132,23 @@ impl WechatPay {
     /// Our `mchid`.
     pub fn mchid(&self) -> &str {
         &self.mchid
+    }
+
+    /// The arguments a front end in `app_id` pays the trade `prepay_id` with: `paySign` over
+    /// `appId\ntimeStamp\nnonceStr\npackage\n` with the merchant key, as WeChat's client checks.
+    pub fn jsapi_params(&self, app_id: &str, prepay_id: &str) -> JsapiParams {
+        let time_stamp = Utc::now().timestamp().to_string();
+        let nonce_str = nonce(32);
+        let package = format!("prepay_id={prepay_id}");
+        let message = format!("{app_id}\n{time_stamp}\n{nonce_str}\n{package}\n");
+        JsapiParams {
+            app_id: app_id.to_owned(),
+            pay_sign: self.signer.sign(message.as_bytes()),
+            time_stamp,
+            nonce_str,
+            package,
+            sign_type: "RSA".to_owned(),
+        }
     }
 
     /// The `Authorization` header of a request: `METHOD\nPATH\nTIMESTAMP\nNONCE\nBODY\n` signed
@@ -315,9 +336,9 @@ impl PaymentProvider for WechatPay {
         Provider::Wechat
     }
 
-    async fn create_qr(&self, request: &QrRequest) -> Result<QrCode, PaymentError> {
+    async fn create(&self, request: &PaymentRequest) -> Result<Started, PaymentError> {
         let description: String = request.description.chars().take(127).collect();
-        let body = json!({
+        let mut body = json!({
             "appid": self.appid,
             "mchid": self.mchid,
             "description": description,
@@ -326,19 +347,59 @@ impl PaymentProvider for WechatPay {
             "notify_url": self.notify_url,
             "amount": { "total": request.amount_fen, "currency": "CNY" },
         });
-        let answer = self
-            .call(Method::POST, "/v3/pay/transactions/native", Some(&body))
-            .await?;
+        let path = match &request.via {
+            Via::Qr => "/v3/pay/transactions/native",
+            Via::Jsapi { app_id, openid } => {
+                body["appid"] = json!(app_id);
+                body["payer"] = json!({ "openid": openid });
+                "/v3/pay/transactions/jsapi"
+            }
+            Via::H5 { client_ip, .. } => {
+                body["scene_info"] = json!({
+                    "payer_client_ip": client_ip,
+                    "h5_info": { "type": "Wap" },
+                });
+                "/v3/pay/transactions/h5"
+            }
+            Via::Wap { .. } | Via::Page { .. } => {
+                return Err(PaymentError::Malformed(
+                    "WeChat Pay has no Alipay cashier channel".into(),
+                ));
+            }
+        };
+        let answer = self.call(Method::POST, path, Some(&body)).await?;
         if !answer.status.is_success() {
             return Err(Self::refused(&answer));
         }
         #[derive(Deserialize)]
         struct Created {
-            code_url: String,
+            code_url: Option<String>,
+            prepay_id: Option<String>,
+            h5_url: Option<String>,
         }
         let created: Created = Self::parse(&answer)?;
-        Ok(QrCode {
-            code_url: created.code_url,
+        let missing = |field: &str| PaymentError::Malformed(format!("{path} answered no {field}"));
+        Ok(match &request.via {
+            Via::Jsapi { app_id, .. } => {
+                let prepay_id = created.prepay_id.ok_or_else(|| missing("prepay_id"))?;
+                Started {
+                    jsapi_params: Some(self.jsapi_params(app_id, &prepay_id)),
+                    ..Started::default()
+                }
+            }
+            Via::H5 { redirect_url, .. } => {
+                let h5_url = created.h5_url.ok_or_else(|| missing("h5_url"))?;
+                let redirect = serde_urlencoded::to_string([("redirect_url", redirect_url)])
+                    .map_err(|e| PaymentError::Malformed(e.to_string()))?;
+                Started {
+                    h5_url: Some(format!("{h5_url}&{redirect}")),
+                    ..Started::default()
+                }
+            }
+            _ => Started {
+                code_url: Some(created.code_url.ok_or_else(|| missing("code_url"))?),
+                ..Started::default()
+            },
         })
     }
 
@@ -362,7 +423,17 @@ impl PaymentProvider for WechatPay {
         retry::idempotent(self.attempts, || self.query_refund_once(out_refund_no)).await
     }
 
-    fn check(&self, payment: &Payment, amount_fen: i64) -> Result<(), Mismatch> {
-        check_payment(payment, &self.mchid, &self.appid, amount_fen)
+    fn check(
+        &self,
+        payment: &Payment,
+        app_id: Option<&str>,
+        amount_fen: i64,
+    ) -> Result<(), Mismatch> {
+        check_payment(
+            payment,
+            &self.mchid,
+            app_id.unwrap_or(&self.appid),
+            amount_fen,
+        )
     }
 }

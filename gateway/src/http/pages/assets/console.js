@@ -19,6 +19,7 @@ const KINDS = {
   'order.paid': { css: 'order-paid', label: t('新订单', 'New paid order'), speak: '新订单' },
   'order.reminded': { css: 'order-reminded', label: t('客户催单', 'Customer reminder'), speak: '客户催单' },
   'order.refunded': { css: 'order-refunded', label: t('已退款', 'Refunded'), speak: '订单已退款' },
+  'order.auto_refunded': { css: 'order-refunded', label: t('自动退款', 'Refunded automatically'), speak: '自动退款' },
 };
 
 let socket = null;
