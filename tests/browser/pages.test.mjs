@@ -53,6 +53,8 @@ before(async () => {
     MEMBERLINE__PAYMENTS__WECHAT__NOTIFY_URL: `${base}/v1/payments/wechat/notify`,
     MEMBERLINE__PAYMENTS__ALIPAY__GATEWAY_URL: `${emulator}/gateway.do`,
     MEMBERLINE__PAYMENTS__ALIPAY__NOTIFY_URL: `${base}/v1/payments/alipay/notify`,
+    MEMBERLINE__PAYMENTS__WECHAT__LOGIN_BASE_URL: emulator,
+    MEMBERLINE__PAYMENTS__PUBLIC_URL: base,
     MEMBERLINE__LOG__FILTER: 'warn',
     RUST_LOG: 'warn',
   };
@@ -171,7 +173,10 @@ test('a buyer pays with WeChat on /vip and sees the membership live while /conso
   assert.equal(await vip.isVisible('#checkout'), false, 'no checkout before a purchase');
 
   // Alipay, then changing one's mind: the code goes, the order is closed.
-  await vip.click('[data-plan="quarterly"] button[data-method="alipay"]');
+  // A desktop is offered the QR codes, and Alipay's desktop cashier beside its QR code.
+  assert.equal(await vip.locator('[data-plan="quarterly"] button[data-channel="page"]').count(), 1);
+  assert.equal(await vip.locator('button[data-channel="h5"], button[data-channel="wap"]').count(), 0);
+  await vip.click('[data-plan="quarterly"] button[data-channel="qr"]');
   await vip.waitForSelector('#checkout #qr[src]', { state: 'visible' });
   assert.match(await vip.getAttribute('#code', 'data-code'), /^https:\/\/qr\.alipay\.com\//);
   await vip.click('#cancel');
@@ -253,4 +258,79 @@ test('a buyer pays with WeChat on /vip and sees the membership live while /conso
   assert.deepEqual(errors, [], 'no page logs an error');
   await merchantContext.close();
   await buyerContext.close();
+});
+
+test('on a phone a buyer pays by WeChat H5 and by Alipay\'s mobile cashier and sees each order paid live; a forged return pays nothing', async () => {
+  const admin = token(0, 'admin');
+  const created = await api('POST', '/v1/admin/users', admin, { name: 'Phone buyer', balance_fen: 0, points: 0 });
+  assert.equal(created.status, 201);
+  const buyerToken = token(created.body.id, 'user');
+  const errors = [];
+  const calls = [];
+  const context = await browser.newContext({
+    viewport: { width: 390, height: 844 },
+    isMobile: true,
+    hasTouch: true,
+    userAgent: 'Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 '
+      + '(KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1',
+  });
+  const vip = await watchedPage(context, errors, calls);
+  await vip.goto(`${base}/vip`);
+  await vip.fill('#token', buyerToken);
+  await vip.click('#signin button[type=submit]');
+  // A phone cannot scan its own screen: it is offered the cashiers, not the QR codes.
+  await vip.waitForSelector('[data-plan="monthly"] button[data-channel="h5"]');
+  assert.equal(await vip.locator('[data-plan="monthly"] button[data-channel="wap"]').count(), 1);
+  assert.equal(await vip.locator('button[data-channel="native"], button[data-channel="qr"], button[data-channel="page"]').count(), 0);
+
+  // WeChat H5: WeChat's cashier, Pay, back on /vip following the order until it is paid.
+  await vip.click('[data-plan="monthly"] button[data-channel="h5"]');
+  await vip.waitForURL(/\/cgi-bin\/mmpayweb-bin\/checkmweb/);
+  await vip.screenshot({ path: `${root}target/vip-phone-wechat-h5.png` });
+  await vip.click('#pay');
+  await vip.waitForURL(`${base}/vip`);
+  await vip.waitForFunction(() => /Active until/.test(document.querySelector('#membership-status').textContent),
+    null, { timeout: 10000 });
+  assert.match(await vip.textContent('#membership-detail'), /30 days left/);
+  const first = (await api('GET', '/v1/orders?limit=1', buyerToken)).body.orders[0];
+  assert.equal(first.status, 'paid');
+  assert.equal(first.pay_method, 'wechat');
+
+  // Alipay's mobile cashier: Pay, Alipay's signed return, back on /vip; the order turns paid
+  // live (the return itself pays nothing: Alipay's notification does).
+  await vip.click('[data-plan="quarterly"] button[data-channel="wap"]');
+  await vip.waitForURL(/\/gateway\.do\?/);
+  await vip.screenshot({ path: `${root}target/vip-phone-alipay-wap.png` });
+  await vip.click('#pay');
+  await vip.waitForURL(`${base}/vip`);
+  await vip.waitForFunction(() => /120 days left/.test(document.querySelector('#membership-detail').textContent),
+    null, { timeout: 10000 });
+  const second = (await api('GET', '/v1/orders?limit=1', buyerToken)).body.orders[0];
+  assert.equal(second.status, 'paid');
+  assert.equal(second.pay_method, 'alipay');
+  await vip.waitForFunction((id) => /Paid/.test(document.querySelector(`#orders tr[data-order="${id}"] .status`)?.textContent),
+    second.id);
+
+  // A forged return for a pending order: the same way back, and nothing paid.
+  const quarterly = (await api('GET', '/v1/plans', buyerToken)).body.plans.find((p) => p.code === 'quarterly');
+  const pending = await api('POST', '/v1/orders', buyerToken,
+    { plan_id: quarterly.id, pay_method: 'alipay', channel: 'wap' }, { 'Idempotency-Key': 'forged-return' });
+  assert.equal(pending.status, 201);
+  const forged = new URLSearchParams({
+    out_trade_no: pending.body.order_no, total_amount: '80.00', trade_no: '2026120722001400000000000001',
+    method: 'alipay.trade.wap.pay.return', app_id: '2021000148600001', sign_type: 'RSA2', sign: 'Zm9yZ2Vk',
+  });
+  await vip.goto(`${base}/v1/payments/alipay/return?${forged}`);
+  await vip.waitForURL(`${base}/vip`);
+  await vip.waitForSelector('#checkout', { state: 'visible' });
+  assert.match(await vip.textContent('#checkout-title'), /Waiting for the payment/);
+  await new Promise((r) => setTimeout(r, 1500));
+  const after = await api('GET', `/v1/orders/${pending.body.id}`, buyerToken);
+  assert.equal(after.body.status, 'pending_payment', 'a forged return pays nothing');
+  assert.match(await vip.textContent('#membership-detail'), /120 days left/);
+
+  await vip.screenshot({ path: `${root}target/vip-phone.png`, fullPage: true });
+  const ours = errors.filter((e) => e.startsWith(base));
+  assert.deepEqual(ours, [], 'no page of ours logs an error');
+  await context.close();
 });

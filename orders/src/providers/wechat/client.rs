@@ -134,21 +134,15 @@ impl WechatPay {
         &self.mchid
     }
 
-    /// The arguments a front end in `app_id` pays the trade `prepay_id` with: `paySign` over
-    /// `appId\ntimeStamp\nnonceStr\npackage\n` with the merchant key, as WeChat's client checks.
+    /// The arguments a front end in `app_id` pays the trade `prepay_id` with, signed now.
     pub fn jsapi_params(&self, app_id: &str, prepay_id: &str) -> JsapiParams {
-        let time_stamp = Utc::now().timestamp().to_string();
-        let nonce_str = nonce(32);
-        let package = format!("prepay_id={prepay_id}");
-        let message = format!("{app_id}\n{time_stamp}\n{nonce_str}\n{package}\n");
-        JsapiParams {
-            app_id: app_id.to_owned(),
-            pay_sign: self.signer.sign(message.as_bytes()),
-            time_stamp,
-            nonce_str,
-            package,
-            sign_type: "RSA".to_owned(),
-        }
+        jsapi_params(
+            &self.signer,
+            app_id,
+            &format!("prepay_id={prepay_id}"),
+            Utc::now().timestamp().to_string(),
+            nonce(32),
+        )
     }
 
     /// The `Authorization` header of a request: `METHOD\nPATH\nTIMESTAMP\nNONCE\nBODY\n` signed
@@ -330,6 +324,26 @@ impl WechatPay {
     }
 }
 
+/// `paySign` over `appId\ntimeStamp\nnonceStr\npackage\n` (four lines, the last ended too)
+/// with the merchant key, as WeChat's client checks it before it charges.
+fn jsapi_params(
+    signer: &Signer,
+    app_id: &str,
+    package: &str,
+    time_stamp: String,
+    nonce_str: String,
+) -> JsapiParams {
+    let message = format!("{app_id}\n{time_stamp}\n{nonce_str}\n{package}\n");
+    JsapiParams {
+        app_id: app_id.to_owned(),
+        pay_sign: signer.sign(message.as_bytes()),
+        time_stamp,
+        nonce_str,
+        package: package.to_owned(),
+        sign_type: "RSA".to_owned(),
+    }
+}
+
 #[async_trait::async_trait]
 impl PaymentProvider for WechatPay {
     fn provider(&self) -> Provider {
@@ -435,5 +449,49 @@ impl PaymentProvider for WechatPay {
             app_id.unwrap_or(&self.appid),
             amount_fen,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector the SDK check also holds wechatpayv3 to (made by openssl): PKCS#1 v1.5 is
+    /// deterministic, so the same key and lines give the same bytes.
+    #[test]
+    fn pay_sign_is_what_wechatpayv3_and_openssl_make_of_the_same_lines() {
+        let vector: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../../tests/sdk/vectors/jsapi_pay_sign.json"
+        ))
+        .unwrap();
+        let text = |k: &str| vector[k].as_str().unwrap().to_owned();
+        let signer = Signer::from_pem_file(
+            "test",
+            std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../deploy/dev-keys/wechat/merchant_private_key.pem"
+            )),
+        )
+        .unwrap();
+        let params = jsapi_params(
+            &signer,
+            &text("appId"),
+            &text("package"),
+            text("timeStamp"),
+            text("nonceStr"),
+        );
+        assert_eq!(params.pay_sign, text("paySign"));
+        assert_eq!(params.sign_type, text("signType"));
+        let json = serde_json::to_value(&params).unwrap();
+        for key in [
+            "appId",
+            "timeStamp",
+            "nonceStr",
+            "package",
+            "signType",
+            "paySign",
+        ] {
+            assert_eq!(json[key], vector[key], "{key}");
+        }
     }
 }

@@ -1,6 +1,8 @@
 // /vip: the buyer's page. Membership card, plans at the buyer's price, checkout (balance,
-// points, free, or a WeChat / Alipay QR code whose status comes live from the order's
-// WebSocket), and recent orders with "remind the shop".
+// points, free, or WeChat Pay / Alipay by the channel that suits the device: QR codes and
+// Alipay's desktop cashier on a desktop, WeChat H5 and Alipay's mobile cashier on a phone,
+// JSAPI inside WeChat's browser), the order's status live from its WebSocket (also on coming
+// back from a cashier to /vip?order=<id>), and recent orders with "remind the shop".
 import {
   Session, PAY_METHOD, STATUS, day, el, errorText, latest, price, randomKey, settled, socketUrl, t,
   when, yuan,
@@ -18,10 +20,25 @@ const REFUSALS = {
   price_changed: t('价格已变动，已为您刷新', 'The price changed; the plans are refreshed'),
   pay_method_unavailable: t('暂不支持该支付方式', 'This pay method is not available'),
   provider_unavailable: t('支付服务暂不可用，未扣款，请重试', 'The payment service is unavailable; nothing was charged, try again'),
+  channel_unavailable: t('暂不支持该支付方式', 'This way to pay is not available'),
+  wechat_identity_required: t('请先在微信中登录本店', 'Sign in with WeChat in this shop first'),
+};
+
+const UA = navigator.userAgent;
+/** WeChat's own browser (an official account's pages): JSAPI pays there, no other cashier opens. */
+const IN_WECHAT = /MicroMessenger/i.test(UA);
+/** A phone cannot scan its own screen: it goes to a cashier page instead. */
+const PHONE = IN_WECHAT || /Mobi|Android|iPhone|iPad/i.test(UA) || matchMedia('(max-width: 640px)').matches;
+
+/** The button label of a way to pay that is not the pay method's plain one. */
+const CHANNEL_LABEL = {
+  page: t('支付宝网页支付', 'Alipay cashier'),
 };
 
 let plans = [];
 let payMethods = [];
+/** The ways to pay the shop takes (`channels` of `GET /v1/plans`). */
+let channels = [];
 /** Orders followed on their WebSocket, by id: `{order, socket, done, retry, paid}`. */
 const watchers = new Map();
 /** Keys of purchases whose answer never came, reused when the same button is pressed again. */
@@ -29,7 +46,10 @@ const unanswered = new Map();
 let qrUrl = null;
 
 const session = new Session('memberline.vip.token', ['user'], {
-  onSignIn: () => refresh(),
+  onSignIn: () => {
+    refresh();
+    followReturn();
+  },
   onSignOut: () => {
     for (const w of watchers.values()) finish(w);
     unanswered.clear();
@@ -92,6 +112,7 @@ async function loadPlans() {
   if (res.status !== 200) return;
   plans = res.body.plans;
   payMethods = res.body.pay_methods;
+  channels = res.body.channels;
   $('plans').replaceChildren(...plans.map(planCard));
 }
 
@@ -101,11 +122,35 @@ function term(p) {
   return `${p.duration_days} ${t('天', 'days')}`;
 }
 
+/**
+ * The ways this device pays with `method`: `[{channel, wechat_app}]`, `[{}]` for a pay method
+ * without channels, `[]` when none suits it. Inside WeChat: JSAPI in the official account; on a
+ * phone: WeChat H5 and Alipay's mobile cashier; on a desktop: the QR codes and Alipay's desktop
+ * cashier. A phone falls back to the QR code when the shop has no cashier for it.
+ */
+function waysFor(method) {
+  if (method !== 'wechat' && method !== 'alipay') return [{}];
+  const has = (channel, app) => channels.find((c) => c.pay_method === method && c.channel === channel
+    && (app === undefined || c.wechat_app === app));
+  const qr = method === 'wechat' ? has('native') : has('qr');
+  let ways;
+  if (IN_WECHAT) ways = method === 'wechat' ? [has('jsapi', 'official_account')] : [];
+  else if (PHONE) ways = [method === 'wechat' ? has('h5') : has('wap')];
+  else ways = [qr, method === 'alipay' ? has('page') : undefined];
+  ways = ways.filter(Boolean);
+  if (ways.length === 0 && !IN_WECHAT && qr) ways = [qr];
+  return ways.map((w) => ({ channel: w.channel, wechat_app: w.wechat_app }));
+}
+
 function planCard(p) {
   const fen = p.buyer_price_fen ?? p.price_fen;
   const methods = p.is_free
     ? ['free'].filter((m) => payMethods.includes(m))
     : payMethods.filter((m) => m !== 'free' && (m !== 'points' || p.buyer_price_points != null));
+  const buttons = methods.flatMap((m) => waysFor(m).map((way) => el('button', {
+    type: 'button', class: m, 'data-method': m, 'data-channel': way.channel,
+    onclick: (e) => buy(p, m, way, e.currentTarget),
+  }, m === 'free' ? t('免费领取', 'Claim') : CHANNEL_LABEL[way.channel] || PAY_METHOD[m])));
   return el('div', { class: 'plan panel', 'data-plan': p.code },
     el('h3', {}, p.name),
     el('div', { class: 'term' }, term(p)),
@@ -113,17 +158,17 @@ function planCard(p) {
       !p.is_free && p.original_price_fen > fen ? el('span', { class: 'was' }, yuan(p.original_price_fen)) : null),
     p.buyer_price_points != null && !p.is_free
       ? el('div', { class: 'points' }, `${t('或', 'or')} ${p.buyer_price_points} ${t('积分', 'points')}`) : null,
-    el('div', { class: 'pay' }, methods.map((m) => el('button', {
-      type: 'button', class: m, 'data-method': m, onclick: (e) => buy(p, m, e.currentTarget),
-    }, m === 'free' ? t('免费领取', 'Claim') : PAY_METHOD[m]))),
+    el('div', { class: 'pay' }, buttons),
   );
 }
 
-async function buy(plan, method, button) {
+async function buy(plan, method, way, button) {
   const body = { plan_id: plan.id, pay_method: method };
+  if (way.channel) body.channel = way.channel;
+  if (way.wechat_app) body.wechat_app = way.wechat_app;
   if (method === 'points') body.expected_price_points = plan.buyer_price_points;
   else if (method !== 'free') body.expected_price_fen = plan.buyer_price_fen ?? plan.price_fen;
-  const slot = `${plan.id}/${method}`;
+  const slot = `${plan.id}/${method}/${way.channel || ''}`;
   const key = unanswered.get(slot) || randomKey();
   unanswered.set(slot, key);
   button.disabled = true;
@@ -140,9 +185,17 @@ async function buy(plan, method, button) {
     return;
   }
   const order = res.body;
-  if (order.payment) {
+  const payment = order.payment;
+  if (payment && (payment.h5_url || payment.pay_url)) {
+    // The cashier sends the buyer back to /vip?order=<id>, where the order is followed.
+    say(t('正在前往收银台…', 'Opening the cashier…'));
+    window.location.assign(payment.h5_url || payment.pay_url);
+    return;
+  }
+  if (payment) {
     say('');
     await showCheckout(order);
+    if (payment.jsapi_params) payInWechat(payment.jsapi_params);
   } else {
     say(`${t('支付成功', 'Paid')}: ${order.plan_name} (${price(order)}). ${t('会员生效中…', 'Activating…')}`);
     loadMe();
@@ -165,26 +218,69 @@ function hideCheckout() {
   $('qr').removeAttribute('src');
 }
 
+/**
+ * Shows a pending provider order: its QR code to scan, or (paid on a cashier page or in
+ * WeChat) that its payment is awaited. Its status then comes live from its WebSocket.
+ */
 async function showCheckout(order) {
   // A new code replaces one the buyer left unpaid: that order is no longer followed here.
   const previous = shownCheckout();
   if (previous) finish(previous);
   hideCheckout();
-  const provider = order.payment.provider;
-  $('checkout-title').textContent = provider === 'wechat'
-    ? t('微信扫码支付', 'Scan with WeChat to pay') : t('支付宝扫码支付', 'Scan with Alipay to pay');
-  $('code').textContent = order.payment.code_url;
-  $('code').dataset.code = order.payment.code_url;
-  $('pay-status').textContent = `${t('等待支付', 'Waiting for payment')} · ${yuan(order.amount_fen)} · `
-    + `${t('请在此前支付', 'Pay before')} ${when(order.payment.expires_at)}`;
-  $('cancel').hidden = false;
+  const payment = order.payment;
+  const scan = Boolean(payment?.code_url);
+  $('checkout-title').textContent = !scan ? t('等待支付结果', 'Waiting for the payment')
+    : payment.provider === 'wechat'
+      ? t('微信扫码支付', 'Scan with WeChat to pay') : t('支付宝扫码支付', 'Scan with Alipay to pay');
+  $('qr').hidden = !scan;
+  $('code').hidden = !scan;
+  $('code').textContent = scan ? payment.code_url : '';
+  if (scan) $('code').dataset.code = payment.code_url;
+  else delete $('code').dataset.code;
+  $('pay-status').textContent = `${t('等待支付', 'Waiting for payment')} · ${yuan(order.amount_fen)}`
+    + (payment ? ` · ${t('请在此前支付', 'Pay before')} ${when(payment.expires_at)}` : '');
+  $('cancel').hidden = order.status !== 'pending_payment';
   $('checkout').dataset.order = String(order.id);
   $('checkout').hidden = false;
-  const res = await session.api('GET', order.payment.qr_png_url);
+  if (!scan) return;
+  const res = await session.api('GET', payment.qr_png_url);
   if (res.status === 200 && $('checkout').dataset.order === String(order.id)) {
     qrUrl = URL.createObjectURL(res.body);
     $('qr').src = qrUrl;
   }
+}
+
+/**
+ * WeChat's payment sheet, inside WeChat's browser. What it answers is never proof of payment:
+ * the order's own status, live, says whether the money came.
+ */
+function payInWechat(params) {
+  const invoke = () => window.WeixinJSBridge.invoke('getBrandWCPayRequest', params, (r) => {
+    if (r?.err_msg === 'get_brand_wcpay_request:cancel') say(t('已取消支付', 'Payment cancelled'), false);
+    else if (r?.err_msg !== 'get_brand_wcpay_request:ok') say(t('微信支付未完成', 'WeChat Pay did not finish'), false);
+  });
+  if (window.WeixinJSBridge) invoke();
+  else if (IN_WECHAT) document.addEventListener('WeixinJSBridgeReady', invoke, { once: true });
+  else say(t('请在微信中打开本页支付', 'Open this page in WeChat to pay'), false);
+}
+
+/**
+ * Back from a cashier (`/vip?order=<id>`, where WeChat H5 and Alipay send the buyer, paid or
+ * not): the order is shown and followed live until it is paid, or closed.
+ */
+async function followReturn() {
+  const id = Number(new URLSearchParams(window.location.search).get('order'));
+  if (!Number.isSafeInteger(id) || id <= 0) return;
+  // Once: a reload shows the page as usual.
+  history.replaceState(null, '', window.location.pathname);
+  const res = await session.api('GET', `/v1/orders/${id}`);
+  if (res.status !== 200) return;
+  const order = res.body;
+  if (order.status === 'pending_payment') {
+    say(t('正在确认支付结果…', 'Checking the payment…'));
+    await showCheckout(order);
+  }
+  if (order.status === 'pending_payment' || order.status === 'paid') watch(order);
 }
 
 /** Follows `order` on its WebSocket until it reaches a state the buyer is done with. */
