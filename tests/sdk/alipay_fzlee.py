@@ -6,18 +6,36 @@ counting braces; it raises unless the answer carries a `sign` that verifies with
 key, so each call that returns proves the answer was signed over its exact bytes. Notifications go
 through the SDK's own `verify(data, sign)`.
 
+The wap and page cashiers: the SDK's `api_alipay_trade_wap_pay` / `api_alipay_trade_page_pay`
+order strings are opened as `gateway?order_string` with `requests` (the buyer's browser), the
+cashier's Pay button is submitted, and the synchronous return on the 302 to `return_url` goes
+through the same `verify(data, sign)`.
+
 Usage: alipay_fzlee.py <emulator base URL> <keys dir>
 """
 
 import sys
 import urllib.parse
 
+import requests
 from alipay import AliPay
-from harness import ALIPAY_APP_ID, ALIPAY_SELLER_ID, Emulator, NotifyServer, read_key, run_section, unique
+from harness import (
+    ALIPAY_APP_ID,
+    ALIPAY_SELLER_ID,
+    Emulator,
+    NotifyServer,
+    read_forms,
+    read_key,
+    run_section,
+    unique,
+)
 
 NOTIFY_PATH = "/alipay/notify"
 TOTAL = "19.90"
 REFUND = "5.00"
+# Where the cashier sends the buyer back (never followed: nothing listens there).
+RETURN_URL = "http://127.0.0.1:9/return"
+QUIT_URL = "http://127.0.0.1:9/quit"
 
 
 def main(report):
@@ -33,7 +51,8 @@ def main(report):
     )
     # Configuration only: the SDK has no constructor parameter for its gateway, it is this one
     # attribute ('https://openapi.alipay.com/gateway.do' by default).
-    alipay._gateway = base.rstrip("/") + "/gateway.do"
+    gateway = base.rstrip("/") + "/gateway.do"
+    alipay._gateway = gateway
 
     def on_notify(capture):
         # What a merchant's endpoint does: every parameter that arrived, empty ones included,
@@ -181,6 +200,106 @@ def main(report):
         "a notification altered after signing is refused by alipay.verify()",
         status == 200 and forged and not forged[-1].verified and reply.get("body") == "fail",
         lambda: f"/emulator/send answered {status} {reply!r}; captures " + "; ".join(c.describe() for c in forged),
+    )
+
+    # --- trades W and P: the wap and page cashiers in the buyer's browser ----------------------
+    def cashier(kind, build, tamper):
+        """Opens the order string at the gateway, pays at the cashier, verifies the return."""
+        order = unique("SDKALIW" if kind == "wap" else "SDKALIP")
+        method = f"alipay.trade.{kind}.pay"
+        order_string = report.step(f"{kind} pay order string", lambda: build(order))
+        if order_string is None:
+            return
+        # The merchant sends the browser to `gateway?order_string`.
+        page = report.step(f"open the {kind} cashier", lambda: requests.get(gateway + "?" + order_string, timeout=15))
+        if page is None:
+            return
+        forms = [f for f in read_forms(page.text) if "pay" in f.ids]
+        if not report.check(
+            f"{method} (GET gateway?order_string): 200, the HTML cashier with its Pay button"
+            + (" and quit link" if kind == "wap" else ""),
+            page.status_code == 200
+            and "text/html" in page.headers.get("Content-Type", "")
+            and forms
+            and (kind != "wap" or 'id="quit"' in page.text),
+            f"status {page.status_code}, body {page.text[:400]!r}",
+        ):
+            return
+        form = forms[0]
+        mark = server.mark()
+        paid = report.step(
+            f"pay at the {kind} cashier",
+            lambda: requests.request(
+                form.method,
+                urllib.parse.urljoin(page.url, form.action),
+                data=form.fields,
+                allow_redirects=False,
+                timeout=15,
+            ),
+        )
+        if paid is None:
+            return
+        location = paid.headers.get("Location", "")
+        if not report.check(
+            f"{kind}: paying at the cashier (POST /emulator/alipay/cashier/pay) answers 302 to the return_url",
+            form.action == "/emulator/alipay/cashier/pay"
+            and paid.status_code == 302
+            and location.startswith(RETURN_URL + "?"),
+            f"form {form.method} {form.action} {form.fields!r}; status {paid.status_code}, Location {location!r}",
+        ):
+            return
+        # What a merchant's return page does, as the SDK's README shows: every parameter but
+        # `sign` to verify (which drops sign_type itself).
+        returned = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query, keep_blank_values=True))
+        sign = returned.pop("sign", "")
+        verified = report.step(f"{kind}: verify the return", lambda: bool(sign) and alipay.verify(dict(returned), sign))
+        report.check(
+            f"{kind}: the synchronous return ({method}.return) verified by alipay.verify()",
+            verified is True
+            and returned.get("method") == method + ".return"
+            and returned.get("out_trade_no") == order
+            and returned.get("total_amount") == TOTAL
+            and "trade_status" not in returned,
+            f"verify gave {verified!r}; return {returned!r}",
+        )
+        if tamper:
+            altered = dict(returned, total_amount="0.01")
+            verified = report.step("verify an altered return", lambda: alipay.verify(altered, sign))
+            report.check(
+                f"{kind}: a return with an altered total_amount is refused by alipay.verify()",
+                verified is False,
+                f"verify gave {verified!r}",
+            )
+        capture = notification(order, "TRADE_SUCCESS", mark)
+        if capture is None:
+            no_notification(f"{kind}: TRADE_SUCCESS notification verified by alipay.verify()", mark)
+        else:
+            report.ok(f"{kind}: TRADE_SUCCESS notification verified by alipay.verify()")
+        r = call(f"{kind}: query after payment", lambda: alipay.api_alipay_trade_query(out_trade_no=order))
+        report.check(
+            f"{kind}: query after payment: TRADE_SUCCESS with the trade_no of the return",
+            r.get("code") == "10000"
+            and r.get("trade_status") == "TRADE_SUCCESS"
+            and r.get("trade_no") == returned.get("trade_no")
+            and r.get("total_amount") == TOTAL,
+            f"answer {r!r}",
+        )
+
+    # python-alipay-sdk's wap pay sends product_code QUICK_WAP_PAY (Alipay's is QUICK_WAP_WAY);
+    # extra keyword arguments go into biz_content. notify_url is the constructor's app_notify_url.
+    cashier(
+        "wap",
+        lambda order: alipay.api_alipay_trade_wap_pay(
+            subject="Memberline 会员 月卡", out_trade_no=order, total_amount=TOTAL, return_url=RETURN_URL, quit_url=QUIT_URL
+        ),
+        tamper=True,
+    )
+    cashier(
+        "page",
+        lambda order: alipay.api_alipay_trade_page_pay(
+            subject="Memberline 会员 月卡", out_trade_no=order, total_amount=TOTAL, return_url=RETURN_URL
+        ),
+        tamper=False,
     )
 
     # --- trade B: close before and after the scan -----------------------------------------------

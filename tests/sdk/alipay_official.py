@@ -7,6 +7,11 @@ the answer's `sign` verifies with the Alipay public key. Notifications are verif
 documentation shows: `get_sign_content` over every parameter but `sign` and `sign_type`, then
 `verify_with_rsa`.
 
+The wap and page cashiers: `page_execute(request, http_method="GET")` gives a URL to open, the
+default `page_execute(request)` an auto-submitting POST form (the common parameters, sign
+included, in its action; `biz_content` a hidden input), submitted here as a browser would. The
+synchronous return on the cashier's 302 to `return_url` is verified like a notification.
+
 The SDK connects to port 80 (443 for https) whatever `server_url` says (and a `server_url` with a
 port makes it raise TypeError), so the emulator it talks to must listen on port 80: `run.sh` starts
 one on a loopback address of its own when the machine allows it.
@@ -18,18 +23,23 @@ Usage: alipay_official.py <emulator base URL, port 80> <keys dir>
 import sys
 import urllib.parse
 
+import requests
 from alipay.aop.api.AlipayClientConfig import AlipayClientConfig
 from alipay.aop.api.DefaultAlipayClient import DefaultAlipayClient
 from alipay.aop.api.domain.AlipayTradeCloseModel import AlipayTradeCloseModel
 from alipay.aop.api.domain.AlipayTradeFastpayRefundQueryModel import AlipayTradeFastpayRefundQueryModel
+from alipay.aop.api.domain.AlipayTradePagePayModel import AlipayTradePagePayModel
 from alipay.aop.api.domain.AlipayTradePrecreateModel import AlipayTradePrecreateModel
 from alipay.aop.api.domain.AlipayTradeQueryModel import AlipayTradeQueryModel
 from alipay.aop.api.domain.AlipayTradeRefundModel import AlipayTradeRefundModel
+from alipay.aop.api.domain.AlipayTradeWapPayModel import AlipayTradeWapPayModel
 from alipay.aop.api.request.AlipayTradeCloseRequest import AlipayTradeCloseRequest
 from alipay.aop.api.request.AlipayTradeFastpayRefundQueryRequest import AlipayTradeFastpayRefundQueryRequest
+from alipay.aop.api.request.AlipayTradePagePayRequest import AlipayTradePagePayRequest
 from alipay.aop.api.request.AlipayTradePrecreateRequest import AlipayTradePrecreateRequest
 from alipay.aop.api.request.AlipayTradeQueryRequest import AlipayTradeQueryRequest
 from alipay.aop.api.request.AlipayTradeRefundRequest import AlipayTradeRefundRequest
+from alipay.aop.api.request.AlipayTradeWapPayRequest import AlipayTradeWapPayRequest
 from alipay.aop.api.response.AlipayTradeCloseResponse import AlipayTradeCloseResponse
 from alipay.aop.api.response.AlipayTradeFastpayRefundQueryResponse import AlipayTradeFastpayRefundQueryResponse
 from alipay.aop.api.response.AlipayTradePrecreateResponse import AlipayTradePrecreateResponse
@@ -37,11 +47,23 @@ from alipay.aop.api.response.AlipayTradeQueryResponse import AlipayTradeQueryRes
 from alipay.aop.api.response.AlipayTradeRefundResponse import AlipayTradeRefundResponse
 from alipay.aop.api.util.SignatureUtils import get_sign_content, verify_with_rsa
 from cryptography.hazmat.primitives import serialization
-from harness import ALIPAY_APP_ID, ALIPAY_SELLER_ID, Emulator, NotifyServer, read_key, run_section, unique
+from harness import (
+    ALIPAY_APP_ID,
+    ALIPAY_SELLER_ID,
+    Emulator,
+    NotifyServer,
+    read_forms,
+    read_key,
+    run_section,
+    unique,
+)
 
 NOTIFY_PATH = "/alipay-official/notify"
 TOTAL = "19.90"
 REFUND = "5.00"
+# Where the cashier sends the buyer back (never followed: nothing listens there).
+RETURN_URL = "http://127.0.0.1:9/return"
+QUIT_URL = "http://127.0.0.1:9/quit"
 
 
 def pkcs1(pem):
@@ -68,16 +90,23 @@ def main(report):
     client = DefaultAlipayClient(alipay_client_config=config)
     notify_url = server.base + NOTIFY_PATH
 
-    def on_notify(capture):
-        params = dict(urllib.parse.parse_qsl(capture.body.decode("utf-8"), keep_blank_values=True))
-        capture.result = dict(params)
+    def verified(params):
+        """What Alipay signs (notifications, synchronous returns), checked as this SDK's
+        documentation shows: `get_sign_content` over every parameter but `sign` and `sign_type`,
+        then `verify_with_rsa`."""
+        params = dict(params)
         sign = params.pop("sign", "")
         params.pop("sign_type", None)
         message = get_sign_content(params).encode("utf-8")
         try:
-            capture.verified = bool(sign) and verify_with_rsa(alipay_public_key, message, sign)
+            return bool(sign) and verify_with_rsa(alipay_public_key, message, sign)
         except Exception:  # rsa raises VerificationError on a mismatch
-            capture.verified = False
+            return False
+
+    def on_notify(capture):
+        params = dict(urllib.parse.parse_qsl(capture.body.decode("utf-8"), keep_blank_values=True))
+        capture.result = dict(params)
+        capture.verified = verified(params)
         capture.reply_status = 200
         capture.reply_body = b"success" if capture.verified else b"fail"
 
@@ -237,6 +266,119 @@ def main(report):
         status == 200 and forged and not forged[-1].verified and reply.get("body") == "fail",
         lambda: f"/emulator/send answered {status} {reply!r}; captures " + "; ".join(c.describe() for c in forged),
     )
+
+    # --- trades W and P: the wap and page cashiers in the buyer's browser ----------------------
+    def cashier_form(page):
+        """The cashier's form with its Pay button, if `page` is Alipay's cashier."""
+        forms = [f for f in read_forms(page.text) if "pay" in f.ids]
+        ok = page.status_code == 200 and "text/html" in page.headers.get("Content-Type", "") and forms
+        return forms[0] if ok else None
+
+    def described(page):
+        return f"status {page.status_code}, body {page.text[:400]!r}" if page is not None else "no page"
+
+    model = AlipayTradeWapPayModel()
+    model.out_trade_no, model.total_amount, model.subject = unique("SDKAOFW"), TOTAL, "Memberline 会员 月卡"
+    model.product_code, model.quit_url = "QUICK_WAP_WAY", QUIT_URL
+    request = AlipayTradeWapPayRequest(biz_model=model)
+    request.return_url, request.notify_url = RETURN_URL, notify_url
+    url = report.step("wap pay page_execute(GET)", lambda: client.page_execute(request, http_method="GET"))
+    page = None
+    if url is not None:
+        page = report.step("open the wap pay URL", lambda: requests.get(url, timeout=15))
+    report.check(
+        "alipay.trade.wap.pay by page_execute(http_method=GET): the URL opens the HTML cashier with its Pay "
+        "button and quit link",
+        page is not None
+        and url.startswith(config.server_url + "?")
+        and cashier_form(page)
+        and 'id="quit"' in page.text,
+        lambda: f"URL {url!r}; {described(page)}",
+    )
+
+    order = unique("SDKAOFP")
+    model = AlipayTradePagePayModel()
+    model.out_trade_no, model.total_amount, model.subject = order, TOTAL, "Memberline 会员 月卡"
+    model.product_code = "FAST_INSTANT_TRADE_PAY"
+    request = AlipayTradePagePayRequest(biz_model=model)
+    request.return_url, request.notify_url = RETURN_URL, notify_url
+    html = report.step("page pay page_execute(POST)", lambda: client.page_execute(request)) or ""
+    forms = read_forms(html)
+    form = forms[0] if len(forms) == 1 else None
+    page = None
+    if form is not None:
+        # What the browser does with the SDK's form (its script submits it on load).
+        page = report.step(
+            "submit the page pay form",
+            lambda: requests.request(form.method, form.action, data=form.fields, timeout=15),
+        )
+    cashier = page is not None and cashier_form(page)
+    if not report.check(
+        "alipay.trade.page.pay by page_execute (POST form): its hidden biz_content posted to its action "
+        "(common parameters and sign) opens the HTML cashier",
+        form is not None
+        and form.method == "post"
+        and form.action.startswith(config.server_url + "?")
+        and "sign" in dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(form.action).query))
+        and [name for name, _ in form.fields] == ["biz_content"]
+        and cashier,
+        lambda: f"form {html!r}; {described(page)}",
+    ):
+        cashier = None
+    paid = None
+    if cashier:
+        mark = server.mark()
+        paid = report.step(
+            "pay at the page cashier",
+            lambda: requests.request(
+                cashier.method,
+                urllib.parse.urljoin(page.url, cashier.action),
+                data=cashier.fields,
+                allow_redirects=False,
+                timeout=15,
+            ),
+        )
+    if paid is not None:
+        location = paid.headers.get("Location", "")
+        report.check(
+            "page: paying at the cashier (POST /emulator/alipay/cashier/pay) answers 302 to the return_url",
+            cashier.action == "/emulator/alipay/cashier/pay"
+            and paid.status_code == 302
+            and location.startswith(RETURN_URL + "?"),
+            f"form {cashier.method} {cashier.action} {cashier.fields!r}; status {paid.status_code}, "
+            f"Location {location!r}",
+        )
+        # What a merchant's return page does: the same check as for a notification.
+        returned = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query, keep_blank_values=True))
+        report.check(
+            "page: the synchronous return (alipay.trade.page.pay.return) verified with verify_with_rsa",
+            verified(returned)
+            and returned.get("method") == "alipay.trade.page.pay.return"
+            and returned.get("out_trade_no") == order
+            and returned.get("total_amount") == TOTAL
+            and "trade_status" not in returned,
+            f"return {returned!r}",
+        )
+        report.check(
+            "page: a return with an altered total_amount is refused by verify_with_rsa",
+            returned.get("sign") and not verified(dict(returned, total_amount="0.01")),
+            f"return {returned!r}",
+        )
+        capture = notification(order, "TRADE_SUCCESS", mark)
+        if capture is None:
+            no_notification("page: TRADE_SUCCESS notification verified with verify_with_rsa", mark)
+        else:
+            report.ok("page: TRADE_SUCCESS notification verified with verify_with_rsa")
+        r = execute("page: query after payment", query(order), AlipayTradeQueryResponse)
+        report.check(
+            "page: query after payment: TRADE_SUCCESS with the trade_no of the return",
+            r is not None
+            and r.code == "10000"
+            and r.trade_status == "TRADE_SUCCESS"
+            and r.trade_no == returned.get("trade_no")
+            and str(r.total_amount) == TOTAL,
+            f"answer {fields(r)!r}",
+        )
 
     # --- trade B: close before and after the scan -----------------------------------------------
     other = unique("SDKAOFB")

@@ -1,24 +1,29 @@
 """What the SDK checks share: the `ok - …` / `FAIL - …` report, the provider emulator's
-`/emulator/…` controls, the development keys and identifiers, and a local HTTP server that plays
+`/emulator/…` controls, the development keys and identifiers, a local HTTP server that plays
 the merchant's notify endpoint (it hands every notification to the SDK under test as it arrives
-and answers the way the provider expects a merchant to).
+and answers the way the provider expects a merchant to), and a reader of the HTML forms a buyer's
+browser would submit (the cashiers' Pay buttons, the official Alipay SDK's auto-submitting form).
 
 Only the standard library is used here, so that nothing in it can stand in for the SDK under test.
 """
 
 import json
 import os
+import re
 import sys
 import threading
 import time
 import traceback
 import urllib.error
 import urllib.request
+from html.entities import html5
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # deploy/dev-keys/README.md
 WECHAT_MCHID = "1900000109"
 WECHAT_APPID = "wxd0e1c2b3a4958677"
+# tests/emulator/README.md: the mini-program bound to the same mchid (JSAPI orders, login codes)
+WECHAT_MINIPROGRAM_APPID = "wx8f1e2d3c4b5a6978"
 WECHAT_SERIAL = "4A7C2ABF7ABB4EA58C06FF6161AFF456880096EC"
 WECHAT_KEY_ID = "PUB_KEY_ID_0119000001092026112400000001"
 WECHAT_APIV3_KEY = "w20rERqvyXUYJfRcGdayYGsFga5MZsn8"
@@ -145,6 +150,10 @@ class Emulator:
     def pay(self, provider, out_trade_no, **extra):
         return self._call("POST", "/emulator/pay", {"provider": provider, "out_trade_no": out_trade_no, **extra})
 
+    def wechat_code(self, app):
+        """A WeChat login code for a new buyer of `app`: `{code, openid, appid}`."""
+        return self._call("POST", "/emulator/wechat/codes", {"app": app})
+
     def scan(self, provider, out_trade_no):
         return self._call("POST", "/emulator/scan", {"provider": provider, "out_trade_no": out_trade_no})
 
@@ -167,6 +176,81 @@ class Emulator:
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)
+
+
+_CHARREF = re.compile(r"&(#[xX][0-9A-Fa-f]+;?|#[0-9]+;?|[A-Za-z][A-Za-z0-9]*;?)")
+
+
+def attribute_value(raw):
+    """An HTML attribute value as a browser reads it (HTML, "named character reference state"):
+    references are decoded, except a named one without its `;` followed by a letter, a digit or
+    `=`, which stays as written. That is how a form action such as `gateway.do?…&notify_url=…
+    &timestamp=…` survives although `&not` and `&times` are entities; html.parser (3.11) decodes
+    those too, so it is not used here."""
+
+    def replace(m):
+        ref = m.group(1)
+        if ref.startswith("#"):
+            digits = ref[1:].rstrip(";")
+            try:
+                code = int(digits[1:], 16) if digits[:1] in "xX" else int(digits)
+                return chr(code) if 0 < code <= 0x10FFFF else "\ufffd"
+            except ValueError:
+                return m.group(0)
+        if ref.endswith(";") and ref in html5:
+            return html5[ref]
+        # The longest entity that starts the name; without `;` only the legacy ones are entities.
+        for end in range(len(ref.rstrip(";")), 0, -1):
+            name = ref[:end]
+            if name in html5:
+                following = m.string[m.start(1) + end : m.start(1) + end + 1]
+                if following.isalnum() or following == "=":
+                    return m.group(0)
+                return html5[name] + ref[end:]
+        return m.group(0)
+
+    return _CHARREF.sub(replace, raw)
+
+
+class Form:
+    """One `<form>` of a page: its action and method as written, the name/value pairs a browser
+    submits (named inputs but buttons), and the ids of its elements."""
+
+    def __init__(self, attrs):
+        self.action = attrs.get("action", "")
+        self.method = (attrs.get("method") or "get").lower()
+        self.fields = []
+        self.ids = set(filter(None, [attrs.get("id")]))
+
+
+_TAG = re.compile(r"<(/?)(form|input|button)\b((?:[^>\"']|\"[^\"]*\"|'[^']*')*)>", re.I)
+_ATTR = re.compile(r"""([^\s"'=/>]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+)))?""")
+
+
+def read_forms(page):
+    """The forms of an HTML page, in order (enough HTML for the pages at hand: forms with inputs
+    and buttons, attribute values decoded as a browser does)."""
+    forms, current = [], None
+    for closing, tag, rest in _TAG.findall(page):
+        tag = tag.lower()
+        attrs = {}
+        for name, dq, sq, bare in _ATTR.findall(rest):
+            attrs.setdefault(name.lower(), attribute_value(dq or sq or bare))
+        if tag == "form":
+            if closing:
+                current = None
+            else:
+                current = Form(attrs)
+                forms.append(current)
+            continue
+        if current is None or closing:
+            continue
+        if attrs.get("id"):
+            current.ids.add(attrs["id"])
+        kind = attrs.get("type", "submit" if tag == "button" else "text").lower()
+        if tag == "input" and attrs.get("name") and kind not in ("submit", "button", "image", "reset", "file"):
+            current.fields.append((attrs["name"], attrs.get("value", "")))
+    return forms
 
 
 class Capture:

@@ -3,10 +3,17 @@
 #
 # Real clients are the judges of whether the emulator speaks WeChat Pay API v3 and the Alipay open
 # API exactly enough: request signing, signed answers (204 included), the public-key mode serial,
-# signed business errors, notification signatures and AES-256-GCM resources. Three SDKs:
-#   - wechatpayv3 (minibear2021), in platform public-key mode;
-#   - python-alipay-sdk (fzlee), GET requests, brace-counting answer parser;
-#   - alipay-sdk-python (Ant's official), POST form requests. It always connects to port 80
+# signed business errors, notification signatures and AES-256-GCM resources, and the pages a
+# buyer's browser meets (WeChat's H5 cashier, Alipay's wap and page cashiers, opened and paid with
+# `requests`). Three SDKs:
+#   - wechatpayv3 (minibear2021), in platform public-key mode: Native, JSAPI (a mini-program
+#     buyer's login code from the emulator; the front-end paySign by the SDK's own sign(), checked
+#     as WeChat's client does, a forged one refused, and equal byte for byte to the gateway's vector
+#     tests/sdk/vectors/jsapi_pay_sign.json) and H5 (h5_url with redirect_url, cashier, 302 back);
+#   - python-alipay-sdk (fzlee), GET requests, brace-counting answer parser; wap and page pay
+#     order strings opened at the gateway, paid at the cashier, the synchronous return verified;
+#   - alipay-sdk-python (Ant's official), POST form requests; page_execute as a GET URL (wap) and
+#     as its auto-submitting POST form (page), the return verified. It always connects to port 80
 #     whatever its server_url says, so it gets an emulator of its own on <random 127.x.y.z>:80;
 #     where port 80 cannot be bound (not root) that section is reported as skipped.
 # Configuration only: the SDKs get the development keys and identifiers (deploy/dev-keys) and

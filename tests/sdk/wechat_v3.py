@@ -5,22 +5,34 @@ The SDK verifies the signature of every 2xx answer itself (it raises otherwise),
 returns proves the answer was signed with the platform key named `PUB_KEY_ID_…`; notifications go
 through the SDK's own `callback(headers, body)` (signature check and AES-256-GCM decryption).
 
+JSAPI and H5 orders go through the same `pay()` with `pay_type` (and, for JSAPI, the
+mini-program's `appid` per call); the JSAPI front-end `paySign` is the SDK's own `sign([appId,
+timeStamp, nonceStr, package])`, checked by the emulator as WeChat's client does and compared
+byte for byte with the vector the gateway's unit test reproduces (vectors/jsapi_pay_sign.json).
+The H5 cashier is opened and paid with `requests`, as the buyer's browser would.
+
 Usage: wechat_v3.py <emulator base URL> <keys dir>
 """
 
 import json
+import os
 import sys
 import time
+import urllib.parse
+import uuid
 
+import requests
 from harness import (
     WECHAT_APIV3_KEY,
     WECHAT_APPID,
     WECHAT_KEY_ID,
     WECHAT_MCHID,
+    WECHAT_MINIPROGRAM_APPID,
     WECHAT_SERIAL,
     Emulator,
     NotifyServer,
     parse_json,
+    read_forms,
     read_key,
     run_section,
     unique,
@@ -30,6 +42,9 @@ from wechatpayv3 import WeChatPay, WeChatPayType
 NOTIFY_PATH = "/wechat/notify"
 TOTAL = 1990  # fen
 REFUND = 500
+PAY_SIGN_VECTOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vectors", "jsapi_pay_sign.json")
+# Where the H5 cashier sends the buyer back (never followed: nothing listens there).
+H5_RETURN = "http://127.0.0.1:9/h5-return"
 
 
 def main(report):
@@ -270,6 +285,214 @@ def main(report):
         )
     else:
         report.fail("native pay for the order to close", f"status {code}, body {body!r}")
+
+    # --- paySign: the SDK's own signature of the gateway's vector -------------------------------
+    def vector_sign():
+        with open(PAY_SIGN_VECTOR, encoding="utf-8") as f:
+            vector = json.load(f)
+        signed = wxpay.sign([vector["appId"], vector["timeStamp"], vector["nonceStr"], vector["package"]])
+        return vector, signed
+
+    vector, signed = report.step("paySign of the vector", vector_sign, default=({}, None))
+    if signed is not None:
+        # PKCS#1 v1.5 is deterministic: the same key and message give the same bytes.
+        report.check(
+            "paySign of the vector equals the gateway's",
+            signed == vector.get("paySign"),
+            f"wechatpay.sign() gave {signed!r}, the vector has {vector.get('paySign')!r}",
+        )
+
+    def front_end(prepay_id):
+        """What the merchant hands the mini-program for `wx.requestPayment`, as the SDK's examples
+        make it: a timestamp, a nonce, and `sign([appid, timestamp, nonce, package])`."""
+        timestamp = str(int(time.time()))
+        nonce = uuid.uuid4().hex
+        package = "prepay_id=" + prepay_id
+        return {
+            "appId": WECHAT_MINIPROGRAM_APPID,
+            "timeStamp": timestamp,
+            "nonceStr": nonce,
+            "package": package,
+            "signType": "RSA",
+            "paySign": wxpay.sign([WECHAT_MINIPROGRAM_APPID, timestamp, nonce, package]),
+        }
+
+    # --- order C: JSAPI in the mini-program -----------------------------------------------------
+    def jsapi():
+        status, login = emulator.wechat_code("miniprogram")
+        if not report.check(
+            "a mini-program buyer logs in (/emulator/wechat/codes)",
+            status == 200 and login.get("openid") and login.get("appid") == WECHAT_MINIPROGRAM_APPID,
+            f"status {status}, body {login!r}",
+        ):
+            return
+        openid = login["openid"]
+        order = unique("SDKWXJ")
+        code, body, js = call(
+            "JSAPI pay",
+            lambda: wxpay.pay(
+                description="Memberline 会员 月卡",
+                out_trade_no=order,
+                amount={"total": TOTAL, "currency": "CNY"},
+                payer={"openid": openid},
+                appid=WECHAT_MINIPROGRAM_APPID,
+                pay_type=WeChatPayType.JSAPI,
+            ),
+        )
+        prepay_id = js.get("prepay_id", "")
+        if not report.check(
+            "JSAPI pay with the mini-program appid and the buyer's openid: 200 with a prepay_id",
+            code == 200 and prepay_id.startswith("wx"),
+            f"status {code}, body {body!r}",
+        ):
+            return
+
+        params = report.step("JSAPI front-end parameters", lambda: front_end(prepay_id))
+        if params is None:
+            return
+        # A paySign that is not over these parameters (the signature of another nonce), and a
+        # package naming another prepay_id: WeChat's client refuses both.
+        forged = dict(params, paySign=front_end(prepay_id)["paySign"])
+        status, reply = emulator.pay("wechat", order, jsapi_params=forged)
+        report.check(
+            "JSAPI: a paySign that is not over the parameters is refused (/emulator/pay answers 400)",
+            status == 400 and "paySign" in str(reply.get("error", "")),
+            f"status {status}, body {reply!r}",
+        )
+        other = front_end("wx" + "0" * (len(prepay_id) - 2))
+        status, reply = emulator.pay("wechat", order, jsapi_params=other)
+        report.check(
+            "JSAPI: a package naming another prepay_id is refused (/emulator/pay answers 400)",
+            status == 400 and "package" in str(reply.get("error", "")),
+            f"status {status}, body {reply!r}",
+        )
+        code, body, js = call("JSAPI query before payment", lambda: wxpay.query(out_trade_no=order))
+        report.check(
+            "JSAPI: the refused payments left the order unpaid (trade_state NOTPAY)",
+            code == 200 and js.get("trade_state") == "NOTPAY",
+            f"status {code}, body {body!r}",
+        )
+
+        mark = server.mark()
+        status, paid = emulator.pay("wechat", order, jsapi_params=params)
+        if not report.check(
+            "JSAPI: the buyer pays with the SDK-signed front-end parameters (/emulator/pay, jsapi_params)",
+            status == 200 and paid.get("transaction_id"),
+            f"status {status}, body {paid!r}, parameters {params!r}",
+        ):
+            return
+        transaction_id = paid["transaction_id"]
+
+        capture = server.wait(NOTIFY_PATH, notification_for("TRANSACTION.SUCCESS", "out_trade_no", order), after=mark)
+        if capture is None:
+            seen = server.seen(NOTIFY_PATH, after=mark)
+            report.fail(
+                "JSAPI: TRANSACTION.SUCCESS verified and decrypted by wechatpay.callback()",
+                f"no verified notification within the timeout; received {len(seen)}: "
+                + "; ".join(c.describe() for c in seen),
+            )
+        else:
+            resource = capture.result["resource"]
+            expected = {
+                "transaction_id": transaction_id,
+                "trade_state": "SUCCESS",
+                "trade_type": "JSAPI",
+                "appid": WECHAT_MINIPROGRAM_APPID,
+                "mchid": WECHAT_MCHID,
+            }
+            wrong = {k: resource.get(k) for k, v in expected.items() if resource.get(k) != v}
+            if (resource.get("payer") or {}).get("openid") != openid:
+                wrong["payer"] = resource.get("payer")
+            report.check(
+                "JSAPI: TRANSACTION.SUCCESS verified and decrypted by wechatpay.callback(), trade_type JSAPI",
+                not wrong,
+                f"unexpected fields {wrong!r}",
+            )
+
+        code, body, js = call("JSAPI query after payment", lambda: wxpay.query(out_trade_no=order))
+        report.check(
+            "JSAPI query after payment: SUCCESS, trade_type JSAPI, payer.openid the buyer's",
+            code == 200
+            and js.get("trade_state") == "SUCCESS"
+            and js.get("trade_type") == "JSAPI"
+            and js.get("transaction_id") == transaction_id
+            and (js.get("payer") or {}).get("openid") == openid,
+            f"status {code}, body {body!r}, openid {openid}",
+        )
+
+    jsapi()
+
+    # --- order D: H5, the cashier page in the buyer's browser -----------------------------------
+    def h5():
+        order = unique("SDKWXH")
+        code, body, js = call(
+            "H5 pay",
+            lambda: wxpay.pay(
+                description="Memberline 会员 月卡",
+                out_trade_no=order,
+                amount={"total": TOTAL, "currency": "CNY"},
+                scene_info={"payer_client_ip": "127.0.0.1", "h5_info": {"type": "Wap"}},
+                pay_type=WeChatPayType.H5,
+            ),
+        )
+        h5_url = js.get("h5_url", "")
+        if not report.check(
+            "H5 pay: 200 with an h5_url to the cashier (checkmweb)",
+            code == 200 and h5_url.startswith(base.rstrip("/") + "/cgi-bin/mmpayweb-bin/checkmweb?"),
+            f"status {code}, body {body!r}",
+        ):
+            return
+        # What the merchant's page does: append where the buyer comes back to.
+        redirect = f"{H5_RETURN}?out_trade_no={order}"
+        page = report.step(
+            "open the h5_url",
+            lambda: requests.get(h5_url + "&redirect_url=" + urllib.parse.quote(redirect, safe=""), timeout=15),
+        )
+        if page is None:
+            return
+        forms = [f for f in read_forms(page.text) if "pay" in f.ids]
+        if not report.check(
+            "H5: the h5_url (with &redirect_url=) opens the cashier page with its Pay button",
+            page.status_code == 200 and "text/html" in page.headers.get("Content-Type", "") and forms,
+            f"status {page.status_code}, body {page.text[:300]!r}",
+        ):
+            return
+        form = forms[0]
+        mark = server.mark()
+        paid = report.step(
+            "submit the H5 cashier form",
+            lambda: requests.request(
+                form.method,
+                urllib.parse.urljoin(page.url, form.action),
+                data=form.fields,
+                allow_redirects=False,
+                timeout=15,
+            ),
+        )
+        if paid is None:
+            return
+        report.check(
+            "H5: paying at the cashier (POST checkmweb/pay) answers 302 to the redirect_url",
+            form.action == "/cgi-bin/mmpayweb-bin/checkmweb/pay"
+            and paid.status_code == 302
+            and paid.headers.get("Location") == redirect,
+            f"form {form.method} {form.action} {form.fields!r}; status {paid.status_code}, "
+            f"Location {paid.headers.get('Location')!r}",
+        )
+        capture = server.wait(NOTIFY_PATH, notification_for("TRANSACTION.SUCCESS", "out_trade_no", order), after=mark)
+        report.check(
+            "H5: TRANSACTION.SUCCESS verified and decrypted by wechatpay.callback(), trade_type MWEB",
+            capture is not None and capture.result["resource"].get("trade_type") == "MWEB",
+            lambda: "; ".join(c.describe() for c in server.seen(NOTIFY_PATH, after=mark)) or "no notification",
+        )
+        code, body, js = call("H5 query after payment", lambda: wxpay.query(out_trade_no=order))
+        report.check(
+            "H5 query after payment: SUCCESS, trade_type MWEB",
+            code == 200 and js.get("trade_state") == "SUCCESS" and js.get("trade_type") == "MWEB",
+            f"status {code}, body {body!r}",
+        )
+
+    h5()
 
     code, body, js = call("query of an unknown order", lambda: wxpay.query(out_trade_no=unique("SDKWXNONE")))
     report.check(
