@@ -64,6 +64,12 @@ cat <<MSG
     # ...then scan: open http://$EMULATOR/emulator/scan?code=<code_url, URL-encoded> and press Pay,
     # or: curl -s -X POST -H 'Content-Type: application/json' \\
     #       -d '{"provider":"wechat","out_trade_no":"<order_no>"}' http://$EMULATOR/emulator/pay
+    # Sign in as a mini-program buyer: a login code as wx.login gives one, exchanged for a token
+    # (then pay inside WeChat with "channel": "jsapi", "wechat_app": "miniprogram"):
+    curl -s -X POST -H 'Content-Type: application/json' -d '{"app": "miniprogram"}' http://$EMULATOR/emulator/wechat/codes
+    curl -s -X POST -H 'Content-Type: application/json' \\
+         -d '{"app": "miniprogram", "code": "<code>"}' http://127.0.0.1:$PORT/v1/auth/wechat
+    # On a phone, /vip pays by WeChat H5 and Alipay's mobile cashier (the emulator's cashier pages).
     curl -s -H "Authorization: Bearer $USER_TOKEN" http://127.0.0.1:$PORT/v1/me   # membership, savings, level
     curl -s -H "Authorization: Bearer $USER_TOKEN" http://127.0.0.1:$PORT/v1/me/notifications
     target/debug/memberline-dlq list --worker ledger                           # dead letters, if any
