@@ -57,6 +57,10 @@ export MEMBERLINE__LOG__FORMAT=json
 # payments suite tests them against the emulator).
 export MEMBERLINE__PAYMENTS__WECHAT__ENABLED=false
 export MEMBERLINE__PAYMENTS__ALIPAY__ENABLED=false
+# Nor does WeChat's sign-in: without the apps' secrets it answers 422 wechat_app_unavailable
+# (the payments suite signs in against the emulator).
+export MEMBERLINE__PAYMENTS__WECHAT__MINIPROGRAM_SECRET=
+export MEMBERLINE__PAYMENTS__WECHAT__OFFICIAL_ACCOUNT_SECRET=
 # A secret of this run's own: the tokens below are minted and verified with it.
 MEMBERLINE__AUTH__JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export MEMBERLINE__AUTH__JWT_SECRET
