@@ -23,7 +23,7 @@ use chrono::{Duration, Utc};
 use memberline_platform::idempotency::{self, Answer, Claim};
 use memberline_platform::settings::PaymentSettings;
 use memberline_schema::entities::order;
-use memberline_schema::states::{OrderStatus, PayChannel, WechatApp};
+use memberline_schema::states::{OrderStatus, PayChannel, PayMethod, WechatApp};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 
 /// How the buyer asked to pay a provider order (`channel` and `wechat_app` of `POST /v1/orders`),
@@ -48,10 +48,10 @@ fn offer(payments: &Payments, cmd: &PlaceOrder) -> Result<Offer, OrderError> {
         .channel
         .unwrap_or_else(|| PayChannel::default_for(provider));
     if channel.provider() != provider {
-        return Err(OrderError::ChannelUnavailable(format!(
-            "{channel} is a {} channel, not a {provider} one",
-            channel.provider()
-        )));
+        return Err(OrderError::InvalidChannel(
+            "the channel is another provider's: wechat takes native, jsapi and h5; alipay takes \
+             qr, wap and page",
+        ));
     }
     match (channel, choice.wechat_app) {
         (PayChannel::Jsapi, None) => {
@@ -71,7 +71,8 @@ fn offer(payments: &Payments, cmd: &PlaceOrder) -> Result<Offer, OrderError> {
         channel,
         wechat_app: choice.wechat_app,
     };
-    if !payments.takes(offer) {
+    let comes_back = matches!(channel, PayChannel::H5 | PayChannel::Wap | PayChannel::Page);
+    if !payments.takes(offer) || (comes_back && payments.public_url().is_none()) {
         let what = match offer.wechat_app {
             Some(app) => format!("{channel} in the WeChat {app}"),
             None => channel.to_string(),
@@ -84,29 +85,35 @@ fn offer(payments: &Payments, cmd: &PlaceOrder) -> Result<Offer, OrderError> {
     Ok(offer)
 }
 
-/// The app id the offer's trade is created under (JSAPI: the app's own; otherwise the
-/// provider's default, which the client knows).
+/// The WeChat app id the offer's trade is created under (JSAPI: the app's own; Native and H5:
+/// `payments.wechat.appid`), kept with the order: its payment must carry that one, whatever the
+/// settings say by then. `None` for Alipay, which has one app.
 fn app_id(payments: &Payments, offer: Offer) -> Option<String> {
-    offer
-        .wechat_app
-        .and_then(|app| payments.app_id(app))
-        .map(str::to_owned)
+    match offer.wechat_app {
+        Some(app) => payments.app_id(app).map(str::to_owned),
+        None if offer.pay_method == PayMethod::Wechat => {
+            payments.wechat().map(|w| w.appid().to_owned())
+        }
+        None => None,
+    }
 }
 
-/// What the provider needs to create the trade of `order` by its channel.
+/// What the provider needs to create the trade of `order` by its channel. [`offer`] and
+/// [`start`] made sure it has all of it: what is missing here is a bug, not the buyer's.
 fn via(
     payments: &Payments,
     order: &order::Model,
     openid: Option<String>,
     client_ip: &str,
-) -> Result<Via, OrderError> {
-    let public = || {
+) -> anyhow::Result<Via> {
+    let no_public_url = || anyhow::anyhow!("a cashier channel without payments.public_url");
+    let back_to_order = || {
         payments
             .public_url()
-            .ok_or_else(|| OrderError::ChannelUnavailable("payments.public_url is not set".into()))
+            .map(|_| payments.order_page(Some(order.id)))
+            .ok_or_else(no_public_url)
     };
-    let back_to_order = || Ok::<_, OrderError>(format!("{}/vip?order={}", public()?, order.id));
-    let alipay_return = || Ok::<_, OrderError>(format!("{}/v1/payments/alipay/return", public()?));
+    let alipay_return = || payments.alipay_return_url().ok_or_else(no_public_url);
     Ok(match order.channel {
         None | Some(PayChannel::Native | PayChannel::Qr) => Via::Qr,
         Some(PayChannel::Jsapi) => Via::Jsapi {
@@ -114,7 +121,8 @@ fn via(
                 .channel_app_id
                 .clone()
                 .ok_or_else(|| anyhow::anyhow!("JSAPI order {} without its app id", order.id))?,
-            openid: openid.ok_or(OrderError::WechatIdentityRequired)?,
+            openid: openid
+                .ok_or_else(|| anyhow::anyhow!("JSAPI order {} without an OpenID", order.id))?,
         },
         Some(PayChannel::H5) => Via::H5 {
             client_ip: client_ip.to_owned(),
@@ -253,13 +261,13 @@ async fn start(
 ) -> Result<Started, OrderError> {
     let buyer = lock_buyer(txn, cmd.buyer_id).await?;
     let app_id = app_id(payments, offer);
-    let openid = match &app_id {
-        Some(app_id) => Some(
+    let openid = match (offer.channel, &app_id) {
+        (PayChannel::Jsapi, Some(app_id)) => Some(
             store::catalogue::wechat_openid(txn, buyer.id, app_id)
                 .await?
                 .ok_or(OrderError::WechatIdentityRequired)?,
         ),
-        None => None,
+        _ => None,
     };
     match idempotency::claim(txn, cmd.key()).await? {
         Claim::Claimed => {}

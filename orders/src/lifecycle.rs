@@ -142,7 +142,6 @@ async fn close_locally(
     let history = match reason {
         CloseReason::Expired => "expired",
         CloseReason::Cancelled => "cancelled_by_buyer",
-        CloseReason::NotEligible => "not_eligible",
     };
     if !transitions::advance(
         &txn,

@@ -279,7 +279,7 @@ pub(crate) async fn check_eligibility(
     plan: &plan::Model,
     pay_method: PayMethod,
 ) -> Result<(), OrderError> {
-    let counts = store::orders::lock_buyer_counts(txn, buyer.id, plan.id).await?;
+    let counts = store::orders::counts(txn, buyer.id, plan.id).await?;
     rules::eligibility(plan.into(), pay_method, counts)
 }
 

@@ -3,9 +3,10 @@
 //! found by query goes through exactly the same transition as one that was notified.
 //!
 //! Every function here is one transaction that locks the order row first (several orders' rows,
-//! in order-number order, for notifications that share one): a notification, a query and an
-//! expiry racing on one order are serialized, and every transition is a
-//! conditional `WHERE status = from` update (here in `store::notifications::pay`, elsewhere
+//! in order-number order, for notifications that share one), then the buyers whose eligibility
+//! a payment must pass: a notification, a query and an expiry racing on one order are
+//! serialized, so are two payments of one buyer, and every transition is a conditional
+//! `WHERE status = from` update (here in `store::notifications::pay`, elsewhere
 //! [`crate::store::transitions::advance`]), so exactly one of them moves it.
 
 use crate::providers::{Mismatch, Payment, PaymentProvider};
@@ -16,11 +17,9 @@ use crate::{OrderError, rules};
 use chrono::Utc;
 use memberline_platform::outbox::{self, Wake};
 use memberline_schema::entities::order;
-use memberline_schema::events::{Envelope, LateRefundWhy, OrderClosed, OrderPaid, PlanSold};
-use memberline_schema::ids::OrderId;
-use memberline_schema::states::{
-    CloseReason, NotificationOutcome, OrderStatus, PlanKind, Provider,
-};
+use memberline_schema::events::{Envelope, LateRefundWhy, OrderPaid, PlanSold};
+use memberline_schema::ids::{BuyerId, OrderId};
+use memberline_schema::states::{NotificationOutcome, OrderStatus, PlanKind, Provider};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 
 /// How a payment came to our knowledge (recorded in the order's status history).
@@ -172,11 +171,12 @@ enum InTransaction {
 /// different orders, locked in order-number order (`payment` is `None` for events that pay
 /// nothing, Alipay `TRADE_CLOSED`, say).
 ///
-/// The common case, the first copy of a notification that pays a pending order, takes two
+/// The common case, the first copy of a notification that pays a pending order, takes four
 /// round trips inside the transaction: lock the order (the same statement says whether this
-/// notification was stored before); one statement that moves the order to paid and writes its
-/// history, its `order.paid.v1` outbox row and the notification. A copy of a notification
-/// already stored writes nothing.
+/// notification was stored before); lock its buyer (a pass skips this and the next); count what
+/// the eligibility rules need; one statement that moves the order to paid and writes its
+/// history, its `order.paid.v1` outbox row and the notification. Notifications that share the
+/// transaction share the buyers' lock. A copy of a notification already stored writes nothing.
 ///
 /// `Err` when the transaction failed, or when a copy of one of them was stored first by another
 /// request while it ran: with one notification, the first is its answer and the second a
@@ -193,56 +193,87 @@ pub async fn notifications_together(
     let mut by_order: Vec<usize> = (0..incoming.len()).collect();
     by_order.sort_by_key(|i| incoming[*i].payment.map(|p| p.out_trade_no.as_str()));
     let txn = db.begin().await?;
+    match together_in(&txn, incoming, &by_order, wake).await {
+        Ok(Some((answers, wrote))) if wrote => {
+            txn.commit().await?;
+            wake.committed();
+            Ok(answers)
+        }
+        Ok(Some((answers, _))) => {
+            txn.rollback().await?;
+            Ok(answers)
+        }
+        Ok(None) => {
+            // A copy was stored first: whatever this transaction did is undone (it found the
+            // order already paid anyway, as the first copy committed before our insert
+            // returned).
+            txn.rollback().await?;
+            match incoming.len() {
+                1 => Ok(vec![Stored::Duplicate]),
+                _ => Err(DbErr::Custom(
+                    "a copy of a notification was stored first".into(),
+                )),
+            }
+        }
+        Err(e) => {
+            txn.rollback().await?;
+            Err(e)
+        }
+    }
+}
+
+/// The notifications of [`notifications_together`] in its transaction: every order locked first,
+/// in order-number order; then the buyers whose eligibility a payment must pass, in id order;
+/// then each notification applied. Every payment path takes its locks in that order (orders,
+/// then buyers), so two of them never wait for each other in a circle. `None` when a copy of
+/// one of them was stored first; otherwise the answers and whether anything was written.
+async fn together_in(
+    txn: &DatabaseTransaction,
+    incoming: &[Incoming<'_>],
+    by_order: &[usize],
+    wake: &Wake,
+) -> Result<Option<(Vec<Stored>, bool)>, DbErr> {
+    let mut locked: Vec<Option<store::Locked>> = (0..incoming.len()).map(|_| None).collect();
+    for &i in by_order {
+        if let Some(payment) = incoming[i].payment {
+            let notification = Some(incoming[i].notification);
+            locked[i] =
+                Some(store::lock_order(txn, &payment.out_trade_no, notification, wake).await?);
+        }
+    }
+    lock_buyers(
+        txn,
+        locked
+            .iter()
+            .flatten()
+            .filter(|l| !l.stored_before)
+            .filter_map(|l| l.order.as_ref()),
+    )
+    .await?;
     let mut answers = vec![Stored::Duplicate; incoming.len()];
     let mut wrote = false;
-    for i in by_order {
-        let outcome = match one_in(&txn, &incoming[i], wake).await {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                txn.rollback().await?;
-                return Err(e);
-            }
-        };
-        match outcome {
+    for &i in by_order {
+        match one_in(txn, &incoming[i], locked[i].take()).await? {
             InTransaction::New(applied) => {
                 answers[i] = Stored::New(applied);
                 wrote = true;
             }
             InTransaction::Duplicate => {}
-            InTransaction::CopyStoredFirst => {
-                // Stored by an earlier copy: whatever this transaction did is undone (it found
-                // the order already paid anyway, as the first copy committed before our insert
-                // returned).
-                txn.rollback().await?;
-                return match incoming.len() {
-                    1 => Ok(vec![Stored::Duplicate]),
-                    _ => Err(DbErr::Custom(
-                        "a copy of a notification was stored first".into(),
-                    )),
-                };
-            }
+            InTransaction::CopyStoredFirst => return Ok(None),
         }
     }
-    if !wrote {
-        txn.rollback().await?;
-        return Ok(answers);
-    }
-    txn.commit().await?;
-    wake.committed();
-    Ok(answers)
+    Ok(Some((answers, wrote)))
 }
 
-/// One notification inside the shared transaction.
+/// One notification inside the shared transaction, its order (if it reports a payment) locked.
 async fn one_in(
     txn: &DatabaseTransaction,
     incoming: &Incoming<'_>,
-    wake: &Wake,
+    locked: Option<store::Locked>,
 ) -> Result<InTransaction, DbErr> {
     let notification = incoming.notification;
-    let (applied, first_copy) = match incoming.payment {
-        Some(payment) => {
-            let locked =
-                store::lock_order(txn, &payment.out_trade_no, Some(notification), wake).await?;
+    let (applied, first_copy) = match (incoming.payment, locked) {
+        (Some(payment), Some(locked)) => {
             if locked.stored_before {
                 return Ok(InTransaction::Duplicate);
             }
@@ -257,7 +288,7 @@ async fn one_in(
             .await?;
             (Some(settled.applied), settled.notification_stored)
         }
-        None => (None, None),
+        _ => (None, None),
     };
     let first_copy = match first_copy {
         Some(first) => first,
@@ -282,7 +313,8 @@ async fn one_in(
     })
 }
 
-/// Applies a payment found by our own query — the same transition as a notification.
+/// Applies a payment found by our own query — the same transition, and the same locks, as a
+/// notification.
 pub async fn queried_payment(
     db: &DatabaseConnection,
     client: &dyn PaymentProvider,
@@ -290,9 +322,36 @@ pub async fn queried_payment(
 ) -> Result<Applied, DbErr> {
     let txn = db.begin().await?;
     let locked = store::lock_order(&txn, &payment.out_trade_no, None, &Wake::by_notify()).await?;
+    lock_buyers(&txn, locked.order.iter()).await?;
     let settled = apply_locked(&txn, client, payment, locked.order, Source::Query, None).await?;
     txn.commit().await?;
     Ok(settled.applied)
+}
+
+/// Whether a payment for `order` must pass the eligibility rules again: a pending order whose
+/// plan they can refuse (a pass never is: the rules a payment can break are about
+/// memberships).
+fn judged_at_payment(order: &order::Model) -> bool {
+    order.status == OrderStatus::PendingPayment && order.plan_kind != PlanKind::Pass
+}
+
+/// Locks the buyers of the `orders` whose payment is judged ([`judged_at_payment`]), in id
+/// order, as a purchase locks its buyer: two payments of one buyer, or a payment and a
+/// purchase, are judged one after the other, each seeing what the other committed.
+async fn lock_buyers<'a>(
+    txn: &DatabaseTransaction,
+    orders: impl Iterator<Item = &'a order::Model>,
+) -> Result<(), DbErr> {
+    let mut buyers: Vec<BuyerId> = orders
+        .filter(|o| judged_at_payment(o))
+        .map(|o| o.buyer_id)
+        .collect();
+    buyers.sort_unstable();
+    buyers.dedup();
+    if buyers.is_empty() {
+        return Ok(());
+    }
+    store::lock_buyers(txn, &buyers).await
 }
 
 /// What [`apply_locked`] did.
@@ -340,7 +399,7 @@ async fn apply_locked(
     match order.status {
         OrderStatus::PendingPayment => {
             if let Err(refusal) = eligible_now(txn, &order).await? {
-                refuse(txn, payment, &order, source, &refusal).await?;
+                refuse(txn, provider, payment, &order, source, &refusal).await?;
                 return Ok(applied(Applied::NotEligible { order_id: order.id }));
             }
             let now = Utc::now();
@@ -383,45 +442,42 @@ async fn record_for_refund(
 
 /// The eligibility rules again, now that the money came: since the order was placed the buyer
 /// may have bought a permanent membership (with balance, or by paying another pending order).
-/// The buyer is locked as a purchase locks them, so two payments of one buyer are judged one
-/// after the other. Passes are never refused by the rules a payment can break, so they skip it.
+/// The caller holds the buyer's lock ([`lock_buyers`]), taken before this statement: what it
+/// counts includes every payment and purchase of theirs that committed before.
 async fn eligible_now(
     txn: &DatabaseTransaction,
     order: &order::Model,
 ) -> Result<Result<(), OrderError>, DbErr> {
-    if order.plan_kind == PlanKind::Pass {
+    if !judged_at_payment(order) {
         return Ok(Ok(()));
     }
-    let counts =
-        crate::store::orders::lock_buyer_counts(txn, order.buyer_id, order.plan_id).await?;
+    let counts = crate::store::orders::counts(txn, order.buyer_id, order.plan_id).await?;
     Ok(rules::eligibility(order.into(), order.pay_method, counts))
 }
 
-/// A payment the buyer may no longer have: the order is closed unpaid (`order.closed.v1`, reason
-/// `not_eligible`, tells the buyer) and the payment is kept for its automatic refund, as a late
-/// payment's is.
+/// A payment the buyer may no longer have: the order is closed unpaid and the payment kept for
+/// its automatic refund, as a late payment's is; the refund's `order.late_payment_refunded.v1`
+/// tells the buyer why. (No `order.closed.v1`: its reasons are the buyer's and the clock's, and a
+/// published event's values do not change in place.)
 async fn refuse(
     txn: &DatabaseTransaction,
+    provider: Provider,
     payment: &Payment,
     order: &order::Model,
     source: Source,
     refusal: &OrderError,
 ) -> Result<(), DbErr> {
-    let now = Utc::now();
     tracing::warn!(
         order_id = %order.id, buyer_id = %order.buyer_id, why = %refusal,
         "A payment came for a plan the buyer can no longer have; it will be refunded"
     );
-    let provider = order
-        .provider
-        .ok_or_else(|| DbErr::Custom(format!("provider order {} without provider", order.id)))?;
     if !transitions::advance(
         txn,
         order.id,
         OrderStatus::PendingPayment,
         OrderStatus::Closed,
         &format!("paid_by_{provider}_{}_not_eligible", source.as_str()),
-        now,
+        Utc::now(),
     )
     .await?
     {
@@ -429,16 +485,6 @@ async fn refuse(
             "a locked pending order changed status".into(),
         ));
     }
-    let event = OrderClosed {
-        order_id: order.id,
-        order_no: order.order_no.clone(),
-        buyer_id: order.buyer_id,
-        provider,
-        reason: CloseReason::NotEligible,
-        amount_fen: order.amount_fen,
-        closed_at: now,
-    };
-    outbox::enqueue(txn, &Envelope::new(event, order.correlation_id, None)).await?;
     record_for_refund(txn, payment, order, source, LateRefundWhy::NotEligible).await
 }
 

@@ -97,6 +97,7 @@ outcomes! {
         Paid = "paid",
         AlreadyPaid = "already_paid",
         LatePayment = "late_payment",
+        NotEligible = "not_eligible",
         Flagged = "flagged",
         Unpaid = "unpaid",
         Refunded = "refunded",

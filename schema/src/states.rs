@@ -265,9 +265,6 @@ text_enum! {
         Expired = "expired",
         /// Cancelled by its buyer.
         Cancelled = "cancelled",
-        /// Paid when the buyer could no longer have the plan (a permanent membership bought
-        /// meanwhile): the payment is refunded in full.
-        NotEligible = "not_eligible",
     }
 }
 

@@ -348,7 +348,8 @@ fn paid(order: &order::Model, applied: &Applied) -> LifecycleOutcome {
         }
         Applied::AlreadyPaid { .. } => LifecycleOutcome::AlreadyPaid,
         // Refunded automatically by a later run of this job (logged where it was decided).
-        Applied::LatePayment { .. } | Applied::NotEligible { .. } => LifecycleOutcome::LatePayment,
+        Applied::LatePayment { .. } => LifecycleOutcome::LatePayment,
+        Applied::NotEligible { .. } => LifecycleOutcome::NotEligible,
         // Logged and left to an operator where it was flagged (the order is no longer checked).
         Applied::Flagged { .. } => LifecycleOutcome::Flagged,
     }

@@ -58,7 +58,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CorrelationId {
 }
 
 /// The buyer's address: from `http.client_ip_header` when the gateway sits behind a proxy that
-/// sets it (the first address of `X-Forwarded-For`), otherwise the connection's.
+/// sets it (of `X-Forwarded-For`, the last address: the one our proxy saw; the ones before it
+/// are whatever the client claimed), otherwise the connection's.
 #[derive(Clone, Debug)]
 pub struct ClientIp(pub String);
 
@@ -74,7 +75,7 @@ impl axum::extract::FromRequestParts<AppState> for ClientIp {
             .then(|| parts.headers.get(header))
             .flatten()
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok());
         let from_connection = || {
             parts

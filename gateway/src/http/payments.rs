@@ -230,14 +230,9 @@ async fn alipay_notify(State(state): State<AppState>, body: Bytes) -> Response {
     alipay_reply(stored.is_ok())
 }
 
-/// Where a buyer back from a cashier goes: `/vip` following the order (under
-/// `payments.public_url` when it is set).
+/// Where a buyer back from a cashier goes: `/vip` following the order.
 fn back_to_vip(state: &AppState, order_id: Option<OrderId>) -> Response {
-    let base = state.payments.public_url().unwrap_or_default();
-    let location = match order_id {
-        Some(id) => format!("{base}/vip?order={id}"),
-        None => format!("{base}/vip"),
-    };
+    let location = state.payments.order_page(order_id);
     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
 }
 
@@ -254,6 +249,7 @@ fn back_to_vip(state: &AppState, order_id: Option<OrderId>) -> Response {
     responses(
         (status = 303, description = "To `/vip?order=<id>` (or `/vip` for an order it does not know)",
             headers(("Location" = String, description = "Where the buyer goes"))),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
     ))]
 pub async fn alipay_return(
     State(state): State<AppState>,
@@ -273,7 +269,8 @@ pub async fn alipay_return(
             .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "out_trade_no"))
             .map(|(_, v)| v),
     };
-    // Our order numbers are short ASCII (`ML…`): anything else names no order of ours.
+    // An out_trade_no is short ASCII (WeChat takes 6 to 32 of these characters, Alipay up to
+    // 64): anything else names no order of ours, and is not worth a query.
     let ours = |no: &String| {
         (1..=64).contains(&no.len())
             && no
@@ -374,6 +371,9 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/payments/wechat/notify", post(wechat_notify))
         .route("/v1/payments/alipay/notify", post(alipay_notify))
-        .route("/v1/payments/alipay/return", get(alipay_return))
+        .route(
+            memberline_orders::providers::ALIPAY_RETURN_PATH,
+            get(alipay_return),
+        )
         .route("/v1/orders/{id}/qr.png", get(qr_png))
 }

@@ -72,6 +72,9 @@ fn login_error(e: LoginError) -> ApiError {
         )
         .retry_after(60),
         LoginError::Blocked => ApiError::new(StatusCode::FORBIDDEN, "wechat_user_blocked", message),
+        LoginError::SnapshotUser => {
+            ApiError::new(StatusCode::FORBIDDEN, "wechat_snapshot_user", message)
+        }
         LoginError::Unavailable(_) => {
             tracing::warn!(error = %message, "WeChat sign-in failed");
             ApiError::new(StatusCode::BAD_GATEWAY, "wechat_unavailable", message)
@@ -117,7 +120,7 @@ const LOGIN_ERRORS: &str =
         (status = 400, description = LOGIN_ERRORS, body = crate::http::error::ErrorBody),
         (status = 413, description = "`payload_too_large`", body = crate::http::error::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = crate::http::error::ErrorBody),
-        (status = 403, description = "`wechat_user_blocked`: WeChat refuses this account", body = crate::http::error::ErrorBody),
+        (status = 403, description = "`wechat_user_blocked`: WeChat refuses this account; `wechat_snapshot_user`: the official account's page is seen in WeChat's snapshot mode (no real OpenID)", body = crate::http::error::ErrorBody),
         (status = 422, description = "`wechat_app_unavailable` (the shop has no such app set up), `invalid_body`, `invalid_field`", body = crate::http::error::ErrorBody),
         (status = 429, description = "`wechat_rate_limited`: WeChat limits sign-ins; retry after `Retry-After` seconds", body = crate::http::error::ErrorBody),
         (status = 502, description = "`wechat_unavailable` (WeChat unreachable or failing), `wechat_refused` (WeChat refused the shop's app credentials)", body = crate::http::error::ErrorBody),
@@ -153,7 +156,7 @@ pub async fn wechat(
         (status = 413, description = "`payload_too_large`", body = crate::http::error::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = crate::http::error::ErrorBody),
         (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`, `unknown_user`", body = crate::http::error::ErrorBody),
-        (status = 403, description = "`wechat_user_blocked`", body = crate::http::error::ErrorBody),
+        (status = 403, description = "`wechat_user_blocked`, `wechat_snapshot_user`", body = crate::http::error::ErrorBody),
         (status = 409, description = "`wechat_identity_taken` (the OpenID belongs to another buyer), `wechat_app_already_linked` (the caller has another OpenID under this app)", body = crate::http::error::ErrorBody),
         (status = 422, description = "`wechat_app_unavailable`, `invalid_body`, `invalid_field`", body = crate::http::error::ErrorBody),
         (status = 429, description = "`wechat_rate_limited`", body = crate::http::error::ErrorBody),

@@ -22,7 +22,7 @@ use memberline_schema::states::{NotificationOutcome, Provider};
 use serde::{Deserialize, Serialize};
 
 pub use keys::DevKeyError;
-pub use setup::{Offer, Payments, SetupError};
+pub use setup::{ALIPAY_RETURN_PATH, Offer, Payments, SetupError};
 
 /// A provider payment to create.
 #[derive(Clone, Debug)]

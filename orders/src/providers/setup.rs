@@ -8,6 +8,7 @@ use crate::providers::keys::{
 };
 use crate::providers::wechat::{WechatLogin, WechatPay};
 use memberline_platform::settings::{AlipaySettings, PaymentSettings, Secret, WechatSettings};
+use memberline_schema::ids::OrderId;
 use memberline_schema::states::{PayChannel, PayMethod, Provider, WechatApp};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -37,6 +38,9 @@ impl std::fmt::Debug for Payments {
             .finish()
     }
 }
+
+/// The path of the endpoint Alipay's cashiers return the buyer to.
+pub const ALIPAY_RETURN_PATH: &str = "/v1/payments/alipay/return";
 
 /// A way to pay the shop takes: a provider's pay method, one of its channels, and for JSAPI the
 /// WeChat app it is paid in.
@@ -166,7 +170,13 @@ impl Payments {
                 }
             }
         }
-        offers.dedup();
+        // A channel listed twice is taken once, where it first appears.
+        let mut seen = Vec::with_capacity(offers.len());
+        offers.retain(|o| {
+            let first = !seen.contains(o);
+            seen.push(*o);
+            first
+        });
         Ok(Self {
             wechat,
             alipay,
@@ -195,6 +205,21 @@ impl Payments {
     /// `payments.public_url`, without a trailing `/`.
     pub fn public_url(&self) -> Option<&str> {
         self.public_url.as_deref()
+    }
+
+    /// Where a buyer back from a cashier lands: `/vip` following `order` (under `public_url`;
+    /// relative without one).
+    pub fn order_page(&self, order: Option<OrderId>) -> String {
+        let base = self.public_url().unwrap_or_default();
+        match order {
+            Some(id) => format!("{base}/vip?order={id}"),
+            None => format!("{base}/vip"),
+        }
+    }
+
+    /// Where Alipay's cashiers send the buyer back with the signed return.
+    pub fn alipay_return_url(&self) -> Option<String> {
+        Some(format!("{}{ALIPAY_RETURN_PATH}", self.public_url()?))
     }
 
     /// WeChat sign-in, when an app has its app id and secret.

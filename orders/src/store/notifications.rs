@@ -1,5 +1,6 @@
 //! The statements of provider notifications and the payments they report: locking an order
-//! by its number with the notification's first-copy check, the paid transition with its history,
+//! by its number with the notification's first-copy check, locking the buyers whose eligibility
+//! the payments must pass, the paid transition with its history,
 //! outbox row and notification in one statement, a notification stored alone, and a payment
 //! recorded late on a closed order.
 
@@ -7,7 +8,7 @@ use super::transitions;
 use chrono::{DateTime, Utc};
 use memberline_platform::outbox::{self, Wake};
 use memberline_schema::entities::order;
-use memberline_schema::ids::OrderId;
+use memberline_schema::ids::{BuyerId, OrderId};
 use memberline_schema::states::{NotificationOutcome, OrderStatus, Provider};
 use sea_orm::{
     ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, FromQueryResult, Statement, Value,
@@ -74,6 +75,19 @@ pub async fn lock_order(
         order,
         stored_before: row.try_get("", "stored_before")?,
     })
+}
+
+/// Locks the buyers `buyer_ids` (sorted, so that two transactions never wait for each other in a
+/// circle) until the transaction ends. `FOR NO KEY UPDATE`: it waits for a purchase's lock and
+/// another payment's, not for the workers' rows that merely reference the buyer.
+pub async fn lock_buyers(txn: &DatabaseTransaction, buyer_ids: &[BuyerId]) -> Result<(), DbErr> {
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        [buyer_ids.iter().map(|b| b.0).collect::<Vec<i64>>().into()],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// Inserts the notification with its outcome; `false` when a copy was stored first.

@@ -105,9 +105,10 @@ pub async fn id_of<C: ConnectionTrait>(conn: &C, order_no: &str) -> Result<Optio
         .map(|o| o.id))
 }
 
-/// Locks buyer `buyer_id` (as a purchase does; a lock the transaction already holds is no
-/// cost) and reads what the eligibility rules count for them and `plan_id`, in one statement.
-pub async fn lock_buyer_counts(
+/// What the eligibility rules count for `buyer_id` and `plan_id`. Under a lock of the buyer
+/// taken by an earlier statement (a statement's snapshot is taken before any lock it waits for),
+/// it includes everything of theirs committed before.
+pub async fn counts(
     txn: &DatabaseTransaction,
     buyer_id: BuyerId,
     plan_id: PlanId,
@@ -116,8 +117,7 @@ pub async fn lock_buyer_counts(
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             format!(
-                "WITH b AS (SELECT id FROM users WHERE id = $1 FOR UPDATE) \
-                 SELECT (SELECT count(*) FROM b) AS locked, {} AS permanent, {} AS free_claims",
+                "SELECT {} AS permanent, {} AS free_claims",
                 purchase::permanent_count("$1"),
                 purchase::free_claims("$1", "$2")
             ),

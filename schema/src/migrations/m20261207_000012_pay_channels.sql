@@ -24,3 +24,6 @@ CREATE TABLE wechat_identities (
     PRIMARY KEY (appid, openid),
     CONSTRAINT wechat_identities_one_per_app UNIQUE (buyer_id, appid)
 );
+
+-- Sign-in finds the buyer of a unionid under the shop's other app.
+CREATE INDEX wechat_identities_unionid ON wechat_identities (unionid) WHERE unionid IS NOT NULL;

@@ -723,11 +723,15 @@ struct MintRequest {
     app: LoginApp,
     openid: Option<String>,
     unionid: Option<String>,
+    #[serde(default)]
+    snapshot_user: bool,
 }
 
-/// `POST /emulator/wechat/codes {app: "miniprogram" | "official_account", openid?, unionid?}`: a
-/// login code as `wx.login` or the official account's OAuth redirect hands it to the merchant's
-/// front end; answers `{code, openid, appid}`. Without `openid`, a new buyer.
+/// `POST /emulator/wechat/codes {app: "miniprogram" | "official_account", openid?, unionid?,
+/// snapshot_user?}`: a login code as `wx.login` or the official account's OAuth redirect hands it
+/// to the merchant's front end; answers `{code, openid, appid}`. Without `openid`, a new buyer.
+/// `snapshot_user`: a buyer looking at the page in WeChat's snapshot mode, whose OAuth answer
+/// says `is_snapshotuser: 1` (a virtual OpenID).
 async fn mint_login_code(
     State(emu): State<Shared>,
     payload: Result<Json<MintRequest>, JsonRejection>,
@@ -736,7 +740,7 @@ async fn mint_login_code(
         Ok(r) => r,
         Err(r) => return r,
     };
-    match login::mint(&emu, req.app, req.openid, req.unionid) {
+    match login::mint(&emu, req.app, req.openid, req.unionid, req.snapshot_user) {
         Ok((code, openid, appid)) => {
             Json(json!({ "code": code, "openid": openid, "appid": appid })).into_response()
         }

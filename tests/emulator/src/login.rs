@@ -54,6 +54,8 @@ fn refuse(errcode: i64, errmsg: &str) -> LoginError {
 pub struct Grant {
     pub openid: String,
     pub unionid: Option<String>,
+    /// Seen in WeChat's snapshot mode (official account only).
+    pub snapshot: bool,
 }
 
 /// The checks both endpoints make, in WeChat's order, and the exchange itself: the code is
@@ -109,6 +111,7 @@ pub fn exchange(
     Ok(Grant {
         openid: minted.openid.clone(),
         unionid: minted.unionid.clone(),
+        snapshot: minted.snapshot,
     })
 }
 
@@ -142,6 +145,9 @@ async fn exchange_endpoint(
             };
             if let Some(unionid) = grant.unionid {
                 v["unionid"] = json!(unionid);
+            }
+            if grant.snapshot && app == LoginApp::OfficialAccount {
+                v["is_snapshotuser"] = json!(1);
             }
             v
         }
@@ -188,6 +194,7 @@ pub fn mint(
     app: LoginApp,
     openid: Option<String>,
     unionid: Option<String>,
+    snapshot: bool,
 ) -> Result<(String, String, String), String> {
     if openid.as_deref().is_some_and(|o| !valid_id(o)) {
         return Err("openid must be 1 to 64 characters of [A-Za-z0-9_-]".into());
@@ -205,6 +212,7 @@ pub fn mint(
             appid: appid.clone(),
             openid: openid.clone(),
             unionid,
+            snapshot,
             expires_at: Utc::now() + CODE_VALIDITY,
             used: false,
         },
@@ -252,6 +260,7 @@ mod tests {
                 appid: config.miniprogram_appid.clone(),
                 openid: "oBuyer".into(),
                 unionid: None,
+                snapshot: false,
                 expires_at: now + CODE_VALIDITY,
                 used: false,
             },

@@ -211,6 +211,8 @@ pub struct LoginCode {
     pub appid: String,
     pub openid: String,
     pub unionid: Option<String>,
+    /// The buyer looks at the page in WeChat's snapshot mode (official account only).
+    pub snapshot: bool,
     pub expires_at: DateTime<Utc>,
     pub used: bool,
 }

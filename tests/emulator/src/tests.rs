@@ -1561,19 +1561,9 @@ async fn a_notification_signed_with_another_key_does_not_verify() {
     h.control("/emulator/send", json!({"provider": "alipay", "out_trade_no": "AL20261124000017", "sign_with_other_key": true}))
         .await;
     let params: HashMap<String, String> = serde_urlencoded::from_bytes(&merchant.get(0).1).unwrap();
-    let mut signed: Vec<(&String, &String)> = params
-        .iter()
-        .filter(|(k, _)| *k != "sign" && *k != "sign_type")
-        .collect();
-    signed.sort();
-    let content = signed
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
     assert!(!verifies(
         &h.alipay_public,
-        content.as_bytes(),
+        alipay_signed_content(&params).as_bytes(),
         &params["sign"]
     ));
     assert_eq!(params["trade_status"], "TRADE_SUCCESS");
@@ -2178,19 +2168,25 @@ async fn an_injected_login_failure_answers_the_next_exchange_once_and_leaves_the
     assert_eq!(status, 400);
 }
 
-/// Checks the synchronous return's `sign` the way a merchant must: every parameter but `sign`
-/// and `sign_type`, sorted, raw `k=v`, RSA2 with the Alipay public key.
-fn verify_alipay_return(h: &Harness, params: &HashMap<String, String>) {
+/// What Alipay signs in a notification or a synchronous return, as a merchant rebuilds it:
+/// every parameter but `sign` and `sign_type`, sorted, raw `k=v` joined with `&`.
+fn alipay_signed_content(params: &HashMap<String, String>) -> String {
     let mut signed: Vec<(&String, &String)> = params
         .iter()
         .filter(|(k, _)| *k != "sign" && *k != "sign_type")
         .collect();
     signed.sort();
-    let content = signed
+    signed
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
-        .join("&");
+        .join("&")
+}
+
+/// Checks the synchronous return's `sign` the way a merchant must: RSA2 with the Alipay public
+/// key over [`alipay_signed_content`].
+fn verify_alipay_return(h: &Harness, params: &HashMap<String, String>) {
+    let content = alipay_signed_content(params);
     assert!(
         verifies(&h.alipay_public, content.as_bytes(), &params["sign"]),
         "the synchronous return's signature"

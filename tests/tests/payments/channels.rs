@@ -5,9 +5,9 @@
 //! trade type the provider reports is kept with the order.
 
 use super::checkout::order_becomes;
+use super::lifecycle::{app_with_lifecycle, expire_now};
 use memberline_tests::provider::{Emulator, spawn_app_with_provider};
 use memberline_tests::{Options, TestApp, eventually};
-use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -106,17 +106,21 @@ pub async fn wechat_buyer(app: &TestApp, emulator: &Emulator) -> String {
     let signed_in: Value = res.json().await.unwrap();
     let token = signed_in["token"].as_str().unwrap().to_owned();
     let (code, _) = login_code(emulator, "official_account", None).await;
-    let (status, linked) = app
-        .call(
-            reqwest::Method::POST,
-            "/v1/me/wechat",
-            &token,
-            None,
-            json!({"app": "official_account", "code": code}),
-        )
-        .await;
+    let (status, linked) = link(app, &token, "official_account", &code).await;
     assert_eq!(status, 200, "{linked}");
     token
+}
+
+/// `POST /v1/me/wechat`: links the OpenID of a login code of `wechat_app` to the buyer.
+pub async fn link(app: &TestApp, token: &str, wechat_app: &str, code: &str) -> (u16, Value) {
+    app.call(
+        reqwest::Method::POST,
+        "/v1/me/wechat",
+        token,
+        None,
+        json!({"app": wechat_app, "code": code}),
+    )
+    .await
 }
 
 /// Places an order of `plan` paid by `way`; the 201 body.
@@ -271,21 +275,6 @@ fn check_payment(app: &TestApp, way: Way, order: &Value) {
     }
 }
 
-async fn app_with_workers() -> (TestApp, Emulator) {
-    spawn_app_with_provider(Options {
-        workers: true,
-        env: vec![
-            ("MEMBERLINE__PAYMENTS__RECONCILE_AFTER_SECS", "1".to_owned()),
-            (
-                "MEMBERLINE__PAYMENTS__LIFECYCLE_INTERVAL_SECS",
-                "1".to_owned(),
-            ),
-        ],
-        ..Default::default()
-    })
-    .await
-}
-
 #[tokio::test]
 async fn the_catalogue_lists_every_channel_the_shop_takes_and_a_shop_without_one_refuses_it() {
     let (app, _emulator) = spawn_app_with_provider(Options::default()).await;
@@ -345,7 +334,7 @@ async fn a_channel_that_does_not_fit_the_order_is_refused_with_a_clear_code() {
             "a",
             json!({"plan_id": monthly, "pay_method": "wechat", "channel": "wap"}),
             422,
-            "channel_unavailable",
+            "channel_mismatch",
         ),
         (
             "b",
@@ -392,15 +381,7 @@ async fn a_jsapi_order_needs_the_buyers_openid_under_that_app() {
     assert_eq!(app.scalar("SELECT count(*) FROM orders").await, 0);
 
     let (code, openid) = login_code(&emulator, "miniprogram", None).await;
-    let (status, linked) = app
-        .call(
-            reqwest::Method::POST,
-            "/v1/me/wechat",
-            &token,
-            None,
-            json!({"app": "miniprogram", "code": code}),
-        )
-        .await;
+    let (status, linked) = link(&app, &token, "miniprogram", &code).await;
     assert_eq!(status, 200, "{linked}");
     assert_eq!(linked["openid"], openid);
     // The same key now goes through: the refusal kept nothing.
@@ -413,7 +394,7 @@ async fn a_jsapi_order_needs_the_buyers_openid_under_that_app() {
 
 #[tokio::test]
 async fn every_channel_of_both_providers_pays_notifies_and_replays() {
-    let (app, emulator) = app_with_workers().await;
+    let (app, emulator) = app_with_lifecycle().await;
     let token = wechat_buyer(&app, &emulator).await;
     for (i, way) in WAYS.into_iter().enumerate() {
         let key = format!("pay-{i}");
@@ -474,7 +455,7 @@ async fn every_channel_of_both_providers_pays_notifies_and_replays() {
 
 #[tokio::test]
 async fn every_channel_cancels_expires_and_refunds() {
-    let (app, emulator) = app_with_workers().await;
+    let (app, emulator) = app_with_lifecycle().await;
     let token = wechat_buyer(&app, &emulator).await;
     for (i, way) in WAYS.into_iter().enumerate() {
         // Cancelled by the buyer: closed at the provider first, then here.
@@ -507,12 +488,7 @@ async fn every_channel_cancels_expires_and_refunds() {
         // Expired: the lifecycle job closes it.
         let expiring = order_by(&app, &token, &format!("expire-{i}"), "monthly", way).await;
         let id = expiring["id"].as_i64().unwrap();
-        app.db
-            .execute_unprepared(&format!(
-                "UPDATE orders SET expires_at = now() - interval '1 second' WHERE id = {id}"
-            ))
-            .await
-            .unwrap();
+        expire_now(&app, id).await;
         order_becomes(&app, &token, id, "closed").await;
 
         // Paid, then refunded by an admin through the provider.

@@ -4,22 +4,11 @@
 //! merchant's console shows it.
 
 use super::checkout::{order_becomes, qr_order};
-use memberline_tests::provider::{Emulator, spawn_app_with_provider};
-use memberline_tests::{Options, TestApp, eventually};
+use super::lifecycle::app_with_lifecycle;
+use memberline_tests::provider::Emulator;
+use memberline_tests::{TestApp, eventually};
 use serde_json::{Value, json};
 use std::time::Duration;
-
-async fn app() -> (TestApp, Emulator) {
-    spawn_app_with_provider(Options {
-        workers: true,
-        env: vec![(
-            "MEMBERLINE__PAYMENTS__LIFECYCLE_INTERVAL_SECS",
-            "1".to_owned(),
-        )],
-        ..Default::default()
-    })
-    .await
-}
 
 /// Checks that `order` was refused at payment: closed, never paid, refunded in full at the
 /// provider, the buyer told why, and the console shown an automatic refund.
@@ -85,7 +74,7 @@ async fn refunded_automatically(
 
 #[tokio::test]
 async fn a_second_permanent_membership_paid_at_the_provider_is_refunded_automatically() {
-    let (app, emulator) = app().await;
+    let (app, emulator) = app_with_lifecycle().await;
     let buyer = app.create_user("Twice", 0, 0).await;
     let token = app.user_token(buyer);
     let permanent = app.plan_id("permanent").await;
@@ -113,7 +102,7 @@ async fn a_second_permanent_membership_paid_at_the_provider_is_refunded_automati
 
 #[tokio::test]
 async fn a_monthly_plan_paid_after_a_permanent_one_bought_with_balance_is_refunded_automatically() {
-    let (app, emulator) = app().await;
+    let (app, emulator) = app_with_lifecycle().await;
     let buyer = app.create_user("Upgraded", 1_000_000, 0).await;
     let token = app.user_token(buyer);
     let monthly = qr_order(&app, &token, "month-1", "alipay").await;
@@ -129,4 +118,53 @@ async fn a_monthly_plan_paid_after_a_permanent_one_bought_with_balance_is_refund
     let no = monthly["order_no"].as_str().unwrap();
     assert_eq!(emulator.pay("alipay", no).await.0, 200);
     refunded_automatically(&app, &emulator, &token, "alipay", &monthly).await;
+}
+
+#[tokio::test]
+async fn two_permanent_memberships_paid_at_the_same_moment_charge_the_buyer_once() {
+    let (app, emulator) = app_with_lifecycle().await;
+    let buyer = app.create_user("Double tap", 0, 0).await;
+    let token = app.user_token(buyer);
+    let permanent = app.plan_id("permanent").await;
+    let mut orders = vec![];
+    for (key, provider) in [("same-1", "wechat"), ("same-2", "alipay")] {
+        let (status, order) = app
+            .order(
+                &token,
+                key,
+                json!({"plan_id": permanent, "pay_method": provider}),
+            )
+            .await;
+        assert_eq!(status, 201, "{order}");
+        orders.push(order);
+    }
+    let (no_1, no_2) = (
+        orders[0]["order_no"].as_str().unwrap(),
+        orders[1]["order_no"].as_str().unwrap(),
+    );
+    let (first, second) = tokio::join!(emulator.pay("wechat", no_1), emulator.pay("alipay", no_2));
+    assert_eq!((first.0, second.0), (200, 200));
+
+    let ids: Vec<i64> = orders.iter().map(|o| o["id"].as_i64().unwrap()).collect();
+    let statuses = eventually(
+        "both payments are judged",
+        Duration::from_secs(20),
+        || async {
+            let mut statuses = vec![];
+            for id in &ids {
+                let (_, o) = app.get(Some(&token), &format!("/v1/orders/{id}")).await;
+                statuses.push(o["status"].as_str()?.to_owned());
+            }
+            statuses
+                .iter()
+                .all(|s| s == "paid" || s == "closed")
+                .then_some(statuses)
+        },
+    )
+    .await;
+    let paid = statuses.iter().filter(|s| *s == "paid").count();
+    assert_eq!(paid, 1, "exactly one is paid: {statuses:?}");
+    let refused = statuses.iter().position(|s| s == "closed").unwrap();
+    let provider = if refused == 0 { "wechat" } else { "alipay" };
+    refunded_automatically(&app, &emulator, &token, provider, &orders[refused]).await;
 }

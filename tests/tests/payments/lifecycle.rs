@@ -19,7 +19,7 @@ use std::time::Duration;
 
 /// A gateway with the workers (and so the lifecycle job) checking due orders every second, and
 /// reconciling an order one second after checkout.
-async fn app_with_lifecycle() -> (TestApp, Emulator) {
+pub async fn app_with_lifecycle() -> (TestApp, Emulator) {
     spawn_app_with_provider(Options {
         workers: true,
         env: vec![
@@ -50,7 +50,7 @@ async fn events(app: &TestApp, routing_key: &str, id: i64) -> i64 {
 
 /// Moves the order's expiry to now (the shortest real TTL is a minute). Its next check is at
 /// most `reconcile_after_secs` (1 s here) away and then finds it expired.
-async fn expire_now(app: &TestApp, id: i64) {
+pub async fn expire_now(app: &TestApp, id: i64) {
     app.db
         .execute_unprepared(&format!(
             "UPDATE orders SET expires_at = now() - interval '1 second' WHERE id = {id}"

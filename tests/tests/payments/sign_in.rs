@@ -2,7 +2,7 @@
 //! sign-in creates the buyer, the next finds them, codes work once and for their own app, an
 //! OpenID belongs to one buyer, and WeChat's refusals and outages become clear answers.
 
-use super::channels::login_code;
+use super::channels::{link, login_code};
 use memberline_tests::provider::{Emulator, spawn_app_with_provider};
 use memberline_tests::{Options, TestApp, spawn_app_with};
 use serde_json::{Value, json};
@@ -21,17 +21,6 @@ async fn sign_in(app: &TestApp, wechat_app: &str, code: &str) -> (u16, Value, Op
         .get("retry-after")
         .map(|v| v.to_str().unwrap().to_owned());
     (status, res.json().await.unwrap_or(Value::Null), retry_after)
-}
-
-async fn link(app: &TestApp, token: &str, wechat_app: &str, code: &str) -> (u16, Value) {
-    app.call(
-        reqwest::Method::POST,
-        "/v1/me/wechat",
-        token,
-        None,
-        json!({"app": wechat_app, "code": code}),
-    )
-    .await
 }
 
 #[tokio::test]
@@ -195,6 +184,23 @@ async fn wechat_refusals_and_outages_become_clear_answers() {
             assert_eq!(retry_after.as_deref(), Some("60"));
         }
     }
+    assert_eq!(app.scalar("SELECT count(*) FROM users").await, 0);
+
+    // Seen in WeChat's snapshot mode: a virtual OpenID, which no buyer is made of.
+    let (status, snapshot) = emulator
+        .post_control(
+            "/emulator/wechat/codes",
+            json!({"app": "official_account", "snapshot_user": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{snapshot}");
+    let (got, answer, _) =
+        sign_in(&app, "official_account", snapshot["code"].as_str().unwrap()).await;
+    assert_eq!(
+        (got, answer["error"]["code"].clone()),
+        (403, json!("wechat_snapshot_user")),
+        "{answer}"
+    );
     assert_eq!(app.scalar("SELECT count(*) FROM users").await, 0);
 
     // WeChat unreachable.

@@ -214,22 +214,14 @@ impl Notifier {
     ) -> Result<Effects, HandlerError> {
         let env = decode::<OrderClosed>(msg)?;
         let e = &env.payload;
-        let body = match e.reason {
-            CloseReason::Expired => format!(
-                "Order {} was not paid in time and is closed; nothing was charged.",
-                e.order_no
-            ),
-            CloseReason::Cancelled => format!(
-                "Order {} was cancelled and is closed; nothing was charged.",
-                e.order_no
-            ),
-            CloseReason::NotEligible => format!(
-                "Your payment for order {} came when you already had a permanent membership, \
-                 so nothing was bought: the order is closed and the payment is being refunded \
-                 in full.",
-                e.order_no
-            ),
+        let why = match e.reason {
+            CloseReason::Expired => "was not paid in time",
+            CloseReason::Cancelled => "was cancelled",
         };
+        let body = format!(
+            "Order {} {why} and is closed; nothing was charged.",
+            e.order_no
+        );
         let note = Note {
             user_id: e.buyer_id,
             event_id: env.event_id,

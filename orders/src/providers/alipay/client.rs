@@ -304,15 +304,19 @@ impl PaymentProvider for Alipay {
     }
 
     async fn create(&self, request: &PaymentRequest) -> Result<Started, PaymentError> {
-        let minutes = (request.expires_at - Utc::now())
-            .num_minutes()
-            .clamp(1, 15 * 24 * 60);
         let subject: String = request.description.chars().take(256).collect();
+        // An absolute end, not a span: a cashier's trade begins only when the buyer opens the
+        // URL, which must not stay payable past the order's expiry (nor a QR code once scanned).
+        let time_expire = request
+            .expires_at
+            .with_timezone(&beijing())
+            .format(TIME_FORMAT)
+            .to_string();
         let mut biz = json!({
             "out_trade_no": request.out_trade_no,
             "total_amount": fen_to_yuan(request.amount_fen),
             "subject": subject,
-            "timeout_express": format!("{minutes}m"),
+            "time_expire": time_expire,
         });
         // The cashiers are not server calls: the buyer's browser takes the signed request to
         // Alipay's gateway, and the trade exists there once the buyer opens it.

@@ -134,6 +134,11 @@ impl WechatPay {
         &self.mchid
     }
 
+    /// The app id of Native and H5 trades (`payments.wechat.appid`).
+    pub fn appid(&self) -> &str {
+        &self.appid
+    }
+
     /// The arguments a front end in `app_id` pays the trade `prepay_id` with, signed now.
     pub fn jsapi_params(&self, app_id: &str, prepay_id: &str) -> JsapiParams {
         jsapi_params(

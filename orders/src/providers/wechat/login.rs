@@ -44,6 +44,11 @@ pub enum LoginError {
     RateLimited,
     #[error("WeChat refuses to sign this account in (WeChat 40226, a high-risk account)")]
     Blocked,
+    #[error(
+        "this page is seen in WeChat's snapshot mode, which has no real OpenID: open it in full \
+         to sign in"
+    )]
+    SnapshotUser,
     #[error("WeChat could not be reached or failed: {0}")]
     Unavailable(String),
     #[error("WeChat refused the sign-in: {errcode} {errmsg}")]
@@ -57,6 +62,9 @@ struct Answer {
     openid: Option<String>,
     #[serde(default)]
     unionid: Option<String>,
+    /// 1: the official account's page is seen in snapshot mode; the OpenID is a virtual one.
+    #[serde(default)]
+    is_snapshotuser: Option<i64>,
     #[serde(default)]
     errcode: Option<i64>,
     #[serde(default)]
@@ -110,6 +118,9 @@ impl WechatLogin {
             .map_err(|e| LoginError::Unavailable(format!("unreadable answer: {e}")))?;
         // Current docs send `errcode` only on failure, older ones `errcode: 0` with the OpenID:
         // the OpenID decides.
+        if answer.is_snapshotuser == Some(1) {
+            return Err(LoginError::SnapshotUser);
+        }
         match (answer.openid, answer.errcode) {
             (Some(openid), None | Some(0)) if !openid.is_empty() => Ok(WechatIdentity {
                 appid: appid.clone(),
