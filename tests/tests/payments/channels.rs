@@ -515,3 +515,35 @@ async fn every_channel_cancels_expires_and_refunds() {
         order_becomes(&app, &token, id, "refunded").await;
     }
 }
+
+#[tokio::test]
+async fn a_jsapi_payment_that_names_another_app_is_flagged_and_never_pays() {
+    let (app, emulator) = spawn_app_with_provider(Options::default()).await;
+    let token = wechat_buyer(&app, &emulator).await;
+    let order = order_by(&app, &token, "js-app", "monthly", WAYS[1]).await;
+    let (id, no) = (
+        order["id"].as_i64().unwrap(),
+        order["order_no"].as_str().unwrap(),
+    );
+    super::notifications::paid_silently(&emulator, "wechat", no).await;
+    // Genuine, but for the shop's Native app, not the mini-program the trade was made in.
+    let (_, reply) = emulator
+        .send(json!({"provider": "wechat", "out_trade_no": no,
+                     "appid": memberline_tests::provider::WECHAT_APPID}))
+        .await;
+    assert_eq!(reply["status"], 204, "stored, so WeChat stops: {reply}");
+    let (_, now) = app.get(Some(&token), &format!("/v1/orders/{id}")).await;
+    assert_eq!(now["status"], "pending_payment");
+    let flag = app
+        .text_scalar(&format!(
+            "SELECT flag FROM payment_notifications WHERE out_trade_no = '{no}'"
+        ))
+        .await;
+    assert!(flag.starts_with("merchant"), "{flag}");
+    // The notification as WeChat really sends it, with the mini-program's app id, pays.
+    let (_, reply) = emulator
+        .send(json!({"provider": "wechat", "out_trade_no": no}))
+        .await;
+    assert_eq!(reply["status"], 204, "{reply}");
+    order_becomes(&app, &token, id, "paid").await;
+}

@@ -18,7 +18,11 @@ async fn paid_events(app: &TestApp, id: i64) -> i64 {
 }
 
 /// Pays at the emulator with notifications dropped, so each test sends its own.
-async fn paid_silently(emulator: &memberline_tests::provider::Emulator, provider: &str, no: &str) {
+pub async fn paid_silently(
+    emulator: &memberline_tests::provider::Emulator,
+    provider: &str,
+    no: &str,
+) {
     emulator
         .notify_mode(json!({"provider": provider, "mode": "drop"}))
         .await;
