@@ -330,7 +330,8 @@ test('on a phone a buyer pays by WeChat H5 and by Alipay\'s mobile cashier and s
   assert.match(await vip.textContent('#membership-detail'), /120 days left/);
 
   await vip.screenshot({ path: `${root}target/vip-phone.png`, fullPage: true });
-  const ours = errors.filter((e) => e.startsWith(base));
+  // Leaving for a cashier cuts off what the page was still loading (ERR_ABORTED): not an error.
+  const ours = errors.filter((e) => e.startsWith(base) && !e.endsWith('net::ERR_ABORTED'));
   assert.deepEqual(ours, [], 'no page of ours logs an error');
   await context.close();
 });
