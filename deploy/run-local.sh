@@ -51,6 +51,7 @@ cat <<MSG
     $MERCHANT_TOKEN
   Admin token:
     $ADMIN_TOKEN
+  Demo admin (POST /v1/auth/staff {"username", "password"}): username admin, password memberline-demo-admin
 
   Try:
     curl -s -H "Authorization: Bearer $USER_TOKEN" http://127.0.0.1:$PORT/v1/plans

@@ -11,6 +11,7 @@ pub mod hub;
 pub mod identity;
 pub mod membership;
 pub mod seed;
+pub mod staff;
 pub mod state;
 
 pub use app::Application;

@@ -53,6 +53,28 @@ enum Command {
         #[command(subcommand)]
         action: ConsoleAction,
     },
+    /// Staff accounts (who signs in to the console).
+    Staff {
+        #[command(subcommand)]
+        action: StaffAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum StaffAction {
+    /// Add a staff account; its password is read from standard input (one line).
+    Add {
+        #[arg(long)]
+        username: String,
+        /// `merchant` (the live console, orders and members, read-only) or `admin`.
+        #[arg(long)]
+        role: String,
+    },
+    /// Disable a staff account: it signs in no more.
+    Disable {
+        #[arg(long)]
+        username: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,6 +144,30 @@ async fn main() -> anyhow::Result<()> {
                 "{}",
                 keys.issue(user, role, ttl_secs.unwrap_or(settings.auth.token_ttl_secs))
             );
+            Ok(())
+        }
+        Command::Staff { action } => {
+            let db = db::connect(&settings.database).await?;
+            match action {
+                StaffAction::Add { username, role } => {
+                    let role = Role::parse(&role)
+                        .filter(|r| *r != Role::User)
+                        .with_context(|| format!("role must be merchant or admin, not {role}"))?;
+                    let mut password = String::new();
+                    std::io::stdin()
+                        .read_line(&mut password)
+                        .context("reading the password from standard input")?;
+                    let password = password.trim_end_matches(['\r', '\n']);
+                    let id = memberline_gateway::staff::add(&db, &username, password, role).await?;
+                    println!("staff {id}: {username} ({role:?})");
+                }
+                StaffAction::Disable { username } => {
+                    if !memberline_gateway::staff::disable(&db, &username).await? {
+                        anyhow::bail!("no staff account named {username}");
+                    }
+                    println!("{username} is disabled");
+                }
+            }
             Ok(())
         }
         Command::Openapi => {

@@ -1,6 +1,7 @@
 //! The demo catalogue and users, seeded idempotently: running it twice changes nothing, and it
 //! never overwrites a user's balances once the user exists.
 
+use crate::http::auth::Role;
 use memberline_schema::states::{LedgerReason, PlanKind};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 
@@ -156,8 +157,17 @@ pub async fn catalogue(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
 }
 
 /// The catalogue plus the demo users (with opening ledger entries the first time only).
+/// The demo admin's username and password (`make run` prints them). Public: a database seeded
+/// with them is a demo's.
+pub const DEMO_ADMIN: (&str, &str) = ("admin", "memberline-demo-admin");
+
 pub async fn demo(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     catalogue(db).await?;
+    match crate::staff::add(db, DEMO_ADMIN.0, DEMO_ADMIN.1, Role::Admin).await {
+        Ok(_) | Err(crate::staff::AddError::Taken(_)) => {}
+        Err(crate::staff::AddError::Database(e)) => return Err(e),
+        Err(e) => return Err(sea_orm::DbErr::Custom(e.to_string())),
+    }
     let txn = db.begin().await?;
     for (id, name, balance, points, growth) in USERS {
         let level = LEVELS

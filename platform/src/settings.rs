@@ -146,6 +146,16 @@ pub struct AuthSettings {
     pub jwt_secret: Secret,
     pub token_ttl_secs: i64,
     pub buyer_token_ttl_secs: i64,
+    pub staff_sign_in: StaffSignInSettings,
+}
+
+/// How many failed staff sign-ins are let through before the next ones wait.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaffSignInSettings {
+    pub window_secs: i64,
+    pub max_failures_per_username: i64,
+    pub max_failures_per_address: i64,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -316,6 +326,16 @@ impl Settings {
         }
         if self.auth.buyer_token_ttl_secs <= 0 {
             return invalid("auth.buyer_token_ttl_secs", "must be positive");
+        }
+        let limits = &self.auth.staff_sign_in;
+        if limits.window_secs <= 0
+            || limits.max_failures_per_username <= 0
+            || limits.max_failures_per_address <= 0
+        {
+            return invalid(
+                "auth.staff_sign_in",
+                "the window and both limits must be positive",
+            );
         }
         if self.http.body_limit_bytes == 0 {
             return invalid("http.body_limit_bytes", "must be positive");

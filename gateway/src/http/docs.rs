@@ -13,6 +13,7 @@ use utoipa::{Modify, OpenApi};
     info(title = "Memberline API", description = "Member plans, orders and payments. Amounts are integers in fen; points are integers. Errors are `{\"error\": {\"code\", \"message\"}}`. Besides the answers each operation lists, any request may be cut off with 408 after the request timeout, and an unexpected failure is an opaque 500 `internal`."),
     paths(
         super::plans::list,
+        super::sign_in::staff,
         super::sign_in::wechat,
         super::sign_in::link,
         super::me::me,

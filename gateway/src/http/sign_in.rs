@@ -1,10 +1,10 @@
-//! Signing in with WeChat: a login code from the buyer's WeChat client (`wx.login` in a
+//! Signing in. Staff with a username and password ([`crate::staff`]); buyers with WeChat: a login code from the buyer's WeChat client (`wx.login` in a
 //! mini-program, the web OAuth redirect in an official account) is exchanged with WeChat for the
 //! buyer's OpenID under that app (`memberline_orders::providers::wechat::WechatLogin`), and the
 //! buyer it belongs to gets a buyer token ([`crate::identity`]). A signed-in buyer can also link
 //! an OpenID to their account, which JSAPI payments in that app need.
 
-use super::{JsonValue, typed};
+use super::{ClientIp, JsonValue, typed};
 use crate::http::auth::{Caller, Role};
 use crate::http::error::ApiError;
 use crate::identity::{self, Linked};
@@ -190,8 +190,91 @@ pub async fn link(
     }
 }
 
+/// A staff member's username and password.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"username": "admin", "password": "correct horse battery staple"}))]
+pub struct StaffCredentials {
+    #[schema(min_length = 1, max_length = 64)]
+    pub username: String,
+    #[schema(min_length = 1, max_length = 128)]
+    pub password: String,
+}
+
+/// A staff token for the staff member who signed in.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StaffSignedIn {
+    /// A staff bearer token, valid for `auth.token_ttl_secs`.
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    pub staff: StaffView,
+}
+
+/// A staff member.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StaffView {
+    pub id: i64,
+    pub username: String,
+    /// `merchant` (the live console, orders and members, read-only) or `admin` (everything).
+    #[schema(value_type = String, example = "admin")]
+    pub role: Role,
+}
+
+/// Signs a staff member in with their username and password. An unknown username, a wrong
+/// password and a disabled account get the same answer. Failures are counted per username and
+/// per address (`auth.staff_sign_in`); past either limit the answer is 429 until the oldest
+/// failure leaves the window, whatever the password.
+#[utoipa::path(post, path = "/v1/auth/staff", tag = "auth",
+    request_body = StaffCredentials,
+    responses(
+        (status = 200, description = "Signed in", body = StaffSignedIn),
+        (status = 400, description = "`malformed_json`", body = crate::http::error::ErrorBody),
+        (status = 401, description = "`invalid_credentials`: unknown username, wrong password or disabled account", body = crate::http::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = crate::http::error::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = crate::http::error::ErrorBody),
+        (status = 422, description = "`invalid_body`", body = crate::http::error::ErrorBody),
+        (status = 429, description = "`too_many_sign_in_failures`: retry after `Retry-After` seconds", body = crate::http::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
+    ))]
+pub async fn staff(
+    State(state): State<AppState>,
+    ClientIp(address): ClientIp,
+    JsonValue(body): JsonValue,
+) -> Result<Json<StaffSignedIn>, ApiError> {
+    let req: StaffCredentials = typed(body)?;
+    let limits = &state.settings.auth.staff_sign_in;
+    let outcome =
+        crate::staff::sign_in(&state.db, limits, &req.username, &req.password, &address).await?;
+    match outcome {
+        crate::staff::SignIn::Signed(member) => {
+            let ttl = state.settings.auth.token_ttl_secs;
+            tracing::info!(staff_id = member.id, "Staff signed in");
+            Ok(Json(StaffSignedIn {
+                token: state.keys.issue(member.id, member.role, ttl),
+                expires_at: Utc::now() + Duration::seconds(ttl),
+                staff: StaffView {
+                    id: member.id,
+                    username: member.username,
+                    role: member.role,
+                },
+            }))
+        }
+        crate::staff::SignIn::Refused => Err(ApiError::unauthorized(
+            "invalid_credentials",
+            "the username or password is wrong, or the account is disabled",
+        )),
+        crate::staff::SignIn::Limited { retry_after_secs } => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sign_in_failures",
+            format!("too many failed sign-ins; try again in {retry_after_secs} s"),
+        )
+        .retry_after(retry_after_secs.max(1) as u64)),
+    }
+}
+
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/v1/auth/staff", post(staff))
         .route("/v1/auth/wechat", post(wechat))
         .route("/v1/me/wechat", post(link))
 }

@@ -73,6 +73,11 @@ impl MigratorTrait for Migrator {
                 up: include_str!("m20261207_000012_pay_channels.sql"),
                 down: include_str!("m20261207_000012_pay_channels.down.sql"),
             }),
+            Box::new(SqlMigration {
+                name: "m20261207_000013_staff",
+                up: include_str!("m20261207_000013_staff.sql"),
+                down: include_str!("m20261207_000013_staff.down.sql"),
+            }),
         ]
     }
 }

@@ -11,3 +11,4 @@ mod price_guard;
 mod purchases;
 mod relay;
 mod relay_poison;
+mod staff;

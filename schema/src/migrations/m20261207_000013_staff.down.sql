@@ -1,0 +1,2 @@
+DROP TABLE staff_sign_in_failures;
+DROP TABLE staff;

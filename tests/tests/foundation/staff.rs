@@ -1,0 +1,147 @@
+//! Staff accounts: added from the command line with the password on standard input, signed in
+//! with a username and password for a staff token, disabled; failed sign-ins slowed down per
+//! username and per address.
+
+use memberline_tests::process::{app_env, binary};
+use memberline_tests::{TestApp, spawn_app};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// `memberline staff …` against the app's database, `stdin` on its standard input.
+fn staff_command(app: &TestApp, args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = Command::new(binary("memberline"))
+        .env_clear()
+        .envs(app_env(app))
+        .arg("staff")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("memberline runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+async fn sign_in(app: &TestApp, username: &str, password: &str) -> (u16, Value, Option<String>) {
+    let res = app
+        .client
+        .post(app.url("/v1/auth/staff"))
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, res.json().await.unwrap_or(Value::Null), retry_after)
+}
+
+#[tokio::test]
+async fn an_admin_added_on_the_command_line_signs_in_and_is_refused_once_disabled() {
+    let app = spawn_app().await;
+    let added = staff_command(
+        &app,
+        &["add", "--username", "dana", "--role", "admin"],
+        "a long enough secret\n",
+    );
+    assert!(added.status.success(), "{added:?}");
+    let stdout = String::from_utf8_lossy(&added.stdout);
+    let stderr = String::from_utf8_lossy(&added.stderr);
+    assert!(
+        !stdout.contains("a long enough secret") && !stderr.contains("a long enough secret"),
+        "the password is never printed"
+    );
+    let hash = app
+        .text_scalar("SELECT password_hash FROM staff WHERE username = 'dana'")
+        .await;
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+
+    let (status, signed_in, _) = sign_in(&app, "dana", "a long enough secret").await;
+    assert_eq!(status, 200, "{signed_in}");
+    assert_eq!(signed_in["staff"]["role"], "admin");
+    // The token is an admin's: it reads the audit log.
+    let (status, _) = app
+        .get(signed_in["token"].as_str(), "/v1/admin/audit")
+        .await;
+    assert_eq!(status, 200);
+
+    let again = staff_command(
+        &app,
+        &["add", "--username", "dana", "--role", "merchant"],
+        "another long secret\n",
+    );
+    assert!(!again.status.success(), "a username is taken once");
+    let short = staff_command(
+        &app,
+        &["add", "--username", "eve", "--role", "admin"],
+        "short\n",
+    );
+    assert!(!short.status.success(), "a short password is refused");
+
+    let disabled = staff_command(&app, &["disable", "--username", "dana"], "");
+    assert!(disabled.status.success(), "{disabled:?}");
+    let (status, refused, _) = sign_in(&app, "dana", "a long enough secret").await;
+    assert_eq!(
+        (status, refused["error"]["code"].clone()),
+        (401, json!("invalid_credentials"))
+    );
+}
+
+#[tokio::test]
+async fn failed_sign_ins_are_limited_per_username_and_per_address() {
+    let app = spawn_app().await;
+    let added = staff_command(
+        &app,
+        &["add", "--username", "moe", "--role", "merchant"],
+        "mo's proper password\n",
+    );
+    assert!(added.status.success(), "{added:?}");
+    // An unknown username and a wrong password answer the same.
+    let (status, unknown, _) = sign_in(&app, "nobody", "whatever it is").await;
+    assert_eq!(
+        (status, unknown["error"]["code"].clone()),
+        (401, json!("invalid_credentials"))
+    );
+    for _ in 0..5 {
+        let (status, _, _) = sign_in(&app, "moe", "a wrong guess").await;
+        assert_eq!(status, 401);
+    }
+    // Five failures in the window: even the right password waits now.
+    let (status, limited, retry_after) = sign_in(&app, "moe", "mo's proper password").await;
+    assert_eq!(
+        (status, limited["error"]["code"].clone()),
+        (429, json!("too_many_sign_in_failures")),
+        "{limited}"
+    );
+    let secs: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=900).contains(&secs), "{secs}");
+
+    // Another username from the same address still signs in, until the address has failed 20
+    // times (the 6 above count).
+    let added = staff_command(
+        &app,
+        &["add", "--username", "kim", "--role", "merchant"],
+        "kim's proper password\n",
+    );
+    assert!(added.status.success());
+    let (status, _, _) = sign_in(&app, "kim", "kim's proper password").await;
+    assert_eq!(status, 200);
+    for i in 0..14 {
+        let (status, _, _) = sign_in(&app, &format!("guess{i}"), "a wrong guess").await;
+        assert_eq!(status, 401, "failure {i}");
+    }
+    let (status, limited, _) = sign_in(&app, "kim", "kim's proper password").await;
+    assert_eq!(
+        (status, limited["error"]["code"].clone()),
+        (429, json!("too_many_sign_in_failures"))
+    );
+}
