@@ -97,9 +97,15 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The caller as a buyer: the subject of a buyer's own requests.
-    pub fn buyer_id(&self) -> BuyerId {
-        BuyerId(self.user_id)
+    /// The caller as a buyer, the subject of a buyer's own requests; 403 for a staff token,
+    /// whose subject is a staff account, never a buyer (whatever its number).
+    pub fn buyer_id(&self) -> Result<BuyerId, ApiError> {
+        match self.role {
+            Role::User => Ok(BuyerId(self.user_id)),
+            Role::Merchant | Role::Admin => Err(ApiError::forbidden(
+                "this endpoint is a buyer's: a staff token acts for no buyer",
+            )),
+        }
     }
 
     /// 403 unless the caller has `role`.

@@ -53,6 +53,7 @@ pub struct PassView {
     responses(
         (status = 200, body = Me),
         (status = 401, description = "Missing, malformed or expired token (`missing_token`, `invalid_token`, `token_expired`), or `unknown_user`", body = crate::http::error::ErrorBody),
+        (status = 403, description = "`forbidden`: a staff token, which acts for no buyer", body = crate::http::error::ErrorBody),
         (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
     ))]
 pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
@@ -61,7 +62,7 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me
         level: lvl,
         periods,
         passes,
-    } = account::profile(&state.db, caller.buyer_id())
+    } = account::profile(&state.db, caller.buyer_id()?)
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown_user", "the token's user does not exist"))?;
     Ok(Json(Me {
@@ -131,6 +132,7 @@ pub struct Ledger {
         (status = 200, body = Ledger),
         (status = 400, description = "`invalid_query`: a bad query parameter", body = crate::http::error::ErrorBody),
         (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::http::error::ErrorBody),
+        (status = 403, description = "`forbidden`: a staff token, which acts for no buyer", body = crate::http::error::ErrorBody),
         (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
     ))]
 pub async fn ledger(
@@ -142,7 +144,7 @@ pub async fn ledger(
     let points = q.kind.is_none_or(|k| k == LedgerKind::Points);
     let balance = q.kind.is_none_or(|k| k == LedgerKind::Balance);
     let (points, balance) =
-        account::ledgers(&state.db, caller.buyer_id(), points, balance, limit).await?;
+        account::ledgers(&state.db, caller.buyer_id()?, points, balance, limit).await?;
     let mut entries = Vec::new();
     entries.extend(points.into_iter().map(|r| LedgerEntry {
         id: r.id,
@@ -217,6 +219,7 @@ pub struct Inbox {
         (status = 200, body = Inbox),
         (status = 400, description = "`invalid_query`: a bad query parameter", body = crate::http::error::ErrorBody),
         (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::http::error::ErrorBody),
+        (status = 403, description = "`forbidden`: a staff token, which acts for no buyer", body = crate::http::error::ErrorBody),
         (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
     ))]
 pub async fn notifications(
@@ -226,7 +229,7 @@ pub async fn notifications(
 ) -> Result<Json<Inbox>, ApiError> {
     let limit = query::limit(q.limit, 50, 200)?;
     let (rows, unread) =
-        account::inbox(&state.db, caller.buyer_id(), q.unread == Some(true), limit).await?;
+        account::inbox(&state.db, caller.buyer_id()?, q.unread == Some(true), limit).await?;
     Ok(Json(Inbox {
         notifications: rows.into_iter().map(NotificationView::from).collect(),
         unread,
@@ -239,6 +242,7 @@ pub async fn notifications(
     responses(
         (status = 200, body = NotificationView),
         (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::http::error::ErrorBody),
+        (status = 403, description = "`forbidden`: a staff token, which acts for no buyer", body = crate::http::error::ErrorBody),
         (status = 404, description = "`notification_not_found` (also for an id that is not a number)", body = crate::http::error::ErrorBody),
         (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
     ))]
@@ -249,7 +253,7 @@ pub async fn mark_read(
 ) -> Result<Json<NotificationView>, ApiError> {
     let not_found = || ApiError::not_found("notification_not_found", "no such notification");
     let axum::extract::Path(id) = path.map_err(|_| not_found())?;
-    let n = account::mark_read(&state.db, caller.buyer_id(), id)
+    let n = account::mark_read(&state.db, caller.buyer_id()?, id)
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(n.into()))

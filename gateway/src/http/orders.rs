@@ -100,6 +100,7 @@ const PRICE_FIELDS: [&str; 8] = [
         (status = 201, description = "Order created and paid, or (wechat, alipay) created `pending_payment` with its `payment`: `code_url` to scan, `jsapi_params` for `wx.requestPayment`, `h5_url` or `pay_url` to open; or the replay of the first response", body = OrderView),
         (status = 400, description = "`idempotency_key_required`, `invalid_idempotency_key`, `malformed_json`", body = crate::http::error::ErrorBody),
         (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`, `unknown_user`", body = crate::http::error::ErrorBody),
+        (status = 403, description = "`forbidden`: a staff token, which acts for no buyer", body = crate::http::error::ErrorBody),
         (status = 404, description = "`plan_not_found`", body = crate::http::error::ErrorBody),
         (status = 409, description = "`free_plan_already_claimed`, `already_permanent`, `price_changed` (the current price in `details`), `wechat_identity_required` (a `jsapi` order of a buyer without an OpenID under that app)", body = crate::http::error::ErrorBody),
         (status = 413, description = "`payload_too_large`", body = crate::http::error::ErrorBody),
@@ -139,7 +140,7 @@ pub async fn create(
         ));
     }
     let cmd = PlaceOrder {
-        buyer_id: caller.buyer_id(),
+        buyer_id: caller.buyer_id()?,
         plan_id: req.plan_id,
         pay_method: req.pay_method,
         expected: ExpectedPrice {
@@ -177,6 +178,7 @@ pub async fn create(
     responses(
         (status = 200, body = OrderView),
         (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::http::error::ErrorBody),
+        (status = 403, description = "`forbidden`: a staff token, which acts for no buyer", body = crate::http::error::ErrorBody),
         (status = 404, description = "`order_not_found` (also for an id that is not a number)", body = crate::http::error::ErrorBody),
         (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
     ))]
@@ -187,7 +189,7 @@ pub async fn get_one(
 ) -> Result<Json<OrderView>, ApiError> {
     let not_found = || ApiError::not_found("order_not_found", "no such order");
     let Path(id) = path.map_err(|_| not_found())?;
-    let found = store::orders::of_buyer(&state.db, id, caller.buyer_id(), false)
+    let found = store::orders::of_buyer(&state.db, id, caller.buyer_id()?, false)
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(found.into()))
@@ -202,6 +204,7 @@ pub async fn get_one(
     responses(
         (status = 200, description = "The order, `closed`", body = OrderView),
         (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::http::error::ErrorBody),
+        (status = 403, description = "`forbidden`: a staff token, which acts for no buyer", body = crate::http::error::ErrorBody),
         (status = 404, description = "`order_not_found` (also for an id that is not a number, and for another buyer's order)", body = crate::http::error::ErrorBody),
         (status = 409, description = "`order_not_pending`: the order is paid (or refunded)", body = crate::http::error::ErrorBody),
         (status = 502, description = "`provider_unavailable`: the provider could not be reached; the order is still pending, try again", body = crate::http::error::ErrorBody),
@@ -213,7 +216,7 @@ pub async fn cancel(
     path: Result<Path<OrderId>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<OrderView>, ApiError> {
     let Path(id) = path.map_err(|_| ApiError::not_found("order_not_found", "no such order"))?;
-    let closed = orders::cancel(&state.db, &state.payments, caller.buyer_id(), id).await?;
+    let closed = orders::cancel(&state.db, &state.payments, caller.buyer_id()?, id).await?;
     Ok(Json(closed.into()))
 }
 
@@ -231,6 +234,7 @@ pub struct Reminded {
     responses(
         (status = 202, description = "The shop is reminded", body = Reminded),
         (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::http::error::ErrorBody),
+        (status = 403, description = "`forbidden`: a staff token, which acts for no buyer", body = crate::http::error::ErrorBody),
         (status = 404, description = "`order_not_found` (also another buyer's order)", body = crate::http::error::ErrorBody),
         (status = 409, description = "`order_not_paid`: only a paid order can be reminded about", body = crate::http::error::ErrorBody),
         (status = 429, description = "`remind_too_soon`: one reminder a minute; `Retry-After` says when", body = crate::http::error::ErrorBody),
@@ -243,7 +247,7 @@ pub async fn remind(
     path: Result<Path<OrderId>, axum::extract::rejection::PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = path.map_err(|_| ApiError::not_found("order_not_found", "no such order"))?;
-    let now = orders::remind::remind(&state.db, caller.buyer_id(), id, correlation_id).await?;
+    let now = orders::remind::remind(&state.db, caller.buyer_id()?, id, correlation_id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Reminded {
@@ -278,6 +282,7 @@ pub struct OrderPage {
         (status = 200, body = OrderPage),
         (status = 400, description = "`invalid_query`", body = crate::http::error::ErrorBody),
         (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::http::error::ErrorBody),
+        (status = 403, description = "`forbidden`: a staff token, which acts for no buyer", body = crate::http::error::ErrorBody),
         (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
     ))]
 pub async fn list(
@@ -287,7 +292,7 @@ pub async fn list(
 ) -> Result<Json<OrderPage>, ApiError> {
     let limit = query::limit(q.limit, 20, 100)?;
     let (rows, next_cursor) =
-        store::orders::page(&state.db, Some(caller.buyer_id()), q.cursor, limit).await?;
+        store::orders::page(&state.db, Some(caller.buyer_id()?), q.cursor, limit).await?;
     Ok(Json(OrderPage {
         orders: rows.into_iter().map(OrderView::from).collect(),
         next_cursor,

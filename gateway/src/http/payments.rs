@@ -294,6 +294,7 @@ pub async fn alipay_return(
     responses(
         (status = 200, description = "The QR code", content_type = "image/png", body = PngImage),
         (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`", body = crate::http::error::ErrorBody),
+        (status = 403, description = "`forbidden`: a staff token, which acts for no buyer", body = crate::http::error::ErrorBody),
         (status = 404, description = "`qr_not_available`: no such order of yours, or it is not a pending provider order paid by a QR code (`native`, `qr`)", body = crate::http::error::ErrorBody),
         (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
     ))]
@@ -305,9 +306,10 @@ pub async fn qr_png(
     let not_available =
         || ApiError::not_found("qr_not_available", "no pending payment code for this order");
     let Path(id) = path.map_err(|_| not_available())?;
-    let found = memberline_orders::store::orders::of_buyer(&state.db, id, caller.buyer_id(), false)
-        .await?
-        .ok_or_else(not_available)?;
+    let found =
+        memberline_orders::store::orders::of_buyer(&state.db, id, caller.buyer_id()?, false)
+            .await?
+            .ok_or_else(not_available)?;
     let payment = memberline_orders::view::PaymentView::of(&found).ok_or_else(not_available)?;
     let code_url = payment.started.code_url.ok_or_else(not_available)?;
     let png = qr::png(&code_url).map_err(ApiError::internal)?;

@@ -156,7 +156,7 @@ pub async fn wechat(
         (status = 413, description = "`payload_too_large`", body = crate::http::error::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = crate::http::error::ErrorBody),
         (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`, `unknown_user`", body = crate::http::error::ErrorBody),
-        (status = 403, description = "`wechat_user_blocked`, `wechat_snapshot_user`", body = crate::http::error::ErrorBody),
+        (status = 403, description = "`wechat_user_blocked`, `wechat_snapshot_user`; `forbidden`: a staff token, which acts for no buyer", body = crate::http::error::ErrorBody),
         (status = 409, description = "`wechat_identity_taken` (the OpenID belongs to another buyer), `wechat_app_already_linked` (the caller has another OpenID under this app)", body = crate::http::error::ErrorBody),
         (status = 422, description = "`wechat_app_unavailable`, `invalid_body`, `invalid_field`", body = crate::http::error::ErrorBody),
         (status = 429, description = "`wechat_rate_limited`", body = crate::http::error::ErrorBody),
@@ -169,11 +169,11 @@ pub async fn link(
     JsonValue(body): JsonValue,
 ) -> Result<Json<LinkedIdentity>, ApiError> {
     let app = typed::<WechatCode>(body.clone())?.app;
-    memberline_orders::store::catalogue::buyer(&state.db, caller.buyer_id())
+    memberline_orders::store::catalogue::buyer(&state.db, caller.buyer_id()?)
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown_user", "the token's user does not exist"))?;
     let identity = exchange(&state, body).await?;
-    match identity::link(&state.db, caller.buyer_id(), &identity).await? {
+    match identity::link(&state.db, caller.buyer_id()?, &identity).await? {
         Linked::Linked => Ok(Json(LinkedIdentity {
             app,
             appid: identity.appid,

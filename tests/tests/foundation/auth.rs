@@ -120,3 +120,63 @@ async fn a_token_for_a_user_that_does_not_exist_is_unauthorized() {
     assert_eq!(status, 401);
     assert_eq!(body["error"]["code"], "unknown_user");
 }
+
+#[tokio::test]
+async fn a_staff_token_cannot_buy_as_or_read_the_buyer_with_the_same_number() {
+    let app = spawn_app().await;
+    let buyer = app.create_user("Namesake", 100_000, 50_000).await;
+    let (_, own) = app
+        .order(
+            &app.user_token(buyer),
+            "own-1",
+            json!({"plan_id": app.plan_id("monthly").await, "pay_method": "balance"}),
+        )
+        .await;
+    for role in [Role::Merchant, Role::Admin] {
+        // A staff account numbered like the buyer: its token acts for no buyer.
+        let staff = app.token(buyer, role);
+        let monthly = app.plan_id("monthly").await;
+        let (status, body) = app
+            .order(
+                &staff,
+                &format!("as-buyer-{role:?}"),
+                json!({"plan_id": monthly, "pay_method": "balance"}),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (403, json!("forbidden")),
+            "{role:?}"
+        );
+        for path in [
+            "/v1/me".to_owned(),
+            "/v1/me/ledger".to_owned(),
+            "/v1/me/notifications".to_owned(),
+            "/v1/orders".to_owned(),
+            format!("/v1/orders/{}", own["id"]),
+        ] {
+            let (status, _) = app.get(Some(&staff), &path).await;
+            assert_eq!(status, 403, "{role:?} {path}");
+        }
+        // The catalogue shows a staff token the prices everyone sees, no buyer's.
+        let (status, plans) = app.get(Some(&staff), "/v1/plans").await;
+        assert_eq!(status, 200);
+        assert!(
+            plans["plans"][0].get("buyer_price_fen").is_none(),
+            "{plans}"
+        );
+    }
+    let (_, me) = app.get(Some(&app.user_token(buyer)), "/v1/me").await;
+    assert_eq!(
+        me["balance_fen"],
+        100_000 - own["amount_fen"].as_i64().unwrap()
+    );
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT count(*) FROM orders WHERE buyer_id = {buyer}"
+        ))
+        .await,
+        1,
+        "only the buyer's own order"
+    );
+}
