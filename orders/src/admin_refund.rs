@@ -28,6 +28,7 @@ pub struct RefundOrder {
 impl RefundOrder {
     fn key(&self) -> idempotency::Key<'_> {
         idempotency::Key {
+            owner_kind: idempotency::OwnerKind::Staff,
             owner: self.actor_id,
             key: &self.idempotency_key,
             request_hash: &self.request_hash,

@@ -33,6 +33,7 @@ pub struct AdminRequest {
 impl AdminRequest {
     fn key(&self) -> idempotency::Key<'_> {
         idempotency::Key {
+            owner_kind: idempotency::OwnerKind::Staff,
             owner: self.actor_id,
             key: &self.idempotency_key,
             request_hash: &self.request_hash,

@@ -265,6 +265,7 @@ pub(crate) async fn lock_buyer(
 impl PlaceOrder {
     pub(crate) fn key(&self) -> idempotency::Key<'_> {
         idempotency::Key {
+            owner_kind: idempotency::OwnerKind::Buyer,
             owner: self.buyer_id.0,
             key: &self.idempotency_key,
             request_hash: &self.request_hash,

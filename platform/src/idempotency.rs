@@ -10,10 +10,28 @@
 use memberline_schema::ids::OrderId;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement};
 
+/// Whose key spaces are apart: a buyer's and a staff member's, whatever their numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerKind {
+    Buyer,
+    Staff,
+}
+
+impl OwnerKind {
+    /// The text of `idempotency_keys.owner_kind`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OwnerKind::Buyer => "buyer",
+            OwnerKind::Staff => "staff",
+        }
+    }
+}
+
 /// A key as one request sent it: whose it is, the key, and the hash of the request.
 #[derive(Clone, Copy, Debug)]
 pub struct Key<'a> {
-    /// Whose key space: the caller's id.
+    /// Whose key space: the caller's kind and id.
+    pub owner_kind: OwnerKind,
     pub owner: i64,
     pub key: &'a str,
     pub request_hash: &'a str,
@@ -109,22 +127,25 @@ impl Stored {
     }
 }
 
-/// The key `key` of `owner` (SQL expressions) as a subquery of at most one row, for a
-/// `LEFT JOIN LATERAL`; read its columns with [`Stored::from_row`].
-pub fn lookup_sql(owner: &str, key: &str) -> String {
+/// The key `key` of the `kind` owner `owner` (SQL expressions) as a subquery of at most one
+/// row, for a `LEFT JOIN LATERAL`; read its columns with [`Stored::from_row`].
+pub fn lookup_sql(kind: OwnerKind, owner: &str, key: &str) -> String {
     format!(
         "(SELECT request_hash, status_code, response_body, order_id FROM idempotency_keys \
-          WHERE user_id = {owner} AND key = {key} LIMIT 1)"
+          WHERE owner_kind = '{}' AND user_id = {owner} AND key = {key} LIMIT 1)",
+        kind.as_str()
     )
 }
 
-/// Claims keys with their answers already, one per row of `select` (which yields owner, key,
-/// request hash, status, body and order id, in that order); `RETURNING 1` per key claimed, so
-/// a key taken meanwhile shows as a missing row.
-pub fn insert_answered_sql(select: &str) -> String {
+/// Claims keys of `kind` owners with their answers already, one per row of `select` (which
+/// yields owner, key, request hash, status, body and order id, in that order); `RETURNING 1`
+/// per key claimed, so a key taken meanwhile shows as a missing row.
+pub fn insert_answered_sql(kind: OwnerKind, select: &str) -> String {
     format!(
-        "INSERT INTO idempotency_keys (user_id, key, request_hash, status_code, response_body, \
-         order_id) {select} ON CONFLICT DO NOTHING RETURNING 1"
+        "INSERT INTO idempotency_keys (owner_kind, user_id, key, request_hash, status_code, \
+         response_body, order_id) SELECT '{}', s.* FROM ({select}) s \
+         ON CONFLICT DO NOTHING RETURNING 1",
+        kind.as_str()
     )
 }
 
@@ -133,9 +154,14 @@ pub async fn claim<C: ConnectionTrait>(txn: &C, key: Key<'_>) -> Result<Claim, C
     let claimed = txn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING RETURNING user_id",
-            [key.owner.into(), key.key.into(), key.request_hash.into()],
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, owner_kind) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING user_id",
+            [
+                key.owner.into(),
+                key.key.into(),
+                key.request_hash.into(),
+                key.owner_kind.as_str().into(),
+            ],
         ))
         .await?;
     if claimed.is_some() {
@@ -145,7 +171,10 @@ pub async fn claim<C: ConnectionTrait>(txn: &C, key: Key<'_>) -> Result<Claim, C
     let row = txn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            format!("SELECT k.* FROM {} k", lookup_sql("$1", "$2")),
+            format!(
+                "SELECT k.* FROM {} k",
+                lookup_sql(key.owner_kind, "$1", "$2")
+            ),
             [key.owner.into(), key.key.into()],
         ))
         .await?
@@ -164,8 +193,14 @@ pub async fn link<C: ConnectionTrait>(
 ) -> Result<(), DbErr> {
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "UPDATE idempotency_keys SET order_id = $3 WHERE user_id = $1 AND key = $2",
-        [key.owner.into(), key.key.into(), order_id.into()],
+        "UPDATE idempotency_keys SET order_id = $3 \
+         WHERE user_id = $1 AND key = $2 AND owner_kind = $4",
+        [
+            key.owner.into(),
+            key.key.into(),
+            order_id.into(),
+            key.owner_kind.as_str().into(),
+        ],
     ))
     .await?;
     Ok(())
@@ -180,12 +215,13 @@ pub async fn store<C: ConnectionTrait>(
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "UPDATE idempotency_keys SET status_code = $3, response_body = $4 \
-         WHERE user_id = $1 AND key = $2",
+         WHERE user_id = $1 AND key = $2 AND owner_kind = $5",
         [
             key.owner.into(),
             key.key.into(),
             (answer.status as i16).into(),
             answer.body.clone().into(),
+            key.owner_kind.as_str().into(),
         ],
     ))
     .await?;
@@ -197,8 +233,12 @@ pub async fn store<C: ConnectionTrait>(
 pub async fn release<C: ConnectionTrait>(txn: &C, key: Key<'_>) -> Result<(), DbErr> {
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2",
-        [key.owner.into(), key.key.into()],
+        "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND owner_kind = $3",
+        [
+            key.owner.into(),
+            key.key.into(),
+            key.owner_kind.as_str().into(),
+        ],
     ))
     .await?;
     Ok(())
@@ -210,6 +250,7 @@ mod tests {
 
     fn key(hash: &str) -> Key<'_> {
         Key {
+            owner_kind: OwnerKind::Buyer,
             owner: 1,
             key: "k",
             request_hash: hash,

@@ -59,7 +59,7 @@ pub async fn prune(db: &DatabaseConnection, settings: &RetentionSettings) -> Res
         },
         Rule {
             table: "idempotency_keys",
-            key: "user_id, key",
+            key: "owner_kind, user_id, key",
             column: "created_at",
             window: Duration::from_secs(3_600) * settings.idempotency_key_hours,
         },

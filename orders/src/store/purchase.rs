@@ -133,7 +133,7 @@ static CHECK_SQL: LazyLock<String> = LazyLock::new(|| {
         permanent_count("r.buyer"),
         free_claims("r.buyer", "r.plan"),
         outbox::notify_setting_sql("$2"),
-        idempotency::lookup_sql("r.buyer", "r.key"),
+        idempotency::lookup_sql(idempotency::OwnerKind::Buyer, "r.buyer", "r.key"),
     )
 });
 
@@ -313,6 +313,7 @@ WITH r AS MATERIALIZED (
 SELECT (SELECT count(*) FROM k) AS keys_claimed",
         outbox::insert_sql("r.outbox", Some("r")),
         idempotency::insert_answered_sql(
+            idempotency::OwnerKind::Buyer,
             "SELECT key_user_id, key, request_hash, 201, response, id FROM r"
         ),
     )

@@ -5,6 +5,9 @@ use sea_orm::entity::prelude::*;
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "idempotency_keys")]
 pub struct Model {
+    /// `buyer` or `staff`: their key spaces are apart, whatever their numbers.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub owner_kind: String,
     #[sea_orm(primary_key, auto_increment = false)]
     pub user_id: i64,
     #[sea_orm(primary_key, auto_increment = false)]
@@ -14,6 +17,7 @@ pub struct Model {
     #[sea_orm(column_type = "JsonBinary", nullable)]
     pub response_body: Option<Json>,
     pub created_at: DateTimeUtc,
+    pub order_id: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

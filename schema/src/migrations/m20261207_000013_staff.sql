@@ -18,3 +18,9 @@ CREATE TABLE staff_sign_in_failures (
 );
 CREATE INDEX staff_sign_in_failures_by_username ON staff_sign_in_failures (username, at);
 CREATE INDEX staff_sign_in_failures_by_address ON staff_sign_in_failures (address, at);
+
+-- A staff member's Idempotency-Keys and a buyer's are kept apart, whatever their numbers.
+ALTER TABLE idempotency_keys
+    ADD COLUMN owner_kind TEXT NOT NULL DEFAULT 'buyer' CHECK (owner_kind IN ('buyer', 'staff'));
+ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_pkey;
+ALTER TABLE idempotency_keys ADD PRIMARY KEY (owner_kind, user_id, key);

@@ -172,3 +172,39 @@ async fn a_refused_request_does_not_burn_its_key() {
     let (status, _) = app.order(&token, "retry-later", body).await;
     assert_eq!(status, 201);
 }
+
+#[tokio::test]
+async fn a_staff_members_key_and_a_buyers_same_key_are_apart_whatever_their_numbers() {
+    let app = spawn_app().await;
+    let buyer = app.create_user("Shared number", 0, 100_000).await;
+    let weekly = app.plan_id("monthly").await;
+    // An admin whose staff number is the buyer's grants with a key...
+    let admin = app.token(buyer, memberline_gateway::http::auth::Role::Admin);
+    let (status, granted) = app
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/admin/users/{buyer}/membership"),
+            &admin,
+            Some("same-key"),
+            json!({"plan_id": weekly, "reason": "goodwill"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{granted}");
+    // ...and the buyer's own purchase under the same key is a purchase of its own, neither a
+    // replay of the grant nor a reused key.
+    let (status, bought) = app
+        .order(
+            &app.user_token(buyer),
+            "same-key",
+            json!({"plan_id": weekly, "pay_method": "points"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{bought}");
+    assert_eq!(bought["pay_method"], "points");
+    assert_ne!(bought["id"], granted["id"]);
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM idempotency_keys WHERE key = 'same-key'")
+            .await,
+        2
+    );
+}
