@@ -1,4 +1,7 @@
-//! Bearer tokens: HS256 JWTs whose `sub` is the user id and `role` is `user | merchant | admin`.
+//! Bearer tokens: HS256 JWTs whose `sub` is the subject's id, `role` is `user | merchant | admin`
+//! and `kind` says whose id it is: a buyer's (`user`) or a staff member's (`merchant`, `admin`).
+//! Buyers and staff are numbered apart, so a staff token acts for no buyer
+//! ([`Caller::buyer_id`]).
 //!
 //! A missing, malformed or expired token is 401 with a distinct code; a valid token for the
 //! wrong role is 403. Ownership (another user's order is 404) is checked by the handlers.
@@ -18,7 +21,23 @@ pub enum Role {
     Admin,
 }
 
+/// Whose id a token's `sub` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubjectKind {
+    Buyer,
+    Staff,
+}
+
 impl Role {
+    /// The kind of subject that holds this role.
+    pub fn subject_kind(self) -> SubjectKind {
+        match self {
+            Role::User => SubjectKind::Buyer,
+            Role::Merchant | Role::Admin => SubjectKind::Staff,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "user" => Some(Role::User),
@@ -34,6 +53,9 @@ pub struct Claims {
     /// The user id, as a decimal string.
     pub sub: String,
     pub role: Role,
+    /// Absent in tokens minted before it existed; the role says the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<SubjectKind>,
     pub iat: i64,
     pub exp: i64,
 }
@@ -59,6 +81,7 @@ impl Keys {
         let claims = Claims {
             sub: user_id.to_string(),
             role,
+            kind: Some(role.subject_kind()),
             iat: now,
             exp: now + ttl_secs,
         };
@@ -82,6 +105,16 @@ impl Keys {
         let user_id = data.claims.sub.parse::<i64>().map_err(|_| {
             ApiError::unauthorized("invalid_token", "the token subject is not a user id")
         })?;
+        if data
+            .claims
+            .kind
+            .is_some_and(|k| k != data.claims.role.subject_kind())
+        {
+            return Err(ApiError::unauthorized(
+                "invalid_token",
+                "the token's role does not fit the kind of its subject",
+            ));
+        }
         Ok(Caller {
             user_id,
             role: data.claims.role,
@@ -198,6 +231,34 @@ mod tests {
         let caller = keys.verify(&keys.issue(42, Role::Merchant, 60)).unwrap();
         assert_eq!(caller.user_id, 42);
         assert_eq!(caller.role, Role::Merchant);
+    }
+
+    #[test]
+    fn a_token_says_whose_id_its_subject_is_and_a_role_that_does_not_fit_is_refused() {
+        let keys = Keys::new(SECRET);
+        for (role, kind) in [
+            (Role::User, "buyer"),
+            (Role::Merchant, "staff"),
+            (Role::Admin, "staff"),
+        ] {
+            let token = keys.issue(7, role, 60);
+            let claims = jsonwebtoken::decode::<serde_json::Value>(
+                &token,
+                &DecodingKey::from_secret(SECRET.as_bytes()),
+                &Validation::new(Algorithm::HS256),
+            )
+            .unwrap()
+            .claims;
+            assert_eq!(claims["kind"], kind, "{role:?}");
+        }
+        let now = chrono::Utc::now().timestamp();
+        let forged = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "7", "role": "admin", "kind": "buyer", "iat": now, "exp": now + 60}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(keys.verify(&forged).unwrap_err().code, "invalid_token");
     }
 
     #[test]
