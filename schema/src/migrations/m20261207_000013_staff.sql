@@ -24,3 +24,13 @@ ALTER TABLE idempotency_keys
     ADD COLUMN owner_kind TEXT NOT NULL DEFAULT 'buyer' CHECK (owner_kind IN ('buyer', 'staff'));
 ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_pkey;
 ALTER TABLE idempotency_keys ADD PRIMARY KEY (owner_kind, user_id, key);
+
+-- The keys staff used before owners had kinds: an admin's grant, refund or revocation, told by
+-- its stored answer (a buyer's purchase answers `paid` or `pending_payment`, never these) or by
+-- the order it is linked to being another buyer's. Their retries stay replays.
+UPDATE idempotency_keys k SET owner_kind = 'staff'
+WHERE k.response_body ->> 'pay_method' = 'admin_grant'
+   OR k.response_body ->> 'status' IN ('refunded', 'refund_pending')
+   OR k.response_body ->> 'revoked_at' IS NOT NULL
+   OR k.response_body -> 'error' ->> 'code' = 'refund_failed'
+   OR EXISTS (SELECT 1 FROM orders o WHERE o.id = k.order_id AND o.buyer_id <> k.user_id);

@@ -71,3 +71,34 @@ async fn the_database_refuses_a_negative_balance_even_without_the_code() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_admins_keys_stored_before_owners_had_kinds_stay_the_admins() {
+    let db = TestDb::create_with(false).await;
+    // Every migration but the staff one.
+    let before = Migrator::migrations().len() as u32 - 1;
+    Migrator::up(&db.conn, Some(before)).await.unwrap();
+    db.conn
+        .execute_unprepared(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, status_code, response_body) VALUES \
+             (7, 'grant', 'h', 201, '{\"pay_method\": \"admin_grant\", \"status\": \"paid\"}'), \
+             (7, 'refund', 'h', 200, '{\"pay_method\": \"balance\", \"status\": \"refunded\"}'), \
+             (7, 'revoke', 'h', 202, '{\"user_id\": 3, \"revoked_at\": \"2026-12-07T00:00:00Z\"}'), \
+             (7, 'buy', 'h', 201, '{\"pay_method\": \"balance\", \"status\": \"paid\"}')",
+        )
+        .await
+        .unwrap();
+    Migrator::up(&db.conn, None).await.unwrap();
+    let kinds: String = db
+        .conn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT string_agg(key || '=' || owner_kind, ',' ORDER BY key) FROM idempotency_keys",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index(0)
+        .unwrap();
+    assert_eq!(kinds, "buy=buyer,grant=staff,refund=staff,revoke=staff");
+}
