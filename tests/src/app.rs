@@ -373,6 +373,33 @@ impl TestApp {
         .await
     }
 
+    /// POST of a JSON body without a token (a sign-in): the status, the JSON answer and its
+    /// `Retry-After`, if any.
+    pub async fn post_signed_out(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value, Option<String>) {
+        let res = self
+            .client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = res.status().as_u16();
+        let retry_after = res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (
+            status,
+            res.json().await.unwrap_or(serde_json::Value::Null),
+            retry_after,
+        )
+    }
+
     /// GET with a token; returns status and JSON body.
     pub async fn get(&self, token: Option<&str>, path: &str) -> (u16, serde_json::Value) {
         let mut req = self.client.get(self.url(path));

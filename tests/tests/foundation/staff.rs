@@ -30,19 +30,11 @@ fn staff_command(app: &TestApp, args: &[&str], stdin: &str) -> std::process::Out
 }
 
 async fn sign_in(app: &TestApp, username: &str, password: &str) -> (u16, Value, Option<String>) {
-    let res = app
-        .client
-        .post(app.url("/v1/auth/staff"))
-        .json(&json!({"username": username, "password": password}))
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let retry_after = res
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
-    (status, res.json().await.unwrap_or(Value::Null), retry_after)
+    app.post_signed_out(
+        "/v1/auth/staff",
+        json!({"username": username, "password": password}),
+    )
+    .await
 }
 
 #[tokio::test]

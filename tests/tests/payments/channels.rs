@@ -95,15 +95,13 @@ pub async fn login_code(emulator: &Emulator, app: &str, openid: Option<&str>) ->
 /// A buyer signed in from the mini-program with the official account linked too: their token.
 pub async fn wechat_buyer(app: &TestApp, emulator: &Emulator) -> String {
     let (code, _) = login_code(emulator, "miniprogram", None).await;
-    let res = app
-        .client
-        .post(app.url("/v1/auth/wechat"))
-        .json(&json!({"app": "miniprogram", "code": code}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let signed_in: Value = res.json().await.unwrap();
+    let (status, signed_in, _) = app
+        .post_signed_out(
+            "/v1/auth/wechat",
+            json!({"app": "miniprogram", "code": code}),
+        )
+        .await;
+    assert_eq!(status, 200, "{signed_in}");
     let token = signed_in["token"].as_str().unwrap().to_owned();
     let (code, _) = login_code(emulator, "official_account", None).await;
     let (status, linked) = link(app, &token, "official_account", &code).await;

@@ -8,19 +8,8 @@ use memberline_tests::{Options, TestApp, spawn_app_with};
 use serde_json::{Value, json};
 
 async fn sign_in(app: &TestApp, wechat_app: &str, code: &str) -> (u16, Value, Option<String>) {
-    let res = app
-        .client
-        .post(app.url("/v1/auth/wechat"))
-        .json(&json!({"app": wechat_app, "code": code}))
-        .send()
+    app.post_signed_out("/v1/auth/wechat", json!({"app": wechat_app, "code": code}))
         .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let retry_after = res
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
-    (status, res.json().await.unwrap_or(Value::Null), retry_after)
 }
 
 #[tokio::test]
