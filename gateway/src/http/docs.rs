@@ -32,6 +32,7 @@ use utoipa::{Modify, OpenApi};
         super::admin_actions::audit,
         crate::http::push::merchant::stream,
         super::merchant::orders,
+        super::merchant::search,
         crate::http::push::tickets::merchant_ticket,
         crate::http::push::buyer::stream,
         crate::http::push::tickets::my_ticket,

@@ -291,8 +291,13 @@ pub async fn list(
     ValidQuery(q): ValidQuery<ListQuery>,
 ) -> Result<Json<OrderPage>, ApiError> {
     let limit = query::limit(q.limit, 20, 100)?;
-    let (rows, next_cursor) =
-        store::orders::page(&state.db, Some(caller.buyer_id()?), q.cursor, limit).await?;
+    let (rows, next_cursor) = store::orders::page(
+        &state.db,
+        &store::orders::OrderFilter::of_buyer(caller.buyer_id()?),
+        q.cursor,
+        limit,
+    )
+    .await?;
     Ok(Json(OrderPage {
         orders: rows.into_iter().map(OrderView::from).collect(),
         next_cursor,

@@ -8,7 +8,7 @@ use crate::rules::Counts;
 use chrono::{DateTime, Utc};
 use memberline_schema::entities::order;
 use memberline_schema::ids::{BuyerId, OrderId, PlanId};
-use memberline_schema::states::OrderStatus;
+use memberline_schema::states::{OrderStatus, PayChannel, PayMethod};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
@@ -48,19 +48,56 @@ pub async fn of_buyer<C: ConnectionTrait>(
     }
 }
 
-/// A page of orders, newest first: `buyer_id`'s, or everyone's; before order `cursor` when
-/// given; at most `limit`. The cursor of the next page when there is one.
+/// Which orders a page lists: all of them, or those of one buyer, status, pay method or
+/// channel, created in `[from, to)`.
+#[derive(Clone, Debug, Default)]
+pub struct OrderFilter {
+    pub buyer_id: Option<BuyerId>,
+    pub status: Option<OrderStatus>,
+    pub pay_method: Option<PayMethod>,
+    pub channel: Option<PayChannel>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+impl OrderFilter {
+    /// One buyer's orders.
+    pub fn of_buyer(buyer_id: BuyerId) -> Self {
+        Self {
+            buyer_id: Some(buyer_id),
+            ..Self::default()
+        }
+    }
+}
+
+/// A page of the orders `filter` lets through, newest first; before order `cursor` when given;
+/// at most `limit`. The cursor of the next page when there is one.
 pub async fn page<C: ConnectionTrait>(
     conn: &C,
-    buyer_id: Option<BuyerId>,
+    filter: &OrderFilter,
     cursor: Option<i64>,
     limit: u64,
 ) -> Result<(Vec<order::Model>, Option<i64>), DbErr> {
     let mut select = order::Entity::find()
         .order_by_desc(order::Column::Id)
         .limit(limit + 1);
-    if let Some(buyer_id) = buyer_id {
+    if let Some(buyer_id) = filter.buyer_id {
         select = select.filter(order::Column::BuyerId.eq(buyer_id));
+    }
+    if let Some(status) = filter.status {
+        select = select.filter(order::Column::Status.eq(status));
+    }
+    if let Some(pay_method) = filter.pay_method {
+        select = select.filter(order::Column::PayMethod.eq(pay_method));
+    }
+    if let Some(channel) = filter.channel {
+        select = select.filter(order::Column::Channel.eq(channel));
+    }
+    if let Some(from) = filter.from {
+        select = select.filter(order::Column::CreatedAt.gte(from));
+    }
+    if let Some(to) = filter.to {
+        select = select.filter(order::Column::CreatedAt.lt(to));
     }
     if let Some(cursor) = cursor {
         select = select.filter(order::Column::Id.lt(cursor));

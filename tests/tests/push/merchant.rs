@@ -465,3 +465,88 @@ async fn the_console_lists_every_buyers_orders_newest_first_with_their_names_for
         (400, &json!("invalid_query"))
     );
 }
+
+#[tokio::test]
+async fn staff_find_orders_by_status_pay_method_channel_date_and_buyer_page_by_page() {
+    let app = spawn_app_with(Options::default()).await;
+    let ann = app.create_user("Ann", 1_000_000, 1_000_000).await;
+    let bo = app.create_user("Bo", 1_000_000, 0).await;
+    let monthly = app.plan_id("monthly").await;
+    let mut ann_orders = vec![];
+    for (key, method) in [("a-1", "balance"), ("a-2", "points"), ("a-3", "balance")] {
+        let (status, o) = app
+            .order(
+                &app.user_token(ann),
+                key,
+                json!({"plan_id": monthly, "pay_method": method}),
+            )
+            .await;
+        assert_eq!(status, 201, "{o}");
+        ann_orders.push(o["id"].as_i64().unwrap());
+    }
+    let bo_order = buy(&app, &app.user_token(bo), "b-1").await;
+    let (status, refunded) = app.refund(ann_orders[2], "r-1", "test").await;
+    assert_eq!(status, 200, "{refunded}");
+
+    let ids = |page: &Value| -> Vec<i64> {
+        page["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_i64().unwrap())
+            .collect()
+    };
+    let staff = merchant(&app);
+    let search = |query: String| {
+        let (app, staff) = (&app, &staff);
+        async move {
+            let (status, page) = app
+                .get(Some(staff), &format!("/v1/admin/orders?{query}"))
+                .await;
+            assert_eq!(status, 200, "{query}: {page}");
+            page
+        }
+    };
+    assert_eq!(
+        ids(&search(format!("buyer_id={ann}")).await),
+        vec![ann_orders[2], ann_orders[1], ann_orders[0]]
+    );
+    assert_eq!(
+        ids(&search("pay_method=points".into()).await),
+        vec![ann_orders[1]]
+    );
+    assert_eq!(
+        ids(&search("status=refunded".into()).await),
+        vec![ann_orders[2]]
+    );
+    assert_eq!(
+        ids(&search("channel=native".into()).await),
+        Vec::<i64>::new()
+    );
+    let page = search(format!("buyer_id={bo}")).await;
+    assert_eq!(ids(&page), vec![bo_order]);
+    assert_eq!(page["orders"][0]["buyer_name"], "Bo");
+    // A date range: everything so far is before a minute from now, nothing after it.
+    let soon = (chrono::Utc::now() + chrono::Duration::minutes(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert_eq!(ids(&search(format!("to={soon}")).await).len(), 4);
+    assert!(ids(&search(format!("from={soon}")).await).is_empty());
+    // Page by page, with the filters kept.
+    let first = search("status=paid&limit=2".into()).await;
+    assert_eq!(ids(&first), vec![bo_order, ann_orders[1]]);
+    let cursor = first["next_cursor"].as_i64().unwrap();
+    let second = search(format!("status=paid&limit=2&cursor={cursor}")).await;
+    assert_eq!(ids(&second), vec![ann_orders[0]]);
+    assert!(second["next_cursor"].is_null());
+
+    assert!(ids(&search(format!("from={soon}&to={soon}")).await).is_empty());
+    let (status, bad) = app.get(Some(&staff), "/v1/admin/orders?status=lost").await;
+    assert_eq!(
+        (status, bad["error"]["code"].clone()),
+        (400, json!("invalid_query"))
+    );
+    let (status, _) = app
+        .get(Some(&app.user_token(ann)), "/v1/admin/orders")
+        .await;
+    assert_eq!(status, 403, "a buyer token searches nothing");
+}
