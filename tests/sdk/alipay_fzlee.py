@@ -27,6 +27,7 @@ from harness import (
     read_forms,
     read_key,
     run_section,
+    submit,
     unique,
 )
 
@@ -229,13 +230,7 @@ def main(report):
         mark = server.mark()
         paid = report.step(
             f"pay at the {kind} cashier",
-            lambda: requests.request(
-                form.method,
-                urllib.parse.urljoin(page.url, form.action),
-                data=form.fields,
-                allow_redirects=False,
-                timeout=15,
-            ),
+            lambda: submit(page, form),
         )
         if paid is None:
             return

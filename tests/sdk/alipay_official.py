@@ -55,6 +55,7 @@ from harness import (
     read_forms,
     read_key,
     run_section,
+    submit,
     unique,
 )
 
@@ -330,13 +331,7 @@ def main(report):
         mark = server.mark()
         paid = report.step(
             "pay at the page cashier",
-            lambda: requests.request(
-                cashier.method,
-                urllib.parse.urljoin(page.url, cashier.action),
-                data=cashier.fields,
-                allow_redirects=False,
-                timeout=15,
-            ),
+            lambda: submit(page, cashier),
         )
     if paid is not None:
         location = paid.headers.get("Location", "")

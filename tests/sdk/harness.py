@@ -15,9 +15,12 @@ import threading
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
 from html.entities import html5
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
 
 # deploy/dev-keys/README.md
 WECHAT_MCHID = "1900000109"
@@ -225,6 +228,18 @@ class Form:
 
 _TAG = re.compile(r"<(/?)(form|input|button)\b((?:[^>\"']|\"[^\"]*\"|'[^']*')*)>", re.I)
 _ATTR = re.compile(r"""([^\s"'=/>]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+)))?""")
+
+
+def submit(page, form):
+    """Submits `form` of the fetched `page` (a requests response) as a browser would, without
+    following the redirect it answers."""
+    return requests.request(
+        form.method,
+        urllib.parse.urljoin(page.url, form.action),
+        data=form.fields,
+        allow_redirects=False,
+        timeout=15,
+    )
 
 
 def read_forms(page):

@@ -35,6 +35,7 @@ from harness import (
     read_forms,
     read_key,
     run_section,
+    submit,
     unique,
 )
 from wechatpayv3 import WeChatPay, WeChatPayType
@@ -461,13 +462,7 @@ def main(report):
         mark = server.mark()
         paid = report.step(
             "submit the H5 cashier form",
-            lambda: requests.request(
-                form.method,
-                urllib.parse.urljoin(page.url, form.action),
-                data=form.fields,
-                allow_redirects=False,
-                timeout=15,
-            ),
+            lambda: submit(page, form),
         )
         if paid is None:
             return
