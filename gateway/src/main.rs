@@ -58,6 +58,18 @@ enum Command {
         #[command(subcommand)]
         action: StaffAction,
     },
+    /// The dashboard's rollups.
+    Stats {
+        #[command(subcommand)]
+        action: StatsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum StatsAction {
+    /// Recompute the dashboard's rollups from the orders, their refunds and the membership
+    /// periods (after changing shop.time_zone, say). The workers may keep running: they wait.
+    Rebuild,
 }
 
 #[derive(Subcommand)]
@@ -168,6 +180,17 @@ async fn main() -> anyhow::Result<()> {
                     println!("{username} is disabled");
                 }
             }
+            Ok(())
+        }
+        Command::Stats {
+            action: StatsAction::Rebuild,
+        } => {
+            let db = db::connect(&settings.database).await?;
+            let rebuilt = memberline_orders::stats::rebuild(&db, settings.shop.time_zone).await?;
+            println!(
+                "rebuilt in {}: {} paid orders, {} refunds, {} members",
+                settings.shop.time_zone, rebuilt.paid_orders, rebuilt.refunds, rebuilt.members
+            );
             Ok(())
         }
         Command::Openapi => {

@@ -179,8 +179,9 @@ pub async fn demo(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
         let inserted = txn
             .query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "INSERT INTO users (id, name, balance_fen, points, growth, level_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING RETURNING id",
+                "INSERT INTO users (id, name, balance_fen, points, growth, level_id, phone) \
+                 VALUES ($1, $2, $3, $4, $5, $6, '1380000' || lpad($1::text, 4, '0')) \
+                 ON CONFLICT (id) DO NOTHING RETURNING id",
                 [
                     id.into(),
                     name.into(),

@@ -288,6 +288,7 @@ async fn start(
         .await?
         .filter(|p| p.on_shelf)
         .ok_or(OrderError::PlanNotFound(cmd.plan_id))?;
+    crate::rules::offered(&plan, cmd.pay_method, Some(offer.channel))?;
     check_eligibility(txn, &buyer, &plan, cmd.pay_method).await?;
     let charge = charge(txn, &buyer, &plan, cmd.pay_method, cmd.expected).await?;
     if charge.fen <= 0 {

@@ -51,6 +51,12 @@ pub enum OrderError {
         points.map(|p| format!(" or {p} points")).unwrap_or_default()
     )]
     PriceChanged { fen: i64, points: Option<i64> },
+    #[error("{ledger} is {have}: taking {taken} would leave it below zero")]
+    BelowZero {
+        ledger: memberline_schema::states::LedgerKind,
+        have: i64,
+        taken: i64,
+    },
     #[error("this Idempotency-Key was already used with a different request body")]
     IdempotencyKeyReused,
     #[error(transparent)]
@@ -99,6 +105,7 @@ impl OrderError {
             OrderError::InsufficientBalance { .. } => "insufficient_balance",
             OrderError::InsufficientPoints { .. } => "insufficient_points",
             OrderError::PriceChanged { .. } => "price_changed",
+            OrderError::BelowZero { .. } => "adjustment_below_zero",
             OrderError::IdempotencyKeyReused => "idempotency_key_reused",
             OrderError::Database(e) if memberline_platform::db::is_retryable(e) => "unavailable",
             OrderError::Database(_) | OrderError::Internal(_) => "internal",

@@ -31,7 +31,7 @@ pub struct AdminRequest {
 }
 
 impl AdminRequest {
-    fn key(&self) -> idempotency::Key<'_> {
+    pub(crate) fn key(&self) -> idempotency::Key<'_> {
         idempotency::Key {
             owner_kind: idempotency::OwnerKind::Staff,
             owner: self.actor_id,
@@ -150,7 +150,7 @@ pub async fn revoke(db: &DatabaseConnection, req: &AdminRequest) -> Result<Answe
 
 /// Claims the key, runs `act` in the same transaction, stores its answer for replays and
 /// commits; a replay answers the stored response, a refusal writes nothing.
-async fn one_transaction<'a, F, Fut>(
+pub(crate) async fn one_transaction<'a, F, Fut>(
     db: &DatabaseConnection,
     req: &'a AdminRequest,
     act: F,

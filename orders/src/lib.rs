@@ -5,6 +5,7 @@
 //!
 //! This layer speaks in [`OrderError`]s, never in HTTP: the gateway maps them to responses once.
 
+pub mod adjust;
 pub mod admin_refund;
 pub mod cancel;
 pub mod checkout;
@@ -19,6 +20,7 @@ pub mod refunds;
 pub mod remind;
 pub mod rules;
 pub mod settle;
+pub mod stats;
 pub mod store;
 pub mod view;
 

@@ -208,6 +208,7 @@ fn decide(
         .plan
         .filter(|p| p.on_shelf)
         .ok_or(OrderError::PlanNotFound(cmd.plan_id))?;
+    rules::offered(&plan, cmd.pay_method, None)?;
     rules::eligibility((&plan).into(), cmd.pay_method, checked.counts)?;
     let discount_percent = checked
         .discount_percent

@@ -6,7 +6,7 @@
 use crate::OrderError;
 use memberline_schema::entities::{order, plan, user};
 use memberline_schema::money::discounted;
-use memberline_schema::states::{PayMethod, PlanKind};
+use memberline_schema::states::{PayChannel, PayMethod, PlanKind};
 
 /// What a buyer of a given level pays for a plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +53,33 @@ pub struct Charge {
 
 /// Why a buyer cannot place an `admin_grant` order.
 pub(crate) const ADMIN_GRANT_ONLY: &str = "admin_grant is not a pay method buyers can use: admins grant with PUT /v1/admin/users/{id}/membership";
+
+/// Whether `plan` is sold for `pay_method` (and, for a provider, by `channel`): an admin can
+/// limit a plan to some of the shop's pay methods and channels. A plan limited to none of them
+/// is sold for none.
+pub fn offered(
+    plan: &plan::Model,
+    pay_method: PayMethod,
+    channel: Option<PayChannel>,
+) -> Result<(), OrderError> {
+    let listed = |list: &Option<Vec<String>>, name: &str| {
+        list.as_ref().is_none_or(|l| l.iter().any(|x| x == name))
+    };
+    if !listed(&plan.pay_methods, pay_method.as_str()) {
+        return Err(OrderError::PayMethodNotAllowed(
+            "this plan is not sold for that pay method: see the plan's pay_methods",
+        ));
+    }
+    match channel {
+        Some(channel) if !listed(&plan.channels, channel.as_str()) => {
+            Err(OrderError::ChannelUnavailable(format!(
+                "plan {} is not sold by {channel}: see the plan's channels",
+                plan.code
+            )))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// What eligibility looks at in a plan: the plan on the shelf when an order is placed, the
 /// order's snapshot of it when a payment arrives.
@@ -176,6 +203,10 @@ mod tests {
             sort: 1,
             image_url: None,
             created_at: chrono::Utc::now(),
+            pay_methods: None,
+            channels: None,
+            archived_at: None,
+            updated_at: chrono::Utc::now(),
         }
     }
 
@@ -192,6 +223,7 @@ mod tests {
             total_saved_fen: 0,
             total_saved_points: 0,
             is_promoter: false,
+            phone: None,
             created_at: chrono::Utc::now(),
             updated_at: chrono::Utc::now(),
         }
@@ -358,6 +390,27 @@ mod tests {
                 ExpectedPrice::default()
             ),
             Err(OrderError::PayMethodNotAllowed(_))
+        ));
+    }
+
+    #[test]
+    fn a_plan_limited_to_some_methods_and_channels_is_sold_by_those_only() {
+        let mut plan = plan(PlanKind::Membership, 3000, Some(100));
+        assert!(
+            offered(&plan, PayMethod::Balance, None).is_ok(),
+            "no limit: all"
+        );
+        plan.pay_methods = Some(vec!["wechat".into(), "points".into()]);
+        plan.channels = Some(vec!["jsapi".into()]);
+        assert!(offered(&plan, PayMethod::Points, None).is_ok());
+        assert!(offered(&plan, PayMethod::Wechat, Some(PayChannel::Jsapi)).is_ok());
+        assert!(matches!(
+            offered(&plan, PayMethod::Balance, None),
+            Err(OrderError::PayMethodNotAllowed(_))
+        ));
+        assert!(matches!(
+            offered(&plan, PayMethod::Wechat, Some(PayChannel::Native)),
+            Err(OrderError::ChannelUnavailable(_))
         ));
     }
 }

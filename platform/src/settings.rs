@@ -57,6 +57,16 @@ pub struct Settings {
     pub payments: PaymentSettings,
     pub push: PushSettings,
     pub lanes: LaneSettings,
+    pub shop: ShopSettings,
+}
+
+/// The shop itself.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShopSettings {
+    /// The IANA time zone the shop keeps its days in (`Asia/Shanghai`): the dashboard's days and
+    /// the times of the CSV exports.
+    pub time_zone: chrono_tz::Tz,
 }
 
 #[derive(Clone, Debug, Deserialize)]

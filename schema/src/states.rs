@@ -134,6 +134,8 @@ text_enum! {
         /// A refunded order's reward points, taken back (negative; what the buyer had already
         /// spent is recorded as the entry's shortfall).
         RewardReversal = "reward_reversal",
+        /// An admin's adjustment by hand, with a reason in the audit log.
+        AdminAdjustment = "admin_adjustment",
     }
 }
 
@@ -180,6 +182,8 @@ text_enum! {
         OrderRefunded = "order_refunded",
         MembershipChanged = "membership_changed",
         OrderReminded = "order_reminded",
+        /// An admin adjusted the buyer's balance or points by hand.
+        AccountAdjusted = "account_adjusted",
     }
 }
 
@@ -243,6 +247,15 @@ text_enum! {
         OrderRefund = "order_refund",
         MembershipGrant = "membership_grant",
         MembershipRevoke = "membership_revoke",
+        PlanCreate = "plan_create",
+        PlanUpdate = "plan_update",
+        PlanArchive = "plan_archive",
+        PlanDelete = "plan_delete",
+        LevelCreate = "level_create",
+        LevelUpdate = "level_update",
+        LevelDelete = "level_delete",
+        BalanceAdjust = "balance_adjust",
+        PointsAdjust = "points_adjust",
     }
 }
 

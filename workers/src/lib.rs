@@ -28,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 pub fn handler_for(worker: Worker, settings: &Settings) -> anyhow::Result<Arc<dyn Handler>> {
     let w = &settings.workers;
     Ok(match worker {
-        Worker::Membership => Arc::new(handlers::membership::Membership),
+        Worker::Membership => Arc::new(handlers::membership::Membership {
+            time_zone: settings.shop.time_zone,
+        }),
         Worker::Ledger => Arc::new(handlers::ledger::Ledger::from_settings(w)),
         Worker::Notifier => Arc::new(handlers::notifier::Notifier),
         Worker::Savings => Arc::new(handlers::savings::Savings::from_settings(w)),

@@ -42,7 +42,7 @@ pub struct CreateUser {
 
 /// The rule `CreateUser::name` documents. Control characters are refused because PostgreSQL
 /// cannot store NUL in text and the others only garble a name.
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.chars().count())
         && !name.chars().any(char::is_control)
         && name.chars().any(|c| !c.is_whitespace())

@@ -54,7 +54,7 @@ pub struct GrantBody {
 
 /// A reason as stored: trimmed, 1-200 characters, no control characters (the schema's pattern,
 /// as for user names).
-fn reason(raw: &str) -> Result<String, ApiError> {
+pub(crate) fn reason(raw: &str) -> Result<String, ApiError> {
     let trimmed = raw.trim();
     if (1..=200).contains(&trimmed.chars().count()) && !trimmed.chars().any(char::is_control) {
         Ok(trimmed.to_owned())
@@ -227,16 +227,35 @@ pub struct AuditQuery {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
-    /// The admin.
+    /// The staff member.
     pub actor_id: i64,
+    /// Their username when they acted; `null` for a token minted for no staff account.
+    pub actor_name: Option<String>,
     pub action: AuditAction,
     pub user_id: Option<BuyerId>,
     pub order_id: Option<OrderId>,
     pub reason: String,
-    /// What was done (refund number and amounts, the plan granted).
+    /// What was done (refund number and amounts, the plan granted; for the catalogue and
+    /// adjustments, `before` and `after`).
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
     pub at: DateTime<Utc>,
+}
+
+impl From<memberline_schema::entities::audit_log::Model> for AuditEntry {
+    fn from(r: memberline_schema::entities::audit_log::Model) -> Self {
+        Self {
+            id: r.id,
+            actor_id: r.actor_id,
+            actor_name: r.actor_name,
+            action: r.action,
+            user_id: r.user_id,
+            order_id: r.order_id,
+            reason: r.reason,
+            details: r.details,
+            at: r.at,
+        }
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -264,19 +283,7 @@ pub async fn audit(
     let limit = query::limit(q.limit, 50, 200)?;
     let (rows, next_cursor) = audit::page(&state.db, q.user_id, q.cursor, limit).await?;
     Ok(Json(AuditPage {
-        entries: rows
-            .into_iter()
-            .map(|r| AuditEntry {
-                id: r.id,
-                actor_id: r.actor_id,
-                action: r.action,
-                user_id: r.user_id,
-                order_id: r.order_id,
-                reason: r.reason,
-                details: r.details,
-                at: r.at,
-            })
-            .collect(),
+        entries: rows.into_iter().map(AuditEntry::from).collect(),
         next_cursor,
     }))
 }

@@ -167,6 +167,7 @@ impl From<memberline_orders::OrderError> for ApiError {
             | E::NotPending(_)
             | E::NotPaid(_)
             | E::NotRefundable(_)
+            | E::BelowZero { .. }
             | E::WechatIdentityRequired => Self::conflict(code, message),
             E::RemindTooSoon { wait_secs } => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)

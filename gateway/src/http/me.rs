@@ -57,41 +57,48 @@ pub struct PassView {
         (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
     ))]
 pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
-    let account::Profile {
-        buyer: u,
-        level: lvl,
-        periods,
-        passes,
-    } = account::profile(&state.db, caller.buyer_id()?)
+    let profile = account::profile(&state.db, caller.buyer_id()?)
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown_user", "the token's user does not exist"))?;
-    Ok(Json(Me {
-        user_id: u.id,
-        name: u.name,
-        level: LevelView {
-            id: lvl.id,
-            name: lvl.name,
-            discount_percent: lvl.discount_percent,
-        },
-        growth: u.growth,
-        points: u.points,
-        balance_fen: u.balance_fen,
-        membership: membership_at(&periods, Utc::now()),
-        passes: passes
-            .into_iter()
-            .map(|p| PassView {
-                id: p.id,
-                plan_id: p.plan_id,
-                plan_name: p.plan_name,
-                uses_total: p.uses_total,
-                uses_left: p.uses_left,
-            })
-            .collect(),
-        purchase_count: u.purchase_count,
-        total_saved_fen: u.total_saved_fen,
-        total_saved_points: u.total_saved_points,
-        is_promoter: u.is_promoter,
-    }))
+    Ok(Json(Me::from(profile)))
+}
+
+impl From<account::Profile> for Me {
+    fn from(profile: account::Profile) -> Self {
+        let account::Profile {
+            buyer: u,
+            level: lvl,
+            periods,
+            passes,
+        } = profile;
+        Me {
+            user_id: u.id,
+            name: u.name,
+            level: LevelView {
+                id: lvl.id,
+                name: lvl.name,
+                discount_percent: lvl.discount_percent,
+            },
+            growth: u.growth,
+            points: u.points,
+            balance_fen: u.balance_fen,
+            membership: membership_at(&periods, Utc::now()),
+            passes: passes
+                .into_iter()
+                .map(|p| PassView {
+                    id: p.id,
+                    plan_id: p.plan_id,
+                    plan_name: p.plan_name,
+                    uses_total: p.uses_total,
+                    uses_left: p.uses_left,
+                })
+                .collect(),
+            purchase_count: u.purchase_count,
+            total_saved_fen: u.total_saved_fen,
+            total_saved_points: u.total_saved_points,
+            is_promoter: u.is_promoter,
+        }
+    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -145,7 +152,17 @@ pub async fn ledger(
     let balance = q.kind.is_none_or(|k| k == LedgerKind::Balance);
     let (points, balance) =
         account::ledgers(&state.db, caller.buyer_id()?, points, balance, limit).await?;
-    let mut entries = Vec::new();
+    let mut entries = ledger_entries(points, balance);
+    entries.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    Ok(Json(Ledger { entries }))
+}
+
+/// Ledger rows as entries: the point ledger's, then the balance ledger's, each in its order.
+pub fn ledger_entries(
+    points: Vec<memberline_schema::entities::point_ledger::Model>,
+    balance: Vec<memberline_schema::entities::balance_ledger::Model>,
+) -> Vec<LedgerEntry> {
+    let mut entries = Vec::with_capacity(points.len() + balance.len());
     entries.extend(points.into_iter().map(|r| LedgerEntry {
         id: r.id,
         kind: LedgerKind::Points,
@@ -166,8 +183,7 @@ pub async fn ledger(
         order_id: r.order_id,
         created_at: r.created_at,
     }));
-    entries.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-    Ok(Json(Ledger { entries }))
+    entries
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -6,11 +6,14 @@
 pub mod admin;
 pub mod admin_actions;
 pub mod auth;
+pub mod catalogue;
 pub mod docs;
 pub mod error;
+pub mod exports;
 pub mod health;
 pub mod idempotency;
 pub mod me;
+pub mod members;
 pub mod merchant;
 pub mod orders;
 pub mod outbox;
@@ -20,6 +23,7 @@ pub mod plans;
 pub mod push;
 pub mod query;
 pub mod sign_in;
+pub mod stats;
 
 use crate::http::error::ApiError;
 use crate::state::AppState;
@@ -103,6 +107,10 @@ pub fn router(state: AppState) -> Router {
         .merge(payments::router())
         .merge(admin::router())
         .merge(admin_actions::router())
+        .merge(catalogue::router())
+        .merge(members::router())
+        .merge(exports::router())
+        .merge(stats::router())
         .merge(merchant::router())
         .merge(crate::http::push::router())
         .merge(crate::http::pages::router())
@@ -262,6 +270,13 @@ fn integral_numbers_as_integers(value: &mut serde_json::Value) {
 /// Deserializes a typed request from a JSON value; a wrong shape is 422 `invalid_body` naming
 /// the field.
 pub fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    // serde would also take a struct as an array of its fields, in order: not our format.
+    if !value.is_object() {
+        return Err(ApiError::unprocessable(
+            "invalid_body",
+            "invalid request body: a JSON object is expected",
+        ));
+    }
     serde_json::from_value(value)
         .map_err(|e| ApiError::unprocessable("invalid_body", format!("invalid request body: {e}")))
 }

@@ -30,6 +30,12 @@ pub struct PlanView {
     /// Taken with pay_method `free`, once per buyer.
     pub is_free: bool,
     pub image_url: Option<String>,
+    /// The pay methods that take this plan; `null`: every one in `pay_methods` of the list.
+    #[schema(value_type = Option<Vec<super::orders::OrderPayMethod>>)]
+    pub pay_methods: Option<Vec<String>>,
+    /// The channels that take this plan; `null`: every one in `channels` of the list.
+    #[schema(value_type = Option<Vec<memberline_schema::states::PayChannel>>)]
+    pub channels: Option<Vec<String>>,
     /// What the caller pays after their level discount (only with a token).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub buyer_price_fen: Option<i64>,
@@ -95,6 +101,8 @@ pub async fn list(
                 price_points: p.price_points,
                 is_free: p.is_free,
                 image_url: p.image_url,
+                pay_methods: p.pay_methods,
+                channels: p.channels,
             }
         })
         .collect();

@@ -1,12 +1,12 @@
-//! The audit log: who (an admin) did what to whom, and why. Written in the transaction of the
+//! The audit log: who (a staff member) did what to whom or to the catalogue, and why. Written in the transaction of the
 //! act it records, so an act without its entry (or the reverse) cannot be committed.
 
 use memberline_schema::entities::audit_log;
 use memberline_schema::ids::{BuyerId, OrderId};
 use memberline_schema::states::AuditAction;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement,
 };
 
 /// One act to record.
@@ -19,21 +19,28 @@ pub struct Entry<'a> {
     pub details: serde_json::Value,
 }
 
-/// Records `entry` in `txn`; returns its id.
+/// Records `entry` in `txn`, with the actor's username as it is now; returns its id.
 pub async fn record(txn: &DatabaseTransaction, entry: Entry<'_>) -> Result<i64, DbErr> {
-    let row = audit_log::ActiveModel {
-        actor_id: Set(entry.actor_id),
-        action: Set(entry.action),
-        user_id: Set(entry.user_id),
-        order_id: Set(entry.order_id),
-        reason: Set(entry.reason.to_owned()),
-        details: Set(entry.details),
-        at: Set(chrono::Utc::now()),
-        ..Default::default()
-    }
-    .insert(txn)
-    .await?;
-    Ok(row.id)
+    let row = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO audit_log (actor_id, actor_name, action, user_id, order_id, reason, \
+                 details, at) \
+             VALUES ($1, (SELECT username FROM staff WHERE id = $1), $2, $3, $4, $5, $6, $7) \
+             RETURNING id",
+            [
+                entry.actor_id.into(),
+                entry.action.as_str().into(),
+                entry.user_id.into(),
+                entry.order_id.into(),
+                entry.reason.into(),
+                entry.details.into(),
+                chrono::Utc::now().into(),
+            ],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotInserted)?;
+    row.try_get("", "id")
 }
 
 /// A page of the audit log, newest first: about buyer `user_id` when given, before entry

@@ -70,17 +70,9 @@ impl OrderFilter {
     }
 }
 
-/// A page of the orders `filter` lets through, newest first; before order `cursor` when given;
-/// at most `limit`. The cursor of the next page when there is one.
-pub async fn page<C: ConnectionTrait>(
-    conn: &C,
-    filter: &OrderFilter,
-    cursor: Option<i64>,
-    limit: u64,
-) -> Result<(Vec<order::Model>, Option<i64>), DbErr> {
-    let mut select = order::Entity::find()
-        .order_by_desc(order::Column::Id)
-        .limit(limit + 1);
+/// The orders `filter` lets through, newest first, before order `cursor` when given.
+fn filtered(filter: &OrderFilter, cursor: Option<i64>) -> sea_orm::Select<order::Entity> {
+    let mut select = order::Entity::find().order_by_desc(order::Column::Id);
     if let Some(buyer_id) = filter.buyer_id {
         select = select.filter(order::Column::BuyerId.eq(buyer_id));
     }
@@ -102,7 +94,76 @@ pub async fn page<C: ConnectionTrait>(
     if let Some(cursor) = cursor {
         select = select.filter(order::Column::Id.lt(cursor));
     }
-    Ok(super::cut_page(select.all(conn).await?, limit, |o| o.id.0))
+    select
+}
+
+/// A page of the orders `filter` lets through, newest first; before order `cursor` when given;
+/// at most `limit`. The cursor of the next page when there is one.
+pub async fn page<C: ConnectionTrait>(
+    conn: &C,
+    filter: &OrderFilter,
+    cursor: Option<i64>,
+    limit: u64,
+) -> Result<(Vec<order::Model>, Option<i64>), DbErr> {
+    let rows = filtered(filter, cursor).limit(limit + 1).all(conn).await?;
+    Ok(super::cut_page(rows, limit, |o| o.id.0))
+}
+
+/// An order as the CSV export writes it, with its buyer's name.
+#[derive(Clone, Debug, sea_orm::FromQueryResult)]
+pub struct ExportRow {
+    pub id: i64,
+    pub order_no: String,
+    pub buyer_id: i64,
+    pub buyer_name: Option<String>,
+    pub plan_code: String,
+    pub plan_name: String,
+    pub pay_method: String,
+    pub channel: Option<String>,
+    pub status: String,
+    pub amount_fen: i64,
+    pub amount_points: i64,
+    pub original_price_fen: i64,
+    pub created_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub refunded_at: Option<DateTime<Utc>>,
+}
+
+/// Up to `limit` orders `filter` lets through, as exported, newest first, before order
+/// `cursor` when given: the export reads the orders page by page, so its memory stays flat.
+pub async fn export_page<C: ConnectionTrait>(
+    conn: &C,
+    filter: &OrderFilter,
+    cursor: Option<i64>,
+    limit: u64,
+) -> Result<Vec<ExportRow>, DbErr> {
+    use sea_orm::sea_query::Expr;
+    filtered(filter, cursor)
+        .select_only()
+        .columns([
+            order::Column::Id,
+            order::Column::OrderNo,
+            order::Column::BuyerId,
+            order::Column::PlanCode,
+            order::Column::PlanName,
+            order::Column::PayMethod,
+            order::Column::Channel,
+            order::Column::Status,
+            order::Column::AmountFen,
+            order::Column::AmountPoints,
+            order::Column::OriginalPriceFen,
+            order::Column::CreatedAt,
+            order::Column::PaidAt,
+            order::Column::RefundedAt,
+        ])
+        .column_as(
+            Expr::cust("(SELECT name FROM users u WHERE u.id = orders.buyer_id)"),
+            "buyer_name",
+        )
+        .limit(limit)
+        .into_model::<ExportRow>()
+        .all(conn)
+        .await
 }
 
 /// Order `order_id`, locked until `txn` ends.

@@ -9,8 +9,10 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
-    /// The admin (a token subject).
+    /// The staff member (a token subject).
     pub actor_id: i64,
+    /// Their username when they acted (`None` for a token minted for no staff account).
+    pub actor_name: Option<String>,
     pub action: AuditAction,
     pub user_id: Option<BuyerId>,
     pub order_id: Option<OrderId>,

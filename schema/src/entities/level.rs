@@ -11,6 +11,7 @@ pub struct Model {
     pub min_growth: i64,
     pub discount_percent: i16,
     pub points_bonus_percent: i16,
+    pub updated_at: DateTimeUtc,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -22,6 +22,13 @@ pub struct Model {
     pub sort: i32,
     pub image_url: Option<String>,
     pub created_at: DateTimeUtc,
+    /// The pay methods that take this plan (`None`: every one the shop takes).
+    pub pay_methods: Option<Vec<String>>,
+    /// The provider channels that take this plan (`None`: every one the shop takes).
+    pub channels: Option<Vec<String>>,
+    /// When an admin archived it: off the shelf for good, kept for the orders that name it.
+    pub archived_at: Option<DateTimeUtc>,
+    pub updated_at: DateTimeUtc,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

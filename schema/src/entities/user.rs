@@ -18,6 +18,8 @@ pub struct Model {
     pub total_saved_fen: i64,
     pub total_saved_points: i64,
     pub is_promoter: bool,
+    /// A phone number staff can find the buyer by (digits, an optional leading `+`).
+    pub phone: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -78,6 +78,11 @@ impl MigratorTrait for Migrator {
                 up: include_str!("m20261207_000013_staff.sql"),
                 down: include_str!("m20261207_000013_staff.down.sql"),
             }),
+            Box::new(SqlMigration {
+                name: "m20261207_000014_back_office",
+                up: include_str!("m20261207_000014_back_office.sql"),
+                down: include_str!("m20261207_000014_back_office.down.sql"),
+            }),
         ]
     }
 }

@@ -6,12 +6,16 @@
 //! A refund removes exactly the order's period and moves every later period earlier by its
 //! length (a pass loses its unused uses); an admin's revocation ends the membership at once.
 //! Both announce the membership as it is afterwards (`membership.changed.v1`).
+//!
+//! Each keeps the dashboard's rollups ([`memberline_orders::stats`]) in the same transaction:
+//! the sale or refund, and the buyer's part of the members' counts.
 
 use super::{PaidOrderEffect, decode, lock_user};
 use crate::decide::HandlerError;
 use crate::runtime::{Effects, Incoming};
 use crate::store::{membership_periods, user_passes};
 use chrono::{DateTime, Duration, Utc};
+use memberline_orders::stats;
 use memberline_platform::outbox;
 use memberline_schema::events::{
     Envelope, MembershipChange, MembershipChanged, MembershipExtended, MembershipRevoked,
@@ -21,7 +25,10 @@ use memberline_schema::ids::{BuyerId, OrderId};
 use memberline_schema::topology::Worker;
 use sea_orm::DatabaseTransaction;
 
-pub struct Membership;
+pub struct Membership {
+    /// The shop's time zone, whose days the dashboard counts in.
+    pub time_zone: chrono_tz::Tz,
+}
 
 /// Where a new period starts: now for a lapsed (or new) member, the current end otherwise.
 pub fn period_start(now: DateTime<Utc>, current_end: Option<DateTime<Utc>>) -> DateTime<Utc> {
@@ -35,97 +42,30 @@ pub fn period_start(now: DateTime<Utc>, current_end: Option<DateTime<Utc>>) -> D
 impl PaidOrderEffect for Membership {
     const WORKER: Worker = Worker::Membership;
 
-    // The buyer is locked: two orders stacking at once must not both start at the same end.
     async fn apply_paid(
         &self,
         txn: &DatabaseTransaction,
         env: &Envelope<OrderPaid>,
     ) -> Result<Effects, HandlerError> {
         let e = &env.payload;
-        if e.plan.plan_kind != PlanKind::Pass
-            && membership_periods::revoked_since(txn, e.buyer_id, e.paid_at).await?
-        {
-            // Paid before an admin revoked the membership, applied after: the revocation
-            // covers it (a removed placeholder keeps its business key).
-            return Ok(
-                if membership_periods::add_removed(txn, e.buyer_id, e.order_id).await? {
-                    Effects::applied()
-                } else {
-                    Effects::already_applied()
-                },
-            );
-        }
-        let extended = match e.plan.plan_kind {
-            PlanKind::Membership | PlanKind::Permanent => add_period(txn, e).await?,
-            PlanKind::Pass => grant_pass(txn, e).await?,
-        };
-        let Some(extended) = extended else {
-            return Ok(Effects::already_applied());
-        };
-        let follow_up = Envelope::new(extended, env.correlation_id, Some(env.event_id));
-        outbox::enqueue(txn, &follow_up).await?;
-        Ok(Effects::applied())
+        let before = stats::membership(txn, e.buyer_id).await?;
+        let effects = paid(txn, env).await?;
+        stats::count_paid(txn, self.time_zone, e).await?;
+        stats::member_changed(txn, self.time_zone, e.buyer_id, &before).await?;
+        Ok(effects)
     }
 
-    /// Removes exactly the refunded order's period (later periods move earlier by its length)
-    /// or takes its pass's unused uses.
     async fn apply_refunded(
         &self,
         txn: &DatabaseTransaction,
         env: &Envelope<OrderRefunded>,
     ) -> Result<Effects, HandlerError> {
         let e = &env.payload;
-        let (removed_secs, removed_pass_uses) = match e.plan.plan_kind {
-            PlanKind::Membership | PlanKind::Permanent => {
-                match membership_periods::of_order(txn, e.order_id).await? {
-                    Some(period) if period.removed => return Ok(Effects::already_applied()),
-                    Some(period) => {
-                        membership_periods::remove_and_close_gap(
-                            txn, e.buyer_id, e.order_id, period,
-                        )
-                        .await?;
-                        let secs = period
-                            .ends_at
-                            .map_or(0, |end| (end - period.starts_at).num_seconds());
-                        (secs, 0)
-                    }
-                    // Refunded before its period was added: nothing to take, and nothing
-                    // will be added.
-                    None => {
-                        membership_periods::add_removed(txn, e.buyer_id, e.order_id).await?;
-                        return Ok(Effects::applied());
-                    }
-                }
-            }
-            PlanKind::Pass => match user_passes::revoke(txn, e.order_id).await? {
-                Some(taken) => (0, taken),
-                None if user_passes::exists(txn, e.order_id).await? => {
-                    return Ok(Effects::already_applied());
-                }
-                None => {
-                    user_passes::add_revoked(
-                        txn,
-                        e.buyer_id,
-                        e.order_id,
-                        e.plan.plan_id,
-                        &e.plan.plan_name,
-                        e.plan.uses.unwrap_or(1),
-                    )
-                    .await?;
-                    return Ok(Effects::applied());
-                }
-            },
-        };
-        changed(
-            txn,
-            env,
-            e.buyer_id,
-            MembershipChange::Refund,
-            Some(e.order_id),
-            removed_secs,
-            removed_pass_uses,
-        )
-        .await
+        let before = stats::membership(txn, e.buyer_id).await?;
+        let effects = refunded(txn, env).await?;
+        stats::count_refunded(txn, self.time_zone, e).await?;
+        stats::member_changed(txn, self.time_zone, e.buyer_id, &before).await?;
+        Ok(effects)
     }
 
     /// `membership.revoked.v1`: the membership ends at `revoked_at` (deduplicated by the
@@ -145,7 +85,9 @@ impl PaidOrderEffect for Membership {
         let env = decode::<MembershipRevoked>(msg)?;
         let e = &env.payload;
         lock_user(txn, e.user_id).await?;
+        let before = stats::membership(txn, e.user_id).await?;
         let removed = membership_periods::revoke(txn, e.user_id, e.revoked_at).await?;
+        stats::member_changed(txn, self.time_zone, e.user_id, &before).await?;
         changed(
             txn,
             &env,
@@ -157,6 +99,96 @@ impl PaidOrderEffect for Membership {
         )
         .await
     }
+}
+
+/// Applies paid order `env`, with its buyer locked (two orders stacking at once must not both
+/// start at the same end).
+async fn paid(
+    txn: &DatabaseTransaction,
+    env: &Envelope<OrderPaid>,
+) -> Result<Effects, HandlerError> {
+    let e = &env.payload;
+    if e.plan.plan_kind != PlanKind::Pass
+        && membership_periods::revoked_since(txn, e.buyer_id, e.paid_at).await?
+    {
+        // Paid before an admin revoked the membership, applied after: the revocation
+        // covers it (a removed placeholder keeps its business key).
+        return Ok(
+            if membership_periods::add_removed(txn, e.buyer_id, e.order_id).await? {
+                Effects::applied()
+            } else {
+                Effects::already_applied()
+            },
+        );
+    }
+    let extended = match e.plan.plan_kind {
+        PlanKind::Membership | PlanKind::Permanent => add_period(txn, e).await?,
+        PlanKind::Pass => grant_pass(txn, e).await?,
+    };
+    let Some(extended) = extended else {
+        return Ok(Effects::already_applied());
+    };
+    let follow_up = Envelope::new(extended, env.correlation_id, Some(env.event_id));
+    outbox::enqueue(txn, &follow_up).await?;
+    Ok(Effects::applied())
+}
+
+/// Removes exactly the refunded order's period (later periods move earlier by its length) or
+/// takes its pass's unused uses.
+async fn refunded(
+    txn: &DatabaseTransaction,
+    env: &Envelope<OrderRefunded>,
+) -> Result<Effects, HandlerError> {
+    let e = &env.payload;
+    let (removed_secs, removed_pass_uses) = match e.plan.plan_kind {
+        PlanKind::Membership | PlanKind::Permanent => {
+            match membership_periods::of_order(txn, e.order_id).await? {
+                Some(period) if period.removed => return Ok(Effects::already_applied()),
+                Some(period) => {
+                    membership_periods::remove_and_close_gap(txn, e.buyer_id, e.order_id, period)
+                        .await?;
+                    let secs = period
+                        .ends_at
+                        .map_or(0, |end| (end - period.starts_at).num_seconds());
+                    (secs, 0)
+                }
+                // Refunded before its period was added: nothing to take, and nothing
+                // will be added.
+                None => {
+                    membership_periods::add_removed(txn, e.buyer_id, e.order_id).await?;
+                    return Ok(Effects::applied());
+                }
+            }
+        }
+        PlanKind::Pass => match user_passes::revoke(txn, e.order_id).await? {
+            Some(taken) => (0, taken),
+            None if user_passes::exists(txn, e.order_id).await? => {
+                return Ok(Effects::already_applied());
+            }
+            None => {
+                user_passes::add_revoked(
+                    txn,
+                    e.buyer_id,
+                    e.order_id,
+                    e.plan.plan_id,
+                    &e.plan.plan_name,
+                    e.plan.uses.unwrap_or(1),
+                )
+                .await?;
+                return Ok(Effects::applied());
+            }
+        },
+    };
+    changed(
+        txn,
+        env,
+        e.buyer_id,
+        MembershipChange::Refund,
+        Some(e.order_id),
+        removed_secs,
+        removed_pass_uses,
+    )
+    .await
 }
 
 /// Announces what the buyer's membership is after a reversal (`membership.changed.v1`).

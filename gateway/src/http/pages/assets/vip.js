@@ -147,7 +147,10 @@ function planCard(p) {
   const methods = p.is_free
     ? ['free'].filter((m) => payMethods.includes(m))
     : payMethods.filter((m) => m !== 'free' && (m !== 'points' || p.buyer_price_points != null));
-  const buttons = methods.flatMap((m) => waysFor(m).map((way) => el('button', {
+  // An admin may sell a plan for some of the shop's pay methods and channels only.
+  const sold = (list, name) => !list || name === undefined || list.includes(name);
+  const buttons = methods.filter((m) => sold(p.pay_methods, m)).flatMap((m) => waysFor(m)
+    .filter((way) => sold(p.channels, way.channel)).map((way) => el('button', {
     type: 'button', class: m, 'data-method': m, 'data-channel': way.channel,
     onclick: (e) => buy(p, m, way, e.currentTarget),
   }, m === 'free' ? t('免费领取', 'Claim') : CHANNEL_LABEL[way.channel] || PAY_METHOD[m])));
