@@ -16,7 +16,7 @@ export MEMBERLINE_ENV ?= local
 TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),1)
 ROLE ?= user
 
-.PHONY: help run test sdk-check browser-test bench lint fmt services build db migrate seed token openapi topology unit-test integration-test clean-test-data
+.PHONY: help run test sdk-check browser-test vendor bench lint fmt services build db migrate seed token openapi topology unit-test integration-test clean-test-data
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ sdk-check: ## The provider emulator driven by unmodified merchant SDKs from PyPI
 
 browser-test: build ## Web pages in headless Chromium (installs chromium and playwright-core when missing)
 	tests/browser/run.sh
+
+vendor: ## Re-fetch the pages' pinned third-party scripts (Chart.js) from npm into gateway/src/http/pages/assets
+	gateway/src/http/pages/vendor/refresh.sh
 
 unit-test: ## Unit tests only (no services needed)
 	$(CARGO) nextest run --workspace --lib --bins

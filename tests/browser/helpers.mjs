@@ -40,3 +40,24 @@ export function launchChromium(extraArgs = []) {
     ],
   });
 }
+
+/** Waits until `check()` is truthy, polling, or fails after `deadlineMs` naming `what`. */
+export async function until(what, check, deadlineMs = 10000) {
+  const deadline = Date.now() + deadlineMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${deadlineMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A page that records what it logs as an error and every API call it makes. */
+export async function watchedPage(context, errors, apiCalls = []) {
+  const page = await context.newPage();
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(`${page.url()}: ${m.text()}`); });
+  page.on('pageerror', (e) => errors.push(`${page.url()}: ${e.message}`));
+  page.on('requestfailed', (r) => errors.push(`${r.url()} failed: ${r.failure()?.errorText}`));
+  page.on('request', (r) => { if (new URL(r.url()).pathname.startsWith('/v1/')) apiCalls.push(r.url()); });
+  return page;
+}

@@ -68,7 +68,7 @@ export function randomKey() {
 }
 
 /** The claims of a JWT, read without checking it (the server checks it), or null. */
-function claims(token) {
+export function claims(token) {
   try {
     const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
     return JSON.parse(atob(part + '='.repeat((4 - (part.length % 4)) % 4)));
@@ -94,9 +94,13 @@ export function tokenProblem(token, roles) {
  * The page's signed-in token, kept in the browser's storage under `key`, with the sign-in
  * form (`#signin`) and sign-out button (`#signout`). Signed out, only the form shows and the
  * page makes no API call.
+ *
+ * The form takes a pasted token (`token`). With `credentials`, it also signs in another way
+ * (the console's username and password): `credentials(form, submitter)` is awaited for
+ * `{token}`, `{error}`, or null to use the pasted token.
  */
 export class Session {
-  constructor(key, roles, { onSignIn, onSignOut }) {
+  constructor(key, roles, { onSignIn, onSignOut, credentials }) {
     this.key = key;
     this.roles = roles;
     this.onSignIn = onSignIn;
@@ -104,16 +108,29 @@ export class Session {
     this.form = document.getElementById('signin');
     this.app = document.getElementById('app');
     this.signout = document.getElementById('signout');
-    this.form.addEventListener('submit', (e) => {
+    this.form.addEventListener('submit', async (e) => {
       e.preventDefault();
-      const token = this.form.elements.token.value.trim();
+      const error = this.form.querySelector('.error');
+      let token = this.form.elements.token.value.trim();
+      if (credentials) {
+        const submit = e.submitter || this.form.querySelector('button[type=submit]');
+        submit.disabled = true;
+        error.textContent = '';
+        const answer = await credentials(this.form, e.submitter);
+        submit.disabled = false;
+        if (answer?.error) {
+          error.textContent = answer.error;
+          return;
+        }
+        if (answer) token = answer.token;
+      }
       const problem = tokenProblem(token, roles);
       if (problem) {
-        this.form.querySelector('.error').textContent = problem;
+        error.textContent = problem;
         return;
       }
       localStorage.setItem(key, token);
-      this.form.elements.token.value = '';
+      this.form.reset();
       this.start();
     });
     this.signout.addEventListener('click', () => this.end());

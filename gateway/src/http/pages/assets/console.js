@@ -1,7 +1,10 @@
 // /console: the merchant's console. A live feed of paid orders, reminders and refunds from
 // `GET /v1/merchant/stream`, rung with a sound and spoken aloud; it reconnects by itself and
 // resumes after the last entry it showed, so nothing is missed across a dropped connection.
+// Staff sign in with their username and password (or a pasted token); the back office's tabs
+// (orders, members, plans, levels, dashboard) are in backoffice.js.
 import { Session, STATUS, el, latest, price, socketUrl, t, when } from './common.js';
+import { BackOffice, staffCredentials } from './backoffice.js';
 
 const $ = (id) => document.getElementById(id);
 const SEQ_KEY = 'memberline.console.seq';
@@ -37,7 +40,9 @@ let watchdog = null;
 let heartbeatMs = 15_000;
 
 const session = new Session('memberline.console.token', ['merchant', 'admin'], {
+  credentials: staffCredentials,
   onSignIn: () => {
+    office.start();
     running = true;
     $('sound').hidden = false;
     showSound();
@@ -56,8 +61,10 @@ const session = new Session('memberline.console.token', ['merchant', 'admin'], {
     $('feed').replaceChildren(el('li', { class: 'empty', id: 'feed-empty' }, t('等待新订单…', 'Waiting for orders…')));
     $('orders').replaceChildren();
     setState('disconnected');
+    office.stop();
   },
 });
+const office = new BackOffice(session);
 
 function setState(state) {
   const badge = $('connection');
