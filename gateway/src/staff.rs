@@ -103,6 +103,19 @@ pub async fn disable(db: &DatabaseConnection, username: &str) -> Result<bool, Db
     Ok(done.rows_affected() == 1)
 }
 
+/// Whether staff account `id` is disabled (an id without an account, minted by
+/// `memberline token` for development, is not).
+pub async fn is_disabled<C: ConnectionTrait>(conn: &C, id: i64) -> Result<bool, DbErr> {
+    Ok(conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT 1 AS disabled FROM staff WHERE id = $1 AND disabled_at IS NOT NULL",
+            [id.into()],
+        ))
+        .await?
+        .is_some())
+}
+
 fn role_text(role: Role) -> &'static str {
     match role {
         Role::Merchant => "merchant",

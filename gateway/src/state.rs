@@ -33,6 +33,12 @@ pub struct AppState {
     pub notifications: memberline_orders::notifications::Notifications,
 }
 
+impl FromRef<AppState> for DatabaseConnection {
+    fn from_ref(state: &AppState) -> DatabaseConnection {
+        state.db.clone()
+    }
+}
+
 impl FromRef<AppState> for Keys {
     fn from_ref(state: &AppState) -> Keys {
         state.keys.clone()

@@ -185,11 +185,12 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
     }
 }
 
-// The extractors need only the keys, taken from any state that provides them, so this module
-// does not depend on the application state (which holds the keys).
+// The extractors need only the keys and the database, taken from any state that provides them,
+// so this module does not depend on the application state (which holds them).
 impl<S> FromRequestParts<S> for MaybeCaller
 where
     Keys: FromRef<S>,
+    sea_orm::DatabaseConnection: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -198,6 +199,18 @@ where
         let caller = bearer(parts)?
             .map(|token| Keys::from_ref(state).verify(token))
             .transpose()?;
+        // A staff member disabled after signing in is refused at once, not when the token
+        // expires.
+        if let Some(c) = caller
+            && c.role != Role::User
+            && crate::staff::is_disabled(&sea_orm::DatabaseConnection::from_ref(state), c.user_id)
+                .await?
+        {
+            return Err(ApiError::unauthorized(
+                "invalid_token",
+                "this staff account is disabled",
+            ));
+        }
         Ok(MaybeCaller(caller))
     }
 }
@@ -205,6 +218,7 @@ where
 impl<S> FromRequestParts<S> for Caller
 where
     Keys: FromRef<S>,
+    sea_orm::DatabaseConnection: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;

@@ -22,15 +22,10 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 type PathId<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
-
-/// A field that may be absent (unchanged), `null` (cleared) or a value.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
-}
 
 /// A plan as admins see it: everything buyers see, plus the shelf, the archive and whether it
 /// was ever sold.
@@ -110,7 +105,6 @@ pub struct NewPlan {
         pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]*$"
     )]
     pub name: String,
-    /// Never changes.
     pub kind: PlanKind,
     /// Membership plans only: days, at least 1.
     #[schema(minimum = 1)]
@@ -158,26 +152,31 @@ pub struct PlanChange {
         pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F]*$"
     )]
     pub name: Option<String>,
-    #[schema(minimum = 1)]
-    pub duration_days: Option<i32>,
-    #[schema(minimum = 1)]
-    pub uses: Option<i32>,
+    /// A new kind, with the days or uses it needs (and `null` for the ones it does not have).
+    /// Orders already placed keep the kind and terms they were sold with.
+    pub kind: Option<PlanKind>,
+    #[serde(default, deserialize_with = "super::present")]
+    #[schema(value_type = Option<i32>, minimum = 1)]
+    pub duration_days: Option<Option<i32>>,
+    #[serde(default, deserialize_with = "super::present")]
+    #[schema(value_type = Option<i32>, minimum = 1)]
+    pub uses: Option<Option<i32>>,
     #[schema(minimum = 0)]
     pub original_price_fen: Option<i64>,
     #[schema(minimum = 0)]
     pub price_fen: Option<i64>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::present")]
     #[schema(value_type = Option<i64>, minimum = 0)]
     pub price_points: Option<Option<i64>>,
     pub on_shelf: Option<bool>,
     pub sort: Option<i32>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::present")]
     #[schema(value_type = Option<String>, max_length = 500, pattern = r"^(https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?|/([!-.0-~][!-~]*)?)$")]
     pub image_url: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::present")]
     #[schema(value_type = Option<Vec<super::orders::OrderPayMethod>>, min_items = 1)]
     pub pay_methods: Option<Option<Vec<PayMethod>>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::present")]
     #[schema(value_type = Option<Vec<PayChannel>>, min_items = 1)]
     pub channels: Option<Option<Vec<PayChannel>>>,
 }
@@ -498,8 +497,9 @@ pub async fn update_plan(
     if let Some(name) = change.name {
         after.name = name.trim().to_owned();
     }
-    after.duration_days = change.duration_days.or(after.duration_days);
-    after.uses = change.uses.or(after.uses);
+    after.kind = change.kind.unwrap_or(after.kind);
+    after.duration_days = change.duration_days.unwrap_or(after.duration_days);
+    after.uses = change.uses.unwrap_or(after.uses);
     after.original_price_fen = change
         .original_price_fen
         .unwrap_or(after.original_price_fen);

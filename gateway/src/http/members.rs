@@ -27,7 +27,7 @@ use memberline_schema::states::LedgerKind;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, Statement,
 };
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 type PathId<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
 
@@ -323,11 +323,6 @@ pub async fn detail(
     }))
 }
 
-/// A field that may be absent (unchanged), `null` (cleared) or a value.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
-}
-
 /// What to change in a member: only the fields sent.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -339,7 +334,7 @@ pub struct MemberChange {
     )]
     pub name: Option<String>,
     /// 5-20 digits with an optional leading `+`; `null` clears it.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::present")]
     #[schema(value_type = Option<String>, pattern = r"^\+?[0-9]{5,20}$")]
     pub phone: Option<Option<String>>,
 }

@@ -267,6 +267,17 @@ fn integral_numbers_as_integers(value: &mut serde_json::Value) {
     }
 }
 
+/// For `#[serde(default, deserialize_with = "present")]` on an `Option<Option<T>>` field of a
+/// change: absent is `None` (unchanged), `null` is `Some(None)` (cleared), a value is
+/// `Some(Some(value))`.
+pub fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// Deserializes a typed request from a JSON value; a wrong shape is 422 `invalid_body` naming
 /// the field.
 pub fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {

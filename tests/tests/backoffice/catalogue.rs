@@ -226,7 +226,8 @@ async fn a_plan_limited_to_some_pay_methods_refuses_the_others_and_bad_fields_ar
         (json!({"uses": 3}), "uses"),
         (json!({"image_url": "javascript:alert(1)"}), "image_url"),
         (json!({"pay_methods": []}), "pay_methods"),
-        (json!({"kind": "pass"}), "kind"),
+        (json!({"kind": "pass"}), "uses"),
+        (json!({"colour": "red"}), "colour"),
     ] {
         let (status, err) = app
             .call(

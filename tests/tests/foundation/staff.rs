@@ -86,6 +86,51 @@ async fn an_admin_added_on_the_command_line_signs_in_and_is_refused_once_disable
         (status, refused["error"]["code"].clone()),
         (401, json!("invalid_credentials"))
     );
+    // The token she got before is refused too, at once, and the audit log named her.
+    let (status, refused) = app
+        .get(signed_in["token"].as_str(), "/v1/admin/audit")
+        .await;
+    assert_eq!(
+        (status, refused["error"]["code"].clone()),
+        (401, json!("invalid_token"))
+    );
+    let (status, _) = app
+        .call(
+            reqwest::Method::PATCH,
+            "/v1/admin/levels/0",
+            signed_in["token"].as_str().unwrap(),
+            None,
+            json!({"name": "Starter"}),
+        )
+        .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn the_audit_log_names_the_staff_member_who_acted() {
+    let app = spawn_app().await;
+    let added = staff_command(
+        &app,
+        &["add", "--username", "omar", "--role", "admin"],
+        "a long enough secret\n",
+    );
+    assert!(added.status.success(), "{added:?}");
+    let (_, signed_in, _) = sign_in(&app, "omar", "a long enough secret").await;
+    let token = signed_in["token"].as_str().unwrap();
+    let (status, _) = app
+        .call(
+            reqwest::Method::PATCH,
+            "/v1/admin/levels/0",
+            token,
+            None,
+            json!({"name": "Starter"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, page) = app.get(Some(token), "/v1/admin/audit").await;
+    assert_eq!(page["entries"][0]["action"], "level_update");
+    assert_eq!(page["entries"][0]["actor_name"], "omar");
+    assert_eq!(page["entries"][0]["actor_id"], signed_in["staff"]["id"]);
 }
 
 #[tokio::test]

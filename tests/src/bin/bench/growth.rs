@@ -1,7 +1,7 @@
 //! Growth: the checkout rate on a database already holding 1,000,000 paid orders of the same
 //! buyers, with their status history, balance and point ledger entries, published outbox rows
 //! (700-byte events) and the four workers' consumed-event records, against the same system
-//! before they were written.
+//! before they were written; then the back office on that database ([`crate::backoffice`]).
 
 use crate::load::Run;
 use crate::system::System;
@@ -24,7 +24,7 @@ WITH b AS (
         paid_at, payment_check_at, created_at, updated_at)
     SELECT 'GROWTH' || lpad(g::text, 8, '0'), b.ids[1 + g % array_length(b.ids, 1)], $3, 'monthly', 'Monthly membership',
         'membership', 30, 'balance', 2700, 3800, 'paid', gen_random_uuid(),
-        now() - interval '1 day', NULL, now() - interval '1 day', now() - interval '1 day'
+        now() - (1 + g % 90) * interval '1 day', NULL, now() - interval '1 day', now() - interval '1 day'
     FROM generate_series($1::bigint, $2::bigint) g, b
     RETURNING id, buyer_id, correlation_id
 ), h AS (
@@ -54,6 +54,7 @@ pub struct Outcome {
     /// Seconds spent writing the history.
     pub seed_secs: f64,
     pub concurrency: usize,
+    pub backoffice: crate::backoffice::Outcome,
 }
 
 pub async fn run(concurrency: usize, secs: f64) -> Outcome {
@@ -71,6 +72,28 @@ pub async fn run(concurrency: usize, secs: f64) -> Outcome {
             secs,
         )
         .await;
+    let seed_secs = write_history(&system).await;
+    let grown = system
+        .shop("grown")
+        .closed_loop(
+            &format!("1,000,000 orders, {concurrency} in flight"),
+            concurrency,
+            secs,
+        )
+        .await;
+    let backoffice = crate::backoffice::run(&system).await;
+    system.stop().await;
+    Outcome {
+        empty,
+        grown,
+        seed_secs,
+        concurrency,
+        backoffice,
+    }
+}
+
+/// Writes the 1,000,000 orders with their rows, then VACUUM ANALYZE; the seconds it took.
+pub async fn write_history(system: &System) -> f64 {
     let bar = ProgressBar::new(ORDERS as u64);
     bar.set_style(
         ProgressStyle::with_template("{prefix:>34} [{bar:30}] {pos}/{len} {elapsed}")
@@ -110,21 +133,6 @@ pub async fn run(concurrency: usize, secs: f64) -> Outcome {
         )
         .await
         .expect("vacuum");
-    let seed_secs = started.elapsed().as_secs_f64();
     bar.finish();
-    let grown = system
-        .shop("grown")
-        .closed_loop(
-            &format!("1,000,000 orders, {concurrency} in flight"),
-            concurrency,
-            secs,
-        )
-        .await;
-    system.stop().await;
-    Outcome {
-        empty,
-        grown,
-        seed_secs,
-        concurrency,
-    }
+    started.elapsed().as_secs_f64()
 }

@@ -17,6 +17,7 @@
 //! Nothing here asserts a speed: the run fails only when a request errs or an effect or a push
 //! is lost or doubled.
 
+mod backoffice;
 mod cpu;
 mod e2e;
 mod fanout;
@@ -113,8 +114,11 @@ async fn main() {
         Ok("fanout") => return fanout_only().await,
         Ok("e2e") => return e2e_only().await,
         Ok("checkout") => return checkout_only().await,
+        Ok("backoffice") => return backoffice_only().await,
         Ok(other) => {
-            eprintln!("BENCH_ONLY={other}: expected profile, notify, fanout, e2e or checkout");
+            eprintln!(
+                "BENCH_ONLY={other}: expected profile, notify, fanout, e2e, checkout or backoffice"
+            );
             std::process::exit(2);
         }
         Err(_) => {}
@@ -239,6 +243,24 @@ async fn main() {
     // 3. Report.
     r.seconds = bench_started.elapsed().as_secs_f64();
     let failures = report::write(&r, &out_dir);
+    if !failures.is_empty() {
+        eprintln!("FAILED: {}", failures.join("; "));
+        std::process::exit(1);
+    }
+}
+
+/// `BENCH_ONLY=backoffice`: the 1,000,000 orders of the growth run, then only the back office.
+async fn backoffice_only() {
+    let system = System::start(false).await;
+    let seed_secs = growth::write_history(&system).await;
+    eprintln!("1,000,000 orders written in {seed_secs:.0} s");
+    let b = backoffice::run(&system).await;
+    system.stop().await;
+    println!("| measurement | value | target | met? |\n|---|---|---|---|");
+    for (name, value, target, ok) in report::backoffice_rows(&b) {
+        println!("| {name} | {value} | {target} | {} |", report::met(ok));
+    }
+    let failures = report::backoffice_failures(&b);
     if !failures.is_empty() {
         eprintln!("FAILED: {}", failures.join("; "));
         std::process::exit(1);

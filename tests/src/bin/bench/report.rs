@@ -2,7 +2,7 @@
 //! printed), the plots, and the guards that fail the run.
 
 use crate::load::{Run, percentile};
-use crate::{EndToEnd, WINDOW, fanout, growth, notify, plot, profile};
+use crate::{EndToEnd, WINDOW, backoffice, fanout, growth, notify, plot, profile};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
@@ -56,7 +56,7 @@ fn versions() -> String {
     format!("{pg}; RabbitMQ {mq}; {rustc}")
 }
 
-fn met(ok: bool) -> &'static str {
+pub fn met(ok: bool) -> &'static str {
     if ok { "yes" } else { "**no**" }
 }
 
@@ -83,6 +83,55 @@ fn cpu_table(out: &mut String, unit: &str, rows: &Cpu) {
         writeln!(out, "| {name} | {:.0} % | {per:.0} µs |", share * 100.0).unwrap();
     }
     writeln!(out).unwrap();
+}
+
+/// The back office's measurements: `(measurement, value, target, met)`. They have no floor:
+/// their targets are absolute.
+pub fn backoffice_rows(b: &backoffice::Outcome) -> Vec<(String, String, &'static str, bool)> {
+    let stats_p99 = b.stats_p(0.99);
+    let search_p99 = b.search_p(0.99);
+    let rate = b.csv_rate();
+    let growth = b.rss_growth_mb();
+    let checks = [
+        (
+            "dashboard, 90 days over 1,000,000 orders".to_owned(),
+            format!(
+                "p99 {stats_p99:.1} ms (p50 {:.1} ms; rebuilding the rollups took {:.1} s)",
+                b.stats_p(0.5),
+                b.rebuild_secs
+            ),
+            "p99 < 50 ms",
+            stats_p99 < 50.0,
+        ),
+        (
+            format!("orders CSV export, {} rows", b.csv_rows),
+            format!(
+                "{rate:.0} rows/s; gateway RSS {:.0} → {:.0} MiB (+{growth:.1} MB)",
+                b.rss_before, b.rss_peak
+            ),
+            "≥ 100,000 rows/s, < +50 MB",
+            rate >= 100_000.0 && growth < 50.0,
+        ),
+        (
+            format!(
+                "member search by phone or OpenID, {} members",
+                backoffice::MEMBERS
+            ),
+            format!("p99 {search_p99:.1} ms (p50 {:.1} ms)", b.search_p(0.5)),
+            "p99 < 10 ms",
+            search_p99 < 10.0,
+        ),
+    ];
+    checks.into()
+}
+
+/// The back office's targets missed.
+pub fn backoffice_failures(b: &backoffice::Outcome) -> Vec<String> {
+    backoffice_rows(b)
+        .into_iter()
+        .filter(|(.., ok)| !ok)
+        .map(|(name, _, target, _)| format!("{name}: {target} missed"))
+        .collect()
 }
 
 /// Writes the report and the plots; the guards that failed (none: the run passed).
@@ -173,6 +222,9 @@ pub fn write(r: &Results, out_dir: &Path) -> Vec<String> {
     ];
     for row in rows {
         writeln!(o, "{row}").unwrap();
+    }
+    for (name, value, target, ok) in backoffice_rows(&g.backoffice) {
+        writeln!(o, "| {name} | {value} | | | {target} | {} |", met(ok)).unwrap();
     }
     writeln!(o).unwrap();
 
@@ -318,7 +370,7 @@ pub fn write(r: &Results, out_dir: &Path) -> Vec<String> {
         + g.empty.errors()
         + g.grown.errors();
     let lost: usize = r.e2e.iter().map(|e| e.run.ok() - e.done_ms.len()).sum();
-    let mut failures = Vec::new();
+    let mut failures = backoffice_failures(&g.backoffice);
     if errors > 0 {
         failures.push(format!("{errors} failed purchases"));
     }
