@@ -29,8 +29,8 @@ use sea_orm::{
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// The shard of the current database session.
-const SHARD: &str = "(pg_backend_pid() % 16)::smallint";
+/// The shard of the current database session: its own rows, which no other session writes.
+const SHARD: &str = "pg_backend_pid()";
 
 /// The day of `at` in the shop's time zone.
 pub fn day_of(at: DateTime<Utc>, tz: Tz) -> NaiveDate {
@@ -41,79 +41,41 @@ fn statement(sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
-/// Adds paid order `e` to the sales of its day, once (admin grants are not sales).
-pub async fn count_paid(txn: &DatabaseTransaction, tz: Tz, e: &OrderPaid) -> Result<(), DbErr> {
-    if e.pay_method == PayMethod::AdminGrant {
-        return Ok(());
-    }
-    count_sale(
-        txn,
-        e.order_id.0,
-        "paid",
-        day_of(e.paid_at, tz),
-        e.pay_method,
-        ["paid_orders", "revenue_fen", "revenue_points"],
-        [1, e.amount_fen, e.amount_points],
-    )
-    .await
-}
-
-/// Adds refunded order `e` to the refunds of its day, once.
-pub async fn count_refunded(
-    txn: &DatabaseTransaction,
-    tz: Tz,
-    e: &OrderRefunded,
-) -> Result<(), DbErr> {
-    if e.pay_method == PayMethod::AdminGrant {
-        return Ok(());
-    }
-    count_sale(
-        txn,
-        e.order_id.0,
-        "refunded",
-        day_of(e.refunded_at, tz),
-        e.pay_method,
-        ["refunds", "refunded_fen", "refunded_points"],
-        [1, e.refund_fen, e.refund_points],
-    )
-    .await
-}
-
-/// One statement: marks `(order_id, fact)` counted and, only if it was not, adds `amounts` to
-/// `columns` of the day's row of this session's shard.
-async fn count_sale(
-    txn: &DatabaseTransaction,
+/// A sale or a refund to count once: what the sales rollup adds for one order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sale {
     order_id: i64,
-    fact: &str,
+    /// `paid` or `refunded`: with the order, the business key of the count.
+    fact: &'static str,
     day: NaiveDate,
     pay_method: PayMethod,
-    columns: [&str; 3],
+    /// The three counters it adds to, and by how much.
+    columns: [&'static str; 3],
     amounts: [i64; 3],
-) -> Result<(), DbErr> {
-    let [a, b, c] = columns;
-    let sql = format!(
-        "WITH counted AS (INSERT INTO stats_counted (order_id, fact) VALUES ($1, $2) \
-                          ON CONFLICT DO NOTHING RETURNING 1) \
-         INSERT INTO stats_sales (day, pay_method, shard, {a}, {b}, {c}) \
-         SELECT $3, $4, {SHARD}, $5, $6, $7 FROM counted \
-         ON CONFLICT (day, pay_method, shard) DO UPDATE SET \
-             {a} = stats_sales.{a} + EXCLUDED.{a}, {b} = stats_sales.{b} + EXCLUDED.{b}, \
-             {c} = stats_sales.{c} + EXCLUDED.{c}"
-    );
-    txn.execute_raw(statement(
-        &sql,
-        vec![
-            order_id.into(),
-            fact.into(),
-            day.into(),
-            pay_method.as_str().into(),
-            amounts[0].into(),
-            amounts[1].into(),
-            amounts[2].into(),
-        ],
-    ))
-    .await?;
-    Ok(())
+}
+
+/// Paid order `e` on the day it was paid; `None` for an admin grant, which is not a sale.
+pub fn paid(e: &OrderPaid, tz: Tz) -> Option<Sale> {
+    (e.pay_method != PayMethod::AdminGrant).then(|| Sale {
+        order_id: e.order_id.0,
+        fact: "paid",
+        day: day_of(e.paid_at, tz),
+        pay_method: e.pay_method,
+        columns: ["paid_orders", "revenue_fen", "revenue_points"],
+        amounts: [1, e.amount_fen, e.amount_points],
+    })
+}
+
+/// Refunded order `e` on the day it was refunded; `None` for an admin grant.
+pub fn refunded(e: &OrderRefunded, tz: Tz) -> Option<Sale> {
+    (e.pay_method != PayMethod::AdminGrant).then(|| Sale {
+        order_id: e.order_id.0,
+        fact: "refunded",
+        day: day_of(e.refunded_at, tz),
+        pay_method: e.pay_method,
+        columns: ["refunds", "refunded_fen", "refunded_points"],
+        amounts: [1, e.refund_fen, e.refund_points],
+    })
 }
 
 /// One membership period, as the members' rollup sees it.
@@ -124,33 +86,61 @@ pub struct Period {
     pub ends_at: Option<DateTime<Utc>>,
     /// When its order was paid.
     pub paid_at: DateTime<Utc>,
+    /// Not removed: it counts for the membership as it stands. A period a revocation ended
+    /// while it ran is not live but still counts, up to its shortened end, as served time.
+    pub live: bool,
 }
 
-/// A buyer's membership periods as they stand (not removed), in start order.
+/// A buyer's membership periods that were served or stand (not refunded, not revoked before
+/// they began, not placeholders), in start order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Membership(pub Vec<Period>);
 
+impl Membership {
+    /// The end of the latest live period, if any (a permanent one has none and is not counted):
+    /// where a new timed period stacks.
+    pub fn latest_end(&self) -> Option<DateTime<Utc>> {
+        self.0
+            .iter()
+            .filter(|p| p.live)
+            .filter_map(|p| p.ends_at)
+            .max()
+    }
+
+    /// This membership with `period` added.
+    pub fn with(&self, period: Period) -> Self {
+        let mut periods = self.0.clone();
+        let at = periods.partition_point(|p| p.starts_at <= period.starts_at);
+        periods.insert(at, period);
+        Self(periods)
+    }
+}
+
+/// The periods the members' rollup counts (`p`): standing, or ended by a revocation while
+/// they ran.
+const COUNTED: &str = "(p.removed_at IS NULL OR p.removed_by = 'revoke')";
+
 const PERIODS: &str = "SELECT p.user_id, p.starts_at, p.ends_at, \
-        coalesce(o.paid_at, p.starts_at) AS paid_at \
-    FROM membership_periods p JOIN orders o ON o.id = p.order_id \
-    WHERE p.removed_at IS NULL";
+        coalesce(o.paid_at, p.starts_at) AS paid_at, p.removed_at IS NULL AS live \
+    FROM membership_periods p JOIN orders o ON o.id = p.order_id";
 
 fn period(row: &sea_orm::QueryResult) -> Result<Period, DbErr> {
     Ok(Period {
         starts_at: row.try_get("", "starts_at")?,
         ends_at: row.try_get("", "ends_at")?,
         paid_at: row.try_get("", "paid_at")?,
+        live: row.try_get("", "live")?,
     })
 }
 
-/// Buyer `buyer_id`'s membership, read in `txn` (with the buyer locked by the caller).
+/// Buyer `buyer_id`'s membership (with the buyer locked by the caller).
 pub async fn membership<C: ConnectionTrait>(
     conn: &C,
     buyer_id: BuyerId,
 ) -> Result<Membership, DbErr> {
     let rows = conn
         .query_all_raw(statement(
-            &format!("{PERIODS} AND p.user_id = $1 ORDER BY p.starts_at, p.id"),
+            &format!("{PERIODS} WHERE {COUNTED} AND p.user_id = $1 ORDER BY p.starts_at, p.id"),
             vec![buyer_id.into()],
         ))
         .await?;
@@ -204,19 +194,13 @@ pub fn member_days(membership: &Membership, tz: Tz) -> BTreeMap<NaiveDate, Membe
     days
 }
 
-/// Moves buyer `buyer_id`'s part of the members' rollup from what `before` gave to what their
-/// membership gives now (nothing to write when it did not change).
-pub async fn member_changed(
-    txn: &DatabaseTransaction,
-    tz: Tz,
-    buyer_id: BuyerId,
-    before: &Membership,
-) -> Result<(), DbErr> {
-    let after = membership(txn, buyer_id).await?;
-    if &after == before {
-        return Ok(());
+/// How a buyer's part of the members' rollup moves when their membership goes from `before` to
+/// `after`: only the days that change.
+pub fn moved(before: &Membership, after: &Membership, tz: Tz) -> BTreeMap<NaiveDate, MemberCounts> {
+    if before == after {
+        return BTreeMap::new();
     }
-    let mut delta = member_days(&after, tz);
+    let mut delta = member_days(after, tz);
     for (day, counts) in member_days(before, tz) {
         let row = delta.entry(day).or_default();
         for (d, c) in row.iter_mut().zip(counts) {
@@ -224,7 +208,102 @@ pub async fn member_changed(
         }
     }
     delta.retain(|_, counts| counts.iter().any(|c| *c != 0));
-    add_member_days(txn, &delta, SHARD).await
+    delta
+}
+
+/// `days` as rows of `INSERT INTO stats_members`, their parameters numbered from `first`.
+fn member_rows(
+    days: &BTreeMap<NaiveDate, MemberCounts>,
+    shard: &str,
+    first: usize,
+    values: &mut Vec<Value>,
+) -> String {
+    let rows: Vec<String> = days
+        .iter()
+        .enumerate()
+        .map(|(i, (day, c))| {
+            values.push((*day).into());
+            values.extend(c.iter().map(|n| Value::from(*n)));
+            let at = first + i * 5;
+            format!(
+                "(${at}::date, {shard}, ${}::bigint, ${}::bigint, ${}::bigint, ${}::bigint)",
+                at + 1,
+                at + 2,
+                at + 3,
+                at + 4
+            )
+        })
+        .collect();
+    rows.join(", ")
+}
+
+const MEMBERS_UPSERT: &str = "INSERT INTO stats_members (day, shard, new_members, renewals, \
+        starts, lapses) VALUES {rows} ON CONFLICT (day, shard) DO UPDATE SET \
+        new_members = stats_members.new_members + EXCLUDED.new_members, \
+        renewals = stats_members.renewals + EXCLUDED.renewals, \
+        starts = stats_members.starts + EXCLUDED.starts, \
+        lapses = stats_members.lapses + EXCLUDED.lapses";
+
+/// Adds `sale` (once per order and fact: a replayed event counts nothing) and the members'
+/// counts that `members` moved, in one statement, to this session's rows. `true` when it added
+/// anything: the effect changed the dashboard even where its own business key said "done".
+pub async fn record(
+    txn: &DatabaseTransaction,
+    sale: Option<Sale>,
+    members: &BTreeMap<NaiveDate, MemberCounts>,
+) -> Result<bool, DbErr> {
+    let mut values: Vec<Value> = Vec::new();
+    let mut ctes: Vec<String> = Vec::new();
+    let mut counted = Vec::new();
+    if let Some(sale) = sale {
+        let [a, b, c] = sale.columns;
+        values.extend([
+            sale.order_id.into(),
+            sale.fact.into(),
+            sale.day.into(),
+            sale.pay_method.as_str().into(),
+            sale.amounts[0].into(),
+            sale.amounts[1].into(),
+            sale.amounts[2].into(),
+        ]);
+        ctes.push(
+            "counted AS (INSERT INTO stats_counted (order_id, fact) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING RETURNING 1)"
+                .to_owned(),
+        );
+        ctes.push(format!(
+            "sale AS (INSERT INTO stats_sales (day, pay_method, shard, {a}, {b}, {c}) \
+             SELECT $3, $4, {SHARD}, $5, $6, $7 FROM counted \
+             ON CONFLICT (day, pay_method, shard) DO UPDATE SET \
+                 {a} = stats_sales.{a} + EXCLUDED.{a}, {b} = stats_sales.{b} + EXCLUDED.{b}, \
+                 {c} = stats_sales.{c} + EXCLUDED.{c} RETURNING 1)"
+        ));
+        counted.push("(SELECT count(*) FROM sale)");
+    }
+    if !members.is_empty() {
+        let first = values.len() + 1;
+        let rows = member_rows(members, SHARD, first, &mut values);
+        ctes.push(format!(
+            "members AS ({} RETURNING 1)",
+            MEMBERS_UPSERT.replace("{rows}", &rows)
+        ));
+        counted.push("(SELECT count(*) FROM members)");
+    }
+    if ctes.is_empty() {
+        return Ok(false);
+    }
+    let sql = format!(
+        "WITH {} SELECT ({})::bigint AS added",
+        ctes.join(", "),
+        counted.join(" + ")
+    );
+    let added: i64 = txn
+        .query_one_raw(statement(&sql, values))
+        .await?
+        .map(|r| r.try_get("", "added"))
+        .transpose()?
+        .unwrap_or(0);
+    Ok(added > 0)
 }
 
 /// Adds `days` to the members' rollup in shard `shard` (an SQL expression), in day order.
@@ -233,35 +312,13 @@ async fn add_member_days<C: ConnectionTrait>(
     days: &BTreeMap<NaiveDate, MemberCounts>,
     shard: &str,
 ) -> Result<(), DbErr> {
-    for chunk in days.iter().collect::<Vec<_>>().chunks(1000) {
+    let days: Vec<_> = days.iter().map(|(d, c)| (*d, *c)).collect();
+    for chunk in days.chunks(1000) {
+        let chunk: BTreeMap<NaiveDate, MemberCounts> = chunk.iter().copied().collect();
         let mut values = Vec::with_capacity(chunk.len() * 5);
-        let rows: Vec<String> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, (day, c))| {
-                values.push((**day).into());
-                values.extend(c.iter().map(|n| Value::from(*n)));
-                let at = i * 5;
-                format!(
-                    "(${}::date, {shard}, ${}::bigint, ${}::bigint, ${}::bigint, ${}::bigint)",
-                    at + 1,
-                    at + 2,
-                    at + 3,
-                    at + 4,
-                    at + 5
-                )
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO stats_members (day, shard, new_members, renewals, starts, lapses) \
-             VALUES {} ON CONFLICT (day, shard) DO UPDATE SET \
-                 new_members = stats_members.new_members + EXCLUDED.new_members, \
-                 renewals = stats_members.renewals + EXCLUDED.renewals, \
-                 starts = stats_members.starts + EXCLUDED.starts, \
-                 lapses = stats_members.lapses + EXCLUDED.lapses",
-            rows.join(", ")
-        );
-        conn.execute_raw(statement(&sql, values)).await?;
+        let rows = member_rows(&chunk, shard, 1, &mut values);
+        conn.execute_raw(statement(&MEMBERS_UPSERT.replace("{rows}", &rows), values))
+            .await?;
     }
     Ok(())
 }
@@ -280,9 +337,14 @@ const WAS_PAID: &str = "status IN ('paid', 'refund_pending', 'refunded') AND pai
 
 /// Recomputes every rollup from the orders, their refunds and the membership periods, in one
 /// transaction that holds the workers' updates back meanwhile (they wait, then add to the
-/// rebuilt rows what they were applying).
+/// rebuilt rows what they were applying). Run it once after upgrading to the release that added
+/// the dashboard, so the rollups start from the shop's history.
 pub async fn rebuild(db: &DatabaseConnection, tz: Tz) -> Result<Rebuilt, DbErr> {
-    let txn = db.begin().await?;
+    // One snapshot for every read, taken once the lock is held: an order paid meanwhile is
+    // either in every count below or in none (its worker then counts it after this commits).
+    let txn = db
+        .begin_with_config(Some(sea_orm::IsolationLevel::RepeatableRead), None)
+        .await?;
     let run = |sql: String, values: Vec<Value>| {
         let txn = &txn;
         async move { txn.execute_raw(statement(&sql, values)).await }
@@ -348,9 +410,9 @@ pub async fn rebuild(db: &DatabaseConnection, tz: Tz) -> Result<Rebuilt, DbErr> 
         let rows = txn
             .query_all_raw(statement(
                 &format!(
-                    "{PERIODS} AND p.user_id IN (SELECT DISTINCT user_id FROM membership_periods \
-                     WHERE removed_at IS NULL AND user_id > $1 ORDER BY user_id LIMIT 5000) \
-                     ORDER BY p.user_id, p.starts_at, p.id"
+                    "{PERIODS} WHERE {COUNTED} AND p.user_id IN (SELECT DISTINCT p.user_id \
+                     FROM membership_periods p WHERE {COUNTED} AND p.user_id > $1 \
+                     ORDER BY p.user_id LIMIT 5000) ORDER BY p.user_id, p.starts_at, p.id"
                 ),
                 vec![after.into()],
             ))
@@ -400,6 +462,8 @@ pub struct Sales {
     pub refunds: i64,
     pub refunded_fen: i64,
     pub refunded_points: i64,
+    /// `revenue_fen` less `refunded_fen`: what the day's refunds took back from the sales.
+    pub net_fen: i64,
 }
 
 /// One day of the dashboard.
@@ -415,6 +479,8 @@ pub struct Day {
     pub revenue_fen: i64,
     pub refunds: i64,
     pub refunded_fen: i64,
+    /// `revenue_fen` less `refunded_fen`.
+    pub net_revenue_fen: i64,
     pub new_members: i64,
     pub renewals: i64,
     /// Memberships that ended that day (and were not continued).
@@ -466,6 +532,7 @@ pub async fn read<C: ConnectionTrait>(
             refunds: get("refunds")?,
             refunded_fen: get("refunded_fen")?,
             refunded_points: get("refunded_points")?,
+            net_fen: get("revenue_fen")? - get("refunded_fen")?,
         };
         if s != (Sales {
             pay_method: s.pay_method.clone(),
@@ -520,6 +587,7 @@ pub async fn read<C: ConnectionTrait>(
             revenue_fen: sales.iter().map(|s| s.revenue_fen).sum(),
             refunds: sales.iter().map(|s| s.refunds).sum(),
             refunded_fen: sales.iter().map(|s| s.refunded_fen).sum(),
+            net_revenue_fen: sales.iter().map(|s| s.net_fen).sum(),
             sales,
             new_members: m[NEW],
             renewals: m[RENEWAL],
@@ -564,6 +632,7 @@ mod tests {
             starts_at: start,
             ends_at: end,
             paid_at: paid,
+            live: true,
         }
     }
 
@@ -601,6 +670,22 @@ mod tests {
         assert_eq!(days[&d(9)], [0, 1, 1, 0]);
         assert_eq!(days[&d(10)], [0, 1, 0, 0]);
         assert!(!days.contains_key(&d(20)));
+    }
+
+    #[test]
+    fn a_revocation_ends_the_run_at_its_time_and_a_new_period_stacks_after_the_live_ones() {
+        let revoked = Period {
+            live: false,
+            ..p(at(1, 2), Some(at(5, 2)), at(1, 2))
+        };
+        let m = Membership(vec![revoked]);
+        let days = member_days(&m, chrono_tz::UTC);
+        assert_eq!(days[&d(1)], [1, 0, 1, 0]);
+        assert_eq!(days[&d(5)], [0, 0, 0, 1], "lapsed when revoked");
+        assert_eq!(m.latest_end(), None, "nothing live to stack on");
+        let m = m.with(p(at(7, 2), Some(at(9, 2)), at(7, 2)));
+        assert_eq!(m.latest_end(), Some(at(9, 2)));
+        assert_eq!(m.0.len(), 2);
     }
 
     #[test]

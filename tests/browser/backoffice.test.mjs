@@ -325,7 +325,7 @@ test('the dashboard shows the same figures as the stats API for its range, with 
     ['stat-revenue', 'stat-paid-orders', 'stat-refunds', 'stat-new-members', 'stat-active', 'stat-expiring']
       .map((id) => [id, document.getElementById(id).textContent])));
   assert.deepEqual(shown, {
-    'stat-revenue': yuan(sum('revenue_fen')),
+    'stat-revenue': yuan(sum('net_revenue_fen')),
     'stat-paid-orders': String(sum('paid_orders')),
     'stat-refunds': String(sum('refunds')),
     'stat-new-members': String(sum('new_members')),
@@ -335,6 +335,8 @@ test('the dashboard shows the same figures as the stats API for its range, with 
   assert.equal(sum('paid_orders'), 3, 'the three sales are counted');
   assert.equal(sum('revenue_fen'), NEW_PRICE_FEN + quarterly.body.amount_fen, 'revenue in fen (the points sale has none)');
   assert.equal(sum('refunds'), 1, 'the refund is counted');
+  assert.equal(sum('net_revenue_fen'), sum('revenue_fen') - sum('refunded_fen'), 'a refund subtracts');
+  assert.ok(sum('refunded_fen') > 0, 'the refunded sale was in fen');
   assert.equal(s.days.at(-1).active_at_end, 2, 'two members at the end');
   // One table row a day, and the day of the sale as the API has it.
   assert.equal(await admin.locator('#bo-days tr[data-day]').count(), s.days.length);

@@ -106,11 +106,11 @@ pub struct NewPlan {
     )]
     pub name: String,
     pub kind: PlanKind,
-    /// Membership plans only: days, at least 1.
-    #[schema(minimum = 1)]
+    /// Membership plans only: days, 1 to 36,500 (a hundred years).
+    #[schema(minimum = 1, maximum = 36500)]
     pub duration_days: Option<i32>,
-    /// Passes only: uses, at least 1.
-    #[schema(minimum = 1)]
+    /// Passes only: uses, 1 to 100,000.
+    #[schema(minimum = 1, maximum = 100000)]
     pub uses: Option<i32>,
     #[schema(minimum = 0)]
     pub original_price_fen: i64,
@@ -156,10 +156,10 @@ pub struct PlanChange {
     /// Orders already placed keep the kind and terms they were sold with.
     pub kind: Option<PlanKind>,
     #[serde(default, deserialize_with = "super::present")]
-    #[schema(value_type = Option<i32>, minimum = 1)]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 36500)]
     pub duration_days: Option<Option<i32>>,
     #[serde(default, deserialize_with = "super::present")]
-    #[schema(value_type = Option<i32>, minimum = 1)]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 100000)]
     pub uses: Option<Option<i32>>,
     #[schema(minimum = 0)]
     pub original_price_fen: Option<i64>,
@@ -185,28 +185,40 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::unprocessable("invalid_field", message)
 }
 
+/// The longest membership a plan sells, in days (a hundred years): the period's end stays a
+/// date every worker can compute.
+const MAX_DAYS: i32 = 36_500;
+/// The most uses a pass has.
+const MAX_USES: i32 = 100_000;
+
 /// A plan's kind and its days or uses that do not go together.
 fn terms(message: &str) -> ApiError {
     ApiError::unprocessable("plan_terms_invalid", message.to_owned())
 }
 
+/// A name as sent (the rule of `valid_name`, on what was sent), as stored: trimmed.
+fn named(raw: &str) -> Result<String, ApiError> {
+    if valid_name(raw) {
+        Ok(raw.trim().to_owned())
+    } else {
+        Err(invalid(
+            "name must be 1-64 characters, not only whitespace, without control characters",
+        ))
+    }
+}
+
 /// The rules the table's checks hold, said as a client can act on them.
 fn check_plan(p: &plan::Model) -> Result<(), ApiError> {
-    if !valid_name(&p.name) {
-        return Err(invalid(
-            "name must be 1-64 characters, not only whitespace, without control characters",
-        ));
-    }
     match (p.kind, p.duration_days, p.uses) {
-        (PlanKind::Membership, Some(d), None) if d > 0 => {}
+        (PlanKind::Membership, Some(1..=MAX_DAYS), None) => {}
         (PlanKind::Membership, ..) => {
             return Err(terms(
-                "a membership plan has duration_days (at least 1) and no uses",
+                "a membership plan has duration_days (1 to 36,500) and no uses",
             ));
         }
-        (PlanKind::Pass, None, Some(u)) if u > 0 => {}
+        (PlanKind::Pass, None, Some(1..=MAX_USES)) => {}
         (PlanKind::Pass, ..) => {
-            return Err(terms("a pass has uses (at least 1) and no duration_days"));
+            return Err(terms("a pass has uses (1 to 100,000) and no duration_days"));
         }
         (PlanKind::Permanent, None, None) => {}
         (PlanKind::Permanent, ..) => {
@@ -422,7 +434,7 @@ pub async fn create_plan(
     let candidate = plan::Model {
         id: PlanId(0),
         code: req.code,
-        name: req.name.trim().to_owned(),
+        name: named(&req.name)?,
         kind: req.kind,
         duration_days: req.duration_days,
         uses: req.uses,
@@ -495,7 +507,7 @@ pub async fn update_plan(
     }
     let mut after = before.clone();
     if let Some(name) = change.name {
-        after.name = name.trim().to_owned();
+        after.name = named(&name)?;
     }
     after.kind = change.kind.unwrap_or(after.kind);
     after.duration_days = change.duration_days.unwrap_or(after.duration_days);
@@ -688,11 +700,6 @@ pub struct LevelChange {
 }
 
 fn check_level(l: &level::Model) -> Result<(), ApiError> {
-    if !valid_name(&l.name) {
-        return Err(invalid(
-            "name must be 1-64 characters, not only whitespace, without control characters",
-        ));
-    }
     if l.id < 0 {
         return Err(invalid("id must not be negative"));
     }
@@ -769,7 +776,7 @@ pub async fn create_level(
     let req: NewLevel = typed(body)?;
     let candidate = level::Model {
         id: req.id,
-        name: req.name.trim().to_owned(),
+        name: named(&req.name)?,
         min_growth: req.min_growth,
         discount_percent: req.discount_percent,
         points_bonus_percent: req.points_bonus_percent.unwrap_or(100),
@@ -833,7 +840,7 @@ pub async fn update_level(
         .ok_or_else(|| ApiError::not_found("level_not_found", format!("no level {id}")))?;
     let mut after = before.clone();
     if let Some(name) = change.name {
-        after.name = name.trim().to_owned();
+        after.name = named(&name)?;
     }
     after.min_growth = change.min_growth.unwrap_or(after.min_growth);
     after.discount_percent = change.discount_percent.unwrap_or(after.discount_percent);

@@ -1,6 +1,7 @@
 DROP TABLE stats_counted;
 DROP TABLE stats_members;
 DROP TABLE stats_sales;
+ALTER TABLE membership_periods DROP COLUMN removed_by;
 DROP INDEX audit_log_user_idx;
 ALTER TABLE audit_log DROP COLUMN actor_name;
 DELETE FROM audit_log WHERE action NOT IN ('order_refund', 'membership_grant', 'membership_revoke');

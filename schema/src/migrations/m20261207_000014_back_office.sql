@@ -30,10 +30,19 @@ ALTER TABLE audit_log ADD CONSTRAINT audit_log_action_check CHECK (action IN (
 ALTER TABLE audit_log ADD COLUMN actor_name TEXT;
 CREATE INDEX audit_log_user_idx ON audit_log (user_id, id DESC) WHERE user_id IS NOT NULL;
 
+-- Why a membership period was removed: a refund took it back (`refund`), a revocation ended it
+-- while it ran (`revoke`: its end moved to the revocation, the time before it was served) or
+-- before it began (`revoke_unserved`), or it is a placeholder that was never a membership
+-- (`placeholder`: refunded or revoked before its order's effect arrived). Periods removed before
+-- this column are taken as refunded.
+ALTER TABLE membership_periods ADD COLUMN removed_by TEXT
+    CHECK (removed_by IN ('refund', 'revoke', 'revoke_unserved', 'placeholder'));
+
 -- The dashboard's rollups, per day in the shop's time zone, kept by the membership worker from
 -- the events (and rebuilt from the orders by `memberline stats rebuild`). Each day's counters are
--- split in shards, one per database session (`pg_backend_pid() % 16`): concurrent worker
--- transactions add to rows of their own instead of queueing on one row per day. Reads sum them.
+-- split in shards, one per database session (`pg_backend_pid()`): concurrent worker
+-- transactions add to rows of their own session only, so they never wait on each other (nor
+-- deadlock) here. Reads sum them; a rebuild writes shard 0.
 -- Sales: paid orders and their revenue on the day paid, refunds on the day refunded.
 CREATE TABLE stats_sales (
     day             DATE   NOT NULL,
@@ -44,7 +53,7 @@ CREATE TABLE stats_sales (
     refunds         BIGINT NOT NULL DEFAULT 0,
     refunded_fen    BIGINT NOT NULL DEFAULT 0,
     refunded_points BIGINT NOT NULL DEFAULT 0,
-    shard           SMALLINT NOT NULL DEFAULT 0,
+    shard           INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (day, pay_method, shard)
 );
 -- Members: first memberships, renewals (every later membership order, on its paid day), and the
@@ -56,7 +65,7 @@ CREATE TABLE stats_members (
     renewals    BIGINT   NOT NULL DEFAULT 0,
     starts      BIGINT   NOT NULL DEFAULT 0,
     lapses      BIGINT   NOT NULL DEFAULT 0,
-    shard       SMALLINT NOT NULL DEFAULT 0,
+    shard       INTEGER  NOT NULL DEFAULT 0,
     PRIMARY KEY (day, shard)
 );
 -- What the sales rollup has counted, one row per order and fact: a replayed event counts once.

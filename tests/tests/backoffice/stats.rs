@@ -132,12 +132,18 @@ async fn the_dashboard_counts_each_sale_once_a_refund_subtracts_and_a_rebuild_gi
     assert_eq!(day["active_at_end"], 1);
     assert_eq!(stats["expiring_next_7_days"], 0, "Ada's 60 days end later");
 
+    let built = rollups(&app).await;
     let rebuilt = memberline_orders::stats::rebuild(&app.db, app.settings.shop.time_zone)
         .await
         .unwrap();
     assert_eq!(
         (rebuilt.paid_orders, rebuilt.refunds, rebuilt.members),
         (3, 1, 1)
+    );
+    assert_eq!(
+        rollups(&app).await,
+        built,
+        "the rebuild reproduces every rollup row"
     );
     assert_eq!(
         today(&app).await,
@@ -173,4 +179,130 @@ async fn a_range_backwards_or_longer_than_a_year_is_refused() {
         .get(Some(&admin), "/v1/admin/stats?from=yesterday")
         .await;
     assert_eq!(status, 400);
+}
+
+/// The rollups as stored, shards added up: what a rebuild must reproduce.
+async fn rollups(app: &TestApp) -> (String, String) {
+    let sales = app
+        .text_scalar(
+            "SELECT coalesce(string_agg(format('%s %s %s %s %s %s %s %s', day, pay_method, \
+                 paid_orders, revenue_fen, revenue_points, refunds, refunded_fen, \
+                 refunded_points), '; ' ORDER BY day, pay_method), '') \
+             FROM (SELECT day, pay_method, sum(paid_orders) AS paid_orders, \
+                 sum(revenue_fen) AS revenue_fen, sum(revenue_points) AS revenue_points, \
+                 sum(refunds) AS refunds, sum(refunded_fen) AS refunded_fen, \
+                 sum(refunded_points) AS refunded_points \
+                 FROM stats_sales GROUP BY day, pay_method) s \
+             WHERE paid_orders <> 0 OR refunds <> 0",
+        )
+        .await;
+    let members = app
+        .text_scalar(
+            "SELECT coalesce(string_agg(format('%s %s %s %s %s', day, new_members, renewals, \
+                 starts, lapses), '; ' ORDER BY day), '') \
+             FROM (SELECT day, sum(new_members) AS new_members, sum(renewals) AS renewals, \
+                 sum(starts) AS starts, sum(lapses) AS lapses FROM stats_members GROUP BY day) m \
+             WHERE new_members <> 0 OR renewals <> 0 OR starts <> 0 OR lapses <> 0",
+        )
+        .await;
+    (sales, members)
+}
+
+async fn rebuilt_the_same(app: &TestApp) {
+    let built = rollups(app).await;
+    memberline_orders::stats::rebuild(&app.db, app.settings.shop.time_zone)
+        .await
+        .unwrap();
+    assert_eq!(
+        rollups(app).await,
+        built,
+        "the rebuild reproduces every rollup row"
+    );
+}
+
+#[tokio::test]
+async fn a_refund_after_a_revocation_and_a_refund_before_its_payment_both_count_and_rebuild_the_same()
+ {
+    // No relay: the test delivers the events itself, in the order it wants.
+    let app = spawn_app_with(Options {
+        workers: true,
+        embedded_relay: false,
+        ..Default::default()
+    })
+    .await;
+    let monthly = app.plan_id("monthly").await;
+    let revoked = app.create_user("Revoked", 100_000, 0).await;
+    let early = app.create_user("Early", 100_000, 0).await;
+    let mut ids = Vec::new();
+    for (buyer, key) in [(revoked, "r"), (early, "e")] {
+        let (status, order) = app
+            .order(
+                &app.user_token(buyer),
+                key,
+                json!({"plan_id": monthly, "pay_method": "balance"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{order}");
+        ids.push(order["id"].as_i64().unwrap());
+    }
+    let paid = app.outbox_payloads("order.paid").await;
+    let publish = |key: &'static str, env: Value| {
+        let app = &app;
+        async move { app.publish_event(key, env.to_string().as_bytes()).await }
+    };
+    // The first buyer: paid, then revoked, then refunded.
+    publish("order.paid.v1", paid[0].clone()).await;
+    settled(
+        &app,
+        "the first sale",
+        "SELECT count(*) FROM stats_counted",
+        1,
+    )
+    .await;
+    let (status, body) = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/admin/users/{revoked}/membership"),
+            &app.admin_token(),
+            Some("revoke"),
+            json!({"reason": "abuse"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let revocation = app.outbox_payloads("membership.revoked").await;
+    publish("membership.revoked.v1", revocation[0].clone()).await;
+    settled(
+        &app,
+        "the revocation",
+        "SELECT count(*) FROM membership_periods WHERE removed_by = 'revoke'",
+        1,
+    )
+    .await;
+    let (status, body) = app.refund(ids[0], "refund-1", "goodwill").await;
+    assert_eq!(status, 200, "{body}");
+    // The second buyer: refunded before the paid event reaches the workers.
+    let (status, body) = app.refund(ids[1], "refund-2", "mistake").await;
+    assert_eq!(status, 200, "{body}");
+    let refunds = app.outbox_payloads("order.refunded").await;
+    for env in &refunds {
+        publish("order.refunded.v1", env.clone()).await;
+    }
+    publish("order.paid.v1", paid[1].clone()).await;
+    settled(
+        &app,
+        "both sales and both refunds counted",
+        "SELECT count(*) FROM stats_counted",
+        4,
+    )
+    .await;
+    let day = last_day(&today(&app).await);
+    assert_eq!(sales(&day, "balance")["paid_orders"], 2);
+    assert_eq!(sales(&day, "balance")["refunds"], 2);
+    assert_eq!(
+        day["new_members"], 1,
+        "the revoked member was one until revoked"
+    );
+    assert_eq!(day["lapsed"], 1, "and lapsed when revoked");
+    assert_eq!(day["active_at_end"], 0);
+    rebuilt_the_same(&app).await;
 }

@@ -14,7 +14,7 @@ use super::{PaidOrderEffect, decode, lock_user};
 use crate::decide::HandlerError;
 use crate::runtime::{Effects, Incoming};
 use crate::store::{membership_periods, user_passes};
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use memberline_orders::stats;
 use memberline_platform::outbox;
 use memberline_schema::events::{
@@ -49,10 +49,12 @@ impl PaidOrderEffect for Membership {
     ) -> Result<Effects, HandlerError> {
         let e = &env.payload;
         let before = stats::membership(txn, e.buyer_id).await?;
-        let effects = paid(txn, env).await?;
-        stats::count_paid(txn, self.time_zone, e).await?;
-        stats::member_changed(txn, self.time_zone, e.buyer_id, &before).await?;
-        Ok(effects)
+        let (effects, added) = paid(txn, env, &before).await?;
+        let after = added.map_or_else(|| before.clone(), |p| before.with(p));
+        let tz = self.time_zone;
+        let counted =
+            stats::record(txn, stats::paid(e, tz), &stats::moved(&before, &after, tz)).await?;
+        Ok(counted_anyway(effects, counted))
     }
 
     async fn apply_refunded(
@@ -63,9 +65,15 @@ impl PaidOrderEffect for Membership {
         let e = &env.payload;
         let before = stats::membership(txn, e.buyer_id).await?;
         let effects = refunded(txn, env).await?;
-        stats::count_refunded(txn, self.time_zone, e).await?;
-        stats::member_changed(txn, self.time_zone, e.buyer_id, &before).await?;
-        Ok(effects)
+        let after = stats::membership(txn, e.buyer_id).await?;
+        let tz = self.time_zone;
+        let counted = stats::record(
+            txn,
+            stats::refunded(e, tz),
+            &stats::moved(&before, &after, tz),
+        )
+        .await?;
+        Ok(counted_anyway(effects, counted))
     }
 
     /// `membership.revoked.v1`: the membership ends at `revoked_at` (deduplicated by the
@@ -87,7 +95,8 @@ impl PaidOrderEffect for Membership {
         lock_user(txn, e.user_id).await?;
         let before = stats::membership(txn, e.user_id).await?;
         let removed = membership_periods::revoke(txn, e.user_id, e.revoked_at).await?;
-        stats::member_changed(txn, self.time_zone, e.user_id, &before).await?;
+        let after = stats::membership(txn, e.user_id).await?;
+        stats::record(txn, None, &stats::moved(&before, &after, self.time_zone)).await?;
         changed(
             txn,
             &env,
@@ -101,36 +110,51 @@ impl PaidOrderEffect for Membership {
     }
 }
 
+/// An effect its business key found done that still counted on the dashboard (the sale of an
+/// order refunded before its paid event came, the refund of a revoked membership): applied,
+/// so its transaction commits.
+fn counted_anyway(effects: Effects, counted: bool) -> Effects {
+    if effects.already_applied && counted {
+        Effects::applied()
+    } else {
+        effects
+    }
+}
+
 /// Applies paid order `env`, with its buyer locked (two orders stacking at once must not both
-/// start at the same end).
+/// start at the same end), on the buyer's membership `before`; with the period it added, if
+/// any.
 async fn paid(
     txn: &DatabaseTransaction,
     env: &Envelope<OrderPaid>,
-) -> Result<Effects, HandlerError> {
+    before: &stats::Membership,
+) -> Result<(Effects, Option<stats::Period>), HandlerError> {
     let e = &env.payload;
     if e.plan.plan_kind != PlanKind::Pass
         && membership_periods::revoked_since(txn, e.buyer_id, e.paid_at).await?
     {
         // Paid before an admin revoked the membership, applied after: the revocation
         // covers it (a removed placeholder keeps its business key).
-        return Ok(
-            if membership_periods::add_removed(txn, e.buyer_id, e.order_id).await? {
-                Effects::applied()
-            } else {
-                Effects::already_applied()
-            },
-        );
+        let effects = if membership_periods::add_removed(txn, e.buyer_id, e.order_id).await? {
+            Effects::applied()
+        } else {
+            Effects::already_applied()
+        };
+        return Ok((effects, None));
     }
-    let extended = match e.plan.plan_kind {
-        PlanKind::Membership | PlanKind::Permanent => add_period(txn, e).await?,
-        PlanKind::Pass => grant_pass(txn, e).await?,
+    let (extended, added) = match e.plan.plan_kind {
+        PlanKind::Membership | PlanKind::Permanent => match add_period(txn, e, before).await? {
+            Some((extended, period)) => (Some(extended), Some(period)),
+            None => (None, None),
+        },
+        PlanKind::Pass => (grant_pass(txn, e).await?, None),
     };
     let Some(extended) = extended else {
-        return Ok(Effects::already_applied());
+        return Ok((Effects::already_applied(), None));
     };
     let follow_up = Envelope::new(extended, env.correlation_id, Some(env.event_id));
     outbox::enqueue(txn, &follow_up).await?;
-    Ok(Effects::applied())
+    Ok((Effects::applied(), added))
 }
 
 /// Removes exactly the refunded order's period (later periods move earlier by its length) or
@@ -221,13 +245,15 @@ async fn changed<P: memberline_schema::events::Event + Sync>(
 async fn add_period(
     txn: &DatabaseTransaction,
     e: &OrderPaid,
-) -> Result<Option<MembershipExtended>, HandlerError> {
-    let now = Utc::now();
+    before: &stats::Membership,
+) -> Result<Option<(MembershipExtended, stats::Period)>, HandlerError> {
+    // Microseconds, as PostgreSQL keeps them: the period added is the one read back later.
+    let now = Utc::now().trunc_subsecs(6);
     let (start, until) = if e.plan.plan_kind == PlanKind::Membership {
         let days = e.plan.duration_days.filter(|d| *d > 0).ok_or_else(|| {
             HandlerError::permanent(anyhow::anyhow!("membership plan without days"))
         })?;
-        let start = period_start(now, membership_periods::latest_end(txn, e.buyer_id).await?);
+        let start = period_start(now, before.latest_end());
         let until = start
             .checked_add_signed(Duration::days(i64::from(days)))
             .ok_or_else(|| {
@@ -242,12 +268,19 @@ async fn add_period(
     if !membership_periods::add(txn, e.buyer_id, e.order_id, start, until).await? {
         return Ok(None);
     }
-    Ok(Some(MembershipExtended {
+    let extended = MembershipExtended {
         starts_at: Some(start),
         ends_at: until,
         permanent: until.is_none(),
         ..announcement(e)
-    }))
+    };
+    let period = stats::Period {
+        starts_at: start,
+        ends_at: until,
+        paid_at: e.paid_at,
+        live: true,
+    };
+    Ok(Some((extended, period)))
 }
 
 /// Grants the order's pass with all its uses. `None` when the order already granted it.

@@ -6,23 +6,6 @@ use chrono::{DateTime, Utc};
 use memberline_schema::ids::{BuyerId, OrderId};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
 
-/// The end of the buyer's latest period, if they have one (permanent periods have no end and
-/// are not counted).
-pub async fn latest_end(
-    txn: &DatabaseTransaction,
-    user_id: BuyerId,
-) -> Result<Option<DateTime<Utc>>, DbErr> {
-    Ok(one(
-        txn,
-        "SELECT max(ends_at) AS end FROM membership_periods \
-         WHERE user_id = $1 AND removed_at IS NULL",
-        [user_id.into()],
-    )
-    .await?
-    .and_then(|r| r.try_get::<Option<DateTime<Utc>>>("", "end").ok())
-    .flatten())
-}
-
 /// Adds order `order_id`'s period `[starts_at, ends_at)`, permanent when `ends_at` is `None`;
 /// `false` when the order already has its period.
 pub async fn add(
@@ -88,7 +71,7 @@ pub async fn add_removed(
     insert_once(
         txn,
         "INSERT INTO membership_periods (user_id, order_id, starts_at, ends_at, permanent, \
-         removed_at) VALUES ($1, $2, now(), NULL, true, now()) \
+         removed_at, removed_by) VALUES ($1, $2, now(), NULL, true, now(), 'placeholder') \
          ON CONFLICT (order_id) DO NOTHING RETURNING id",
         [user_id.into(), order_id.into()],
     )
@@ -106,7 +89,8 @@ pub async fn remove_and_close_gap(
     period: Period,
 ) -> Result<(), DbErr> {
     txn.execute_raw(statement(
-        "UPDATE membership_periods SET removed_at = now() WHERE order_id = $1",
+        "UPDATE membership_periods SET removed_at = now(), removed_by = 'refund' \
+         WHERE order_id = $1",
         [order_id.into()],
     ))
     .await?;
@@ -168,6 +152,7 @@ pub async fn revoke(
     // A running period keeps its shortened end for the record.
     txn.execute_raw(statement(
         "UPDATE membership_periods p SET removed_at = now(), \
+         removed_by = CASE WHEN p.starts_at < $2 THEN 'revoke' ELSE 'revoke_unserved' END, \
          ends_at = CASE WHEN p.starts_at < $2 THEN $2 ELSE p.ends_at END, \
          permanent = p.permanent AND p.starts_at >= $2 \
          FROM orders o WHERE o.id = p.order_id AND o.paid_at <= $2 \

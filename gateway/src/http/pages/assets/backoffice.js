@@ -52,6 +52,18 @@ export function parseYuan(text, { negative = false } = {}) {
   return m[1] === '-' && fen !== 0 ? -fen : fen;
 }
 
+/**
+ * After an attempt that got no final answer (no connection, a time-out, a 5xx), the request
+ * may have been done: the dialog keeps its Idempotency-Key, and its fields are frozen, so the
+ * only way on is the same request again (answered once, whatever happened) or Cancel.
+ */
+function holdForRetry(form) {
+  for (const input of form.querySelectorAll('input, textarea')) input.readOnly = true;
+  for (const select of form.querySelectorAll('select')) select.disabled = true;
+  return t('没有收到结果：再按一次会重试同一请求（不会重复执行）',
+    'No answer yet: press again to retry the same request (it is never done twice)');
+}
+
 /** A whole number typed by a person, or null. */
 export function parseInteger(text, { negative = false } = {}) {
   const m = /^\s*([-+])?(\d{1,15})\s*$/.exec(String(text ?? ''));
@@ -492,6 +504,7 @@ export class BackOffice {
         const res = await this.session.api('POST', `/v1/admin/orders/${o.id}/refund`, { reason }, { 'Idempotency-Key': key });
         if (res.status === -1) return null;
         if (settled(res.status)) key = newKey();
+        else return holdForRetry(form);
         if (res.status !== 200 && res.status !== 202) return errorText(res);
         const done = res.body.status === 'refund_pending'
           ? t('退款处理中', 'Refund pending: the provider confirms it')
@@ -677,6 +690,7 @@ export class BackOffice {
           { 'Idempotency-Key': key });
         if (res.status === -1) return null;
         if (settled(res.status)) key = newKey();
+        else return holdForRetry(form);
         if (res.status !== 201 && res.status !== 200) return errorText(res);
         this.refreshMember(m.id, `${t('已赠送', 'Granted')}: ${res.body.plan_name} · ${res.body.order_no}`);
         return null;
@@ -699,6 +713,7 @@ export class BackOffice {
           { 'Idempotency-Key': key });
         if (res.status === -1) return null;
         if (settled(res.status)) key = newKey();
+        else return holdForRetry(form);
         if (res.status < 200 || res.status > 299) return errorText(res);
         this.refreshMember(m.id, t('会员已撤销', 'Membership revoked'));
         return null;
@@ -741,6 +756,7 @@ export class BackOffice {
           { 'Idempotency-Key': key });
         if (res.status === -1) return null;
         if (settled(res.status)) key = newKey();
+        else return holdForRetry(form);
         if (res.status !== 201 && res.status !== 200) return errorText(res);
         const after = res.body.ledger === 'balance' ? yuan(res.body.balance_after) : `${res.body.balance_after} ${t('积分', 'points')}`;
         this.openMember(m.id, `${t('已调整', 'Adjusted')}: ${LEDGER[res.body.ledger] || res.body.ledger} → ${after}`);
@@ -998,11 +1014,12 @@ export class BackOffice {
     const days = s.days || [];
     const sum = (k) => days.reduce((n, d) => n + (d[k] || 0), 0);
     const points = days.reduce((n, d) => n + (d.sales || []).reduce((m, x) => m + (x.revenue_points || 0), 0), 0);
-    $('stat-revenue').textContent = yuan(sum('revenue_fen'));
-    $('stat-revenue').dataset.fen = String(sum('revenue_fen'));
+    $('stat-revenue').textContent = yuan(sum('net_revenue_fen'));
+    $('stat-revenue').dataset.fen = String(sum('net_revenue_fen'));
     $('stat-paid-orders').textContent = String(sum('paid_orders'));
     $('stat-refunds').textContent = String(sum('refunds'));
-    $('stat-revenue-points').textContent = points ? `+ ${points} ${t('积分', 'points')}` : '';
+    $('stat-revenue-points').textContent = `${t('销售额', 'Sales')} ${yuan(sum('revenue_fen'))}`
+      + (points ? ` + ${points} ${t('积分', 'points')}` : '');
     $('stat-refunded').textContent = `${t('退款金额', 'Refunded')} ${yuan(sum('refunded_fen'))}`;
     $('stat-new-members').textContent = String(sum('new_members'));
     $('stat-active').textContent = days.length ? String(days.at(-1).active_at_end) : '0';
