@@ -25,12 +25,14 @@ pub struct Application {
 }
 
 impl Application {
+    /// Opens the pool of `database.max_connections`, which the lanes must leave room in.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.lanes.fit(settings.database.max_connections)?;
         let db = memberline_platform::db::connect(&settings.database).await?;
         Self::build_with_db(settings, db).await
     }
 
-    /// Builds on an existing pool (tests share theirs).
+    /// Builds on an existing pool (tests share theirs, sized apart from the settings).
     pub async fn build_with_db(settings: Settings, db: DatabaseConnection) -> anyhow::Result<Self> {
         let addr = format!("{}:{}", settings.http.host, settings.http.port);
         let listener = TcpListener::bind(&addr)

@@ -183,8 +183,10 @@ fn refused(client: &dyn PaymentProvider, e: &PaymentError) -> String {
 /// `order.refunded.v1`. `false` when it was done before (a copy of the notification).
 ///
 /// The provider's word wins over ours: a refund we had given up as failed (WeChat completes an
-/// ABNORMAL one once the merchant sorts the buyer's account out) whose order is still `paid` is
-/// completed too, with a warning.
+/// ABNORMAL one once the merchant sorts the buyer's account out) is completed too, with a
+/// warning, whether its order is `paid` again or `refund_pending` for a later attempt (which is
+/// then marked failed, superseded: should the provider refund that one too, its success finds
+/// the order refunded and is logged as an error for an operator).
 pub async fn complete(
     db: &DatabaseConnection,
     out_refund_no: &str,
@@ -203,16 +205,34 @@ pub async fn complete(
         txn.commit().await?;
         return Ok(true);
     }
-    let Some((order, refund)) = store::lock_failed_of_paid(&txn, out_refund_no).await? else {
+    let Some(found) = store::lock_failed(&txn, out_refund_no).await? else {
+        if store::is_failed(&txn, out_refund_no).await? {
+            tracing::error!(
+                out_refund_no,
+                "The provider completed a refund recorded as failed of an order refunded by \
+                 another attempt: the buyer was refunded twice; an operator must recover it"
+            );
+        }
         txn.rollback().await?;
         return Ok(false);
     };
+    let from = found.order.status;
     tracing::warn!(
-        order_id = %order.id,
+        order_id = %found.order.id,
         out_refund_no,
+        superseded = found.superseded.as_ref().map(|r| r.out_refund_no.as_str()),
         "The provider completed a refund recorded as failed; the order is refunded after all"
     );
-    finish(&txn, order, refund, OrderStatus::Paid, provider_refund_id).await?;
+    if let Some(later) = &found.superseded {
+        store::mark_failed(
+            &txn,
+            later.id,
+            &format!("superseded: the provider refunded {out_refund_no}"),
+            Utc::now(),
+        )
+        .await?;
+    }
+    finish(&txn, found.order, found.refund, from, provider_refund_id).await?;
     txn.commit().await?;
     Ok(true)
 }

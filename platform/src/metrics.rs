@@ -72,6 +72,8 @@ outcomes! {
         Retried = "retried",
         /// Failed for the last time.
         Failed = "failed",
+        /// Not a message this release can read: set aside for an operator, never sent.
+        Unreadable = "unreadable",
     }
 }
 

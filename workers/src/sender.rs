@@ -175,7 +175,14 @@ impl Sender {
         };
         let full = claimed.len() == room;
         let last = i32::try_from(self.policy.attempts).unwrap_or(i32::MAX);
-        for message in claimed {
+        let mut readable = Vec::with_capacity(claimed.len());
+        for row in claimed {
+            match row {
+                Ok(message) => readable.push(message),
+                Err(unreadable) => self.set_aside(&unreadable).await,
+            }
+        }
+        for message in readable {
             let channel = self.channel.clone();
             sending.spawn(async move {
                 let result = if message.attempts > last {
@@ -190,6 +197,21 @@ impl Sender {
             });
         }
         full
+    }
+
+    /// Gives up at once on a row no attempt can send (its payload is not a message), alone,
+    /// for an operator, with a metric; the rows claimed with it are sent.
+    async fn set_aside(&self, row: &channel_deliveries::Unreadable) {
+        let error = format!("unreadable: {}", row.error);
+        match channel_deliveries::give_up(&self.db, row.id, row.attempts, &error).await {
+            Ok(_) => {
+                self.metrics.channel_delivery(ChannelOutcome::Unreadable);
+                error!(delivery_id = row.id, error = %error,
+                    "Channel message unreadable; set aside for an operator (README, Operations)");
+            }
+            Err(e) => warn!(delivery_id = row.id, error = %e,
+                "Unreadable channel message not set aside; claimed again after its lease"),
+        }
     }
 
     /// Records how a send went. Outcomes are recorded one at a time, as they arrive: the sender

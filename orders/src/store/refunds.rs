@@ -149,13 +149,25 @@ pub async fn flag_refund(
     Ok(())
 }
 
-/// The newest refund of a `paid` order, when it is `out_refund_no` and failed.
-pub async fn lock_failed_of_paid(
+/// A refund recorded as failed that the provider says succeeded after all, with its order
+/// locked: what completing it finds.
+pub struct FailedYetDone {
+    pub order: order::Model,
+    pub refund: refund::Model,
+    /// A later attempt of the same order still pending at the provider (the order is
+    /// `refund_pending` for it): superseded, the money came back by this one.
+    pub superseded: Option<refund::Model>,
+}
+
+/// Locks the order of failed refund `out_refund_no` when the order has not been refunded since:
+/// it is `paid` again, or `refund_pending` for a later attempt. `None` otherwise (or unknown).
+pub async fn lock_failed(
     txn: &DatabaseTransaction,
     out_refund_no: &str,
-) -> Result<Option<(order::Model, refund::Model)>, DbErr> {
+) -> Result<Option<FailedYetDone>, DbErr> {
     let Some(refund) = refund::Entity::find()
         .filter(refund::Column::OutRefundNo.eq(out_refund_no))
+        .filter(refund::Column::Status.eq(RefundStatus::Failed.as_str()))
         .one(txn)
         .await?
     else {
@@ -165,18 +177,41 @@ pub async fn lock_failed_of_paid(
         .lock_exclusive()
         .one(txn)
         .await?
-        .filter(|o| o.status == OrderStatus::Paid)
+        .filter(|o| matches!(o.status, OrderStatus::Paid | OrderStatus::RefundPending))
     else {
         return Ok(None);
     };
-    let newest = refund::Entity::find()
-        .filter(refund::Column::OrderId.eq(order.id))
-        .order_by_desc(refund::Column::Attempt)
+    let superseded = if order.status == OrderStatus::RefundPending {
+        let pending = refund::Entity::find()
+            .filter(refund::Column::OrderId.eq(order.id))
+            .filter(refund::Column::Status.eq(RefundStatus::Pending.as_str()))
+            .one(txn)
+            .await?;
+        if pending.is_none() {
+            return Err(DbErr::Custom(format!(
+                "order {} is refund_pending without a pending refund",
+                order.id
+            )));
+        }
+        pending
+    } else {
+        None
+    };
+    Ok(Some(FailedYetDone {
+        order,
+        refund,
+        superseded,
+    }))
+}
+
+/// Whether refund `out_refund_no` is recorded as failed.
+pub async fn is_failed(txn: &DatabaseTransaction, out_refund_no: &str) -> Result<bool, DbErr> {
+    Ok(refund::Entity::find()
+        .filter(refund::Column::OutRefundNo.eq(out_refund_no))
+        .filter(refund::Column::Status.eq(RefundStatus::Failed.as_str()))
         .one(txn)
-        .await?;
-    Ok(newest
-        .filter(|r| r.id == refund.id && r.status == RefundStatus::Failed)
-        .map(|r| (order, r)))
+        .await?
+        .is_some())
 }
 
 /// Locks the order of a pending refund and the refund; `None` when the refund is not pending

@@ -18,7 +18,32 @@ pub struct LaneSettings {
     pub batch_max: u16,
 }
 
+/// Connections of the gateway's pool that its lanes leave to everything else: reads, refunds,
+/// sign-ins, the order streams.
+pub const CONNECTIONS_FOR_THE_REST: u32 = 2;
+
 impl LaneSettings {
+    /// Whether the purchase lanes and the notification lanes, each `count` transactions at once,
+    /// fit together in a pool of `max_connections` with [`CONNECTIONS_FOR_THE_REST`] to spare:
+    /// lanes that could hold every connection would starve every other request.
+    pub fn fit(&self, max_connections: u32) -> Result<(), SettingsError> {
+        let lanes = 2 * u32::from(self.count);
+        if lanes + CONNECTIONS_FOR_THE_REST > max_connections {
+            return Err(SettingsError::Invalid {
+                key: "lanes.count",
+                reason: format!(
+                    "the purchase and the notification lanes take {lanes} connections \
+                     (2 × lanes.count) and must leave {CONNECTIONS_FOR_THE_REST} of \
+                     database.max_connections ({max_connections}) to other requests: lower \
+                     lanes.count to at most {} or raise database.max_connections to at least {}",
+                    max_connections.saturating_sub(CONNECTIONS_FOR_THE_REST) / 2,
+                    lanes + CONNECTIONS_FOR_THE_REST
+                ),
+            });
+        }
+        Ok(())
+    }
+
     pub(super) fn validate(&self) -> Result<(), SettingsError> {
         for (key, value) in [
             ("lanes.count", self.count),

@@ -129,3 +129,19 @@ fn secrets_never_show_in_debug_output() {
     assert!(!printed.contains(s.auth.jwt_secret.expose()));
     assert!(!printed.contains("guest:guest"));
 }
+
+#[test]
+fn the_purchase_and_notification_lanes_must_leave_room_in_the_pool_for_other_requests() {
+    let s = load(&[]).unwrap();
+    assert!(
+        s.lanes.fit(s.database.max_connections).is_ok(),
+        "the defaults fit"
+    );
+    let s = load(&[("MEMBERLINE__LANES__COUNT", "5")]).unwrap();
+    let err = s.lanes.fit(10).unwrap_err().to_string();
+    assert!(
+        err.contains("lanes.count") && err.contains("at most 4"),
+        "{err}"
+    );
+    assert!(s.lanes.fit(12).is_ok());
+}

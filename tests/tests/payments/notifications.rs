@@ -361,3 +361,32 @@ async fn notifications_of_different_orders_that_arrive_together_share_a_transact
         "the notifications shared a transaction"
     );
 }
+
+#[tokio::test]
+async fn a_wechat_notification_timestamped_at_the_end_of_time_is_refused_as_stale_not_a_crash() {
+    let (app, _emulator) = app().await;
+    let serial = app.settings.payments.wechat.platform_public_key_id.clone();
+    for timestamp in ["-9223372036854775808", "9223372036854775807"] {
+        let res = app
+            .client
+            .post(app.url("/v1/payments/wechat/notify"))
+            .header("Wechatpay-Serial", &serial)
+            .header("Wechatpay-Timestamp", timestamp)
+            .header("Wechatpay-Nonce", "n")
+            .header("Wechatpay-Signature", "c2lnbmF0dXJl")
+            .header("Wechatpay-Signature-Type", "WECHATPAY2-SHA256-RSA2048")
+            .header("Content-Type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .expect("the gateway answers");
+        assert_eq!(res.status(), 401, "{timestamp}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "FAIL", "{timestamp}");
+    }
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM payment_notifications")
+            .await,
+        0
+    );
+}

@@ -388,3 +388,74 @@ async fn a_wechat_refund_whose_notification_is_lost_is_finished_by_the_lifecycle
         "{replay}"
     );
 }
+
+#[tokio::test]
+async fn a_success_for_an_earlier_refund_attempt_completes_the_refund_and_supersedes_the_later_one()
+{
+    let (app, emulator) = app().await;
+    let buyer = app.create_user("Second try", 0, 0).await;
+    let token = app.user_token(buyer);
+    let order = buy(&app, &token, "qr", "monthly", "wechat").await;
+    let (id, no) = (
+        order["id"].as_i64().unwrap(),
+        order["order_no"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(emulator.pay("wechat", &no).await.0, 200);
+    effects_applied(&app, id).await;
+    // R1 ends ABNORMAL: the order is paid again.
+    emulator
+        .post_control(
+            "/emulator/refund-outcome",
+            json!({"provider": "wechat", "outcome": "abnormal"}),
+        )
+        .await;
+    let (status, _) = app.refund(id, "first", "customer request").await;
+    assert_eq!(status, 202);
+    eventually("R1 failed", Duration::from_secs(20), || async {
+        (app.text_scalar(&format!("SELECT status FROM orders WHERE id = {id}"))
+            .await
+            == "paid")
+            .then_some(())
+    })
+    .await;
+    // R2 is asked for and still pending at the provider...
+    let txn = sea_orm::TransactionTrait::begin(&app.db).await.unwrap();
+    memberline_orders::refunds::begin(
+        &txn,
+        memberline_schema::ids::OrderId(id),
+        900_001,
+        "second try",
+        chrono::Duration::hours(1),
+    )
+    .await
+    .unwrap();
+    txn.commit().await.unwrap();
+    // ...when WeChat reports R1 refunded after all (the merchant sorted the buyer's card out).
+    let done =
+        memberline_orders::refunds::complete(&app.db, &format!("{no}R1"), Some("R1-id".into()))
+            .await
+            .unwrap();
+    assert!(done, "the success of R1 is taken");
+    reversed(&app, id).await;
+    assert_eq!(
+        app.text_scalar(&format!("SELECT status FROM orders WHERE id = {id}"))
+            .await,
+        "refunded"
+    );
+    assert_eq!(
+        app.text_scalar(&format!(
+            "SELECT string_agg(out_refund_no || '=' || status, ',' ORDER BY attempt) \
+             FROM refunds WHERE order_id = {id}"
+        ))
+        .await,
+        format!("{no}R1=succeeded,{no}R2=failed")
+    );
+    assert_eq!(events(&app, "order.refunded.v1", id).await, 1);
+    assert_eq!(me(&app, &token).await["membership"]["status"], "none");
+    // R2's own success later finds the order refunded: nothing more happens.
+    let again = memberline_orders::refunds::complete(&app.db, &format!("{no}R2"), None)
+        .await
+        .unwrap();
+    assert!(!again);
+    assert_eq!(events(&app, "order.refunded.v1", id).await, 1);
+}

@@ -537,3 +537,63 @@ async fn a_backlog_of_paid_orders_is_applied_in_shared_transactions_and_a_copy_a
             == 0
     );
 }
+
+#[tokio::test]
+async fn an_unreadable_channel_message_is_set_aside_alone_and_the_others_are_sent() {
+    let app = app_with(vec![]).await;
+    let buyer = app.create_user("Reader", 10_000_000, 0).await;
+    // Written first, so they are claimed with (and before) the purchase's messages: one whose
+    // payload is not a message, and one of a kind a newer release wrote.
+    app.db
+        .execute_unprepared(&format!(
+            "INSERT INTO channel_deliveries (message_id, user_id, kind, payload) VALUES \
+             ('broken', {buyer}, 'order_paid', '{{\"title\": 7}}'), \
+             ('future', {buyer}, 'from_a_newer_release', '{{\"title\": \"t\", \"body\": \"b\"}}')"
+        ))
+        .await
+        .unwrap();
+    buy(&app, &[buyer], 1).await;
+    eventually(
+        "the purchase's messages are delivered",
+        Duration::from_secs(20),
+        || async {
+            (app.scalar(
+                "SELECT count(*) FROM channel_deliveries \
+                 WHERE message_id NOT IN ('broken', 'future') AND delivered_at IS NULL",
+            )
+            .await
+                == 0
+                && app
+                    .scalar(
+                        "SELECT count(*) FROM channel_deliveries WHERE delivered_at IS NOT NULL",
+                    )
+                    .await
+                    > 0)
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        app.text_scalar(
+            "SELECT last_error FROM channel_deliveries WHERE message_id = 'broken' \
+             AND failed_at IS NOT NULL"
+        )
+        .await
+        .starts_with("unreadable"),
+        "the broken row is set aside for an operator"
+    );
+    assert_eq!(
+        app.worker_metrics
+            .channel_deliveries(ChannelOutcome::Unreadable),
+        1
+    );
+    assert_eq!(
+        app.scalar(
+            "SELECT attempts::bigint FROM channel_deliveries WHERE message_id = 'future' \
+             AND failed_at IS NULL AND delivered_at IS NULL"
+        )
+        .await,
+        0,
+        "a newer release's message is left for it"
+    );
+}

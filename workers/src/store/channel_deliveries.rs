@@ -29,15 +29,29 @@ pub struct Claimed {
     pub attempts: i32,
 }
 
+/// A claimed row this release cannot read: its payload is not a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreadable {
+    pub id: i64,
+    pub attempts: i32,
+    pub error: String,
+}
+
 /// Claims up to `batch` due messages, oldest due first: counts the attempt and pushes
 /// `next_attempt_at` forward by `lease`, so no other sender takes them while this one sends,
 /// and another does once the lease ran out (a sender that died). `SKIP LOCKED` lets replicas
-/// claim side by side.
+/// claim side by side. Only kinds this release knows are claimed: a message of a kind a newer
+/// release wrote (a rolling deploy) waits for a sender of that release. Each row is read on its
+/// own: one that cannot be read is answered as [`Unreadable`], never holding up the others.
 pub async fn claim(
     db: &DatabaseConnection,
     batch: u32,
     lease: Duration,
-) -> Result<Vec<Claimed>, DbErr> {
+) -> Result<Vec<Result<Claimed, Unreadable>>, DbErr> {
+    let known: Vec<String> = NotificationKind::ALL
+        .iter()
+        .map(|k| k.as_str().to_owned())
+        .collect();
     let rows = db
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -45,29 +59,47 @@ pub async fn claim(
              next_attempt_at = now() + make_interval(secs => $1) \
              WHERE id IN (SELECT id FROM channel_deliveries \
                  WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() \
+                   AND kind = ANY($3) \
                  ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
              RETURNING id, message_id, user_id, kind, payload, attempts",
-            [lease.as_secs_f64().into(), i64::from(batch).into()],
+            [
+                lease.as_secs_f64().into(),
+                i64::from(batch).into(),
+                known.into(),
+            ],
         ))
         .await?;
-    rows.into_iter()
-        .map(|row| {
-            let kind: String = row.try_get("", "kind")?;
-            let payload: serde_json::Value = row.try_get("", "payload")?;
-            let id: i64 = row.try_get("", "id")?;
-            Ok(Claimed {
-                id,
-                message_id: row.try_get("", "message_id")?,
-                user_id: row.try_get("", "user_id")?,
-                kind: NotificationKind::parse(&kind).ok_or_else(|| {
-                    DbErr::Type(format!("channel delivery {id} has unknown kind {kind}"))
-                })?,
-                content: serde_json::from_value(payload)
-                    .map_err(|e| DbErr::Json(format!("channel delivery {id}: {e}")))?,
-                attempts: row.try_get("", "attempts")?,
-            })
-        })
-        .collect()
+    rows.iter().map(read).collect()
+}
+
+/// One claimed row: `Err(DbErr)` only when the row itself is not what the query returns.
+fn read(row: &sea_orm::QueryResult) -> Result<Result<Claimed, Unreadable>, DbErr> {
+    let id: i64 = row.try_get("", "id")?;
+    let attempts: i32 = row.try_get("", "attempts")?;
+    let kind: String = row.try_get("", "kind")?;
+    let payload: serde_json::Value = row.try_get("", "payload")?;
+    let unreadable = |error: String| {
+        Ok(Err(Unreadable {
+            id,
+            attempts,
+            error,
+        }))
+    };
+    let Some(kind) = NotificationKind::parse(&kind) else {
+        return unreadable(format!("unknown kind {kind}"));
+    };
+    let content = match serde_json::from_value(payload) {
+        Ok(content) => content,
+        Err(e) => return unreadable(format!("unreadable payload: {e}")),
+    };
+    Ok(Ok(Claimed {
+        id,
+        message_id: row.try_get("", "message_id")?,
+        user_id: row.try_get("", "user_id")?,
+        kind,
+        content,
+        attempts,
+    }))
 }
 
 /// Marks message `id` delivered.

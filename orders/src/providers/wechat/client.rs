@@ -225,10 +225,8 @@ impl WechatPay {
             return Err(format!("unknown Wechatpay-Serial {serial}"));
         }
         let timestamp = get("Wechatpay-Timestamp")?;
-        let skew = timestamp
-            .parse::<i64>()
-            .map(|t| (Utc::now().timestamp() - t).abs())
-            .map_err(|_| "unreadable Wechatpay-Timestamp".to_owned())?;
+        let skew = super::skew_secs(Utc::now().timestamp(), timestamp)
+            .ok_or_else(|| "unreadable Wechatpay-Timestamp".to_owned())?;
         if skew > MAX_SKEW_SECS {
             return Err(format!("Wechatpay-Timestamp {skew} s away from now"));
         }

@@ -15,5 +15,31 @@ pub use notify::{NotifyHeaders, WechatEvent, WechatNotification};
 /// How far a signed timestamp may be from our clock, in seconds (the docs' five minutes).
 pub const MAX_SKEW_SECS: i64 = 300;
 
+/// How far `Wechatpay-Timestamp` (`header`, Unix seconds) is from `now`, in seconds; `None` when
+/// it is not a number. A number too far to subtract (`-9223372036854775808`) is as far as can
+/// be, never an overflow.
+pub fn skew_secs(now: i64, header: &str) -> Option<i64> {
+    let at: i64 = header.parse().ok()?;
+    Some(
+        now.checked_sub(at)
+            .and_then(i64::checked_abs)
+            .unwrap_or(i64::MAX),
+    )
+}
+
 /// The signature type of every signed header set.
 pub const SIGNATURE_TYPE: &str = "WECHATPAY2-SHA256-RSA2048";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timestamp_at_either_end_of_the_range_is_far_from_now_and_never_overflows() {
+        assert_eq!(skew_secs(1_000, "990"), Some(10));
+        assert_eq!(skew_secs(1_000, "1010"), Some(10));
+        assert_eq!(skew_secs(1_000, "-9223372036854775808"), Some(i64::MAX));
+        assert_eq!(skew_secs(-1_000, "9223372036854775807"), Some(i64::MAX));
+        assert_eq!(skew_secs(1_000, "soon"), None);
+    }
+}

@@ -110,10 +110,8 @@ impl WechatPay {
         let timestamp = headers
             .timestamp
             .ok_or(NotifyError::MissingHeader("Wechatpay-Timestamp"))?;
-        let at: i64 = timestamp
-            .parse()
-            .map_err(|_| NotifyError::MissingHeader("Wechatpay-Timestamp"))?;
-        let skew = (now.timestamp() - at).abs();
+        let skew = super::skew_secs(now.timestamp(), timestamp)
+            .ok_or(NotifyError::MissingHeader("Wechatpay-Timestamp"))?;
         if skew > MAX_SKEW_SECS {
             return Err(NotifyError::Stale { skew_secs: skew });
         }
