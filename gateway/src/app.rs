@@ -76,6 +76,7 @@ impl Application {
                 settings.amqp.url.expose(),
                 format!("{}.gateway.readiness", settings.amqp.prefix),
             )),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(settings.http.max_in_flight)),
             settings: Arc::new(settings),
             push_hub: crate::hub::Hub::new(),
         };

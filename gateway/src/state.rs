@@ -31,6 +31,8 @@ pub struct AppState {
     /// The notification lanes: verified payment notifications, sharing transactions when they
     /// arrive together.
     pub notifications: memberline_orders::notifications::Notifications,
+    /// Requests being worked on: at most `http.max_in_flight` (see `http::shed`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl FromRef<AppState> for DatabaseConnection {

@@ -57,6 +57,8 @@ pub enum OrderError {
         have: i64,
         taken: i64,
     },
+    #[error("the shop is too busy to take this purchase now; nothing was written, try again")]
+    Overloaded,
     #[error("this Idempotency-Key was already used with a different request body")]
     IdempotencyKeyReused,
     #[error(transparent)]
@@ -107,6 +109,7 @@ impl OrderError {
             OrderError::PriceChanged { .. } => "price_changed",
             OrderError::BelowZero { .. } => "adjustment_below_zero",
             OrderError::IdempotencyKeyReused => "idempotency_key_reused",
+            OrderError::Overloaded => "overloaded",
             OrderError::Database(e) if memberline_platform::db::is_retryable(e) => "unavailable",
             OrderError::Database(_) | OrderError::Internal(_) => "internal",
         }

@@ -12,7 +12,7 @@
 
 use crate::providers::{Payment, Payments};
 use crate::settle::{self, Incoming, Notification, Stored};
-use memberline_platform::batch::{Batch, Lanes};
+use memberline_platform::batch::{Batch, Lanes, Refused};
 use memberline_platform::metrics::Metrics;
 use memberline_platform::outbox::Wake;
 use memberline_platform::settings::LaneSettings;
@@ -70,16 +70,27 @@ impl Notifications {
         let lanes = u32::from(settings.count).min(max_connections) as usize;
         let batch = NotificationBatch { db, payments, wake };
         Self {
-            lanes: Lanes::start(batch, lanes, usize::from(settings.batch_max), metrics),
+            lanes: Lanes::start(
+                batch,
+                lanes,
+                usize::from(settings.batch_max),
+                usize::from(settings.queue_max),
+                std::time::Duration::from_millis(settings.max_wait_ms),
+                metrics,
+            ),
         }
     }
 
     /// Stores `verified` and applies its payment: what it became.
     pub async fn store(&self, verified: Verified) -> Result<Stored, DbErr> {
-        self.lanes
-            .submit(verified)
-            .await
-            .map_err(|e| DbErr::Custom(format!("no notification lane answered: {e}")))?
+        match self.lanes.submit(verified).await {
+            Ok(stored) => stored,
+            // Busy: refused like a database too busy to answer, so the provider sends it again.
+            Err(Refused::Busy) => NotificationBatch::overloaded(),
+            Err(e @ Refused::Stopped) => {
+                Err(DbErr::Custom(format!("no notification lane answered: {e}")))
+            }
+        }
     }
 }
 
@@ -128,6 +139,11 @@ impl Batch for NotificationBatch {
 
     fn unavailable() -> Self::Answer {
         Err(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))
+    }
+
+    /// Refused like a database too busy to answer: the provider sends it again.
+    fn overloaded() -> Self::Answer {
+        Self::unavailable()
     }
 
     fn wrote(answer: &Self::Answer) -> bool {

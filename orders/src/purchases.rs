@@ -13,7 +13,7 @@
 
 use crate::OrderError;
 use crate::place::{PlaceOrder, place_together, refuse_other_methods};
-use memberline_platform::batch::{Batch, Lanes};
+use memberline_platform::batch::{Batch, Lanes, Refused};
 use memberline_platform::idempotency::Answer;
 use memberline_platform::metrics::Metrics;
 use memberline_platform::outbox::Wake;
@@ -46,7 +46,14 @@ impl Purchases {
         let lanes = u32::from(settings.count).min(max_connections) as usize;
         let batch = PurchaseBatch { db, wake };
         Self {
-            lanes: Lanes::start(batch, lanes, usize::from(settings.batch_max), metrics),
+            lanes: Lanes::start(
+                batch,
+                lanes,
+                usize::from(settings.batch_max),
+                usize::from(settings.queue_max),
+                std::time::Duration::from_millis(settings.max_wait_ms),
+                metrics,
+            ),
         }
     }
 
@@ -54,10 +61,13 @@ impl Purchases {
     /// under the same key, or why not.
     pub async fn place(&self, cmd: PlaceOrder) -> Result<Answer, OrderError> {
         refuse_other_methods(&cmd)?;
-        self.lanes
-            .submit(cmd)
-            .await
-            .map_err(|e| anyhow::anyhow!("no purchase lane answered: {e}"))?
+        match self.lanes.submit(cmd).await {
+            Ok(answer) => answer,
+            Err(Refused::Busy) => PurchaseBatch::overloaded(),
+            Err(e @ Refused::Stopped) => {
+                Err(anyhow::anyhow!("no purchase lane answered: {e}").into())
+            }
+        }
     }
 }
 
@@ -87,6 +97,10 @@ impl Batch for PurchaseBatch {
 
     fn unavailable() -> Self::Answer {
         Err(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout).into())
+    }
+
+    fn overloaded() -> Self::Answer {
+        Err(OrderError::Overloaded)
     }
 
     fn wrote(answer: &Self::Answer) -> bool {

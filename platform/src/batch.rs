@@ -55,6 +55,9 @@ pub trait Batch: Send + Sync + 'static {
     fn never_started(error: &Self::Error) -> bool;
     /// The answer of a job that got no connection.
     fn unavailable() -> Self::Answer;
+    /// The answer of a job refused unrun: its lane's queue was full, or it waited in it longer
+    /// than the lanes' `max_wait`.
+    fn overloaded() -> Self::Answer;
     /// Whether `answer` is of a job that wrote something.
     fn wrote(answer: &Self::Answer) -> bool;
 }
@@ -77,29 +80,45 @@ impl<B: Batch> Clone for Lanes<B> {
 struct Job<B: Batch> {
     job: B::Job,
     answer: oneshot::Sender<B::Answer>,
+    queued: std::time::Instant,
 }
 
-/// The lanes stopped (the gateway is stopping), or the batch failed unexpectedly, before
-/// answering.
+/// Why a job got no answer from the lanes.
 #[derive(Debug, thiserror::Error)]
-#[error("the lanes have stopped")]
-pub struct Stopped;
+pub enum Refused {
+    /// The lanes stopped (the gateway is stopping), or the batch failed unexpectedly, before
+    /// answering.
+    #[error("the lanes have stopped")]
+    Stopped,
+    /// Its lane's queue is full: the job was not taken, nothing was run (the caller answers
+    /// "try again" at once instead of queueing without bound).
+    #[error("the lane's queue is full")]
+    Busy,
+}
 
 impl<B: Batch> Lanes<B> {
-    /// Starts `lanes` lanes (at least one) that run batches of at most `batch_max` jobs. A job
-    /// goes to the lane its key hashes to: a busy key (one buyer's burst) keeps one lane busy,
-    /// not all of them.
-    pub fn start(batch: B, lanes: usize, batch_max: usize, metrics: Arc<Metrics>) -> Self {
-        let (lanes, batch_max) = (lanes.max(1), batch_max.max(1));
+    /// Starts `lanes` lanes (at least one) that run batches of at most `batch_max` jobs, each
+    /// with room for `queue_max` jobs waiting, none of them for longer than `max_wait` (it is
+    /// then answered [`Batch::overloaded`] unrun). A job goes to the lane its key hashes to: a
+    /// busy key (one buyer's burst) keeps one lane busy, not all of them.
+    pub fn start(
+        batch: B,
+        lanes: usize,
+        batch_max: usize,
+        queue_max: usize,
+        max_wait: std::time::Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (lanes, batch_max, queue_max) = (lanes.max(1), batch_max.max(1), queue_max.max(1));
         let batch = Arc::new(batch);
         let queues: Vec<_> = (0..lanes)
             .map(|_| {
-                // Room for two full batches waiting.
-                let (queue, receiver) = mpsc::channel(2 * batch_max);
+                let (queue, receiver) = mpsc::channel(queue_max);
                 let lane = Lane {
                     batch: batch.clone(),
                     metrics: metrics.clone(),
                     batch_max,
+                    max_wait,
                 };
                 tokio::spawn(lane.run(receiver));
                 queue
@@ -111,17 +130,25 @@ impl<B: Batch> Lanes<B> {
         }
     }
 
-    /// Runs `job` in the next batch of its lane it fits: its answer. A job whose caller gave
-    /// up before its lane took it is dropped unrun.
-    pub async fn submit(&self, job: B::Job) -> Result<B::Answer, Stopped> {
+    /// Runs `job` in the next batch of its lane it fits: its answer; [`Refused::Busy`] at once,
+    /// with nothing run, when its lane's queue is full. A job whose caller gave up before its
+    /// lane took it is dropped unrun.
+    pub async fn submit(&self, job: B::Job) -> Result<B::Answer, Refused> {
         let mut hasher = DefaultHasher::new();
         B::key(&job).hash(&mut hasher);
         let queue = &self.queues[(hasher.finish() % self.queues.len() as u64) as usize];
-        let permit = queue.reserve().await.map_err(|_| Stopped)?;
+        let permit = queue.try_reserve().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(()) => Refused::Busy,
+            mpsc::error::TrySendError::Closed(()) => Refused::Stopped,
+        })?;
         let (answer, answered) = oneshot::channel();
         self.metrics.lane_waiting(B::NAME, 1);
-        permit.send(Job { job, answer });
-        answered.await.map_err(|_| Stopped)
+        permit.send(Job {
+            job,
+            answer,
+            queued: std::time::Instant::now(),
+        });
+        answered.await.map_err(|_| Refused::Stopped)
     }
 }
 
@@ -130,6 +157,7 @@ struct Lane<B: Batch> {
     batch: Arc<B>,
     metrics: Arc<Metrics>,
     batch_max: usize,
+    max_wait: std::time::Duration,
 }
 
 impl<B: Batch> Lane<B> {
@@ -172,6 +200,14 @@ impl<B: Batch> Lane<B> {
             }
             // Nobody waits for these any more (the client left, the request timed out): not run.
             jobs.retain(|j| !j.answer.is_closed());
+            // Waited too long: refused unrun, so what the lane accepts stays fast under a rush.
+            let (late, on_time): (Vec<_>, Vec<_>) = jobs
+                .into_iter()
+                .partition(|j| j.queued.elapsed() > self.max_wait);
+            for job in late {
+                let _ = job.answer.send(B::overloaded());
+            }
+            let jobs = on_time;
             if jobs.is_empty() {
                 continue;
             }

@@ -124,6 +124,8 @@ pub struct HttpSettings {
     pub request_timeout_secs: u64,
     pub body_limit_bytes: usize,
     pub client_ip_header: String,
+    /// Requests the gateway works on at once; past it, 503 `overloaded` at once.
+    pub max_in_flight: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -349,6 +351,9 @@ impl Settings {
         }
         if self.http.body_limit_bytes == 0 {
             return invalid("http.body_limit_bytes", "must be positive");
+        }
+        if self.http.max_in_flight == 0 {
+            return invalid("http.max_in_flight", "must be positive");
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be positive");

@@ -79,6 +79,15 @@ pub fn start_worker(
     ))
 }
 
+/// The gateway's load-shedding bounds, lifted: the suites that send bursts on purpose (fifty
+/// purchases of one buyer, a hundred copies of one notification, two thousand orders under
+/// kill -9) test what a burst does to the data, not the bounds; the overload tests set theirs.
+pub const LOAD_UNBOUNDED: &[(&str, &str)] = &[
+    ("MEMBERLINE__HTTP__MAX_IN_FLIGHT", "100000"),
+    ("MEMBERLINE__LANES__QUEUE_MAX", "4096"),
+    ("MEMBERLINE__LANES__MAX_WAIT_MS", "60000"),
+];
+
 /// Settings for a test: defaults plus a fresh prefix, port 0 and fast reconnects.
 pub fn test_settings(
     db_url: &str,
@@ -115,6 +124,7 @@ pub fn test_settings(
         // The tests that want pruning run it themselves.
         ("MEMBERLINE__RETENTION__ENABLED", "false".to_owned()),
     ];
+    vars.extend(LOAD_UNBOUNDED.iter().map(|(k, v)| (*k, (*v).to_owned())));
     vars.extend(extra.iter().cloned());
     Settings::load_from(
         None,

@@ -94,6 +94,13 @@ pub fn app_env(app: &TestApp) -> Vec<(&'static str, String)> {
         ("MEMBERLINE__RETENTION__ENABLED", "false".to_owned()),
         ("MEMBERLINE__LOG__FILTER", "error".to_owned()),
     ]
+    .into_iter()
+    .chain(
+        crate::app::LOAD_UNBOUNDED
+            .iter()
+            .map(|(k, v)| (*k, (*v).to_owned())),
+    )
+    .collect()
 }
 
 /// Starts binary `name` with `args` against `app`: a cleared environment, then [`app_env`],

@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Memberline API", description = "Member plans, orders and payments. Amounts are integers in fen; points are integers. Errors are `{\"error\": {\"code\", \"message\"}}`. Besides the answers each operation lists, any request may be cut off with 408 after the request timeout, and an unexpected failure is an opaque 500 `internal`."),
+    info(title = "Memberline API", description = "Member plans, orders and payments. Amounts are integers in fen; points are integers. Errors are `{\"error\": {\"code\", \"message\"}}`. Besides the answers each operation lists, any request may be cut off with 408 after the request timeout, answered 503 `overloaded` with `Retry-After` at once when the gateway already works on `http.max_in_flight` requests (nothing is done), and an unexpected failure is an opaque 500 `internal`."),
     paths(
         super::plans::list,
         super::sign_in::staff,

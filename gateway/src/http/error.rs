@@ -189,6 +189,9 @@ impl From<memberline_orders::OrderError> for ApiError {
             | E::InsufficientBalance { .. }
             | E::InsufficientPoints { .. }
             | E::IdempotencyKeyReused => Self::unprocessable(code, message),
+            E::Overloaded => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1)
+            }
             E::Database(db) => db.into(),
             E::Internal(source) => Self::internal(source),
         }

@@ -150,7 +150,41 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(correlation))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::from_fn_with_state(state.clone(), shed))
         .with_state(state)
+}
+
+/// Paths answered whatever the load: how an orchestrator and a scraper see the gateway.
+const NEVER_SHED: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+/// Load shedding: at most `http.max_in_flight` requests are worked on at once; past it a
+/// request is answered at once with 503 `overloaded` and `Retry-After`, having done nothing,
+/// rather than queued while the gateway's memory grows.
+async fn shed(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if NEVER_SHED.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    match state.in_flight.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => {
+            use axum::response::IntoResponse;
+            overloaded().into_response()
+        }
+    }
+}
+
+/// 503 `overloaded`: try again in a second.
+pub fn overloaded() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "the gateway is at its limit of requests at once; nothing was done, try again",
+    )
+    .retry_after(1)
 }
 
 async fn correlation(mut req: Request, next: Next) -> Response {

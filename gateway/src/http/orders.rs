@@ -107,7 +107,7 @@ const PRICE_FIELDS: [&str; 8] = [
         (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = crate::http::error::ErrorBody),
         (status = 422, description = "`insufficient_balance`, `insufficient_points`, `pay_method_unavailable`, `channel_unavailable` (a channel or WeChat app the shop does not take), `channel_mismatch` (`channel` or `wechat_app` does not fit the pay method: each provider takes its own channels, `jsapi` needs `wechat_app`, nothing else takes it, and only `wechat` and `alipay` take a channel), `pay_method_not_allowed`, `plan_not_free`, `idempotency_key_reused`, `client_price_rejected`, `invalid_body`, `invalid_field`", body = crate::http::error::ErrorBody),
         (status = 502, description = "`provider_unavailable`: the payment provider failed or timed out; the order was closed, nothing was charged", body = crate::http::error::ErrorBody),
-        (status = 503, description = "`unavailable`: the database is busy; retry with the same key", body = crate::http::error::ErrorBody),
+        (status = 503, description = "`unavailable`: the database is busy; `overloaded`: the purchase lanes are full (`Retry-After`); nothing was written either way, retry with the same key", body = crate::http::error::ErrorBody),
     ))]
 pub async fn create(
     State(state): State<AppState>,

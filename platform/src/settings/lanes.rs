@@ -16,6 +16,12 @@ pub struct LaneSettings {
     /// Purchases of different buyers, or notifications of different orders, that may share one
     /// transaction.
     pub batch_max: u16,
+    /// Jobs that may wait for each lane; past it, a purchase is answered 503 `overloaded` (and a
+    /// notification refused, for its provider to send again) at once, with nothing written.
+    pub queue_max: u16,
+    /// Milliseconds a job may wait for its lane; one that waited longer is refused unrun, the
+    /// same way.
+    pub max_wait_ms: u64,
 }
 
 /// Connections of the gateway's pool that its lanes leave to everything else: reads, refunds,
@@ -45,14 +51,21 @@ impl LaneSettings {
     }
 
     pub(super) fn validate(&self) -> Result<(), SettingsError> {
-        for (key, value) in [
-            ("lanes.count", self.count),
-            ("lanes.batch_max", self.batch_max),
+        if !(1..=60_000).contains(&self.max_wait_ms) {
+            return Err(SettingsError::Invalid {
+                key: "lanes.max_wait_ms",
+                reason: "must be between 1 and 60000".to_owned(),
+            });
+        }
+        for (key, value, max) in [
+            ("lanes.count", self.count, 256),
+            ("lanes.batch_max", self.batch_max, 256),
+            ("lanes.queue_max", self.queue_max, 4096),
         ] {
-            if !(1..=256).contains(&value) {
+            if !(1..=max).contains(&value) {
                 return Err(SettingsError::Invalid {
                     key,
-                    reason: "must be between 1 and 256".to_owned(),
+                    reason: format!("must be between 1 and {max}"),
                 });
             }
         }

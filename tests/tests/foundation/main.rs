@@ -7,6 +7,7 @@ mod deploy;
 mod idempotency;
 mod migrations;
 mod operations;
+mod overload;
 mod price_guard;
 mod purchases;
 mod relay;

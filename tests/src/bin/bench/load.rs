@@ -28,6 +28,8 @@ pub struct Sample {
     pub sent_unix_ms: f64,
     /// The order, when it was answered 201.
     pub order_id: Option<i64>,
+    /// Answered 503 `overloaded` with `Retry-After`: refused cleanly, nothing written.
+    pub refused: bool,
 }
 
 /// A scenario's samples and length.
@@ -43,8 +45,23 @@ impl Run {
     pub fn ok(&self) -> usize {
         self.samples.iter().filter(|s| s.order_id.is_some()).count()
     }
+    /// Neither accepted nor cleanly refused.
     pub fn errors(&self) -> usize {
-        self.samples.len() - self.ok()
+        self.samples.len() - self.ok() - self.refused()
+    }
+    pub fn refused(&self) -> usize {
+        self.samples.iter().filter(|s| s.refused).count()
+    }
+    /// The accepted purchases' latencies, sorted.
+    pub fn accepted_latencies(&self) -> Vec<f64> {
+        let mut l: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|s| s.order_id.is_some())
+            .map(|s| s.latency_ms)
+            .collect();
+        l.sort_by(|a, b| a.total_cmp(b));
+        l
     }
     /// Sorted latencies in milliseconds.
     pub fn latencies(&self) -> Vec<f64> {
@@ -93,14 +110,15 @@ fn bar(label: &str, secs: f64) -> ProgressBar {
 
 impl Shop {
     /// Purchase number `i`: balance on even numbers, points on odd ones.
-    async fn purchase(&self, i: u64) -> Option<i64> {
+    /// Purchase `i`: its order id when accepted, and whether it was refused cleanly.
+    async fn purchase(&self, i: u64) -> (Option<i64>, bool) {
         let token = &self.tokens[(i as usize * 7919) % self.tokens.len()];
         let method = if i.is_multiple_of(2) {
             "balance"
         } else {
             "points"
         };
-        let res = self
+        let Ok(res) = self
             .http
             .post(format!("{}/v1/orders", self.base))
             .bearer_auth(token)
@@ -108,13 +126,20 @@ impl Shop {
             .json(&serde_json::json!({"plan_id": self.plan_id, "pay_method": method}))
             .send()
             .await
-            .ok()?;
-        if res.status() != 201 {
-            eprintln!("purchase {i}: {}", res.status());
-            return None;
+        else {
+            return (None, false);
+        };
+        let status = res.status();
+        let retry_after = res.headers().contains_key("retry-after");
+        let body: serde_json::Value = res.json().await.unwrap_or_default();
+        if status == 503 && retry_after && body["error"]["code"] == "overloaded" {
+            return (None, true);
         }
-        let body: serde_json::Value = res.json().await.ok()?;
-        body["id"].as_i64()
+        if status != 201 {
+            eprintln!("purchase {i}: {status}");
+            return (None, false);
+        }
+        (body["id"].as_i64(), false)
     }
 
     /// `concurrency` purchases in flight for `secs` seconds.
@@ -130,12 +155,13 @@ impl Shop {
                 while Instant::now() < deadline {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let (sent, wall) = (Instant::now(), SystemTime::now());
-                    let order_id = shop.purchase(i).await;
+                    let (order_id, refused) = shop.purchase(i).await;
                     samples.push(Sample {
                         done_at: started.elapsed(),
                         latency_ms: sent.elapsed().as_secs_f64() * 1000.0,
                         sent_unix_ms: unix_ms(wall),
                         order_id,
+                        refused,
                     });
                 }
                 samples
@@ -169,13 +195,14 @@ impl Shop {
             tokio::time::sleep_until((started + scheduled).into()).await;
             let shop = self.clone();
             tasks.push(tokio::spawn(async move {
-                let order_id = shop.purchase(i).await;
+                let (order_id, refused) = shop.purchase(i).await;
                 let done_at = started.elapsed();
                 Sample {
                     done_at,
                     latency_ms: (done_at - scheduled).as_secs_f64() * 1000.0,
                     sent_unix_ms: unix_ms(wall_started + scheduled),
                     order_id,
+                    refused,
                 }
             }));
         }

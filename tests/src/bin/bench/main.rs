@@ -115,9 +115,10 @@ async fn main() {
         Ok("e2e") => return e2e_only().await,
         Ok("checkout") => return checkout_only().await,
         Ok("backoffice") => return backoffice_only().await,
+        Ok("overload") => return overload_only().await,
         Ok(other) => {
             eprintln!(
-                "BENCH_ONLY={other}: expected profile, notify, fanout, e2e, checkout or backoffice"
+                "BENCH_ONLY={other}: expected profile, notify, fanout, e2e, checkout, backoffice or overload"
             );
             std::process::exit(2);
         }
@@ -210,7 +211,15 @@ async fn main() {
         None => Err("perf is not installed".to_owned()),
     });
     r.errors += profiled.errors();
+    let (run, keys, orders) = overloaded(&shop_system, capacity * 2.0).await;
     r.gateway_rss = shop_system.stop().await.0;
+    r.overload = Some(report::Overload {
+        offered: capacity * 2.0,
+        keys,
+        orders,
+        rss_peak: r.gateway_rss,
+        run,
+    });
 
     // End to end on a fresh system: first offered half the checkout capacity (more than the
     // pipeline carries, so what it sustains is its capacity), then half of that capacity.
@@ -245,6 +254,69 @@ async fn main() {
     let failures = report::write(&r, &out_dir);
     if !failures.is_empty() {
         eprintln!("FAILED: {}", failures.join("; "));
+        std::process::exit(1);
+    }
+}
+
+/// Overload: `offered` purchases a second (twice what checkout serves), in an open loop. The
+/// gateway must refuse what it cannot take at once (503 `overloaded`), keep the accepted
+/// purchases fast and its memory bounded, and write nothing for a refusal. The run, and the
+/// idempotency keys and orders it left.
+async fn overloaded(system: &System, offered: f64) -> (load::Run, i64, i64) {
+    let run = system
+        .shop("overload")
+        .open_loop(
+            &format!("open loop, 200 % ({offered:.0}/s)"),
+            offered,
+            WINDOW,
+        )
+        .await;
+    let count = |sql: &'static str| {
+        let db = &system.db.conn;
+        async move {
+            use sea_orm::ConnectionTrait;
+            db.query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                sql,
+            ))
+            .await
+            .expect("count")
+            .expect("a row")
+            .try_get_by_index::<i64>(0)
+            .expect("a count")
+        }
+    };
+    let keys = count("SELECT count(*) FROM idempotency_keys WHERE key LIKE 'overload-%'").await;
+    let orders = count(
+        "SELECT count(DISTINCT o.id) FROM orders o JOIN idempotency_keys k ON k.order_id = o.id \
+         WHERE k.key LIKE 'overload-%'",
+    )
+    .await;
+    (run, keys, orders)
+}
+
+/// `BENCH_ONLY=overload`: checkout's closed loop at 32 in flight for its capacity, then twice
+/// that offered.
+async fn overload_only() {
+    let system = System::start(false).await;
+    system.shop("warm").closed_loop("warm-up", 32, 2.0).await;
+    let capacity = system
+        .shop("closed")
+        .closed_loop("closed loop, 32 in flight", 32, WINDOW)
+        .await
+        .rate();
+    let (run, keys, orders) = overloaded(&system, capacity * 2.0).await;
+    let rss_peak = system.stop().await.0;
+    let o = report::Overload {
+        offered: capacity * 2.0,
+        keys,
+        orders,
+        rss_peak,
+        run,
+    };
+    println!("capacity {capacity:.0}/s; {}", o.summary());
+    if !o.met() {
+        eprintln!("FAILED: a target of the overload row missed");
         std::process::exit(1);
     }
 }

@@ -9,6 +9,48 @@ use std::process::Command;
 
 type Cpu = Vec<(&'static str, f64, f64)>;
 
+/// Checkout offered twice its capacity.
+pub struct Overload {
+    pub offered: f64,
+    pub run: Run,
+    /// Idempotency keys and orders the run left: each exactly the purchases accepted.
+    pub keys: i64,
+    pub orders: i64,
+    /// The gateway's peak RSS over checkout, this run included, in MiB.
+    pub rss_peak: f64,
+}
+
+impl Overload {
+    fn p99(&self) -> f64 {
+        percentile(&self.run.accepted_latencies(), 0.99)
+    }
+
+    /// The row's value.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.0} accepted/s, p99 {:.1} ms; {} refused with 503 `overloaded`, {} other answers; {} keys and {} orders for {} accepted; gateway RSS peak {:.0} MB",
+            self.run.rate(),
+            self.p99(),
+            self.run.refused(),
+            self.run.errors(),
+            self.keys,
+            self.orders,
+            self.run.ok(),
+            self.rss_peak * 1.048_576
+        )
+    }
+
+    /// Whether every target of the overload row holds.
+    pub fn met(&self) -> bool {
+        let ok = self.run.ok() as i64;
+        self.p99() < 200.0
+            && self.rss_peak * 1.048_576 < 150.0
+            && self.run.errors() == 0
+            && self.keys == ok
+            && self.orders == ok
+    }
+}
+
 #[derive(Default)]
 pub struct Results {
     pub knee_a: Vec<(usize, f64)>,
@@ -31,6 +73,7 @@ pub struct Results {
     pub notify: Option<notify::Outcome>,
     pub fanout: Option<fanout::Outcome>,
     pub growth: Option<growth::Outcome>,
+    pub overload: Option<Overload>,
     pub errors: usize,
     pub seconds: f64,
 }
@@ -223,6 +266,15 @@ pub fn write(r: &Results, out_dir: &Path) -> Vec<String> {
     for row in rows {
         writeln!(o, "{row}").unwrap();
     }
+    let ov = r.overload.as_ref().expect("overload ran");
+    writeln!(
+        o,
+        "| checkout offered 200 % ({:.0}/s) | {} | | | accepted p99 < 200 ms, RSS < 150 MB, every refusal a clean 503, nothing lost or doubled | {} |",
+        ov.offered,
+        ov.summary(),
+        met(ov.met())
+    )
+    .unwrap();
     for (name, value, target, ok) in backoffice_rows(&g.backoffice) {
         writeln!(o, "| {name} | {value} | | | {target} | {} |", met(ok)).unwrap();
     }
@@ -371,6 +423,9 @@ pub fn write(r: &Results, out_dir: &Path) -> Vec<String> {
         + g.grown.errors();
     let lost: usize = r.e2e.iter().map(|e| e.run.ok() - e.done_ms.len()).sum();
     let mut failures = backoffice_failures(&g.backoffice);
+    if !ov.met() {
+        failures.push("overload: a target of the 200 % row missed".to_owned());
+    }
     if errors > 0 {
         failures.push(format!("{errors} failed purchases"));
     }
