@@ -4,7 +4,6 @@
 
 use crate::OrderError;
 use crate::grant::{AdminRequest, one_transaction};
-use crate::place::lock_buyer;
 use crate::store::audit;
 use chrono::Utc;
 use memberline_platform::idempotency::Answer;
@@ -22,10 +21,7 @@ pub async fn adjust(
     delta: i64,
 ) -> Result<Answer, OrderError> {
     one_transaction(db, req, |txn| async move {
-        let buyer = lock_buyer(&txn, req.user_id).await.map_err(|e| match e {
-            OrderError::UnknownBuyer => OrderError::UserNotFound(req.user_id),
-            other => other,
-        })?;
+        let buyer = req.lock_buyer(&txn).await?;
         let (have, column, table, action) = match ledger {
             LedgerKind::Balance => (
                 buyer.balance_fen,

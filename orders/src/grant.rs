@@ -31,6 +31,17 @@ pub struct AdminRequest {
 }
 
 impl AdminRequest {
+    /// The buyer acted on, locked until `txn` ends; 404 `user_not_found` when there is none.
+    pub(crate) async fn lock_buyer(
+        &self,
+        txn: &DatabaseTransaction,
+    ) -> Result<memberline_schema::entities::user::Model, OrderError> {
+        lock_buyer(txn, self.user_id).await.map_err(|e| match e {
+            OrderError::UnknownBuyer => OrderError::UserNotFound(self.user_id),
+            other => other,
+        })
+    }
+
     pub(crate) fn key(&self) -> idempotency::Key<'_> {
         idempotency::Key {
             owner_kind: idempotency::OwnerKind::Staff,
@@ -48,10 +59,7 @@ pub async fn grant(
     plan_id: PlanId,
 ) -> Result<Answer, OrderError> {
     one_transaction(db, req, |txn| async move {
-        let buyer = lock_buyer(&txn, req.user_id).await.map_err(|e| match e {
-            OrderError::UnknownBuyer => OrderError::UserNotFound(req.user_id),
-            other => other,
-        })?;
+        let buyer = req.lock_buyer(&txn).await?;
         let plan = store::catalogue::plan(&txn, plan_id)
             .await?
             .ok_or(OrderError::PlanNotFound(plan_id))?;
@@ -112,10 +120,7 @@ pub async fn grant(
 /// Ends the buyer's membership now (through the membership worker): 202 with the audit entry.
 pub async fn revoke(db: &DatabaseConnection, req: &AdminRequest) -> Result<Answer, OrderError> {
     one_transaction(db, req, |txn| async move {
-        lock_buyer(&txn, req.user_id).await.map_err(|e| match e {
-            OrderError::UnknownBuyer => OrderError::UserNotFound(req.user_id),
-            other => other,
-        })?;
+        req.lock_buyer(&txn).await?;
         let now = Utc::now();
         let audit_id = audit::record(
             &txn,
