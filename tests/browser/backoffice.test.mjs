@@ -4,43 +4,26 @@
 // against the API, and a merchant's read-only console.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';
-import {
-  freePort, launchChromium, pg, root, targetDir, until, waitFor, watchedPage,
-} from './helpers.mjs';
+import { launchChromium, root, startSystem, until, watchedPage } from './helpers.mjs';
 
-const bin = `${targetDir}/debug`;
-const db = `ml_backoffice_${process.pid}_${Date.now()}`;
 const screenshots = `${root}tests/browser/screenshots`;
 const ADMIN = { username: 'ops-admin', password: 'admin-password-for-tests' };
 const MERCHANT = { username: 'shop-merchant', password: 'merchant-password-for-tests' };
 const NEW_PRICE_FEN = 2580;
-const processes = [];
-let env;
+let system;
 let browser;
 let base;
 
 /** What the tests share, in their order: the admin's page and token, the buyer, the order. */
 const shared = {};
 
-function start(program, args) {
-  const child = spawn(`${bin}/${program}`, args, { env, cwd: root, stdio: ['ignore', 'ignore', 'inherit'] });
-  processes.push(child);
-  return child;
-}
-
 function memberline(args, input) {
-  return execFileSync(`${bin}/memberline`, args, { env, cwd: root, input }).toString().trim();
+  return system.memberline(args, input);
 }
 
-async function api(method, path, bearer, body, headers = {}) {
-  const res = await fetch(`${base}${path}`, {
-    method,
-    headers: { Authorization: `Bearer ${bearer}`, 'Content-Type': 'application/json', ...headers },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  return { status: res.status, body: await res.json().catch(() => null) };
+function api(...args) {
+  return system.api(...args);
 }
 
 /** Integer fen as the pages show it: 2580 → "¥25.80". */
@@ -51,58 +34,17 @@ function yuan(fen) {
 }
 
 before(async () => {
-  const [port, emulatorPort, workerMetrics, relayMetrics] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
-  base = `http://127.0.0.1:${port}`;
-  const emulator = `http://127.0.0.1:${emulatorPort}`;
-  execFileSync('psql', [`${pg}/postgres`, '-qc', `CREATE DATABASE ${db}`]);
-  // `make run`'s configuration, on ports, a database and broker names of this test's own.
-  env = {
-    ...process.env,
-    MEMBERLINE_CONFIG_DIR: `${root}deploy/config`,
-    MEMBERLINE_ENV: 'local',
-    MEMBERLINE__DATABASE__URL: `${pg}/${db}`,
-    MEMBERLINE__HTTP__PORT: String(port),
-    MEMBERLINE__AMQP__PREFIX: `backoffice${process.pid}`,
-    MEMBERLINE__WORKERS__METRICS_ADDR: `127.0.0.1:${workerMetrics}`,
-    MEMBERLINE__RELAY__METRICS_ADDR: `127.0.0.1:${relayMetrics}`,
-    MEMBERLINE__PAYMENTS__WECHAT__BASE_URL: emulator,
-    MEMBERLINE__PAYMENTS__WECHAT__NOTIFY_URL: `${base}/v1/payments/wechat/notify`,
-    MEMBERLINE__PAYMENTS__ALIPAY__GATEWAY_URL: `${emulator}/gateway.do`,
-    MEMBERLINE__PAYMENTS__ALIPAY__NOTIFY_URL: `${base}/v1/payments/alipay/notify`,
-    MEMBERLINE__PAYMENTS__WECHAT__LOGIN_BASE_URL: emulator,
-    MEMBERLINE__PAYMENTS__PUBLIC_URL: base,
-    MEMBERLINE__LOG__FILTER: 'warn',
-    RUST_LOG: 'warn',
-  };
-  memberline(['migrate', 'up']);
-  memberline(['seed']);
+  system = await startSystem('backoffice');
+  base = system.base;
   // Staff as an operator makes them: the password on standard input.
   memberline(['staff', 'add', '--username', ADMIN.username, '--role', 'admin'], `${ADMIN.password}\n`);
   memberline(['staff', 'add', '--username', MERCHANT.username, '--role', 'merchant'], `${MERCHANT.password}\n`);
-  start('provider-emulator', ['--listen', `127.0.0.1:${emulatorPort}`, '--keys', 'deploy/dev-keys']);
-  start('memberline-workers', []);
-  start('memberline', ['serve']);
-  await Promise.all([
-    waitFor(`${base}/readyz`, 60000),
-    waitFor(`http://127.0.0.1:${workerMetrics}/readyz`, 60000),
-    waitFor(`${emulator}/emulator/healthz`, 60000),
-  ]);
   browser = await launchChromium();
 });
 
 after(async () => {
   await browser?.close();
-  await Promise.all(processes.map((p) => new Promise((resolve) => {
-    if (p.exitCode !== null) return resolve();
-    p.once('exit', resolve);
-    p.kill('SIGTERM');
-  })));
-  try {
-    execFileSync('psql', [`${pg}/postgres`, '-qc', `DROP DATABASE IF EXISTS ${db} WITH (FORCE)`]);
-  } catch {}
-  try {
-    execFileSync(`${bin}/delete-topology`, [], { env, cwd: root, stdio: 'ignore' });
-  } catch {}
+  await system?.stop();
 });
 
 /** Signs `who` in on a fresh /console page; the page, once the back office shows. */

@@ -1,6 +1,7 @@
-// Shared by the browser tests: free ports, polling a URL, and Chromium.
+// Shared by the browser tests: free ports, polling, Chromium, and the whole system started.
 import { createServer } from 'node:net';
 import { chromium } from 'playwright-core';
+import { spawn, execFileSync } from 'node:child_process';
 
 export const root = new URL('../..', import.meta.url).pathname;
 export const targetDir = process.env.CARGO_TARGET_DIR ?? `${root}target`;
@@ -60,4 +61,83 @@ export async function watchedPage(context, errors, apiCalls = []) {
   page.on('requestfailed', (r) => errors.push(`${r.url()} failed: ${r.failure()?.errorText}`));
   page.on('request', (r) => { if (new URL(r.url()).pathname.startsWith('/v1/')) apiCalls.push(r.url()); });
   return page;
+}
+
+/**
+ * The whole system as `make run` configures it (deploy/config/local.toml, the dev keys), on
+ * ports, a database and broker names of `name`'s own: migrated and seeded, then the provider
+ * emulator, the workers and the gateway started and ready. `stop()` ends them and removes the
+ * database and the broker names.
+ */
+export async function startSystem(name) {
+  const bin = `${targetDir}/debug`;
+  const db = `ml_${name}_${process.pid}_${Date.now()}`;
+  const [port, emulatorPort, workerMetrics, relayMetrics] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+  const base = `http://127.0.0.1:${port}`;
+  const emulator = `http://127.0.0.1:${emulatorPort}`;
+  execFileSync('psql', [`${pg}/postgres`, '-qc', `CREATE DATABASE ${db}`]);
+  const env = {
+    ...process.env,
+    MEMBERLINE_CONFIG_DIR: `${root}deploy/config`,
+    MEMBERLINE_ENV: 'local',
+    MEMBERLINE__DATABASE__URL: `${pg}/${db}`,
+    MEMBERLINE__HTTP__PORT: String(port),
+    MEMBERLINE__AMQP__PREFIX: `${name}${process.pid}`,
+    MEMBERLINE__WORKERS__METRICS_ADDR: `127.0.0.1:${workerMetrics}`,
+    MEMBERLINE__RELAY__METRICS_ADDR: `127.0.0.1:${relayMetrics}`,
+    MEMBERLINE__PAYMENTS__WECHAT__BASE_URL: emulator,
+    MEMBERLINE__PAYMENTS__WECHAT__NOTIFY_URL: `${base}/v1/payments/wechat/notify`,
+    MEMBERLINE__PAYMENTS__ALIPAY__GATEWAY_URL: `${emulator}/gateway.do`,
+    MEMBERLINE__PAYMENTS__ALIPAY__NOTIFY_URL: `${base}/v1/payments/alipay/notify`,
+    MEMBERLINE__PAYMENTS__WECHAT__LOGIN_BASE_URL: emulator,
+    MEMBERLINE__PAYMENTS__PUBLIC_URL: base,
+    MEMBERLINE__LOG__FILTER: 'warn',
+    RUST_LOG: 'warn',
+  };
+  const processes = [];
+  const start = (program, args) => {
+    processes.push(spawn(`${bin}/${program}`, args, { env, cwd: root, stdio: ['ignore', 'ignore', 'inherit'] }));
+  };
+  const system = {
+    base,
+    emulator,
+    dbUrl: `${pg}/${db}`,
+    /** Runs `memberline args` (with `input` on standard input): what it printed. */
+    memberline(args, input) {
+      return execFileSync(`${bin}/memberline`, args, { env, cwd: root, input }).toString().trim();
+    },
+    /** A JSON request with a bearer token: `{status, body}`. */
+    async api(method, path, bearer, body, headers = {}) {
+      const res = await fetch(`${base}${path}`, {
+        method,
+        headers: { Authorization: `Bearer ${bearer}`, 'Content-Type': 'application/json', ...headers },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      return { status: res.status, body: await res.json().catch(() => null) };
+    },
+    async stop() {
+      await Promise.all(processes.map((p) => new Promise((resolve) => {
+        if (p.exitCode !== null) return resolve();
+        p.once('exit', resolve);
+        p.kill('SIGTERM');
+      })));
+      try {
+        execFileSync('psql', [`${pg}/postgres`, '-qc', `DROP DATABASE IF EXISTS ${db} WITH (FORCE)`]);
+      } catch {}
+      try {
+        execFileSync(`${bin}/delete-topology`, [], { env, cwd: root, stdio: 'ignore' });
+      } catch {}
+    },
+  };
+  system.memberline(['migrate', 'up']);
+  system.memberline(['seed']);
+  start('provider-emulator', ['--listen', `127.0.0.1:${emulatorPort}`, '--keys', 'deploy/dev-keys']);
+  start('memberline-workers', []);
+  start('memberline', ['serve']);
+  await Promise.all([
+    waitFor(`${base}/readyz`, 60000),
+    waitFor(`http://127.0.0.1:${workerMetrics}/readyz`, 60000),
+    waitFor(`${emulator}/emulator/healthz`, 60000),
+  ]);
+  return system;
 }

@@ -2,99 +2,32 @@
 // its relay, the workers, RabbitMQ, PostgreSQL and the payment provider emulator.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import { freePort, launchChromium, pg, root, targetDir, waitFor } from './helpers.mjs';
+import { execFileSync } from 'node:child_process';
+import { launchChromium, root, startSystem, watchedPage } from './helpers.mjs';
 
-const bin = `${targetDir}/debug`;
-const db = `ml_pages_${process.pid}_${Date.now()}`;
-const processes = [];
-let env;
+let system;
 let browser;
 let base;
 let emulator;
 
-function start(program, args) {
-  const child = spawn(`${bin}/${program}`, args, { env, cwd: root, stdio: ['ignore', 'ignore', 'inherit'] });
-  processes.push(child);
-  return child;
-}
-
 function token(user, role) {
-  return execFileSync(`${bin}/memberline`, ['token', '--user', String(user), '--role', role], { env, cwd: root })
-    .toString().trim();
+  return system.memberline(['token', '--user', String(user), '--role', role]);
 }
 
-async function api(method, path, bearer, body, headers = {}) {
-  const res = await fetch(`${base}${path}`, {
-    method,
-    headers: { Authorization: `Bearer ${bearer}`, 'Content-Type': 'application/json', ...headers },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  return { status: res.status, body: await res.json().catch(() => null) };
+function api(...args) {
+  return system.api(...args);
 }
 
 before(async () => {
-  const [port, emulatorPort, workerMetrics, relayMetrics] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
-  base = `http://127.0.0.1:${port}`;
-  emulator = `http://127.0.0.1:${emulatorPort}`;
-  execFileSync('psql', [`${pg}/postgres`, '-qc', `CREATE DATABASE ${db}`]);
-  // `make run`'s configuration (deploy/config/local.toml, the dev keys), on ports and names of
-  // this test's own.
-  env = {
-    ...process.env,
-    MEMBERLINE_CONFIG_DIR: `${root}deploy/config`,
-    MEMBERLINE_ENV: 'local',
-    MEMBERLINE__DATABASE__URL: `${pg}/${db}`,
-    MEMBERLINE__HTTP__PORT: String(port),
-    MEMBERLINE__AMQP__PREFIX: `pages${process.pid}`,
-    MEMBERLINE__WORKERS__METRICS_ADDR: `127.0.0.1:${workerMetrics}`,
-    MEMBERLINE__RELAY__METRICS_ADDR: `127.0.0.1:${relayMetrics}`,
-    MEMBERLINE__PAYMENTS__WECHAT__BASE_URL: emulator,
-    MEMBERLINE__PAYMENTS__WECHAT__NOTIFY_URL: `${base}/v1/payments/wechat/notify`,
-    MEMBERLINE__PAYMENTS__ALIPAY__GATEWAY_URL: `${emulator}/gateway.do`,
-    MEMBERLINE__PAYMENTS__ALIPAY__NOTIFY_URL: `${base}/v1/payments/alipay/notify`,
-    MEMBERLINE__PAYMENTS__WECHAT__LOGIN_BASE_URL: emulator,
-    MEMBERLINE__PAYMENTS__PUBLIC_URL: base,
-    MEMBERLINE__LOG__FILTER: 'warn',
-    RUST_LOG: 'warn',
-  };
-  execFileSync(`${bin}/memberline`, ['migrate', 'up'], { env, cwd: root, stdio: 'ignore' });
-  execFileSync(`${bin}/memberline`, ['seed'], { env, cwd: root, stdio: 'ignore' });
-  start('provider-emulator', ['--listen', `127.0.0.1:${emulatorPort}`, '--keys', 'deploy/dev-keys']);
-  start('memberline-workers', []);
-  start('memberline', ['serve']);
-  await Promise.all([
-    waitFor(`${base}/readyz`, 60000),
-    waitFor(`http://127.0.0.1:${workerMetrics}/readyz`, 60000),
-    waitFor(`${emulator}/emulator/healthz`, 60000),
-  ]);
+  system = await startSystem('pages');
+  ({ base, emulator } = system);
   browser = await launchChromium(['--autoplay-policy=no-user-gesture-required']);
 });
 
 after(async () => {
   await browser?.close();
-  await Promise.all(processes.map((p) => new Promise((resolve) => {
-    if (p.exitCode !== null) return resolve();
-    p.once('exit', resolve);
-    p.kill('SIGTERM');
-  })));
-  try {
-    execFileSync('psql', [`${pg}/postgres`, '-qc', `DROP DATABASE IF EXISTS ${db} WITH (FORCE)`]);
-  } catch {}
-  try {
-    execFileSync(`${bin}/delete-topology`, [], { env, cwd: root, stdio: 'ignore' });
-  } catch {}
+  await system?.stop();
 });
-
-/** A page that records what it logs as an error and every API call it makes. */
-async function watchedPage(context, errors, apiCalls) {
-  const page = await context.newPage();
-  page.on('console', (m) => { if (m.type() === 'error') errors.push(`${page.url()}: ${m.text()}`); });
-  page.on('pageerror', (e) => errors.push(`${page.url()}: ${e.message}`));
-  page.on('requestfailed', (r) => errors.push(`${r.url()} failed: ${r.failure()?.errorText}`));
-  page.on('request', (r) => { if (new URL(r.url()).pathname.startsWith('/v1/')) apiCalls.push(r.url()); });
-  return page;
-}
 
 test('signed out, each page shows only its sign-in form and calls no API', async () => {
   const context = await browser.newContext();
@@ -120,7 +53,7 @@ test('signed out, each page shows only its sign-in form and calls no API', async
 
 /** The console feed's newest number, read from the database. */
 function newestFeedSeq() {
-  const out = execFileSync('psql', [`${pg}/${db}`, '-tAc', 'SELECT coalesce(max(seq), 0) FROM console_feed']);
+  const out = execFileSync('psql', [system.dbUrl, '-tAc', 'SELECT coalesce(max(seq), 0) FROM console_feed']);
   return Number(out.toString().trim());
 }
 
