@@ -1,12 +1,11 @@
-//! A buyer's account as `/v1/me` and the order stream show it, read from the database: the
-//! profile with the level, membership periods and passes; an order's progress; the point and
-//! balance ledgers; the inbox. Reads that belong
+//! A buyer's account as `/v1/me` shows it, read from the database: the profile with the level,
+//! membership periods and passes; the point and balance ledgers; the inbox. Reads that belong
 //! together are taken in one snapshot, so they never disagree while the workers write.
 
 use memberline_schema::entities::{
-    balance_ledger, level, membership_period, notification, order, point_ledger, user, user_pass,
+    balance_ledger, level, membership_period, notification, point_ledger, user, user_pass,
 };
-use memberline_schema::ids::{BuyerId, OrderId};
+use memberline_schema::ids::BuyerId;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
     EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
@@ -59,32 +58,6 @@ pub async fn profile(db: &DatabaseConnection, buyer_id: BuyerId) -> Result<Optio
         periods,
         passes,
     }))
-}
-
-/// Order `order_id` and, once its membership was applied (a period of it stands), its buyer's
-/// periods: what the buyer's order stream shows.
-pub async fn order_progress(
-    db: &DatabaseConnection,
-    order_id: OrderId,
-) -> Result<Option<(order::Model, Option<Vec<membership_period::Model>>)>, DbErr> {
-    let Some(order) = order::Entity::find_by_id(order_id).one(db).await? else {
-        return Ok(None);
-    };
-    let extended = membership_period::Entity::find()
-        .filter(membership_period::Column::OrderId.eq(order_id))
-        .filter(membership_period::Column::RemovedAt.is_null())
-        .one(db)
-        .await?
-        .is_some();
-    if !extended {
-        return Ok(Some((order, None)));
-    }
-    let periods = membership_period::Entity::find()
-        .filter(membership_period::Column::UserId.eq(order.buyer_id))
-        .filter(membership_period::Column::RemovedAt.is_null())
-        .all(db)
-        .await?;
-    Ok(Some((order, Some(periods))))
 }
 
 /// The newest `limit` entries of `buyer_id`'s point ledger (when `points`) and balance ledger

@@ -63,6 +63,11 @@ impl Application {
             settings.database.max_connections,
             metrics.clone(),
         );
+        let order_watch = crate::order_watch::OrderWatch::new(
+            settings.push.buyer_streams_max,
+            settings.push.buyer_streams_per_buyer,
+            metrics.clone(),
+        );
         let state = AppState {
             db,
             wake,
@@ -77,6 +82,7 @@ impl Application {
                 format!("{}.gateway.readiness", settings.amqp.prefix),
             )),
             in_flight: Arc::new(tokio::sync::Semaphore::new(settings.http.max_in_flight)),
+            order_watch,
             settings: Arc::new(settings),
             push_hub: crate::hub::Hub::new(),
         };
@@ -133,6 +139,12 @@ impl Application {
             Duration::from_millis(self.state.settings.push.feed_poll_ms),
             shutdown.child_token(),
         ));
+        let orders = tokio::spawn(self.state.order_watch.clone().run(
+            self.state.db.clone(),
+            hub.subscribe(),
+            Duration::from_millis(self.state.settings.push.feed_poll_ms),
+            shutdown.child_token(),
+        ));
         {
             // Open sockets close (1001) when the gateway stops; `run_until` waits for them.
             let (closing, shutdown) = (hub.closing.clone(), shutdown.clone());
@@ -160,6 +172,7 @@ impl Application {
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), push).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), feed).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), orders).await;
         if let Some(relay) = relay {
             shutdown.cancel();
             if tokio::time::timeout(Duration::from_secs(10), relay)

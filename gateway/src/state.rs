@@ -22,6 +22,8 @@ pub struct AppState {
     pub broker_probe: Arc<Probe>,
     /// This instance's fan-out of the push exchange to its WebSockets.
     pub push_hub: crate::hub::Hub,
+    /// This instance's one reader of the orders its buyers' streams follow, and their count.
+    pub order_watch: crate::order_watch::OrderWatch,
     /// How writers wake the relay after a commit: in-process when this gateway embeds it
     /// (`relay.embedded`), otherwise through PostgreSQL's NOTIFY.
     pub wake: memberline_platform::outbox::Wake,

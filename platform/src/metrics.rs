@@ -222,6 +222,8 @@ pub struct Metrics {
     channel_deliveries: Family<OutcomeLabels, Counter>,
     payment_notifications: Family<NotificationLabels, Counter>,
     payment_lifecycle: Family<LifecycleLabels, Counter>,
+    order_streams: Gauge,
+    order_watch_reads: Counter,
 }
 
 /// Registers `metric` under `name` and hands it back (families and counters are handles onto
@@ -271,6 +273,19 @@ impl Default for Metrics {
              and outcome (closed, paid, already_paid, late_payment, flagged, not_pending, unpaid, \
              refunded, processing, refused, failed, error).",
             Family::default(),
+        );
+        let order_streams = registered(
+            r,
+            "memberline_order_streams",
+            "Buyers' order streams open on this gateway instance.",
+            Gauge::default(),
+        );
+        let order_watch_reads = registered(
+            r,
+            "memberline_order_watch_reads",
+            "Reads of the orders that buyers' streams follow (one query for many orders and \
+             sockets).",
+            Counter::default(),
         );
         let orders = registered(
             r,
@@ -359,6 +374,8 @@ impl Default for Metrics {
             http_duration,
             orders,
             outbox_published,
+            order_streams,
+            order_watch_reads,
             outbox_publish_failures,
             outbox_unpublished,
             outbox_oldest_age,
@@ -406,6 +423,16 @@ impl Metrics {
                 route: route.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// Buyers' order streams open on this instance now.
+    pub fn set_order_streams(&self, open: usize) {
+        self.order_streams.set(open as i64);
+    }
+
+    /// One read by the instance's order watcher.
+    pub fn order_watch_read(&self) {
+        self.order_watch_reads.inc();
     }
 
     /// One provider notification and what became of it.

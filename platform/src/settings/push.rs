@@ -12,6 +12,8 @@ pub struct PushSettings {
     pub idle_timeout_secs: u64,
     pub ticket_ttl_secs: u64,
     pub feed_poll_ms: u64,
+    pub buyer_streams_max: usize,
+    pub buyer_streams_per_buyer: usize,
 }
 
 impl PushSettings {
@@ -36,6 +38,18 @@ impl PushSettings {
         }
         if self.feed_poll_ms == 0 {
             return invalid("push.feed_poll_ms", "must be positive");
+        }
+        if !(1..=100_000).contains(&self.buyer_streams_max) {
+            return invalid(
+                "push.buyer_streams_max",
+                "must be between 1 and 100000 sockets",
+            );
+        }
+        if !(1..=100).contains(&self.buyer_streams_per_buyer) {
+            return invalid(
+                "push.buyer_streams_per_buyer",
+                "must be between 1 and 100 sockets",
+            );
         }
         Ok(())
     }

@@ -1,56 +1,54 @@
-//! `GET /v1/orders/{id}/stream`: a buyer's WebSocket on one of their orders.
+//! `GET /v1/orders/{id}/stream`: a buyer's WebSocket on one of their orders, opened with a
+//! single-use ticket (`POST /v1/me/stream-ticket`) only.
 //!
 //! The first message is the order as it is; then one message per change:
 //! `{type: "order.status", order_id, status, at, membership?}` — `pending_payment → paid`, then
 //! the same status again with `membership: {status, expires_at, permanent}` once the membership
-//! worker extended it, or `closed`, `refund_pending`, `refunded`. What drives it is real: the
-//! buyer's pushes from the notifier (after each effect commits) make the socket read the order
-//! again, and so does a check every `push.feed_poll_ms` for a push that never came. A message
-//! is sent only when something the buyer sees changed. Closing the socket changes nothing.
+//! worker extended it, or `closed`, `refund_pending`, `refunded`. The socket reads nothing
+//! itself: the instance's [`crate::order_watch`] reads the order for all its sockets (on the
+//! buyer's pushes, and on a poll while something is awaited) and wakes them when something the
+//! buyer sees changed. A buyer holds at most `push.buyer_streams_per_buyer` streams on an
+//! instance (429 `too_many_streams`), and an instance at most `push.buyer_streams_max` (503
+//! `overloaded`). Closing the socket changes nothing.
 
 use super::socket::{IDLE, TOO_SLOW, sized};
 use super::tickets;
-use crate::account;
-use crate::http::auth::{MaybeCaller, Role};
+use crate::http::auth::Role;
 use crate::http::error::ApiError;
-use crate::membership::{MembershipView, membership_at};
+use crate::order_watch::{Full, Watcher};
 use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::Response;
-use chrono::Utc;
 use futures::{SinkExt, StreamExt};
-use memberline_schema::ids::{BuyerId, OrderId};
-use memberline_schema::push::Route;
-use memberline_schema::states::OrderStatus;
-use sea_orm::{DatabaseConnection, DbErr};
+use memberline_schema::ids::OrderId;
 use serde::Deserialize;
-use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::time::Instant;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct OrderStreamQuery {
-    /// A single-use ticket (`POST /v1/me/stream-ticket`), for browsers.
+    /// A single-use ticket (`POST /v1/me/stream-ticket`): the only way in.
     pub ticket: Option<String>,
 }
 
 /// Live status of one of the caller's orders (WebSocket): the current state first, then every
 /// change. Refusals are plain HTTP before the upgrade.
-#[utoipa::path(get, path = "/v1/orders/{id}/stream", tag = "push", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/orders/{id}/stream", tag = "push",
     params(("id" = i64, Path, description = "Order id"), OrderStreamQuery),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "`invalid_query`", body = crate::http::error::ErrorBody),
-        (status = 401, description = "`missing_token`, `invalid_token`, `token_expired`, `invalid_ticket`", body = crate::http::error::ErrorBody),
+        (status = 401, description = "`ticket_required` (a bearer header is not enough: trade it for a ticket), `invalid_ticket` (unknown, expired or used)", body = crate::http::error::ErrorBody),
         (status = 404, description = "`order_not_found` (also another buyer's order)", body = crate::http::error::ErrorBody),
         (status = 426, description = "`upgrade_required`: not a WebSocket request", body = crate::http::error::ErrorBody),
-        (status = 503, description = "`unavailable`: the database is busy", body = crate::http::error::ErrorBody),
+        (status = 429, description = "`too_many_streams`: the buyer holds `push.buyer_streams_per_buyer` order streams on this instance", body = crate::http::error::ErrorBody),
+        (status = 503, description = "`overloaded`: the instance holds `push.buyer_streams_max` order streams (with `Retry-After`); `unavailable`: the database is busy", body = crate::http::error::ErrorBody),
     ))]
 pub async fn stream(
     State(state): State<AppState>,
-    MaybeCaller(header): MaybeCaller,
     path: Result<Path<OrderId>, axum::extract::rejection::PathRejection>,
     query: Result<Query<OrderStreamQuery>, axum::extract::rejection::QueryRejection>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -58,95 +56,78 @@ pub async fn stream(
     let not_found = || ApiError::not_found("order_not_found", "no such order");
     let Path(id) = path.map_err(|_| not_found())?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let caller = tickets::stream_caller(
-        &state.db,
-        header,
-        q.ticket.as_deref(),
-        ws.is_ok(),
-        "/v1/me/stream-ticket",
-    )
-    .await?;
+    let Some(ticket) = q.ticket else {
+        return Err(ApiError::unauthorized(
+            "ticket_required",
+            "open order streams with a ticket from POST /v1/me/stream-ticket",
+        ));
+    };
+    let ws = ws.map_err(|_| tickets::upgrade_required())?;
+    // Refused before a ticket is spent when the instance is full.
+    if state.order_watch.sockets() >= state.settings.push.buyer_streams_max {
+        return Err(full());
+    }
+    let caller = tickets::redeem(&state.db, &ticket)
+        .await?
+        .ok_or_else(tickets::invalid_ticket)?;
     // The buyer's own order; an admin may follow any.
     let found = memberline_orders::store::orders::find(&state.db, id).await?;
     let order = found
         .filter(|o| caller.role == Role::Admin || caller.buyer_id().ok() == Some(o.buyer_id))
         .ok_or_else(not_found)?;
-    let ws = sized(ws.map_err(|_| tickets::upgrade_required())?);
-    let live = state.push_hub.subscribe();
-    let sessions = state.push_hub.sessions.clone();
-    Ok(ws.on_upgrade(move |socket| {
-        sessions.track_future(session(socket, state, live, order.id, order.buyer_id))
-    }))
-}
-
-/// What the buyer sees of the order now.
-async fn view(db: &DatabaseConnection, order_id: OrderId) -> Result<Option<Value>, DbErr> {
-    let Some((order, periods)) = account::order_progress(db, order_id).await? else {
-        return Ok(None);
+    let watcher = match state.order_watch.join(order.id, order.buyer_id) {
+        Ok(watcher) => watcher,
+        Err(Full::Instance) => return Err(full()),
+        Err(Full::Buyer) => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_streams",
+                format!(
+                    "at most {} order streams at once: close one first",
+                    state.settings.push.buyer_streams_per_buyer
+                ),
+            ));
+        }
     };
-    let mut message = json!({
-        "type": "order.status",
-        "order_id": order.id,
-        "order_no": order.order_no,
-        "status": order.status,
-        "at": order.updated_at,
-    });
-    if let Some(periods) = periods {
-        let MembershipView {
-            status,
-            expires_at,
-            permanent,
-            ..
-        } = membership_at(&periods, Utc::now());
-        message["membership"] = json!({
-            "status": status,
-            "expires_at": expires_at,
-            "permanent": permanent,
-        });
-    }
-    Ok(Some(message))
+    let sessions = state.push_hub.sessions.clone();
+    Ok(sized(ws).on_upgrade(move |socket| sessions.track_future(session(socket, state, watcher))))
 }
 
-/// What makes two views different for the buyer (not the time stamp).
-fn seen(view: &Value) -> (Value, Value) {
-    (view["status"].clone(), view["membership"].clone())
+/// 503 for a stream past the instance's cap.
+fn full() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "this gateway holds all the order streams it may; try again",
+    )
+    .retry_after(1)
 }
 
-async fn session(
-    socket: WebSocket,
-    state: AppState,
-    mut live: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::hub::Pushed>>,
-    order_id: OrderId,
-    buyer_id: BuyerId,
-) {
+/// One socket: each view the watcher publishes that differs from the last one sent, until the
+/// client leaves, is too slow or idle, or the gateway stops.
+async fn session(socket: WebSocket, state: AppState, mut watcher: Watcher) {
     let push = state.settings.push.clone();
     let (mut sink, mut incoming) = socket.split();
     let write_timeout = Duration::from_secs(push.ping_interval_secs.max(1));
-    let mut last_seen: Option<(Value, Value)> = None;
+    let mut last_seen = None;
     let mut ping = tokio::time::interval(Duration::from_secs(push.ping_interval_secs));
     ping.tick().await;
-    let mut poll = tokio::time::interval(Duration::from_millis(push.feed_poll_ms));
     let idle = Duration::from_secs(push.idle_timeout_secs);
     let mut heard = Instant::now();
-    let buyer_key = Route::Buyer(buyer_id).routing_key();
+    // The view already read for another socket on this order is sent at once.
+    watcher.views.mark_changed();
     let close = loop {
-        // Read again when woken by a push about this buyer or by the poll.
-        let refresh = tokio::select! {
+        let view = tokio::select! {
             _ = state.push_hub.closing.cancelled() => break Some((1001, "going away")),
-            // A closed or refunded order changes no more: no need to keep reading it.
-            _ = poll.tick() => !last_seen.as_ref().is_some_and(|(status, _)| {
-                status.as_str().and_then(OrderStatus::parse).is_some_and(OrderStatus::is_final)
-            }),
-            pushed = live.recv() => match pushed {
-                Ok(p) => p.routing_key == buyer_key,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break Some((1011, "restarting")),
+            changed = watcher.views.changed() => match changed {
+                Ok(()) => watcher.views.borrow_and_update().clone(),
+                Err(_) => break Some((1011, "restarting")),
             },
             frame = incoming.next() => match frame {
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
                 Some(Ok(_)) => {
                     heard = Instant::now();
-                    false
+                    None
                 }
             },
             _ = ping.tick() => {
@@ -157,28 +138,21 @@ async fn session(
                 if !matches!(sent, Ok(Ok(()))) {
                     break None;
                 }
-                false
+                None
             }
         };
-        if !refresh {
-            continue;
-        }
-        let Ok(Some(view)) = view(&state.db, order_id).await else {
+        let Some(view) = view else {
             continue;
         };
-        let now = seen(&view);
-        if last_seen.as_ref() == Some(&now) {
+        if last_seen.as_ref() == Some(&view.seen) {
             continue;
         }
-        let sent = tokio::time::timeout(
-            write_timeout,
-            sink.send(Message::Text(view.to_string().into())),
-        )
-        .await;
+        let sent =
+            tokio::time::timeout(write_timeout, sink.send(Message::Text(view.message))).await;
         if !matches!(sent, Ok(Ok(()))) {
             break Some((TOO_SLOW, "too slow"));
         }
-        last_seen = Some(now);
+        last_seen = Some(view.seen);
     };
     if let Some((code, reason)) = close {
         let frame = CloseFrame {

@@ -85,6 +85,11 @@ pub fn upgrade_required() -> ApiError {
     )
 }
 
+/// 401 for a ticket that opens nothing.
+pub fn invalid_ticket() -> ApiError {
+    ApiError::unauthorized("invalid_ticket", "the ticket is unknown, expired or used")
+}
+
 /// Who opens a stream: the bearer header's caller, or the one `ticket` was issued to. A ticket
 /// is spent only on a request that can become a socket (`can_upgrade`); without either, 401
 /// names `ticket_endpoint`.
@@ -98,9 +103,7 @@ pub async fn stream_caller(
     match (header, ticket) {
         (Some(caller), _) => Ok(caller),
         (None, Some(_)) if !can_upgrade => Err(upgrade_required()),
-        (None, Some(ticket)) => redeem(db, ticket).await?.ok_or_else(|| {
-            ApiError::unauthorized("invalid_ticket", "the ticket is unknown, expired or used")
-        }),
+        (None, Some(ticket)) => redeem(db, ticket).await?.ok_or_else(invalid_ticket),
         (None, None) => Err(ApiError::unauthorized(
             "missing_token",
             format!("send a bearer token, or a ticket from POST {ticket_endpoint}"),
