@@ -15,10 +15,13 @@
 //!   processes against a [`TestApp`], killed when their guard is dropped.
 //! - [`provider`]: the payment provider emulator as a process, and a gateway paying through it.
 //! - [`proxy`]: a TCP proxy a test can cut to make the broker unreachable.
+//! - [`invariants`]: the totals that must agree with their rows after any run: an effect
+//!   applied twice shows there, where unique constraints hide it from row counts.
 
 pub mod app;
 pub mod broker;
 pub mod database;
+pub mod invariants;
 pub mod process;
 pub mod provider;
 pub mod proxy;

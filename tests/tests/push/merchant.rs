@@ -352,6 +352,15 @@ async fn a_buyers_reminder_reaches_the_console_at_most_once_a_minute() {
     assert_eq!(status, 429);
     let retry: u64 = retry.expect("Retry-After").parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
+    // The console got that one reminder only: the next thing it hears is an order paid after
+    // the refused reminder (the feed is in commit order, so a second reminder would come first).
+    let marker = buy(&app, &token, "after-the-refusal").await;
+    let m = next(&mut console, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(
+        (m["type"].clone(), m["order_id"].clone()),
+        (json!("order.paid"), json!(marker)),
+        "{m}"
+    );
     // Someone else's order is not found.
     let other = app.create_user("Other", 0, 0).await;
     let res = app

@@ -1,5 +1,6 @@
 //! Worker processes under stress: kill -9 mid-burst, cut connections, SIGTERM, the dlq command.
 
+use memberline_platform::metrics::DeliveryOutcome;
 use memberline_schema::topology::Worker;
 use memberline_tests::process::{binary, free_port, spawn_workers};
 use memberline_tests::{Options, TestApp, consumer_prefetches, eventually, spawn_app_with};
@@ -8,38 +9,60 @@ use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// Every purchase's effects landed, none twice. Rows are counted for what was lost: a unique
+/// constraint keeps each at one per order, so they cannot show a double. Totals kept beside them
+/// (passes' uses, purchase counts, points and balances against their ledgers) can.
 async fn assert_every_effect_exactly_once(app: &TestApp, orders: i64, timeout: Duration) {
-    let checks = [
-        ("SELECT count(*) FROM user_passes", orders),
-        ("SELECT count(*) FROM savings_entries", orders),
-        (
-            "SELECT count(*) FROM point_ledger WHERE reason = 'purchase_reward'",
-            orders,
-        ),
-        (
-            "SELECT count(*) FROM notifications WHERE kind = 'order_paid'",
-            orders,
-        ),
-        (
-            "SELECT count(*) FROM notifications WHERE kind = 'membership_extended'",
-            orders,
-        ),
-        (
-            "SELECT COALESCE(sum(purchase_count), 0)::bigint FROM users",
-            orders,
-        ),
+    let landed = [
+        "SELECT count(*) FROM user_passes",
+        "SELECT count(*) FROM savings_entries",
+        "SELECT count(*) FROM point_ledger WHERE reason = 'purchase_reward'",
+        "SELECT count(*) FROM notifications WHERE kind = 'order_paid'",
+        "SELECT count(*) FROM notifications WHERE kind = 'membership_extended'",
     ];
-    for (sql, want) in checks {
-        eventually(&format!("{sql} = {want}"), timeout, || async {
+    for sql in landed {
+        app.wait_for_count(sql, sql, orders).await;
+    }
+    let unguarded = [
+        "SELECT COALESCE(sum(uses_left), 0)::bigint FROM user_passes",
+        "SELECT COALESCE(sum(purchase_count), 0)::bigint FROM users",
+    ];
+    for sql in unguarded {
+        eventually(&format!("{sql} = {orders}"), timeout, || async {
             let got = app.scalar(sql).await;
             assert!(
-                got <= want,
-                "{sql}: {got} > {want}: an effect was applied twice"
+                got <= orders,
+                "{sql}: {got} > {orders}: an effect was applied twice"
             );
-            (got == want).then_some(())
+            (got == orders).then_some(())
         })
         .await;
     }
+    let drift = memberline_tests::invariants::drift(&app.db).await;
+    assert_eq!(
+        drift.total(),
+        0,
+        "totals drifted from their rows: {drift:?}"
+    );
+}
+
+/// Deliveries the broker has handed to this test's consumers and not seen acknowledged.
+fn unacked(prefix: &str) -> i64 {
+    let out = Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_unacknowledged",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{prefix}.")))
+        .filter_map(|l| l.split('\t').nth(1)?.trim().parse::<i64>().ok())
+        .sum()
 }
 
 #[tokio::test]
@@ -76,8 +99,12 @@ async fn kill_9_of_the_worker_process_during_a_burst_of_2000_purchases_applies_e
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         made
     };
+    let prefix = app.topology.prefix().to_owned();
     let killer = async {
         let mut kills = 0;
+        // Kills that landed mid-delivery: the broker had deliveries out to the process, not yet
+        // acknowledged, when it died (a process killed before it consumed proves nothing).
+        let mut landed = 0;
         // Kill at random moments for as long as the burst runs, at most 15 times: each kill
         // counts against the broker's delivery limit (20) of the messages in flight, and the
         // message at the head of the queue can be in flight at every kill (a worker killed
@@ -85,17 +112,29 @@ async fn kill_9_of_the_worker_process_during_a_burst_of_2000_purchases_applies_e
         while !done.load(std::sync::atomic::Ordering::SeqCst) && kills < 15 {
             let pause = rand::rng().random_range(300..1200);
             tokio::time::sleep(Duration::from_millis(pause)).await;
+            let in_flight = tokio::task::spawn_blocking({
+                let prefix = prefix.clone();
+                move || unacked(&prefix)
+            })
+            .await
+            .unwrap();
             // SIGKILL: no drain, no close; unacked deliveries come back to the queue.
             worker.kill().expect("kill -9");
             worker.wait().unwrap();
             kills += 1;
+            if in_flight > 0 {
+                landed += 1;
+            }
             worker = spawn_workers(&app, &[]);
         }
-        kills
+        (kills, landed)
     };
-    let (made, kills) = tokio::join!(burst, killer);
+    let (made, (kills, landed)) = tokio::join!(burst, killer);
     assert_eq!(made, 2000);
-    assert!(kills >= 3, "the worker was killed {kills} times");
+    assert!(
+        landed >= 3,
+        "the worker was killed {kills} times, {landed} of them mid-delivery"
+    );
     assert_every_effect_exactly_once(&app, 2000, Duration::from_secs(240)).await;
     for w in Worker::ALL {
         assert_eq!(
@@ -108,8 +147,9 @@ async fn kill_9_of_the_worker_process_during_a_burst_of_2000_purchases_applies_e
     worker.wait().ok();
 }
 
-/// The process ids of this test's worker connections (what `close_connection` takes).
-fn our_connections(prefix: &str) -> Vec<String> {
+/// The process ids of this test's worker connections (what `close_connection` takes), named
+/// `<prefix>.<worker>.<pid>`: not the gateway's own (its push hub, relay and readiness probe).
+fn worker_connections(prefix: &str) -> Vec<String> {
     let out = Command::new("rabbitmqctl")
         .args([
             "list_connections",
@@ -122,7 +162,11 @@ fn our_connections(prefix: &str) -> Vec<String> {
         .expect("rabbitmqctl");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(&format!("{prefix}.")))
+        .filter(|l| {
+            Worker::ALL
+                .iter()
+                .any(|w| l.contains(&format!("{prefix}.{}.", w.as_str())))
+        })
         .map(|l| l.split('\t').next().unwrap().to_owned())
         .collect()
 }
@@ -156,9 +200,19 @@ async fn closing_the_broker_connections_mid_run_loses_nothing_and_consumers_retu
         )
         .await;
         if i % 20 == 10 {
+            // Every worker connected again since the last round.
+            let names = eventually(
+                "each of the four workers connected",
+                Duration::from_secs(20),
+                || async {
+                    let names = worker_connections(&prefix);
+                    (names.len() == Worker::ALL.len()).then_some(names)
+                },
+            )
+            .await;
             // Like `rabbitmqctl close_all_connections`, but only this test's worker
             // connections, so the other tests running beside it keep theirs.
-            for name in our_connections(&prefix) {
+            for name in names {
                 let status = Command::new("rabbitmqctl")
                     .args([
                         "close_connection",
@@ -174,7 +228,11 @@ async fn closing_the_broker_connections_mid_run_loses_nothing_and_consumers_retu
             }
         }
     }
-    assert!(closed >= 4, "worker connections were closed ({closed})");
+    assert_eq!(
+        closed,
+        3 * Worker::ALL.len(),
+        "three rounds closed every worker's connection"
+    );
     assert_every_effect_exactly_once(&app, 60, Duration::from_secs(60)).await;
     eventually(
         "consumers came back with prefetch 7",
@@ -261,6 +319,11 @@ async fn the_dlq_command_lists_and_replays_dead_letters() {
             .then_some(())
     })
     .await;
+    assert_eq!(
+        app.worker_metrics
+            .deliveries("savings", DeliveryOutcome::DeadLettered),
+        1
+    );
     let dlq = binary("memberline-dlq");
     let run = |args: &[&str]| {
         let out = Command::new(&dlq)
@@ -289,13 +352,23 @@ async fn the_dlq_command_lists_and_replays_dead_letters() {
         "{replayed}"
     );
     assert!(progress.contains("1/1"), "a progress bar: {progress}");
-    // Still poison: it comes back to the dead-letter queue.
-    eventually("parked again", Duration::from_secs(20), || async {
-        (app.queue_len(&app.topology.dead_queue(Worker::Savings))
-            .await
-            == 1)
-            .then_some(())
-    })
+    // Still poison: the worker takes it again and it comes back to the dead-letter queue. (Had
+    // the replay done nothing, the queue would hold it too: the worker's count tells.)
+    eventually(
+        "taken again and parked again",
+        Duration::from_secs(20),
+        || async {
+            let dead = app
+                .worker_metrics
+                .deliveries("savings", DeliveryOutcome::DeadLettered);
+            (dead == 2
+                && app
+                    .queue_len(&app.topology.dead_queue(Worker::Savings))
+                    .await
+                    == 1)
+                .then_some(())
+        },
+    )
     .await;
     let (purged, _) = run(&["purge", "--worker", "savings", "--yes"]);
     assert!(purged.contains("purged 1"), "{purged}");

@@ -6,7 +6,7 @@ use memberline_schema::topology::Worker;
 use memberline_tests::{Options, eventually, spawn_app_with, start_worker};
 use memberline_workers::decide::HandlerError;
 use memberline_workers::runtime::{Effects, Handler, Incoming};
-use sea_orm::DatabaseTransaction;
+use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -152,20 +152,51 @@ async fn killed_database_connections_are_a_transient_fault_and_the_effect_lands_
     let buyer = app.create_user("Severed", 1_000_000, 0).await;
     let token = app.user_token(buyer);
     let pass = app.plan_id("day_pass").await;
+    let mut killed = 0;
     for i in 0..5 {
-        app.order(
-            &token,
-            &format!("sev-{i}"),
-            json!({"plan_id": pass, "pay_method": "balance"}),
+        // The savings and membership workers' inserts wait on this lock inside their
+        // transactions: their backends are caught mid-delivery, and those are the ones killed.
+        // (A pooled connection killed while idle is only replaced: it proves nothing.)
+        let hold = app.db.begin().await.unwrap();
+        hold.execute_unprepared("LOCK TABLE savings_entries, user_passes IN SHARE MODE")
+            .await
+            .unwrap();
+        let (status, body) = app
+            .order(
+                &token,
+                &format!("sev-{i}"),
+                json!({"plan_id": pass, "pay_method": "balance"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let waiting = "FROM pg_stat_activity WHERE datname = current_database() \
+                       AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()";
+        eventually(
+            "a worker waits mid-delivery",
+            Duration::from_secs(20),
+            || async {
+                (app.scalar(&format!("SELECT count(*) {waiting}")).await > 0).then_some(())
+            },
         )
         .await;
-        // Terminate every other backend of this database: the workers' pooled connections die
-        // under them mid-stream.
-        app.scalar(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .await;
+        let now = app
+            .scalar(&format!(
+                "SELECT count(pg_terminate_backend(pid)) {waiting}"
+            ))
+            .await;
+        assert!(now > 0, "round {i}: no backend killed");
+        killed += now;
+        hold.rollback().await.unwrap();
+        // This order's effects land before the next round, whose kills would otherwise hit
+        // its retries too and run them past the ladder.
+        for table in ["savings_entries", "user_passes"] {
+            app.wait_for_count(
+                &format!("round {i}: {table}"),
+                &format!("SELECT count(*) FROM {table} WHERE user_id = {buyer}"),
+                i + 1,
+            )
+            .await;
+        }
     }
     app.wait_for_count(
         "all savings effects",
@@ -179,12 +210,36 @@ async fn killed_database_connections_are_a_transient_fault_and_the_effect_lands_
         5,
     )
     .await;
+    // Totals no constraint guards: a delivery applied twice would show here.
     assert_eq!(
         app.scalar(&format!(
             "SELECT purchase_count::bigint FROM users WHERE id = {buyer}"
         ))
         .await,
         5
+    );
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT sum(uses_left)::bigint FROM user_passes WHERE user_id = {buyer}"
+        ))
+        .await,
+        5
+    );
+    assert_eq!(
+        memberline_tests::invariants::drift(&app.db).await.total(),
+        0
+    );
+    // Each round's kills failed at least one delivery, which was retried.
+    let retried: u64 = Worker::ALL
+        .iter()
+        .map(|w| {
+            app.worker_metrics
+                .deliveries(w.as_str(), DeliveryOutcome::Retried)
+        })
+        .sum();
+    assert!(
+        retried >= 5,
+        "{killed} backends killed mid-delivery, {retried} deliveries retried"
     );
     for w in Worker::ALL {
         assert_eq!(app.queue_len(&app.topology.dead_queue(w)).await, 0, "{w:?}");

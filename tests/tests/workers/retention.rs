@@ -352,3 +352,45 @@ async fn pruning_deletes_only_old_delivery_records_and_a_replayed_pruned_event_a
         );
     }
 }
+
+#[tokio::test]
+async fn the_workers_process_prunes_on_its_own_schedule_pass_after_pass_and_stops_on_sigterm() {
+    let app = spawn_app_with(Options::default()).await;
+    let buyer = app.create_user("Ticket holder", 0, 0).await;
+    let ticket = |hash: &str, expires: &str| {
+        format!(
+            "INSERT INTO stream_tickets (hash, user_id, role, expires_at) \
+             VALUES ('{hash}', {buyer}, 'user', {expires})"
+        )
+    };
+    let left = |hash: &str| format!("SELECT count(*) FROM stream_tickets WHERE hash = '{hash}'");
+    exec(&app, &ticket("expired-1", "now() - interval '2 days'")).await;
+    exec(&app, &ticket("live", "now() + interval '30 seconds'")).await;
+    // The real process, with its retention job on a one-second schedule.
+    let mut workers = memberline_tests::spawn_workers(
+        &app,
+        &[
+            ("MEMBERLINE__RETENTION__ENABLED", "true".to_owned()),
+            ("MEMBERLINE__RETENTION__INTERVAL_SECS", "1".to_owned()),
+        ],
+    );
+    app.wait_for_count("the first pass pruned", &left("expired-1"), 0)
+        .await;
+    // Expired after the first pass: only a later pass of the loop can take it.
+    exec(&app, &ticket("expired-2", "now() - interval '2 days'")).await;
+    app.wait_for_count("a later pass pruned", &left("expired-2"), 0)
+        .await;
+    assert_eq!(app.scalar(&left("live")).await, 1, "a live ticket is kept");
+
+    // SIGTERM: the loop stops with the process, at once.
+    std::process::Command::new("kill")
+        .args(["-TERM", &workers.id().to_string()])
+        .status()
+        .unwrap();
+    let status = eventually("the process exits", Duration::from_secs(15), || {
+        let status = workers.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert!(status.success(), "clean exit, got {status:?}");
+}

@@ -109,23 +109,6 @@ pub async fn end_to_end(db: &TestDb, run: &Run) -> (Vec<f64>, f64) {
     (latencies, effects_rate)
 }
 
-/// Effects applied twice: a reward, a saving or a membership period written twice for one order.
-pub async fn doubled_effects(db: &TestDb) -> i64 {
-    let row = db
-        .conn
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT (SELECT count(*) FROM (SELECT order_id FROM point_ledger \
-                       WHERE reason = 'purchase_reward' GROUP BY order_id HAVING count(*) > 1) a) \
-                  + (SELECT count(*) FROM (SELECT order_id FROM membership_periods \
-                       WHERE order_id IS NOT NULL GROUP BY order_id HAVING count(*) > 1) b) AS n",
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    row.try_get("", "n").unwrap()
-}
-
 /// Outbox rows not published yet.
 pub async fn unpublished(db: &TestDb) -> i64 {
     let row = db

@@ -22,9 +22,13 @@ pub struct Outcome {
     pub sockets: usize,
     /// Sockets that could not be opened.
     pub refused: usize,
-    /// Receipts expected (sockets × purchases) and received.
+    /// Receipts expected (sockets × purchases), and distinct ones received (each console's
+    /// feed numbers counted once).
     pub expected: usize,
     pub received: usize,
+    /// Receipts of a feed number the console had already received: a duplicate must not hide
+    /// a lost push.
+    pub duplicates: usize,
     /// Milliseconds from the feed entry's commit to its receipt, sorted.
     pub latencies: Vec<f64>,
     /// The gateway's resident memory with every socket open, before and during the pushes
@@ -56,13 +60,14 @@ fn now_ms() -> f64 {
 }
 
 /// One console: waits for its `hello`, says so, then times every paid order it hears about
-/// until it has `PURCHASES` or `stop` fires, and reports its times on `done`. It keeps its
+/// until it has `PURCHASES` distinct ones or `stop` fires, and reports its times and its
+/// duplicates on `done`. It keeps its
 /// socket open until `stop`: consoles closing while the gateway still pushes to the others
 /// would be measured as the push's latency (they made the last push's p99 twice the others').
 async fn console(
     request: tokio_tungstenite::tungstenite::handshake::client::Request,
     opened: tokio::sync::mpsc::Sender<bool>,
-    done: tokio::sync::mpsc::UnboundedSender<Vec<f64>>,
+    done: tokio::sync::mpsc::UnboundedSender<(Vec<f64>, usize)>,
     stop: CancellationToken,
 ) {
     let config = WebSocketConfig::default()
@@ -72,10 +77,12 @@ async fn console(
         tokio_tungstenite::connect_async_with_config(request, Some(config), false).await
     else {
         let _ = opened.send(false).await;
-        let _ = done.send(Vec::new());
+        let _ = done.send((Vec::new(), 0));
         return;
     };
     let mut times = Vec::with_capacity(PURCHASES);
+    let mut seen = std::collections::HashSet::with_capacity(PURCHASES);
+    let mut duplicates = 0;
     let mut said = false;
     while times.len() < PURCHASES {
         let frame = tokio::select! {
@@ -95,6 +102,19 @@ async fn console(
             said = true;
             let _ = opened.send(true).await;
         } else if text.contains(r#""type":"order.paid""#) {
+            let seq = text
+                .split_once(r#""seq":"#)
+                .map(|(_, rest)| {
+                    rest.split(|c: char| !c.is_ascii_digit())
+                        .next()
+                        .unwrap_or("")
+                })
+                .unwrap_or("")
+                .to_owned();
+            if !seen.insert(seq) {
+                duplicates += 1;
+                continue;
+            }
             let at = text
                 .split_once(r#""at":""#)
                 .and_then(|(_, rest)| rest.split_once('"'))
@@ -107,7 +127,7 @@ async fn console(
     if !said {
         let _ = opened.send(false).await;
     }
-    let _ = done.send(times);
+    let _ = done.send((times, duplicates));
     stop.cancelled().await;
     let _ = socket.close(None).await;
 }
@@ -185,11 +205,15 @@ pub async fn run(sockets: usize) -> Outcome {
     // Every console has heard of every purchase, or a minute went by; then they all close.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut latencies = Vec::with_capacity(sockets * PURCHASES);
+    let mut duplicates = 0;
     // One report per console, refused ones included (empty).
     let reports = async {
         for _ in 0..sockets {
             match done_rx.recv().await {
-                Some(times) => latencies.extend(times),
+                Some((times, doubled)) => {
+                    latencies.extend(times);
+                    duplicates += doubled;
+                }
                 None => break,
             }
         }
@@ -200,8 +224,9 @@ pub async fn run(sockets: usize) -> Outcome {
         let _ = t.await;
     }
     // Consoles still short of every push at the deadline reported when told to stop.
-    while let Ok(times) = done_rx.try_recv() {
+    while let Ok((times, doubled)) = done_rx.try_recv() {
         latencies.extend(times);
+        duplicates += doubled;
     }
     latencies.sort_by(|a, b| a.total_cmp(b));
     system.stop().await;
@@ -210,6 +235,7 @@ pub async fn run(sockets: usize) -> Outcome {
         refused,
         expected: (sockets - refused) * PURCHASES,
         received: latencies.len(),
+        duplicates,
         latencies,
         rss_open,
         rss_idle,

@@ -238,7 +238,10 @@ async fn main() {
         (pipeline_capacity * 0.5).min(capacity * 0.5),
     )
     .await;
-    r.doubled = e2e::doubled_effects(&system.db).await;
+    // Buyers whose totals drifted from their rows: an effect applied twice.
+    r.doubled = memberline_tests::invariants::drift(&system.db.conn)
+        .await
+        .total();
     (r.e2e_gateway_rss, r.workers_rss) = system.stop().await;
     r.e2e = vec![over, half];
 
@@ -424,7 +427,9 @@ async fn e2e_only() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(500.0);
     let run = end_to_end(&system, &format!("end to end, {rate:.0}/s"), rate).await;
-    let doubled = e2e::doubled_effects(&system.db).await;
+    let doubled = memberline_tests::invariants::drift(&system.db.conn)
+        .await
+        .total();
     system.stop().await;
     println!(
         "{:.0} effects/s against floor (b) {floor:.0}/s: {:.2}",
@@ -460,22 +465,24 @@ async fn e2e_only() {
 async fn fanout_only() {
     let f = fanout::run(CONSOLES.min(fanout::descriptors().saturating_sub(500))).await;
     println!(
-        "{} consoles, {} of {} receipts; RSS {:.0} MiB idle, {:.0} MiB with the consoles; \
+        "{} consoles, {} of {} receipts, {} duplicates; RSS {:.0} MiB idle, {:.0} MiB with the consoles; \
          commit → receipt p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms",
         f.sockets,
         f.received,
         f.expected,
+        f.duplicates,
         f.rss_idle,
         f.rss_open,
         f.p(0.5),
         f.p(0.95),
         f.p(0.99)
     );
-    if f.refused > 0 || f.received < f.expected {
+    if f.refused > 0 || f.received < f.expected || f.duplicates > 0 {
         eprintln!(
-            "FAILED: {} refused, {} receipts missing",
+            "FAILED: {} refused, {} receipts missing, {} duplicates",
             f.refused,
-            f.expected - f.received
+            f.expected - f.received,
+            f.duplicates
         );
         std::process::exit(1);
     }

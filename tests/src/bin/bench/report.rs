@@ -354,13 +354,14 @@ pub fn write(r: &Results, out_dir: &Path) -> Vec<String> {
     cpu_table(&mut o, "notification", &n.cpu);
     writeln!(
         o,
-        "Fan-out: {} consoles opened ({} refused), {} purchases announced at {}/s; {} of {} receipts; gateway RSS {:.1} MiB before the consoles, {:.1} MiB with them; commit → receipt {}.\n",
+        "Fan-out: {} consoles opened ({} refused), {} purchases announced at {}/s; {} of {} receipts ({} duplicates); gateway RSS {:.1} MiB before the consoles, {:.1} MiB with them; commit → receipt {}.\n",
         f.sockets,
         f.refused,
         fanout::PURCHASES,
         fanout::PER_SECOND,
         f.received,
         f.expected,
+        f.duplicates,
         f.rss_idle,
         f.rss_open,
         pcts(&f.latencies)
@@ -433,7 +434,10 @@ pub fn write(r: &Results, out_dir: &Path) -> Vec<String> {
         failures.push(format!("{lost} orders without all four effects"));
     }
     if r.doubled > 0 {
-        failures.push(format!("{} doubled effects", r.doubled));
+        failures.push(format!(
+            "{} buyers whose totals drifted from their ledgers",
+            r.doubled
+        ));
     }
     if n.unpaid > 0 || n.doubled > 0 || n.refused > 0 {
         failures.push(format!(
@@ -441,21 +445,22 @@ pub fn write(r: &Results, out_dir: &Path) -> Vec<String> {
             n.refused, n.unpaid, n.doubled
         ));
     }
-    if f.refused > 0 || f.received < f.expected {
+    if f.refused > 0 || f.received < f.expected || f.duplicates > 0 {
         failures.push(format!(
-            "fan-out: {} consoles refused, {} of {} receipts",
-            f.refused, f.received, f.expected
+            "fan-out: {} consoles refused, {} of {} receipts, {} duplicates",
+            f.refused, f.received, f.expected, f.duplicates
         ));
     }
     writeln!(
         o,
-        "Guards: {errors} failed purchases, {lost} orders without all four effects, {} doubled effects; notifications: {} refused, {} unpaid, {} paid twice; fan-out: {} consoles refused, {} receipts missing.\n",
+        "Guards: {errors} failed purchases, {lost} orders without all four effects, {} buyers whose totals drifted from their ledgers (a doubled effect); notifications: {} refused, {} unpaid, {} paid twice; fan-out: {} consoles refused, {} receipts missing, {} duplicates.\n",
         r.doubled,
         n.refused,
         n.unpaid,
         n.doubled,
         f.refused,
-        f.expected.saturating_sub(f.received)
+        f.expected.saturating_sub(f.received),
+        f.duplicates
     )
     .unwrap();
 
