@@ -16,13 +16,16 @@ export MEMBERLINE_ENV ?= local
 TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),1)
 ROLE ?= user
 
-.PHONY: help run test sdk-check browser-test vendor bench lint fmt services build db migrate seed token openapi topology unit-test integration-test clean-test-data
+.PHONY: help run cluster test sdk-check browser-test vendor bench lint fmt fuzz services build db migrate seed token openapi topology unit-test integration-test clean-test-data
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 run: services build db ## Start the whole system locally with a demo (Ctrl-C stops it)
 	@deploy/run-local.sh
+
+cluster: build ## Scaled out locally: 3-node RabbitMQ, PostgreSQL primary + sync replica behind a moving address, two gateways, a relay, two workers (Ctrl-C stops it)
+	@deploy/run-cluster.sh
 
 test: services ## Check services, then run every test (what .ci/run calls)
 	@command -v cargo-nextest >/dev/null || $(CARGO) install cargo-nextest --locked

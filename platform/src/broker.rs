@@ -20,14 +20,37 @@ use tracing::{error, warn};
 /// memory or disk alarm blocks publishers and never answers.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connects to `url`, naming the connection `name` (it shows in `rabbitmqctl
-/// list_connections`), giving up after [`OP_TIMEOUT`].
+/// The broker addresses of `amqp.url`: one URL, or several separated by commas (the nodes of a
+/// cluster), each a full `amqp://` URL.
+pub fn addresses(url: &str) -> Vec<&str> {
+    url.split(',').map(str::trim).filter(|a| !a.is_empty()).collect()
+}
+
+/// Connects to the broker at `url` (see [`addresses`]), naming the connection `name` (it shows
+/// in `rabbitmqctl list_connections`). With several addresses it starts at a random one, so
+/// that processes spread over a cluster's nodes, and tries the others in turn when one fails or
+/// takes longer than [`OP_TIMEOUT`]: a process whose node went away reconnects to another.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
-    let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
-    tokio::time::timeout(OP_TIMEOUT, Connection::connect(url, props))
-        .await
-        .map_err(|_| anyhow::anyhow!("connecting to the broker timed out"))?
-        .map_err(Into::into)
+    let addresses = addresses(url);
+    anyhow::ensure!(!addresses.is_empty(), "amqp.url names no broker");
+    let first = rand::random_range(0..addresses.len());
+    let mut failures = Vec::new();
+    for address in addresses.iter().cycle().skip(first).take(addresses.len()) {
+        let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
+        match tokio::time::timeout(OP_TIMEOUT, Connection::connect(address, props)).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => failures.push(format!("{}: {e}", host_of(address))),
+            Err(_) => failures.push(format!("{}: timed out", host_of(address))),
+        }
+    }
+    anyhow::bail!("no broker answered ({})", failures.join("; "))
+}
+
+/// `host:port` of an AMQP URL, for messages (never its credentials).
+fn host_of(address: &str) -> String {
+    let rest = address.split_once("://").map_or(address, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split('/').next().unwrap_or_default().to_owned()
 }
 
 /// Closes `conn`, giving up after [`OP_TIMEOUT`].
@@ -142,5 +165,29 @@ impl Probe {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_comma_separated_url_names_every_node_and_messages_show_no_credentials() {
+        let url = "amqp://u:secret@10.0.0.1:5672/%2f, amqp://u:secret@10.0.0.2:5673/%2f,";
+        let nodes = addresses(url);
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(host_of(nodes[1]), "10.0.0.2:5673");
+        assert_eq!(addresses("amqp://localhost"), vec!["amqp://localhost"]);
+    }
+
+    #[tokio::test]
+    async fn connecting_tries_every_address_and_names_each_failure() {
+        // Two closed ports: both are tried, and the error says so.
+        let closed = |port| format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+        let url = format!("{},{}", closed(1), closed(2));
+        let err = connect(&url, "test").await.unwrap_err().to_string();
+        assert!(err.contains("127.0.0.1:1") && err.contains("127.0.0.1:2"), "{err}");
+        assert!(!err.contains("guest"), "{err}");
     }
 }
