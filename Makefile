@@ -16,7 +16,7 @@ export MEMBERLINE_ENV ?= local
 TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),1)
 ROLE ?= user
 
-.PHONY: help run cluster test sdk-check browser-test vendor bench lint fmt fuzz services build db migrate seed token openapi topology unit-test integration-test clean-test-data
+.PHONY: help run cluster chaos soak test sdk-check browser-test vendor bench lint fmt fuzz services build db migrate seed token openapi topology unit-test integration-test clean-test-data
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -26,6 +26,15 @@ run: services build db ## Start the whole system locally with a demo (Ctrl-C sto
 
 cluster: build ## Scaled out locally: 3-node RabbitMQ, PostgreSQL primary + sync replica behind a moving address, two gateways, a relay, two workers (Ctrl-C stops it)
 	@deploy/run-cluster.sh
+
+chaos: services ## Faults injected into the scaled-out system under load, with a table of figures (at most 20 min; target/chaos/report.md)
+	$(CARGO) build --bins --features memberline-platform/failpoints --target-dir target/chaos
+	target/chaos/debug/chaos
+
+SOAK_MINUTES ?= 30
+soak: services ## Mixed load with faults at random for SOAK_MINUTES (30): RSS drift, lane waits, retention keeping tables flat (target/chaos/soak.md)
+	$(CARGO) build --bins --features memberline-platform/failpoints --target-dir target/chaos
+	SOAK_MINUTES=$(SOAK_MINUTES) target/chaos/debug/chaos soak
 
 test: services ## Check services, then run every test (what .ci/run calls)
 	@command -v cargo-nextest >/dev/null || $(CARGO) install cargo-nextest --locked

@@ -8,6 +8,8 @@
 # - HAProxy on 5440: the stable database address, the way a managed service or an operator's
 #   -rw Service is one. It sends connections to the primary while it answers, otherwise to the
 #   replica; `failover` stops the primary and promotes the replica, so the address moves.
+#   HAProxy also balances 127.0.0.1:8080 over the gateways on 8081 and 8082 that answer
+#   /healthz (what a Service or a load balancer does): the providers' notifications go there.
 #
 #   deploy/cluster.sh up | down | status | env
 #   deploy/cluster.sh stop-node N | start-node N   (N = 1..3; the node's app only)
@@ -25,6 +27,7 @@ DIST_PORTS=(25681 25682 25683)
 PG_PRIMARY=5441
 PG_REPLICA=5442
 PG_ADDRESS=5440
+GATEWAYS=8080
 
 say() { echo "cluster: $*" >&2; }
 as_rabbit() { runuser -u rabbitmq -- env HOME=/var/lib/rabbitmq "$@"; }
@@ -134,6 +137,15 @@ haproxy_up() {
 		    default-server inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions
 		    server primary 127.0.0.1:$PG_PRIMARY check
 		    server replica 127.0.0.1:$PG_REPLICA check backup
+		listen gateways
+		    bind 127.0.0.1:$GATEWAYS
+		    mode http
+		    balance roundrobin
+		    option httpchk GET /healthz
+		    retry-on conn-failure
+		    default-server inter 500ms fall 2 rise 1
+		    server gateway1 127.0.0.1:8081 check
+		    server gateway2 127.0.0.1:8082 check
 	EOF
 	if [ -f "$DIR/haproxy.pid" ] && kill -0 "$(cat "$DIR/haproxy.pid")" 2>/dev/null; then
 		return

@@ -2,7 +2,7 @@
 # `make cluster`: Memberline scaled out on one machine, beside the machine's own services.
 # - deploy/cluster.sh up: a 3-node RabbitMQ cluster (5681..5683), a PostgreSQL primary with a
 #   synchronous streaming replica, and the stable database address that moves on failover (5440);
-# - the provider emulator, two gateways (8081, 8082) each with its embedded relay, a standalone
+# - the provider emulator, two gateways (8081, 8082, balanced on 8080) each with its embedded relay, a standalone
 #   relay, and two replicas of the workers' process; every process is given the three brokers'
 #   addresses and fails over among them.
 # It checks that every quorum queue has a replica on each node, prints where things are, and on
@@ -74,7 +74,8 @@ USER_TOKEN=$("$BIN/memberline" token --user 1 --role user)
 cat <<MSG
 
   Memberline is running scaled out.
-    Gateways:      http://127.0.0.1:8081  http://127.0.0.1:8082  (each with an embedded relay)
+    Gateways:      http://127.0.0.1:8080 (HAProxy over both) -> 127.0.0.1:8081, 127.0.0.1:8082
+                   (each with an embedded relay; the providers' notifications come through 8080)
     Relay:         http://127.0.0.1:9111/metrics   Workers: http://127.0.0.1:9121/metrics, :9122
     RabbitMQ:      rabbit1..3@localhost on 127.0.0.1:5681..5683 (deploy/cluster.sh status)
     PostgreSQL:    primary 5441, synchronous replica 5442, reached through 127.0.0.1:5440

@@ -13,6 +13,8 @@ pub mod batch;
 pub mod broker;
 pub mod db;
 pub mod dead_letters;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 pub mod idempotency;
 pub mod metrics;
 pub mod ops;

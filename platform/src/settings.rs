@@ -80,6 +80,7 @@ pub struct RetentionSettings {
     pub console_feed_days: u32,
     pub idempotency_key_hours: u32,
     pub channel_deliveries_days: u32,
+    pub stream_ticket_hours: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

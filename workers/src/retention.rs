@@ -3,7 +3,7 @@
 //! consumed-event records, console-feed entries and delivered channel messages older than their
 //! configured windows, and
 //! idempotency keys older than `retention.idempotency_key_hours` (24 h, like Stripe's), and
-//! stream tickets a day after they expired.
+//! stream tickets `retention.stream_ticket_hours` (24) after they expired.
 //!
 //! Pruning a consumed-event record does not make its event applicable again: every effect is
 //! also guarded by a business key (one period, one reward, one saving, one message per order),
@@ -70,12 +70,12 @@ pub async fn prune(db: &DatabaseConnection, settings: &RetentionSettings) -> Res
             column: "delivered_at",
             window: day * settings.channel_deliveries_days,
         },
-        // Single-use stream tickets live seconds; a day later they are only clutter.
+        // Single-use stream tickets live seconds; after that they are only clutter.
         Rule {
             table: "stream_tickets",
             key: "hash",
             column: "expires_at",
-            window: day,
+            window: Duration::from_secs(3_600) * settings.stream_ticket_hours,
         },
     ];
     let mut counts = [0u64; 6];

@@ -266,6 +266,8 @@ impl Relay {
         }
         let taken = rows.len();
         let (outcomes, fatal) = self.publish_rows(channel, &rows).await;
+        #[cfg(feature = "failpoints")]
+        crate::failpoints::hit("relay_after_confirm");
         if let Err(e) = record(&txn, &outcomes, &self.settings).await {
             let _ = txn.rollback().await;
             return Err(e.into());

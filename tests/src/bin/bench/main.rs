@@ -18,6 +18,7 @@
 //! is lost or doubled.
 
 mod backoffice;
+mod cluster;
 mod cpu;
 mod e2e;
 mod fanout;
@@ -116,9 +117,10 @@ async fn main() {
         Ok("checkout") => return checkout_only().await,
         Ok("backoffice") => return backoffice_only().await,
         Ok("overload") => return overload_only().await,
+        Ok("cluster") => return cluster_only().await,
         Ok(other) => {
             eprintln!(
-                "BENCH_ONLY={other}: expected profile, notify, fanout, e2e, checkout, backoffice or overload"
+                "BENCH_ONLY={other}: expected profile, notify, fanout, e2e, checkout, backoffice, overload or cluster"
             );
             std::process::exit(2);
         }
@@ -251,6 +253,10 @@ async fn main() {
     r.fanout = Some(fanout::run(CONSOLES.min(fanout::descriptors().saturating_sub(500))).await);
     eprintln!("Growth");
     r.growth = Some(growth::run(r.best_c, WINDOW).await);
+    eprintln!("Cluster");
+    // End to end offered what the half-load run was: well inside both.
+    let offered = r.e2e.get(1).map_or(200.0, |e| e.offered);
+    r.cluster = Some(cluster::run(r.best_c, offered, WINDOW / 2.0).await);
 
     // 3. Report.
     r.seconds = bench_started.elapsed().as_secs_f64();
@@ -296,6 +302,17 @@ async fn overloaded(system: &System, offered: f64) -> (load::Run, i64, i64) {
     )
     .await;
     (run, keys, orders)
+}
+
+/// `BENCH_ONLY=cluster`: only the cluster row (`BENCH_E2E_RATE` purchases/s offered end to
+/// end, 200 unless set).
+async fn cluster_only() {
+    let rate: f64 = std::env::var("BENCH_E2E_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200.0);
+    let c = cluster::run(8, rate, WINDOW / 2.0).await;
+    println!("{}", c.summary());
 }
 
 /// `BENCH_ONLY=overload`: checkout's closed loop at 32 in flight for its capacity, then twice

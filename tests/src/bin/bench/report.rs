@@ -74,6 +74,7 @@ pub struct Results {
     pub fanout: Option<fanout::Outcome>,
     pub growth: Option<growth::Outcome>,
     pub overload: Option<Overload>,
+    pub cluster: Option<crate::cluster::Cluster>,
     pub errors: usize,
     pub seconds: f64,
 }
@@ -275,6 +276,15 @@ pub fn write(r: &Results, out_dir: &Path) -> Vec<String> {
         met(ov.met())
     )
     .unwrap();
+    if let Some(c) = &r.cluster {
+        writeln!(
+            o,
+            "| on the 3-node RabbitMQ cluster (queues replicated 3 ways), {} in flight | {} | | | a ratio to one broker in the same run | |",
+            c.in_flight,
+            c.summary()
+        )
+        .unwrap();
+    }
     for (name, value, target, ok) in backoffice_rows(&g.backoffice) {
         writeln!(o, "| {name} | {value} | | | {target} | {} |", met(ok)).unwrap();
     }
