@@ -274,7 +274,7 @@ async fn inject(
             pause(2_000).await;
             fleet.start("gateway1", &[]);
             fleet.wait_ready().await;
-            format!("{in_flight} requests in flight to it")
+            format!("requests in flight to it when killed: {in_flight}")
         }
         4 => {
             for i in 0..20 {
