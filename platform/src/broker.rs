@@ -23,7 +23,10 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The broker addresses of `amqp.url`: one URL, or several separated by commas (the nodes of a
 /// cluster), each a full `amqp://` URL.
 pub fn addresses(url: &str) -> Vec<&str> {
-    url.split(',').map(str::trim).filter(|a| !a.is_empty()).collect()
+    url.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect()
 }
 
 /// Connects to the broker at `url` (see [`addresses`]), naming the connection `name` (it shows
@@ -187,7 +190,10 @@ mod tests {
         let closed = |port| format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
         let url = format!("{},{}", closed(1), closed(2));
         let err = connect(&url, "test").await.unwrap_err().to_string();
-        assert!(err.contains("127.0.0.1:1") && err.contains("127.0.0.1:2"), "{err}");
+        assert!(
+            err.contains("127.0.0.1:1") && err.contains("127.0.0.1:2"),
+            "{err}"
+        );
         assert!(!err.contains("guest"), "{err}");
     }
 }

@@ -3,9 +3,13 @@
 #
 # Every operation is tested with every schemathesis check: each status answered is documented,
 # responses match their schemas, what the schema allows is accepted and what it forbids is
-# refused. The gateway runs as the real binary on a fresh database (ml_test_*, so
-# `make clean-test-data` drops what a killed run leaves) and a fresh AMQP prefix, both removed
-# at exit. Schemathesis lives in a virtualenv under target/, created on first use.
+# refused. The gateway runs as the real binary, configured as `make run` configures it
+# (deploy/config/local.toml: WeChat Pay and Alipay on, every channel, WeChat sign-in) against the
+# provider emulator (tests/emulator, the dev keys of deploy/dev-keys), so an order paid by WeChat
+# or Alipay is answered 201 with its `payment` and checked against the document like any other.
+# It runs on a fresh database (ml_test_*, so `make clean-test-data` drops what a killed run
+# leaves) and a fresh AMQP prefix, both removed at exit. Schemathesis lives in a virtualenv under
+# target/, created on first use.
 #
 # Ends with `N passed, N failed` over the tested operations (and the stateful scenarios); exits
 # non-zero on any failure. CONTRACT_SEED=<n> replays another seed (the default is fixed so that CI
@@ -19,6 +23,7 @@ SEED=${CONTRACT_SEED:-20261124}
 VENV=target/contract-venv
 OUT=target/contract
 BIN=${CARGO_TARGET_DIR:-target}/debug/memberline
+EMULATOR_BIN=${CARGO_TARGET_DIR:-target}/debug/provider-emulator
 PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432}
 AMQP_URL=${MEMBERLINE__AMQP__URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 RUN_ID="contract_$(date +%s)_$$"
@@ -43,35 +48,38 @@ if [ "$(cat "$VENV/pins" 2>/dev/null)" != "$PINS" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check $PINS || summary_failed
   echo "$PINS" >"$VENV/pins"
 fi
-cargo build -q -p memberline-gateway --bin memberline || summary_failed
+cargo build -q -p memberline-gateway -p memberline-emulator --bin memberline --bin provider-emulator \
+  || summary_failed
 mkdir -p "$OUT"
 
-# --- a fresh gateway ---------------------------------------------------------------------------
+# --- a fresh gateway and the provider emulator -------------------------------------------------
+# The providers notify the gateway, and the cashiers send buyers back to it, at addresses it is
+# configured with: it needs its port before it starts, so it gets one that was free a moment ago
+# (as the browser tests do).
+GATEWAY_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+GATEWAY="http://127.0.0.1:$GATEWAY_PORT"
+export MEMBERLINE_ENV=local
 export MEMBERLINE__DATABASE__URL="$PGURL/$DB"
 export MEMBERLINE__AMQP__URL="$AMQP_URL"
 export MEMBERLINE__AMQP__PREFIX="ml_test_${RUN_ID}"
 export MEMBERLINE__HTTP__HOST=127.0.0.1
-export MEMBERLINE__HTTP__PORT=0
+export MEMBERLINE__HTTP__PORT=$GATEWAY_PORT
 export MEMBERLINE__LOG__FORMAT=json
-# No provider emulator runs here: provider pay methods answer 422 pay_method_unavailable (the
-# payments suite tests them against the emulator).
-export MEMBERLINE__PAYMENTS__WECHAT__ENABLED=false
-export MEMBERLINE__PAYMENTS__ALIPAY__ENABLED=false
-# Nor does WeChat's sign-in: without the apps' secrets it answers 422 wechat_app_unavailable
-# (the payments suite signs in against the emulator).
-export MEMBERLINE__PAYMENTS__WECHAT__MINIPROGRAM_SECRET=
-export MEMBERLINE__PAYMENTS__WECHAT__OFFICIAL_ACCOUNT_SECRET=
+export MEMBERLINE__PAYMENTS__PUBLIC_URL=$GATEWAY
+export MEMBERLINE__PAYMENTS__WECHAT__NOTIFY_URL=$GATEWAY/v1/payments/wechat/notify
+export MEMBERLINE__PAYMENTS__ALIPAY__NOTIFY_URL=$GATEWAY/v1/payments/alipay/notify
 # A secret of this run's own: the tokens below are minted and verified with it.
 MEMBERLINE__AUTH__JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export MEMBERLINE__AUTH__JWT_SECRET
 SERVER_PID=
+EMULATOR_PID=
 
 cleanup() {
   local status=$?
-  if [ -n "$SERVER_PID" ]; then
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
+  for pid in $SERVER_PID $EMULATOR_PID; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   "$BIN" topology 2>/dev/null | "$VENV/bin/python" tests/contract/topology.py "$AMQP_URL" \
     || echo "warning: could not delete the AMQP topology of prefix $MEMBERLINE__AMQP__PREFIX" >&2
   psql "$PGURL/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 \
@@ -87,22 +95,41 @@ psql "$PGURL/postgres" -qc "CREATE DATABASE $DB" >/dev/null || summary_failed
 USER_TOKEN=$("$BIN" token --user 1 --role user)
 ADMIN_TOKEN=$("$BIN" token --user 1 --role admin)
 
+# The emulator on a free port of its own; it prints where it listens. (The logs are emptied first:
+# the last run's name other ports.)
+: >"$OUT/emulator.stdout"
+: >"$OUT/gateway.log"
+"$EMULATOR_BIN" --listen 127.0.0.1:0 --keys deploy/dev-keys >"$OUT/emulator.stdout" 2>"$OUT/emulator.log" &
+EMULATOR_PID=$!
+deadline=$((SECONDS + 15))
+EMULATOR=
+until [ -n "$EMULATOR" ]; do
+  if ! kill -0 "$EMULATOR_PID" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+    echo "error: the provider emulator did not start; its log:" >&2
+    cat "$OUT/emulator.log" >&2
+    summary_failed
+  fi
+  EMULATOR=$(sed -n 's/^provider-emulator listening on //p' "$OUT/emulator.stdout" 2>/dev/null | head -n1)
+  [ -n "$EMULATOR" ] || sleep 0.05
+done
+export MEMBERLINE__PAYMENTS__WECHAT__BASE_URL=$EMULATOR
+export MEMBERLINE__PAYMENTS__WECHAT__LOGIN_BASE_URL=$EMULATOR
+export MEMBERLINE__PAYMENTS__ALIPAY__GATEWAY_URL=$EMULATOR/gateway.do
+
 "$BIN" serve >"$OUT/gateway.log" 2>&1 &
 SERVER_PID=$!
 
-# Port 0: the gateway picks a free port and logs it.
+# Started when it logs that it listens.
 deadline=$((SECONDS + 30))
-PORT=
-until [ -n "$PORT" ]; do
+until grep -q '"Gateway listening"' "$OUT/gateway.log"; do
   if ! kill -0 "$SERVER_PID" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
     echo "error: the gateway did not start; its log:" >&2
     cat "$OUT/gateway.log" >&2
     summary_failed
   fi
-  PORT=$(grep -m1 '"Gateway listening"' "$OUT/gateway.log" | grep -oE '"port":[0-9]+' | cut -d: -f2 || true)
-  [ -n "$PORT" ] || sleep 0.1
+  sleep 0.1
 done
-BASE="http://127.0.0.1:$PORT"
+BASE=$GATEWAY
 
 # Ready when /healthz answers and the embedded relay has declared the prefix's queues, which the
 # dead-letter endpoints read (until then they are 503).
@@ -128,12 +155,29 @@ st_status=$?
 set -e
 echo "schemathesis took $((SECONDS - started)) s (exit $st_status)"
 
+# What the providers are on for: schemathesis must have had a WeChat and an Alipay checkout
+# answered 201, and so checked the answer (its `payment`) against the document. Every answer of
+# POST /v1/orders is stored with its idempotency key.
+unchecked=0
+for provider in wechat alipay; do
+  if ! created=$(psql "$PGURL/$DB" -Atc "SELECT count(*) FROM idempotency_keys k
+      JOIN orders o ON o.id = k.order_id WHERE k.status_code = 201 AND o.provider = '$provider'" 2>&1); then
+    echo "error: cannot count the $provider checkouts: $created" >&2
+    created=0
+  fi
+  echo "POST /v1/orders answered 201 with a $provider payment: $created"
+  if [ "$created" = 0 ]; then
+    echo "error: no $provider checkout was answered 201, so none was checked against the document" >&2
+    unchecked=$((unchecked + 1))
+  fi
+done
+
 # One closing line over the operations schemathesis tested (each is a JUnit test case).
-"$VENV/bin/python" - "$OUT/junit.xml" "$st_status" <<'PY' || exit 1
+"$VENV/bin/python" - "$OUT/junit.xml" "$st_status" "$unchecked" <<'PY' || exit 1
 import sys
 import xml.etree.ElementTree as ET
 
-path, status = sys.argv[1], int(sys.argv[2])
+path, status, unchecked = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 try:
     cases = list(ET.parse(path).getroot().iter("testcase"))
 except (OSError, ET.ParseError):
@@ -143,6 +187,7 @@ skipped = sum(1 for c in cases if c.find("skipped") is not None)
 passed = len(cases) - failed - skipped
 if status != 0 and failed == 0:
     failed = 1  # schemathesis failed without a report (a crash, an unreachable schema)
+failed += unchecked  # a provider whose checkout was never answered 201
 print(f"contract: {passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
 sys.exit(1 if failed else 0)
 PY

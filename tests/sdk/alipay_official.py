@@ -14,7 +14,7 @@ synchronous return on the cashier's 302 to `return_url` is verified like a notif
 
 The SDK connects to port 80 (443 for https) whatever `server_url` says (and a `server_url` with a
 port makes it raise TypeError), so the emulator it talks to must listen on port 80: `run.sh` starts
-one on a loopback address of its own when the machine allows it.
+one on a loopback address of its own, and fails the run where the machine does not allow it.
 
 Usage: alipay_official.py <emulator base URL, port 80> <keys dir>
 (run with this SDK first on sys.path: it shares the package name `alipay` with python-alipay-sdk)

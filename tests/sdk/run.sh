@@ -14,8 +14,10 @@
 #     order strings opened at the gateway, paid at the cashier, the synchronous return verified;
 #   - alipay-sdk-python (Ant's official), POST form requests; page_execute as a GET URL (wap) and
 #     as its auto-submitting POST form (page), the return verified. It always connects to port 80
-#     whatever its server_url says, so it gets an emulator of its own on <random 127.x.y.z>:80;
-#     where port 80 cannot be bound (not root) that section is reported as skipped.
+#     whatever its server_url says (its WebUtils.get_http_connection), so it gets an emulator of
+#     its own on <random 127.x.y.z>:80. It is the only section that sends Alipay requests as POST
+#     forms, as the gateway's own client does: where port 80 cannot be bound (not root), the run
+#     fails and says how to allow it, rather than pass without it.
 # Configuration only: the SDKs get the development keys and identifiers (deploy/dev-keys) and
 # the emulator's address (wechatpayv3 and python-alipay-sdk take it as their one gateway
 # attribute, having no constructor parameter for it); nothing inside them is patched.
@@ -91,7 +93,7 @@ start_emulator() {
   pid=$!
   EMULATOR_PIDS+=("$pid")
   while :; do
-    line=$(grep -m1 '^provider-emulator listening on ' "$OUT/$name.stdout" || true)
+    line=$(grep -m1 '^provider-emulator listening on ' "$OUT/$name.stdout" 2>/dev/null || true)
     if [ -n "$line" ]; then
       EMULATOR_BASE=${line#provider-emulator listening on }
       return 0
@@ -127,7 +129,9 @@ if start_emulator "$ADDR80:80" emulator80; then
   # Written without the port: the SDK cannot parse a server_url that has one.
   PORT80_ARGS=(--emulator80 "${EMULATOR_BASE%:80}")
 else
-  PORT80_ARGS=(--no-emulator80 "it always connects to port 80, and $EMULATOR_ERROR")
+  allow="run as root, or let the emulator bind port 80: sudo setcap cap_net_bind_service=+ep $BIN"
+  allow+=" (again after each build), or sudo sysctl -w net.ipv4.ip_unprivileged_port_start=80"
+  PORT80_ARGS=(--no-emulator80 "it always connects to port 80, and $EMULATOR_ERROR; $allow")
 fi
 
 # --- the check ---------------------------------------------------------------------------------

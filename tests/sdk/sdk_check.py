@@ -1,5 +1,6 @@
 """Runs each SDK section in a process of its own, passes its `ok` / `FAIL` / `skip` lines through,
-and ends with `sdk: N passed, N failed` (exit status 1 on any failure).
+and ends with `sdk: N passed, N failed` (exit status 1 on any failure). A skip is a failure: what
+was skipped was not checked.
 
 The sections run apart because `python-alipay-sdk` and Ant's `alipay-sdk-python` both install a
 top-level package named `alipay`: the official one lives in a directory of its own (`--official`)
@@ -95,11 +96,14 @@ def main():
         for i, n in enumerate(run(name, script, base, args.keys, extra_path)):
             totals[i] += n
     if not args.emulator80:
-        print(f"skip - alipay-sdk-python: {args.no_emulator80}", flush=True)
-        totals[2] += 1
+        # The only section that sends Alipay requests as POST forms, as the gateway's client does:
+        # a run without it has not checked them.
+        print(f"FAIL - alipay-sdk-python: not run: {args.no_emulator80}", flush=True)
+        totals[1] += 1
 
     passed, failed, skipped = totals
-    print(f"sdk: {passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""), flush=True)
+    failed += skipped
+    print(f"sdk: {passed} passed, {failed} failed" + (f" ({skipped} skipped)" if skipped else ""), flush=True)
     return 1 if failed else 0
 
 

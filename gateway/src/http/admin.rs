@@ -42,7 +42,7 @@ pub struct CreateUser {
 
 /// The rule `CreateUser::name` documents. Control characters are refused because PostgreSQL
 /// cannot store NUL in text and the others only garble a name.
-pub(crate) fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.chars().count())
         && !name.chars().any(char::is_control)
         && name.chars().any(|c| !c.is_whitespace())
@@ -195,7 +195,8 @@ pub struct DeadLetterList {
     pub dead_letters: Vec<memberline_platform::dead_letters::DeadLetter>,
 }
 
-fn parse_worker(name: &str) -> Result<Worker, ApiError> {
+/// The worker `name` names; 422 `unknown_worker` otherwise.
+pub fn parse_worker(name: &str) -> Result<Worker, ApiError> {
     Worker::parse(name).ok_or_else(|| {
         ApiError::unprocessable(
             "unknown_worker",

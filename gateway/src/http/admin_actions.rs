@@ -54,7 +54,7 @@ pub struct GrantBody {
 
 /// A reason as stored: trimmed, 1-200 characters, no control characters (the schema's pattern,
 /// as for user names).
-pub(crate) fn reason(raw: &str) -> Result<String, ApiError> {
+pub fn reason(raw: &str) -> Result<String, ApiError> {
     let trimmed = raw.trim();
     if (1..=200).contains(&trimmed.chars().count()) && !trimmed.chars().any(char::is_control) {
         Ok(trimmed.to_owned())

@@ -181,6 +181,69 @@ pub struct PlanChange {
     pub channels: Option<Option<Vec<PayChannel>>>,
 }
 
+impl NewPlan {
+    /// The plan to add (id 0), created and updated `now`; 422 when it breaks a rule.
+    pub fn plan(self, now: DateTime<Utc>) -> Result<plan::Model, ApiError> {
+        let valid_code = (1..=32).contains(&self.code.len())
+            && self
+                .code
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid_code {
+            return Err(invalid("code is 1-32 of a-z, 0-9 and _"));
+        }
+        let candidate = plan::Model {
+            id: PlanId(0),
+            code: self.code,
+            name: named(&self.name)?,
+            kind: self.kind,
+            duration_days: self.duration_days,
+            uses: self.uses,
+            original_price_fen: self.original_price_fen,
+            price_fen: self.price_fen,
+            price_points: self.price_points,
+            is_free: self.is_free,
+            on_shelf: self.on_shelf.unwrap_or(true),
+            sort: self.sort,
+            image_url: self.image_url,
+            created_at: now,
+            pay_methods: names(self.pay_methods),
+            channels: names(self.channels),
+            archived_at: None,
+            updated_at: now,
+        };
+        check_plan(&candidate)?;
+        Ok(candidate)
+    }
+}
+
+impl PlanChange {
+    /// `before` with this change (its `updated_at` untouched); 422 when the result breaks a rule.
+    pub fn apply(self, before: &plan::Model) -> Result<plan::Model, ApiError> {
+        let mut after = before.clone();
+        if let Some(name) = self.name {
+            after.name = named(&name)?;
+        }
+        after.kind = self.kind.unwrap_or(after.kind);
+        after.duration_days = self.duration_days.unwrap_or(after.duration_days);
+        after.uses = self.uses.unwrap_or(after.uses);
+        after.original_price_fen = self.original_price_fen.unwrap_or(after.original_price_fen);
+        after.price_fen = self.price_fen.unwrap_or(after.price_fen);
+        after.price_points = self.price_points.unwrap_or(after.price_points);
+        after.on_shelf = self.on_shelf.unwrap_or(after.on_shelf);
+        after.sort = self.sort.unwrap_or(after.sort);
+        after.image_url = self.image_url.unwrap_or(after.image_url);
+        if let Some(methods) = self.pay_methods {
+            after.pay_methods = names(methods);
+        }
+        if let Some(channels) = self.channels {
+            after.channels = names(channels);
+        }
+        check_plan(&after)?;
+        Ok(after)
+    }
+}
+
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::unprocessable("invalid_field", message)
 }
@@ -421,37 +484,7 @@ pub async fn create_plan(
     JsonValue(body): JsonValue,
 ) -> Result<(StatusCode, Json<AdminPlan>), ApiError> {
     caller.require(Role::Admin)?;
-    let req: NewPlan = typed(body)?;
-    let valid_code = (1..=32).contains(&req.code.len())
-        && req
-            .code
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if !valid_code {
-        return Err(invalid("code is 1-32 of a-z, 0-9 and _"));
-    }
-    let now = Utc::now();
-    let candidate = plan::Model {
-        id: PlanId(0),
-        code: req.code,
-        name: named(&req.name)?,
-        kind: req.kind,
-        duration_days: req.duration_days,
-        uses: req.uses,
-        original_price_fen: req.original_price_fen,
-        price_fen: req.price_fen,
-        price_points: req.price_points,
-        is_free: req.is_free,
-        on_shelf: req.on_shelf.unwrap_or(true),
-        sort: req.sort,
-        image_url: req.image_url,
-        created_at: now,
-        pay_methods: names(req.pay_methods),
-        channels: names(req.channels),
-        archived_at: None,
-        updated_at: now,
-    };
-    check_plan(&candidate)?;
+    let candidate = typed::<NewPlan>(body)?.plan(Utc::now())?;
     let mut active: plan::ActiveModel = candidate.into();
     active.id = sea_orm::NotSet;
     let txn = state.db.begin().await?;
@@ -505,28 +538,7 @@ pub async fn update_plan(
             "this plan is archived: add a new plan instead",
         ));
     }
-    let mut after = before.clone();
-    if let Some(name) = change.name {
-        after.name = named(&name)?;
-    }
-    after.kind = change.kind.unwrap_or(after.kind);
-    after.duration_days = change.duration_days.unwrap_or(after.duration_days);
-    after.uses = change.uses.unwrap_or(after.uses);
-    after.original_price_fen = change
-        .original_price_fen
-        .unwrap_or(after.original_price_fen);
-    after.price_fen = change.price_fen.unwrap_or(after.price_fen);
-    after.price_points = change.price_points.unwrap_or(after.price_points);
-    after.on_shelf = change.on_shelf.unwrap_or(after.on_shelf);
-    after.sort = change.sort.unwrap_or(after.sort);
-    after.image_url = change.image_url.unwrap_or(after.image_url);
-    if let Some(methods) = change.pay_methods {
-        after.pay_methods = names(methods);
-    }
-    if let Some(channels) = change.channels {
-        after.channels = names(channels);
-    }
-    check_plan(&after)?;
+    let mut after = change.apply(&before)?;
     if after == before {
         let was_sold = sold(&txn, id).await?;
         txn.commit().await?;
@@ -699,6 +711,39 @@ pub struct LevelChange {
     pub points_bonus_percent: Option<i16>,
 }
 
+impl NewLevel {
+    /// The level to add, updated `now`; 422 when it breaks a rule.
+    pub fn level(self, now: DateTime<Utc>) -> Result<level::Model, ApiError> {
+        let candidate = level::Model {
+            id: self.id,
+            name: named(&self.name)?,
+            min_growth: self.min_growth,
+            discount_percent: self.discount_percent,
+            points_bonus_percent: self.points_bonus_percent.unwrap_or(100),
+            updated_at: now,
+        };
+        check_level(&candidate)?;
+        Ok(candidate)
+    }
+}
+
+impl LevelChange {
+    /// `before` with this change (its `updated_at` untouched); 422 when the result breaks a rule.
+    pub fn apply(self, before: &level::Model) -> Result<level::Model, ApiError> {
+        let mut after = before.clone();
+        if let Some(name) = self.name {
+            after.name = named(&name)?;
+        }
+        after.min_growth = self.min_growth.unwrap_or(after.min_growth);
+        after.discount_percent = self.discount_percent.unwrap_or(after.discount_percent);
+        after.points_bonus_percent = self
+            .points_bonus_percent
+            .unwrap_or(after.points_bonus_percent);
+        check_level(&after)?;
+        Ok(after)
+    }
+}
+
 fn check_level(l: &level::Model) -> Result<(), ApiError> {
     if l.id < 0 {
         return Err(invalid("id must not be negative"));
@@ -773,16 +818,7 @@ pub async fn create_level(
     JsonValue(body): JsonValue,
 ) -> Result<(StatusCode, Json<AdminLevel>), ApiError> {
     caller.require(Role::Admin)?;
-    let req: NewLevel = typed(body)?;
-    let candidate = level::Model {
-        id: req.id,
-        name: named(&req.name)?,
-        min_growth: req.min_growth,
-        discount_percent: req.discount_percent,
-        points_bonus_percent: req.points_bonus_percent.unwrap_or(100),
-        updated_at: Utc::now(),
-    };
-    check_level(&candidate)?;
+    let candidate = typed::<NewLevel>(body)?.level(Utc::now())?;
     let txn = state.db.begin().await?;
     let created = level::ActiveModel::from(candidate)
         .insert(&txn)
@@ -838,16 +874,7 @@ pub async fn update_level(
         .one(&txn)
         .await?
         .ok_or_else(|| ApiError::not_found("level_not_found", format!("no level {id}")))?;
-    let mut after = before.clone();
-    if let Some(name) = change.name {
-        after.name = named(&name)?;
-    }
-    after.min_growth = change.min_growth.unwrap_or(after.min_growth);
-    after.discount_percent = change.discount_percent.unwrap_or(after.discount_percent);
-    after.points_bonus_percent = change
-        .points_bonus_percent
-        .unwrap_or(after.points_bonus_percent);
-    check_level(&after)?;
+    let mut after = change.apply(&before)?;
     let members = members_at(&txn, id).await?;
     if after == before {
         txn.commit().await?;

@@ -25,6 +25,8 @@ use utoipa::{Modify, OpenApi};
         super::orders::remind,
         super::payments::qr_png,
         super::payments::alipay_return,
+        super::payments::wechat_notify,
+        super::payments::alipay_notify,
         super::admin::create_user,
         super::admin_actions::refund_order,
         super::admin_actions::grant_membership,

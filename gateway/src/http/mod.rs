@@ -95,10 +95,9 @@ impl axum::extract::FromRequestParts<AppState> for ClientIp {
     }
 }
 
-/// The whole application router.
-pub fn router(state: AppState) -> Router {
-    let body_limit = state.settings.http.body_limit_bytes;
-    let timeout = Duration::from_secs(state.settings.http.request_timeout_secs);
+/// Every route the gateway serves, without the layers: every route is added here, so that the
+/// test that compares them with the OpenAPI document sees each one.
+pub fn routes() -> Router<AppState> {
     Router::new()
         .merge(plans::router())
         .merge(me::router())
@@ -117,6 +116,13 @@ pub fn router(state: AppState) -> Router {
         .merge(outbox::router())
         .merge(health::router())
         .merge(docs::router())
+}
+
+/// The whole application router.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.http.body_limit_bytes;
+    let timeout = Duration::from_secs(state.settings.http.request_timeout_secs);
+    routes()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

@@ -86,6 +86,34 @@ const PRICE_FIELDS: [&str; 8] = [
     "total_fen",
 ];
 
+impl PlaceOrderRequest {
+    /// The request a body makes: 422 `client_price_rejected` when it carries a price field,
+    /// `invalid_body` when it has another shape, `invalid_field` for a negative expected price.
+    pub fn from_body(body: serde_json::Value) -> Result<Self, ApiError> {
+        if let Some(field) = body
+            .as_object()
+            .and_then(|o| PRICE_FIELDS.iter().find(|f| o.contains_key(**f)))
+        {
+            return Err(ApiError::unprocessable(
+                "client_price_rejected",
+                format!("prices are computed by the server; remove `{field}` from the request"),
+            ));
+        }
+        let req: PlaceOrderRequest = typed(body)?;
+        if [req.expected_price_fen, req.expected_price_points]
+            .iter()
+            .flatten()
+            .any(|p| *p < 0)
+        {
+            return Err(ApiError::unprocessable(
+                "invalid_field",
+                "expected_price_fen and expected_price_points must not be negative",
+            ));
+        }
+        Ok(req)
+    }
+}
+
 /// Buys a plan. Balance, points and free plans are paid in the same transaction that creates
 /// the order, which also writes the `order.paid.v1` event to the outbox. WeChat and Alipay
 /// orders are created `pending_payment` with what their channel pays with (`payment`: a QR
@@ -95,7 +123,16 @@ const PRICE_FIELDS: [&str; 8] = [
     params(("Idempotency-Key" = String, Header,
         min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$",
         description = KEY_DOC)),
-    request_body = PlaceOrderRequest,
+    // One example per way of paying that needs nothing but a buyer: the contract test sends
+    // each, so every kind of `payment` answered 201 is checked against the document.
+    request_body(content = PlaceOrderRequest, examples(
+        ("points" = (summary = "Paid at once, in points", value = json!({"plan_id": 1, "pay_method": "points"}))),
+        ("wechat" = (summary = "A WeChat Pay QR code to scan (native)", value = json!({"plan_id": 1, "pay_method": "wechat"}))),
+        ("wechat_h5" = (summary = "WeChat Pay's cashier in a mobile browser", value = json!({"plan_id": 1, "pay_method": "wechat", "channel": "h5"}))),
+        ("alipay" = (summary = "An Alipay QR code to scan", value = json!({"plan_id": 1, "pay_method": "alipay"}))),
+        ("alipay_wap" = (summary = "Alipay's mobile cashier", value = json!({"plan_id": 1, "pay_method": "alipay", "channel": "wap"}))),
+        ("alipay_page" = (summary = "Alipay's desktop cashier", value = json!({"plan_id": 1, "pay_method": "alipay", "channel": "page"}))),
+    )),
     responses(
         (status = 201, description = "Order created and paid, or (wechat, alipay) created `pending_payment` with its `payment`: `code_url` to scan, `jsapi_params` for `wx.requestPayment`, `h5_url` or `pay_url` to open; or the replay of the first response", body = OrderView),
         (status = 400, description = "`idempotency_key_required`, `invalid_idempotency_key`, `malformed_json`", body = crate::http::error::ErrorBody),
@@ -117,28 +154,8 @@ pub async fn create(
     request: Idempotent,
 ) -> Result<Response, ApiError> {
     let key = request.key?;
-    let body = request.body;
-    if let Some(field) = body
-        .as_object()
-        .and_then(|o| PRICE_FIELDS.iter().find(|f| o.contains_key(**f)))
-    {
-        return Err(ApiError::unprocessable(
-            "client_price_rejected",
-            format!("prices are computed by the server; remove `{field}` from the request"),
-        ));
-    }
     let request_hash = request.request_hash;
-    let req: PlaceOrderRequest = typed(body)?;
-    if [req.expected_price_fen, req.expected_price_points]
-        .iter()
-        .flatten()
-        .any(|p| *p < 0)
-    {
-        return Err(ApiError::unprocessable(
-            "invalid_field",
-            "expected_price_fen and expected_price_points must not be negative",
-        ));
-    }
+    let req = PlaceOrderRequest::from_body(request.body)?;
     let cmd = PlaceOrder {
         buyer_id: caller.buyer_id()?,
         plan_id: req.plan_id,

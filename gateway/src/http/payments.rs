@@ -11,7 +11,8 @@
 //! 4xx/5xx with `{"code": "FAIL", "message": …}` otherwise, never 200 with FAIL; Alipay gets
 //! exactly `success` for every genuine notification we stored and `fail` otherwise.
 //!
-//! The notification endpoints are provider protocol endpoints, not part of our OpenAPI document.
+//! The notification endpoints speak the providers' protocols, not our error format; the OpenAPI
+//! document describes them as they are, so that the contract test holds them to it.
 
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
@@ -24,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use memberline_orders::providers::Payment;
+use memberline_orders::providers::alipay::AlipayNotification;
 use memberline_orders::providers::wechat::{NotifyHeaders, WechatEvent};
 use memberline_orders::refunds;
 use memberline_orders::settle::{Applied, Notification, Stored};
@@ -31,13 +33,120 @@ use memberline_schema::ids::OrderId;
 use memberline_schema::states::{NotificationOutcome, Provider};
 use serde_json::json;
 
-fn wechat_fail(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(json!({ "code": "FAIL", "message": message.into() })),
-    )
-        .into_response()
+/// The answer WeChat Pay expects to a notification we did not take (it sends it again).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct WechatFail {
+    /// Always `FAIL`.
+    #[schema(pattern = "^FAIL$", example = "FAIL")]
+    pub code: String,
+    /// Why, for WeChat's records.
+    pub message: String,
 }
+
+fn wechat_fail(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = WechatFail {
+        code: "FAIL".to_owned(),
+        message: message.into(),
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// A WeChat Pay notification as WeChat posts it (for the document: the handler verifies the raw
+/// bytes before it reads any of them).
+#[derive(utoipa::ToSchema)]
+pub struct WechatNotifyBody {
+    /// The notification id: the same in every retry of it.
+    pub id: String,
+    /// When WeChat created it (RFC 3339).
+    #[schema(required = false)]
+    pub create_time: String,
+    /// `TRANSACTION.SUCCESS`, `REFUND.SUCCESS`, `REFUND.ABNORMAL`, `REFUND.CLOSED`.
+    pub event_type: String,
+    /// `encrypt-resource`.
+    #[schema(required = false)]
+    pub resource_type: String,
+    #[schema(required = false)]
+    pub summary: String,
+    pub resource: WechatNotifyResource,
+}
+
+/// The encrypted transaction or refund of a WeChat Pay notification.
+#[derive(utoipa::ToSchema)]
+pub struct WechatNotifyResource {
+    /// `transaction` or `refund`.
+    #[schema(required = false)]
+    pub original_type: String,
+    /// `AEAD_AES_256_GCM` (with the APIv3 key); any other is refused.
+    pub algorithm: String,
+    /// Base64 of the ciphertext and its tag.
+    pub ciphertext: String,
+    #[schema(required = false)]
+    pub associated_data: String,
+    pub nonce: String,
+}
+
+/// An Alipay notification as Alipay posts it, a form (for the document: the handler verifies
+/// `sign` over every other parameter but `sign_type` before it reads any of them).
+#[derive(utoipa::ToSchema)]
+pub struct AlipayNotifyForm {
+    /// The notification id: the same in every retry of it.
+    pub notify_id: String,
+    /// RSA2 signature (SHA256withRSA, base64) over every other parameter but `sign_type`, sorted
+    /// by name, as `k=v` joined with `&`.
+    pub sign: String,
+    #[schema(required = false, example = "RSA2")]
+    pub sign_type: String,
+    #[schema(required = false, example = "trade_status_sync")]
+    pub notify_type: String,
+    /// `yyyy-MM-dd HH:mm:ss`, Beijing time.
+    #[schema(required = false)]
+    pub notify_time: String,
+    #[schema(required = false)]
+    pub app_id: String,
+    #[schema(required = false)]
+    pub charset: String,
+    #[schema(required = false)]
+    pub version: String,
+    /// Alipay's trade number.
+    #[schema(required = false)]
+    pub trade_no: String,
+    /// Our order number.
+    #[schema(required = false)]
+    pub out_trade_no: String,
+    #[schema(required = false)]
+    pub seller_id: String,
+    #[schema(required = false)]
+    pub buyer_id: String,
+    /// `WAIT_BUYER_PAY`, `TRADE_SUCCESS`, `TRADE_FINISHED`, `TRADE_CLOSED`.
+    #[schema(required = false)]
+    pub trade_status: String,
+    /// Yuan, two decimals.
+    #[schema(required = false, example = "19.90")]
+    pub total_amount: String,
+    #[schema(required = false)]
+    pub receipt_amount: String,
+    #[schema(required = false)]
+    pub gmt_create: String,
+    #[schema(required = false)]
+    pub gmt_payment: String,
+    #[schema(required = false)]
+    pub gmt_close: String,
+}
+
+/// The plain-text answer Alipay expects to a notification: `success` or `fail`.
+pub struct AlipayReply;
+
+impl utoipa::PartialSchema for AlipayReply {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["success", "fail"]))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for AlipayReply {}
 
 fn alipay_reply(ok: bool) -> Response {
     let body = if ok { "success" } else { "fail" };
@@ -95,19 +204,46 @@ async fn store(
     }
 }
 
-/// `POST /v1/payments/wechat/notify`: 204 when stored, 401 when it does not verify, 500 when it
-/// could not be stored (WeChat retries both failures).
-async fn wechat_notify(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(client) = state.payments.wechat() else {
-        return wechat_fail(StatusCode::NOT_FOUND, "WeChat Pay is not enabled");
-    };
+/// The signature headers of a WeChat notification, as sent (a value that is not visible ASCII
+/// counts as missing).
+pub fn notify_headers(headers: &HeaderMap) -> NotifyHeaders<'_> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let signed = NotifyHeaders {
+    NotifyHeaders {
         timestamp: get("wechatpay-timestamp"),
         nonce: get("wechatpay-nonce"),
         signature: get("wechatpay-signature"),
         serial: get("wechatpay-serial"),
+    }
+}
+
+/// WeChat Pay's notification of a transaction or a refund: verified (signature, timestamp,
+/// decryption), stored and applied exactly once. 204 when stored (a copy of one already stored
+/// and one an operator must look at included); otherwise WeChat sends it again.
+#[utoipa::path(post, path = "/v1/payments/wechat/notify", tag = "provider notifications",
+    params(
+        ("Wechatpay-Serial" = String, Header, description = "Id of the WeChat Pay public key that signed it (`PUB_KEY_ID_…`)"),
+        ("Wechatpay-Timestamp" = String, Header, description = "Unix seconds; refused more than 5 minutes from our clock"),
+        ("Wechatpay-Nonce" = String, Header, description = "Random string of the signature"),
+        ("Wechatpay-Signature" = String, Header, description = "SHA256withRSA (base64) over `timestamp\\nnonce\\nbody\\n`"),
+    ),
+    request_body = WechatNotifyBody,
+    responses(
+        (status = 204, description = "Stored"),
+        (status = 400, description = "Verified, but the payment it reports cannot be read", body = WechatFail),
+        (status = 401, description = "A signature header is missing, the key is not ours, the timestamp is stale, the signature does not verify, or the resource does not decrypt or read", body = WechatFail),
+        (status = 404, description = "WeChat Pay is not enabled", body = WechatFail),
+        (status = 413, description = "The body is over `http.body_limit_bytes`", content_type = "text/plain", body = String),
+        (status = 500, description = "Verified but could not be stored or applied", body = WechatFail),
+    ))]
+pub async fn wechat_notify(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(client) = state.payments.wechat() else {
+        return wechat_fail(StatusCode::NOT_FOUND, "WeChat Pay is not enabled");
     };
+    let signed = notify_headers(&headers);
     let notification = match client.verify_notification(signed, &body, Utc::now()) {
         Ok(n) => n,
         Err(e) => {
@@ -188,8 +324,19 @@ async fn wechat_notify(State(state): State<AppState>, headers: HeaderMap, body: 
     }
 }
 
-/// `POST /v1/payments/alipay/notify`: `success` when stored, `fail` otherwise.
-async fn alipay_notify(State(state): State<AppState>, body: Bytes) -> Response {
+/// Alipay's notification of a trade's status: verified (`sign`), stored and applied exactly once.
+/// Answered 200 whatever happened, as Alipay's protocol asks: the body is `success` when stored (a
+/// copy of one already stored and one an operator must look at included) and `fail` otherwise
+/// (it does not verify, has no `notify_id`, its payment cannot be read, or it could not be
+/// stored), and Alipay sends it again.
+#[utoipa::path(post, path = "/v1/payments/alipay/notify", tag = "provider notifications",
+    request_body(content = AlipayNotifyForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "`success` when stored, `fail` otherwise", content_type = "text/plain", body = AlipayReply),
+        (status = 404, description = "`fail`: Alipay is not enabled", content_type = "text/plain", body = AlipayReply),
+        (status = 413, description = "The body is over `http.body_limit_bytes`", content_type = "text/plain", body = String),
+    ))]
+pub async fn alipay_notify(State(state): State<AppState>, body: Bytes) -> Response {
     let Some(client) = state.payments.alipay() else {
         return (StatusCode::NOT_FOUND, "fail").into_response();
     };
@@ -236,6 +383,27 @@ fn back_to_vip(state: &AppState, order_id: Option<OrderId>) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
 }
 
+/// The order number an Alipay return names: the verified one's, else what the query string
+/// says; `None` when that is not an order number of ours.
+pub fn returned_order_no(verified: Option<&AlipayNotification>, query: &str) -> Option<String> {
+    let out_trade_no = match verified {
+        Some(ret) => ret.out_trade_no().map(str::to_owned),
+        None => serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+            .ok()
+            .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "out_trade_no"))
+            .map(|(_, v)| v),
+    };
+    // An out_trade_no is short ASCII (WeChat takes 6 to 32 of these characters, Alipay up to
+    // 64): anything else names no order of ours, and is not worth a query.
+    let ours = |no: &String| {
+        (1..=64).contains(&no.len())
+            && no
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_|*-".contains(&b))
+    };
+    out_trade_no.filter(ours)
+}
+
 /// Alipay's synchronous return from its mobile or desktop cashier: the buyer's browser, back from
 /// paying (or not), lands on `/vip` following the order live. The return's signature is verified,
 /// but even a genuine return is not proof of payment: it never marks an order paid. It only
@@ -262,22 +430,7 @@ pub async fn alipay_return(
         }),
         None => Err(()),
     };
-    let out_trade_no = match &verified {
-        Ok(ret) => ret.out_trade_no().map(str::to_owned),
-        Err(()) => serde_urlencoded::from_str::<Vec<(String, String)>>(&query)
-            .ok()
-            .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "out_trade_no"))
-            .map(|(_, v)| v),
-    };
-    // An out_trade_no is short ASCII (WeChat takes 6 to 32 of these characters, Alipay up to
-    // 64): anything else names no order of ours, and is not worth a query.
-    let ours = |no: &String| {
-        (1..=64).contains(&no.len())
-            && no
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_|*-".contains(&b))
-    };
-    let Some(out_trade_no) = out_trade_no.filter(ours) else {
+    let Some(out_trade_no) = returned_order_no(verified.as_ref().ok(), &query) else {
         return Ok(back_to_vip(&state, None));
     };
     if verified.is_ok() {

@@ -533,5 +533,22 @@ fn truncate(s: &str, max: usize) -> String {
     s[..end].to_owned()
 }
 
+/// Ways into what [`process`] does with a delivery's bytes before any transaction, for the fuzz
+/// targets (`fuzz/`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::Incoming;
+
+    /// Decodes a delivery's body as [`process`] does (`Err`: why it is dead-lettered).
+    pub fn decode(data: &[u8], attempt: u32) -> Result<Incoming, String> {
+        super::decode(data, attempt)
+    }
+
+    /// Cuts a header value (a dead-letter reason, a last error) as [`process`] does.
+    pub fn truncate(s: &str, max: usize) -> String {
+        super::truncate(s, max)
+    }
+}
+
 #[cfg(test)]
 mod tests;

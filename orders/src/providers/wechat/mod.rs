@@ -10,6 +10,8 @@ mod notify;
 
 pub use client::WechatPay;
 pub use login::{LoginError, WechatIdentity, WechatLogin};
+#[doc(hidden)]
+pub use notify::fuzzing;
 pub use notify::{NotifyHeaders, WechatEvent, WechatNotification};
 
 /// How far a signed timestamp may be from our clock, in seconds (the docs' five minutes).

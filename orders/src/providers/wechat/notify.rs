@@ -188,3 +188,26 @@ impl WechatPay {
             .map_err(|_| NotifyError::Decrypt)
     }
 }
+
+/// Ways into what production reaches only through [`WechatPay::verify_notification`], for the
+/// fuzz targets (`fuzz/`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{NotifyError, Resource, WechatPay};
+
+    /// Decrypts a resource of these fields, as a verified notification's is decrypted.
+    pub fn decrypt(
+        client: &WechatPay,
+        ciphertext: &str,
+        nonce: &str,
+        associated_data: &str,
+    ) -> Result<Vec<u8>, NotifyError> {
+        client.decrypt(&Resource {
+            original_type: String::new(),
+            algorithm: "AEAD_AES_256_GCM".to_owned(),
+            ciphertext: ciphertext.to_owned(),
+            associated_data: associated_data.to_owned(),
+            nonce: nonce.to_owned(),
+        })
+    }
+}
