@@ -74,6 +74,18 @@ lint: ## cargo fmt --check, clippy -D warnings, cargo deny (installed when missi
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
+# cargo-fuzz passes -Z flags (sanitizer, coverage) to rustc: RUSTC_BOOTSTRAP lets the stable
+# toolchain take them. Each target starts from (and adds what it finds to) fuzz/corpus/<target>;
+# a crash stops the run with its input in fuzz/artifacts/<target>/.
+FUZZ_SECS ?= 60
+fuzz: ## Run every fuzz target (fuzz/) for FUZZ_SECS seconds each (60; installs cargo-fuzz when missing)
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for target in $$(RUSTC_BOOTSTRAP=1 $(CARGO) fuzz list); do \
+		echo "== $$target ($(FUZZ_SECS) s)"; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target fuzz/corpus/$$target -- \
+			-max_total_time=$(FUZZ_SECS) -timeout=10 -print_final_stats=1 || exit 1; \
+	done
+
 services: ## Make sure PostgreSQL and RabbitMQ are up (start them when installed but stopped)
 	@deploy/local-services.sh
 
