@@ -208,7 +208,14 @@ impl Fleet {
     /// close_connection` does, for each of them, in one call); how many there were.
     pub fn close_broker_connections(&self) -> usize {
         let out = Command::new("runuser")
-            .args(["-u", "rabbitmq", "--", "env", "HOME=/var/lib/rabbitmq", "rabbitmqctl"])
+            .args([
+                "-u",
+                "rabbitmq",
+                "--",
+                "env",
+                "HOME=/var/lib/rabbitmq",
+                "rabbitmqctl",
+            ])
             .args(["-n", "rabbit1@localhost", "eval"])
             .arg(
                 "length([rabbit_networking:close_connection(P, \"chaos: connection closed\") \
