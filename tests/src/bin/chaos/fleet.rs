@@ -207,21 +207,11 @@ impl Fleet {
     /// Closes every client connection of the cluster at once (what `rabbitmqctl
     /// close_connection` does, for each of them, in one call); how many there were.
     pub fn close_broker_connections(&self) -> usize {
-        let out = Command::new("runuser")
-            .args([
-                "-u",
-                "rabbitmq",
-                "--",
-                "env",
-                "HOME=/var/lib/rabbitmq",
-                "rabbitmqctl",
-            ])
-            .args(["-n", "rabbit1@localhost", "eval"])
-            .arg(
-                "length([rabbit_networking:close_connection(P, \"chaos: connection closed\") \
-                 || P <- rabbit_networking:connections()]).",
-            )
-            .output();
+        let out = rabbitmqctl(&[
+            "eval",
+            "length([rabbit_networking:close_connection(P, \"chaos: connection closed\") \
+             || P <- rabbit_networking:connections()]).",
+        ]);
         out.ok()
             .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
             .unwrap_or(0)
@@ -248,4 +238,21 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.stop_all();
     }
+}
+
+/// `rabbitmqctl` on the cluster's first node, as the broker's user (whose Erlang cookie the
+/// nodes share).
+pub fn rabbitmqctl(args: &[&str]) -> std::io::Result<std::process::Output> {
+    Command::new("runuser")
+        .args([
+            "-u",
+            "rabbitmq",
+            "--",
+            "env",
+            "HOME=/var/lib/rabbitmq",
+            "rabbitmqctl",
+        ])
+        .args(["-n", "rabbit1@localhost"])
+        .args(args)
+        .output()
 }

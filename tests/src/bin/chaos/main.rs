@@ -59,25 +59,13 @@ pub async fn sql_i64(db: &DatabaseConnection, sql: &str) -> i64 {
 
 /// Messages in Memberline's dead-letter queues now, summed over every node's view of them.
 fn dead_letters() -> i64 {
-    let out = std::process::Command::new("runuser")
-        .args([
-            "-u",
-            "rabbitmq",
-            "--",
-            "env",
-            "HOME=/var/lib/rabbitmq",
-            "rabbitmqctl",
-        ])
-        .args([
-            "-n",
-            "rabbit1@localhost",
-            "-q",
-            "list_queues",
-            "name",
-            "messages",
-        ])
-        .arg("--no-table-headers")
-        .output();
+    let out = fleet::rabbitmqctl(&[
+        "-q",
+        "list_queues",
+        "name",
+        "messages",
+        "--no-table-headers",
+    ]);
     let Ok(out) = out else { return -1 };
     String::from_utf8_lossy(&out.stdout)
         .lines()
